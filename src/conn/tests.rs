@@ -1,0 +1,429 @@
+extern crate std;
+
+use std::vec::Vec;
+
+use embassy_futures::block_on;
+
+use super::*;
+use crate::protocol::{Arg, InvalidArgument, Rule, Token};
+use crate::testing::{ScriptError, Scripted};
+
+const TOK: &str = "0123456789abcdef0123456789abcdef";
+
+fn tok() -> Token {
+    TOK.parse().unwrap()
+}
+
+type Conn<const N: usize = 128, const P: usize = 0> = Connection<Scripted, N, P>;
+
+fn conn(input: &str) -> Conn {
+    Connection::new(Scripted::new(input.as_bytes()))
+}
+
+fn written<const N: usize, const P: usize>(
+    c: &mut Connection<Scripted, N, P>,
+) -> std::string::String {
+    std::string::String::from_utf8(c.transport_mut().written.clone()).unwrap()
+}
+
+#[test]
+fn typed_commands_round_trip() {
+    let t = tok();
+    let grant = Grant {
+        token: t,
+        lease: 30,
+    };
+    let input = std::format!(
+        "ok\nok {TOK} 30\r\ntimeout\nok\nok 12\nacquired {TOK} 30\nqueued\nok {TOK} 30\nok\nok\nok\nok 3\n"
+    );
+    let mut c = conn(&input);
+    block_on(async {
+        c.auth("secret").await.unwrap();
+        assert_eq!(
+            c.acquire(Kind::Lock, "k", 10, Some(30)).await.unwrap(),
+            Some(grant)
+        );
+        assert_eq!(
+            c.acquire(Kind::Semaphore { limit: 2 }, "s", 0, None)
+                .await
+                .unwrap(),
+            None
+        );
+        c.release(Kind::Lock, "k", &t).await.unwrap();
+        assert_eq!(c.renew(Kind::Lock, "k", &t, None).await.unwrap(), 12);
+        assert_eq!(
+            c.enqueue(Kind::Lock, "k", None).await.unwrap(),
+            Enqueued::Acquired(grant)
+        );
+        assert_eq!(
+            c.enqueue(Kind::Lock, "q", None).await.unwrap(),
+            Enqueued::Queued
+        );
+        assert_eq!(c.wait(Kind::Lock, "q", 5).await.unwrap(), Some(grant));
+        c.ping().await.unwrap();
+        c.listen("a.*", Some("g")).await.unwrap();
+        c.unlisten("a.*", Some("g")).await.unwrap();
+        assert_eq!(c.emit("a.b", "hi there").await.unwrap(), 3);
+        assert!(matches!(c.ping().await, Err(Error::Disconnected)));
+    });
+    let w = written(&mut c);
+    assert!(
+        w.starts_with("auth\n_\nsecret\nl\nk\n10 30\nsl\ns\n0 2\n"),
+        "{w}"
+    );
+    assert!(w.contains(&std::format!(
+        "r\nk\n{TOK}\nn\nk\n{TOK}\ne\nk\n\ne\nq\n\nw\nq\n5\n"
+    )));
+    assert!(w.ends_with(
+        "ping\n_\n_\nlisten\na.*\ng\nunlisten\na.*\ng\nsignal\na.b\nhi there\nping\n_\n_\n"
+    ));
+}
+
+#[test]
+fn one_write_per_request() {
+    let mut c = conn(&std::format!("ok {TOK} 33\nok\n"));
+    block_on(async {
+        c.acquire(Kind::Lock, "k", 10, None).await.unwrap();
+        c.release(Kind::Lock, "k", &tok()).await.unwrap();
+    });
+    assert_eq!(c.transport_mut().writes, 2);
+}
+
+#[test]
+fn large_requests_are_written_in_pieces() {
+    // A payload larger than the line buffer is still sent whole.
+    let payload = "p".repeat(1000);
+    let mut c = conn("ok 1\n");
+    assert_eq!(block_on(c.emit("ch", &payload)).unwrap(), 1);
+    assert_eq!(written(&mut c), std::format!("signal\nch\n{payload}\n"));
+}
+
+#[test]
+fn split_writes_are_completed() {
+    let mut c = conn("ok\n");
+    c.transport_mut().write_chunk = 1;
+    block_on(c.listen("a.>", None)).unwrap();
+    assert_eq!(written(&mut c), "listen\na.>\n\n");
+}
+
+#[test]
+fn statuses_become_typed_errors() {
+    type Check = fn(&Error<ScriptError>) -> bool;
+    let cases: &[(&str, Check, bool)] = &[
+        (
+            "error\n",
+            |e| matches!(e, Error::Server(ServerError::Error)),
+            true,
+        ),
+        ("error_auth\n", |e| matches!(e, Error::Auth), false),
+        (
+            "error_max_locks\n",
+            |e| matches!(e, Error::Server(ServerError::MaxLocks)),
+            true,
+        ),
+        (
+            "error_max_waiters\n",
+            |e| matches!(e, Error::Server(ServerError::MaxWaiters)),
+            true,
+        ),
+        (
+            "error_limit_mismatch\n",
+            |e| matches!(e, Error::Server(ServerError::LimitMismatch)),
+            true,
+        ),
+        (
+            "error_not_enqueued\n",
+            |e| matches!(e, Error::Server(ServerError::NotEnqueued)),
+            true,
+        ),
+        (
+            "error_already_enqueued\n",
+            |e| matches!(e, Error::Server(ServerError::AlreadyEnqueued)),
+            true,
+        ),
+        (
+            "error_lease_expired\n",
+            |e| matches!(e, Error::Server(ServerError::LeaseExpired)),
+            true,
+        ),
+        (
+            "error_draining\n",
+            |e| matches!(e, Error::Server(ServerError::Draining)),
+            false,
+        ),
+        (
+            "error_not_leader h:1\n",
+            |e| matches!(e, Error::Server(ServerError::NotLeader(Some(a))) if a == "h:1"),
+            true,
+        ),
+        (
+            "error_brand_new\n",
+            |e| matches!(e, Error::Server(ServerError::Unknown(s)) if s == "error_brand_new"),
+            true,
+        ),
+    ];
+    for (line, check, usable) in cases {
+        let mut c = conn(&std::format!("{line}ok\n"));
+        let err = block_on(c.acquire(Kind::Lock, "k", 1, None)).unwrap_err();
+        assert!(check(&err), "{line}: {err:?}");
+        assert_eq!(err.is_recoverable(), *usable, "{line}");
+        assert_eq!(c.is_usable(), *usable, "{line}");
+        if *usable {
+            block_on(c.ping()).unwrap();
+        } else {
+            assert!(matches!(block_on(c.ping()), Err(Error::Unusable)));
+        }
+    }
+}
+
+#[test]
+fn invalid_arguments_send_nothing_and_keep_the_connection() {
+    let mut c = conn("ok\n");
+    block_on(async {
+        let e = c.acquire(Kind::Lock, "bad key", 1, None).await.unwrap_err();
+        assert!(matches!(
+            e,
+            Error::InvalidArgument(InvalidArgument {
+                arg: Arg::Key,
+                rule: Rule::Whitespace
+            })
+        ));
+        assert!(e.is_recoverable());
+        let e = c.emit("a.*", "x").await.unwrap_err();
+        assert!(matches!(
+            e,
+            Error::InvalidArgument(InvalidArgument {
+                arg: Arg::Channel,
+                rule: Rule::Wildcard
+            })
+        ));
+        let e = c
+            .acquire(Kind::Semaphore { limit: 0 }, "k", 1, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            Error::InvalidArgument(InvalidArgument {
+                arg: Arg::Limit,
+                rule: Rule::Zero
+            })
+        ));
+        assert!(c.transport_mut().written.is_empty());
+        c.ping().await.unwrap();
+    });
+}
+
+#[test]
+fn malformed_reply_is_a_protocol_error() {
+    for line in ["ok nothex 3\n", "ok\n", "ok \u{fffd}\n", "queued\n"] {
+        let mut c = conn(line);
+        let e = block_on(c.acquire(Kind::Lock, "k", 1, None)).unwrap_err();
+        assert!(matches!(e, Error::Protocol(_)), "{line:?}: {e:?}");
+        assert!(!c.is_usable());
+    }
+    let mut c: Conn = Connection::new(Scripted::new(&b"ok \xff\xfe\n"[..]));
+    let e = block_on(c.ping()).unwrap_err();
+    assert!(matches!(e, Error::Protocol(ProtocolError::NotUtf8)));
+}
+
+#[test]
+fn byte_at_a_time_reads() {
+    let input = std::format!("sig a.b x y\nok {TOK} 7\r\nsig c d\nok 5\n");
+    let mut c: Conn<64, 64> = Connection::new(Scripted::byte_at_a_time(input.as_bytes()));
+    block_on(async {
+        let g = c.acquire(Kind::Lock, "k", 1, None).await.unwrap().unwrap();
+        assert_eq!(g.lease, 7);
+        assert_eq!(c.renew(Kind::Lock, "k", &g.token, None).await.unwrap(), 5);
+    });
+    assert_eq!(c.queued_signals(), 2);
+    let s = c.try_next_signal().unwrap();
+    assert_eq!((s.channel, s.payload), ("a.b", "x y"));
+    let s = c.try_next_signal().unwrap();
+    assert_eq!((s.channel, s.payload), ("c", "d"));
+    assert!(c.try_next_signal().is_none());
+}
+
+#[test]
+fn eof_at_every_offset_is_disconnected() {
+    let full = std::format!("ok {TOK} 30\n");
+    for cut in 0..full.len() {
+        let mut c = conn(&full[..cut]);
+        let e = block_on(c.acquire(Kind::Lock, "k", 1, None)).unwrap_err();
+        assert!(matches!(e, Error::Disconnected), "cut {cut}: {e:?}");
+        assert!(!e.is_recoverable());
+        assert!(matches!(block_on(c.ping()), Err(Error::Unusable)));
+    }
+}
+
+#[test]
+fn transport_errors_keep_the_transport_error() {
+    let mut c = conn("ok");
+    c.transport_mut().fail_at_end = true;
+    assert!(matches!(block_on(c.ping()), Err(Error::Io(ScriptError))));
+}
+
+#[test]
+fn reply_longer_than_buffer() {
+    let long = std::format!("error_{}\nok\n", "x".repeat(200));
+    let mut c: Conn<64> = Connection::new(Scripted::new(long.as_bytes()));
+    let e = block_on(c.ping()).unwrap_err();
+    assert!(matches!(e, Error::LineTooLong));
+    assert!(!e.is_recoverable());
+    assert!(matches!(block_on(c.ping()), Err(Error::Unusable)));
+}
+
+#[test]
+fn over_long_push_is_skipped_and_counted() {
+    let input = std::format!("sig ch {}\nsig ch small\nok\n", "p".repeat(500));
+    for chunk in [1, 7, usize::MAX] {
+        let mut c: Conn<64, 256> = Connection::new(Scripted::new(input.as_bytes()));
+        c.transport_mut().read_chunk = chunk;
+        block_on(c.ping()).unwrap();
+        assert_eq!(c.dropped_signals(), 1);
+        assert_eq!(c.try_next_signal().unwrap().payload, "small");
+    }
+}
+
+#[test]
+fn full_push_queue_drops_and_counts() {
+    // Each record is 4 + len("ch nn") = 9 bytes; 32 bytes hold 3.
+    let mut input = std::string::String::new();
+    for i in 0..5 {
+        input.push_str(&std::format!("sig ch {i:02}\n"));
+    }
+    input.push_str("ok\n");
+    let mut c: Conn<64, 32> = Connection::new(Scripted::new(input.as_bytes()));
+    block_on(c.ping()).unwrap();
+    assert_eq!(c.queued_signals(), 3);
+    assert_eq!(c.dropped_signals(), 2);
+    let got: Vec<_> = core::iter::from_fn(|| {
+        c.try_next_signal()
+            .map(|s| std::string::String::from(s.payload))
+    })
+    .collect();
+    assert_eq!(got, ["00", "01", "02"]);
+}
+
+#[test]
+fn no_push_queue_counts_every_push() {
+    let mut c = conn("sig a 1\nsig b 2\nok\n");
+    block_on(c.ping()).unwrap();
+    assert_eq!(c.queued_signals(), 0);
+    assert_eq!(c.dropped_signals(), 2);
+}
+
+#[test]
+fn malformed_push_is_dropped_not_fatal() {
+    let mut c: Conn<64, 64> =
+        Connection::new(Scripted::new(&b"sig nopayload\nsig a \xff\nok\n"[..]));
+    block_on(c.ping()).unwrap();
+    assert_eq!(c.dropped_signals(), 2);
+    assert!(c.is_usable());
+}
+
+#[test]
+fn next_signal_reads_pushes() {
+    let mut c: Conn<64, 64> =
+        Connection::new(Scripted::new(&b"sig a.b hello\r\nsig c {\"x\": 1}\n"[..]));
+    block_on(async {
+        let s = c.next_signal().await.unwrap();
+        assert_eq!((s.channel, s.payload), ("a.b", "hello"));
+        let s = c.next_signal().await.unwrap();
+        assert_eq!((s.channel, s.payload), ("c", "{\"x\": 1}"));
+        assert!(matches!(c.next_signal().await, Err(Error::Disconnected)));
+    });
+}
+
+#[test]
+fn next_signal_rejects_unsolicited_reply() {
+    let mut c: Conn<64, 64> = Connection::new(Scripted::new(&b"ok\n"[..]));
+    let e = block_on(c.next_signal()).unwrap_err();
+    assert!(matches!(e, Error::Protocol(ProtocolError::Unsolicited)));
+}
+
+#[test]
+fn stats_into_caller_buffer() {
+    let json = std::format!(
+        "{{\"connections\":1,\"locks\":[{}]}}",
+        "{\"key\":\"k\"},".repeat(40)
+    );
+    let input = std::format!("sig a b\nok {json}\r\nok\n");
+    for chunk in [1, 5, usize::MAX] {
+        let mut c: Conn<64, 64> = Connection::new(Scripted::new(input.as_bytes()));
+        c.transport_mut().read_chunk = chunk;
+        let mut out = [0u8; 1024];
+        let got = block_on(c.stats(&mut out)).unwrap();
+        assert_eq!(got, json, "chunk {chunk}");
+        assert_eq!(c.queued_signals(), 1);
+        block_on(c.ping()).unwrap();
+    }
+    // Too small a buffer: typed error, connection unusable.
+    let mut c: Conn<64> = Connection::new(Scripted::new(input.as_bytes()));
+    let mut out = [0u8; 100];
+    assert!(matches!(
+        block_on(c.stats(&mut out)),
+        Err(Error::LineTooLong)
+    ));
+    assert!(!c.is_usable());
+}
+
+#[test]
+fn stats_error_status() {
+    let mut c = conn("error\n");
+    let mut out = [0u8; 64];
+    assert!(matches!(
+        block_on(c.stats(&mut out)),
+        Err(Error::Server(ServerError::Error))
+    ));
+    assert!(c.is_usable());
+}
+
+#[test]
+fn dropped_request_future_poisons_connection() {
+    use core::future::Future;
+    use core::pin::pin;
+    use core::task::{Context, Waker};
+
+    /// A transport whose reads never complete.
+    struct Stall;
+    impl embedded_io_async::ErrorType for Stall {
+        type Error = ScriptError;
+    }
+    impl embedded_io_async::Read for Stall {
+        async fn read(&mut self, _: &mut [u8]) -> core::result::Result<usize, ScriptError> {
+            core::future::pending().await
+        }
+    }
+    impl embedded_io_async::Write for Stall {
+        async fn write(&mut self, b: &[u8]) -> core::result::Result<usize, ScriptError> {
+            Ok(b.len())
+        }
+        async fn flush(&mut self) -> core::result::Result<(), ScriptError> {
+            Ok(())
+        }
+    }
+    let mut c: Connection<Stall, 64> = Connection::new(Stall);
+    {
+        let mut fut = pin!(c.ping());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+    }
+    assert!(!c.is_usable());
+    assert!(matches!(block_on(c.ping()), Err(Error::Unusable)));
+}
+
+#[test]
+fn request_returns_statuses_as_values() {
+    let mut c = conn("error_max_locks\n");
+    let r = block_on(c.request(
+        &Request::Acquire {
+            kind: Kind::Lock,
+            key: "k",
+            timeout: 0,
+            lease: None,
+        },
+        Expect::Grant,
+    ))
+    .unwrap();
+    assert_eq!(r, Reply::Status(Status::MaxLocks));
+}

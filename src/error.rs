@@ -1,0 +1,268 @@
+//! The one error type of the client, generic over the transport's error.
+
+use core::fmt;
+
+use crate::protocol::{InvalidArgument, ProtocolError, Status};
+
+/// Longest status text kept by [`ServerError::Unknown`] and
+/// [`ServerError::NotLeader`]; longer text is cut at a character boundary.
+pub const STATUS_TEXT_CAP: usize = 64;
+
+/// Owned copy of status text, cut to [`STATUS_TEXT_CAP`] bytes.
+pub type StatusText = heapless::String<STATUS_TEXT_CAP>;
+
+fn status_text(s: &str) -> StatusText {
+    let mut out = StatusText::new();
+    for c in s.chars() {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
+}
+
+/// An error status sent by the server (other than `error_auth`, which is
+/// [`Error::Auth`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ServerError {
+    /// `error`: bad request, not the holder, lease already expired, or a
+    /// command the server does not know (`ping` before v1.14, signals on v2).
+    Error,
+    /// `error_max_locks`: the server's key limit is reached.
+    MaxLocks,
+    /// `error_max_waiters`: the key's waiter limit is reached.
+    MaxWaiters,
+    /// `error_limit_mismatch`: the semaphore exists with another limit (or,
+    /// on v1.10 servers, the key is held as a lock).
+    LimitMismatch,
+    /// `error_not_enqueued`: `wait` without a pending `enqueue` on this
+    /// connection (or after a previous wait timed out).
+    NotEnqueued,
+    /// `error_already_enqueued`: this connection already waits on the key.
+    AlreadyEnqueued,
+    /// `error_lease_expired`: the lease granted while enqueued expired before
+    /// `wait` collected it.
+    LeaseExpired,
+    /// `error_draining`: the server is shutting down.
+    Draining,
+    /// `error_not_leader`: a cluster follower; the leader's address if given.
+    NotLeader(Option<StatusText>),
+    /// A status this client does not know, kept verbatim (up to 64 bytes).
+    Unknown(StatusText),
+}
+
+impl ServerError {
+    /// Converts a parsed status. `error_auth` has no `ServerError` form and
+    /// becomes [`Error::Auth`] one level up; here it maps to `Unknown`.
+    pub(crate) fn from_status(status: Status<'_>) -> Self {
+        match status {
+            Status::Error => ServerError::Error,
+            Status::MaxLocks => ServerError::MaxLocks,
+            Status::MaxWaiters => ServerError::MaxWaiters,
+            Status::LimitMismatch => ServerError::LimitMismatch,
+            Status::NotEnqueued => ServerError::NotEnqueued,
+            Status::AlreadyEnqueued => ServerError::AlreadyEnqueued,
+            Status::LeaseExpired => ServerError::LeaseExpired,
+            Status::Draining => ServerError::Draining,
+            Status::NotLeader(addr) => ServerError::NotLeader(addr.map(status_text)),
+            Status::Auth => ServerError::Unknown(status_text("error_auth")),
+            Status::Unknown(s) => ServerError::Unknown(status_text(s)),
+        }
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Error => f.write_str("server replied `error`"),
+            ServerError::MaxLocks => f.write_str("server key limit reached (error_max_locks)"),
+            ServerError::MaxWaiters => f.write_str("key waiter limit reached (error_max_waiters)"),
+            ServerError::LimitMismatch => {
+                f.write_str("semaphore exists with another limit (error_limit_mismatch)")
+            }
+            ServerError::NotEnqueued => {
+                f.write_str("not enqueued on this key (error_not_enqueued)")
+            }
+            ServerError::AlreadyEnqueued => {
+                f.write_str("already enqueued on this key (error_already_enqueued)")
+            }
+            ServerError::LeaseExpired => {
+                f.write_str("lease expired before it was collected (error_lease_expired)")
+            }
+            ServerError::Draining => f.write_str("server is shutting down (error_draining)"),
+            ServerError::NotLeader(None) => f.write_str("server is not the cluster leader"),
+            ServerError::NotLeader(Some(addr)) => {
+                write!(f, "server is not the cluster leader; leader is {addr}")
+            }
+            ServerError::Unknown(s) => write!(f, "server replied with unknown status `{s}`"),
+        }
+    }
+}
+
+impl core::error::Error for ServerError {}
+
+/// Everything that can go wrong on a connection.
+///
+/// `E` is the transport's error type. [`Error::is_recoverable`] tells
+/// whether the connection may be used again.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error<E> {
+    /// The transport failed; its error is kept.
+    Io(E),
+    /// The server closed the connection (EOF before or inside a reply).
+    Disconnected,
+    /// A reply line did not fit the line buffer; framing is lost.
+    LineTooLong,
+    /// The reply could not be parsed.
+    Protocol(ProtocolError),
+    /// An argument was rejected before anything was sent.
+    InvalidArgument(InvalidArgument),
+    /// The server answered with an error status.
+    Server(ServerError),
+    /// Authentication required or failed (`error_auth`); the server closes
+    /// the connection.
+    Auth,
+    /// A client-side deadline passed before the server answered (connect
+    /// timeout, dead server). The connection is abandoned.
+    Timeout,
+    /// The connection was left mid-request (a future was dropped, or an
+    /// earlier error lost the framing) and must not be used again.
+    Unusable,
+    /// A held lease was lost: a renew failed or its deadline passed.
+    LeaseLost,
+}
+
+impl<E> Error<E> {
+    /// May the connection that returned this error be used again?
+    ///
+    /// True when the request was rejected before sending, or the server
+    /// answered with a status that leaves the connection open. False when
+    /// the transport, framing or server session is gone: reconnect.
+    pub fn is_recoverable(&self) -> bool {
+        match self {
+            Error::InvalidArgument(_) | Error::LeaseLost => true,
+            Error::Server(e) => !matches!(e, ServerError::Draining),
+            Error::Io(_)
+            | Error::Disconnected
+            | Error::LineTooLong
+            | Error::Protocol(_)
+            | Error::Auth
+            | Error::Timeout
+            | Error::Unusable => false,
+        }
+    }
+
+    /// Converts the transport error with `f`, keeping every other variant.
+    pub fn map_io<F, E2>(self, f: F) -> Error<E2>
+    where
+        F: FnOnce(E) -> E2,
+    {
+        match self {
+            Error::Io(e) => Error::Io(f(e)),
+            Error::Disconnected => Error::Disconnected,
+            Error::LineTooLong => Error::LineTooLong,
+            Error::Protocol(p) => Error::Protocol(p),
+            Error::InvalidArgument(a) => Error::InvalidArgument(a),
+            Error::Server(s) => Error::Server(s),
+            Error::Auth => Error::Auth,
+            Error::Timeout => Error::Timeout,
+            Error::Unusable => Error::Unusable,
+            Error::LeaseLost => Error::LeaseLost,
+        }
+    }
+}
+
+impl<E> From<InvalidArgument> for Error<E> {
+    fn from(e: InvalidArgument) -> Self {
+        Error::InvalidArgument(e)
+    }
+}
+
+impl<E> From<ProtocolError> for Error<E> {
+    fn from(e: ProtocolError) -> Self {
+        Error::Protocol(e)
+    }
+}
+
+impl<E> From<ServerError> for Error<E> {
+    fn from(e: ServerError) -> Self {
+        Error::Server(e)
+    }
+}
+
+impl<E: fmt::Debug> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "transport error: {e:?}"),
+            Error::Disconnected => f.write_str("server closed the connection"),
+            Error::LineTooLong => f.write_str("reply longer than the line buffer"),
+            Error::Protocol(e) => write!(f, "protocol error: {e}"),
+            Error::InvalidArgument(e) => e.fmt(f),
+            Error::Server(e) => e.fmt(f),
+            Error::Auth => f.write_str("authentication failed (error_auth)"),
+            Error::Timeout => f.write_str("timed out waiting for the server"),
+            Error::Unusable => f.write_str("connection is unusable after an earlier failure"),
+            Error::LeaseLost => f.write_str("lease lost: renew failed or deadline passed"),
+        }
+    }
+}
+
+impl<E: fmt::Debug> core::error::Error for Error<E> {}
+
+#[cfg(feature = "defmt")]
+impl<E: embedded_io_async::Error> defmt::Format for Error<E> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        match self {
+            Error::Io(e) => defmt::write!(f, "Io({})", e.kind()),
+            Error::Disconnected => defmt::write!(f, "Disconnected"),
+            Error::LineTooLong => defmt::write!(f, "LineTooLong"),
+            Error::Protocol(e) => defmt::write!(f, "Protocol({})", e),
+            Error::InvalidArgument(e) => defmt::write!(f, "InvalidArgument({})", e),
+            Error::Server(e) => defmt::write!(f, "Server({})", e),
+            Error::Auth => defmt::write!(f, "Auth"),
+            Error::Timeout => defmt::write!(f, "Timeout"),
+            Error::Unusable => defmt::write!(f, "Unusable"),
+            Error::LeaseLost => defmt::write!(f, "LeaseLost"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::string::ToString;
+
+    #[test]
+    fn unknown_status_text_is_cut_safely() {
+        let long = "é".repeat(100);
+        let ServerError::Unknown(t) = ServerError::from_status(Status::Unknown(&long)) else {
+            panic!()
+        };
+        assert_eq!(t.len(), 64);
+        assert!(long.starts_with(t.as_str()));
+    }
+
+    #[test]
+    fn recoverability() {
+        type E = Error<()>;
+        assert!(E::Server(ServerError::Error).is_recoverable());
+        assert!(!E::Server(ServerError::Draining).is_recoverable());
+        assert!(!E::Disconnected.is_recoverable());
+        assert!(!E::LineTooLong.is_recoverable());
+        assert!(!E::Auth.is_recoverable());
+        assert!(!E::Io(()).is_recoverable());
+    }
+
+    #[test]
+    fn display() {
+        let e: Error<()> = Error::Server(ServerError::NotLeader(Some(status_text("h:1"))));
+        assert_eq!(
+            e.to_string(),
+            "server is not the cluster leader; leader is h:1"
+        );
+    }
+}

@@ -1,0 +1,53 @@
+//! A `no_std`, heap-free client for the [dflockd] distributed lock server.
+//!
+//! One protocol core runs unchanged on microcontrollers (embassy-net), in
+//! WebAssembly (WASI 0.2) and on hosts (std threads and tokio):
+//!
+//! * [`protocol`] encodes every request, parses every reply line into typed
+//!   values and validates arguments byte for byte as the server does. Pure
+//!   functions: no IO, no allocation, no panics.
+//! * [`Connection`] drives the protocol over any
+//!   [`embedded_io_async`] transport with a fixed line buffer, exactly one
+//!   request in flight, and `sig` pushes kept apart from replies.
+//! * [`time`] is the time boundary: a [`Timer`](time::Timer) the caller
+//!   supplies.
+//! * [`runtime`] holds the feature-gated host adapters (`tokio`, `std`).
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | *(none)* | the `no_std` core: protocol, connection, time boundary |
+//! | `std` | blocking transport over `std::net::TcpStream` ([`runtime::blocking`]) |
+//! | `tokio` | tokio transport and timer ([`runtime::tokio`]) |
+//! | `serde` | a typed [`stats::Stats`] struct parsed from the stats JSON (host only) |
+//! | `log` | log through the `log` crate |
+//! | `defmt` | log through `defmt` and derive `defmt::Format` (firmware) |
+//!
+//! `log` and `defmt` are mutually exclusive. Default features pull no std,
+//! tokio or defmt into a firmware build.
+//!
+//! [dflockd]: https://github.com/mtingers/dflockd
+#![no_std]
+#![deny(missing_docs)]
+#![warn(clippy::large_futures)]
+
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+#[macro_use]
+mod fmt;
+
+mod conn;
+mod error;
+pub mod protocol;
+pub mod runtime;
+#[cfg(feature = "serde")]
+pub mod stats;
+#[cfg(any(feature = "std", test))]
+pub mod testing;
+pub mod time;
+
+pub use conn::{Connection, Enqueued, MIN_LINE_BUF, Result};
+pub use error::{Error, STATUS_TEXT_CAP, ServerError, StatusText};
+pub use protocol::{Grant, InvalidArgument, Kind, Signal, Token};

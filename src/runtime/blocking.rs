@@ -1,0 +1,302 @@
+//! Blocking adapter: `std::net::TcpStream` driving the same async core with
+//! a minimal block-on (no runtime, no threads).
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use dflockd_client::Kind;
+//! use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions};
+//!
+//! let mut conn = BlockingConnection::<1024, 0>::connect("127.0.0.1:6388", &ConnectOptions::default())?;
+//! if let Some(grant) = conn.acquire(Kind::Lock, "orders", 10, None)? {
+//!     conn.release(Kind::Lock, "orders", &grant.token)?;
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::io::{self, Read as _, Write as _};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::{AuthToken, DEFAULT_CONNECT_TIMEOUT};
+use crate::time::{Instant, Timer};
+use crate::{Connection, Enqueued, Error, Grant, Kind, Signal, Token};
+
+/// Runs a future to completion on the current thread.
+pub use pollster::block_on;
+
+/// The transport: a `std::net::TcpStream` behind the `embedded_io_async`
+/// traits. Its futures complete on their first poll (the IO blocks).
+#[derive(Debug)]
+pub struct StdStream(pub TcpStream);
+
+impl embedded_io_async::ErrorType for StdStream {
+    type Error = io::Error;
+}
+
+impl embedded_io_async::Read for StdStream {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+}
+
+impl embedded_io_async::Write for StdStream {
+    async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Gives up connecting to an address after this long. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Longest wait for a reply beyond the time the server may block on an
+    /// acquire or wait, and for any write. Default 10 s.
+    pub io_timeout: Duration,
+    /// Sent with `auth` as the first request when set. Never logged.
+    pub auth_token: Option<AuthToken>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            io_timeout: Duration::from_secs(10),
+            auth_token: None,
+        }
+    }
+}
+
+fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
+    match e {
+        Error::Io(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Error::Timeout
+        }
+        e => e,
+    }
+}
+
+/// A blocking connection: every method of [`Connection`], run to completion
+/// on the calling thread, with socket timeouts so that a dead or silent
+/// server gives [`Error::Timeout`] instead of a hang.
+#[derive(Debug)]
+pub struct BlockingConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: usize = 0> {
+    inner: Connection<StdStream, N, P>,
+    io_timeout: Duration,
+}
+
+/// Result of blocking calls.
+pub type Result<T> = core::result::Result<T, Error<io::Error>>;
+
+impl<const N: usize, const P: usize> BlockingConnection<N, P> {
+    /// Connects to `addr` (`host:port`; names are resolved, each address is
+    /// tried in turn), sets `TCP_NODELAY` and authenticates when a token is
+    /// given.
+    pub fn connect(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<Self> {
+        let mut last = None;
+        let mut stream = None;
+        for a in addr.to_socket_addrs().map_err(Error::Io)? {
+            match TcpStream::connect_timeout(&a, opts.connect_timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let stream = match (stream, last) {
+            (Some(s), _) => s,
+            (None, Some(e)) => return Err(timeout_kind(Error::Io(e))),
+            (None, None) => {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "address resolved to nothing",
+                )));
+            }
+        };
+        stream.set_nodelay(true).map_err(Error::Io)?;
+        stream
+            .set_write_timeout(Some(opts.io_timeout))
+            .map_err(Error::Io)?;
+        let mut conn = Self {
+            inner: Connection::new(StdStream(stream)),
+            io_timeout: opts.io_timeout,
+        };
+        if let Some(token) = &opts.auth_token {
+            conn.run(0, |c| c.auth(token.expose()))?;
+        }
+        Ok(conn)
+    }
+
+    /// Wraps an already connected stream.
+    pub fn from_stream(stream: TcpStream, io_timeout: Duration) -> Self {
+        Self {
+            inner: Connection::new(StdStream(stream)),
+            io_timeout,
+        }
+    }
+
+    /// The async connection inside, for anything not wrapped here.
+    pub fn get_mut(&mut self) -> &mut Connection<StdStream, N, P> {
+        &mut self.inner
+    }
+
+    /// Arms the read timeout for a request the server may hold for
+    /// `server_secs`, then runs it.
+    fn run<'c, T, F>(
+        &'c mut self,
+        server_secs: u64,
+        f: impl FnOnce(&'c mut Connection<StdStream, N, P>) -> F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let wait = self
+            .io_timeout
+            .saturating_add(Duration::from_secs(server_secs));
+        self.inner
+            .transport_mut()
+            .0
+            .set_read_timeout(Some(wait))
+            .map_err(Error::Io)?;
+        block_on(f(&mut self.inner)).map_err(timeout_kind)
+    }
+
+    /// Whether the connection can still carry requests.
+    pub fn is_usable(&self) -> bool {
+        self.inner.is_usable()
+    }
+
+    /// See [`Connection::auth`].
+    pub fn auth(&mut self, token: &str) -> Result<()> {
+        self.run(0, |c| c.auth(token))
+    }
+    /// See [`Connection::acquire`].
+    pub fn acquire(
+        &mut self,
+        kind: Kind,
+        key: &str,
+        timeout: u64,
+        lease: Option<u64>,
+    ) -> Result<Option<Grant>> {
+        self.run(timeout, |c| c.acquire(kind, key, timeout, lease))
+    }
+    /// See [`Connection::release`].
+    pub fn release(&mut self, kind: Kind, key: &str, token: &Token) -> Result<()> {
+        self.run(0, |c| c.release(kind, key, token))
+    }
+    /// See [`Connection::renew`].
+    pub fn renew(
+        &mut self,
+        kind: Kind,
+        key: &str,
+        token: &Token,
+        lease: Option<u64>,
+    ) -> Result<u64> {
+        self.run(0, |c| c.renew(kind, key, token, lease))
+    }
+    /// See [`Connection::enqueue`].
+    pub fn enqueue(&mut self, kind: Kind, key: &str, lease: Option<u64>) -> Result<Enqueued> {
+        self.run(0, |c| c.enqueue(kind, key, lease))
+    }
+    /// See [`Connection::wait`].
+    pub fn wait(&mut self, kind: Kind, key: &str, timeout: u64) -> Result<Option<Grant>> {
+        self.run(timeout, |c| c.wait(kind, key, timeout))
+    }
+    /// See [`Connection::ping`].
+    pub fn ping(&mut self) -> Result<()> {
+        self.run(0, |c| c.ping())
+    }
+    /// See [`Connection::stats`].
+    pub fn stats<'b>(&mut self, out: &'b mut [u8]) -> Result<&'b str> {
+        self.run(0, |c| c.stats(out))
+    }
+    /// See [`Connection::listen`].
+    pub fn listen(&mut self, pattern: &str, group: Option<&str>) -> Result<()> {
+        self.run(0, |c| c.listen(pattern, group))
+    }
+    /// See [`Connection::unlisten`].
+    pub fn unlisten(&mut self, pattern: &str, group: Option<&str>) -> Result<()> {
+        self.run(0, |c| c.unlisten(pattern, group))
+    }
+    /// See [`Connection::emit`].
+    pub fn emit(&mut self, channel: &str, payload: &str) -> Result<u64> {
+        self.run(0, |c| c.emit(channel, payload))
+    }
+    /// Waits up to `timeout` for the next signal; `Ok(None)` when none came.
+    pub fn next_signal(&mut self, timeout: Duration) -> Result<Option<Signal<'_>>> {
+        if self.inner.queued_signals() == 0 {
+            let sock = &self.inner.transport_mut().0;
+            sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+                .map_err(Error::Io)?;
+            // Peek without consuming: a timeout here loses nothing.
+            let mut probe = [0u8; 1];
+            match sock.peek(&mut probe) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        let io_timeout = self.io_timeout;
+        self.inner
+            .transport_mut()
+            .0
+            .set_read_timeout(Some(io_timeout))
+            .map_err(Error::Io)?;
+        block_on(self.inner.next_signal())
+            .map(Some)
+            .map_err(timeout_kind)
+    }
+    /// Signals dropped so far (see [`Connection::dropped_signals`]).
+    pub fn dropped_signals(&self) -> u64 {
+        self.inner.dropped_signals()
+    }
+}
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+/// [`Timer`] over `std::time::Instant`; `sleep_until` blocks the thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdTimer;
+
+impl Timer for StdTimer {
+    fn now(&self) -> Instant {
+        let ms = epoch().elapsed().as_millis();
+        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    async fn sleep_until(&self, deadline: Instant) {
+        let now = self.now();
+        std::thread::sleep(deadline.saturating_duration_since(now));
+    }
+}

@@ -1,0 +1,57 @@
+//! Runtime adapters: transports, timers and connect helpers, one module per
+//! runtime, each behind its feature. They add scheduling, never protocol
+//! logic.
+
+#[cfg(feature = "std")]
+pub mod blocking;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+
+#[cfg(feature = "std")]
+mod auth_token {
+    use std::string::String;
+
+    /// A shared authentication token that never shows in `Debug` output or
+    /// logs.
+    #[derive(Clone, PartialEq, Eq)]
+    pub struct AuthToken(String);
+
+    impl AuthToken {
+        /// Wraps a token.
+        pub fn new(token: impl Into<String>) -> Self {
+            Self(token.into())
+        }
+
+        /// The token text, for sending.
+        pub fn expose(&self) -> &str {
+            &self.0
+        }
+    }
+
+    impl core::fmt::Debug for AuthToken {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("AuthToken(<redacted>)")
+        }
+    }
+
+    impl From<&str> for AuthToken {
+        fn from(s: &str) -> Self {
+            Self::new(s)
+        }
+    }
+
+    impl From<String> for AuthToken {
+        fn from(s: String) -> Self {
+            Self(s)
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+pub use auth_token::AuthToken;
+
+/// Default connect timeout of every host adapter: 10 s, as the other clients.
+pub const DEFAULT_CONNECT_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(10);
+
+/// Default line buffer of host connections, in bytes.
+pub const DEFAULT_LINE_BUF: usize = 1024;

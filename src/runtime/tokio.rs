@@ -1,0 +1,108 @@
+//! tokio adapter: TCP transport, timer and connect helper.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use dflockd_client::Kind;
+//! use dflockd_client::runtime::tokio::{ConnectOptions, connect};
+//!
+//! let mut conn = connect::<1024, 0>("127.0.0.1:6388", &ConnectOptions::default()).await?;
+//! if let Some(grant) = conn.acquire(Kind::Lock, "orders", 10, None).await? {
+//!     conn.release(Kind::Lock, "orders", &grant.token).await?;
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::io;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use embedded_io_adapters::tokio_1::FromTokio;
+use tokio::net::TcpStream;
+
+use super::{AuthToken, DEFAULT_CONNECT_TIMEOUT};
+use crate::time::{Instant, Timer};
+use crate::{Connection, Error};
+
+/// The transport: a tokio `TcpStream` seen through `embedded_io_async`.
+pub type TokioStream = FromTokio<TcpStream>;
+
+/// A connection over tokio TCP.
+pub type TokioConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: usize = 0> =
+    Connection<TokioStream, N, P>;
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Gives up connecting (name resolution included) after this long.
+    /// Default 10 s.
+    pub connect_timeout: Duration,
+    /// Sent with `auth` as the first request when set. Never logged.
+    pub auth_token: Option<AuthToken>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            auth_token: None,
+        }
+    }
+}
+
+/// Opens a TCP connection to `addr` (`host:port`; names are resolved) with
+/// `TCP_NODELAY`, and authenticates when a token is given.
+///
+/// Errors: [`Error::Timeout`] when the connect timeout passes,
+/// [`Error::Io`] when resolution or connecting fails, [`Error::Auth`] when
+/// the server refuses the token.
+pub async fn connect<const N: usize, const P: usize>(
+    addr: &str,
+    opts: &ConnectOptions,
+) -> Result<TokioConnection<N, P>, Error<io::Error>> {
+    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| Error::Timeout)?
+        .map_err(Error::Io)?;
+    stream.set_nodelay(true).map_err(Error::Io)?;
+    let mut conn = Connection::new(FromTokio::new(stream));
+    if let Some(token) = &opts.auth_token {
+        tokio::time::timeout(opts.connect_timeout, conn.auth(token.expose()))
+            .await
+            .map_err(|_| Error::Timeout)??;
+    }
+    Ok(conn)
+}
+
+/// Runs a request future with a client-side deadline: [`Error::Timeout`]
+/// when `dur` passes first (the connection is then unusable), so a dead or
+/// silent server never hangs the caller.
+pub async fn timeout<T, F>(dur: Duration, fut: F) -> Result<T, Error<io::Error>>
+where
+    F: Future<Output = Result<T, Error<io::Error>>>,
+{
+    tokio::time::timeout(dur, fut)
+        .await
+        .map_err(|_| Error::Timeout)?
+}
+
+fn epoch() -> tokio::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    tokio::time::Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now))
+}
+
+/// [`Timer`] over tokio's clock (honours tokio's paused test time).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioTimer;
+
+impl Timer for TokioTimer {
+    fn now(&self) -> Instant {
+        let ms = tokio::time::Instant::now()
+            .saturating_duration_since(epoch())
+            .as_millis();
+        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
+        tokio::time::sleep_until(epoch() + Duration::from_millis(deadline.as_millis()))
+    }
+}
