@@ -562,6 +562,17 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// no push, and the connection stays usable. Use it in a `select` with a
     /// timer to send heartbeats.
     pub async fn next_signal(&mut self) -> Result<Signal<'_>, T::Error> {
+        self.wait_signal().await?;
+        self.try_next_signal()
+            .ok_or(Error::Protocol(ProtocolError::BadPush))
+    }
+
+    /// Waits until at least one signal is queued, reading pushes from the
+    /// transport, and takes none: follow with
+    /// [`try_next_signal`](Self::try_next_signal). Same rules and cancel
+    /// safety as [`next_signal`](Self::next_signal); useful in a loop or a
+    /// `select` where returning the borrowed [`Signal`] is awkward.
+    pub async fn wait_signal(&mut self) -> Result<(), T::Error> {
         if self.poisoned {
             return Err(Error::Unusable);
         }
@@ -573,8 +584,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
             }
             self.accept_push(s, e);
         }
-        self.try_next_signal()
-            .ok_or(Error::Protocol(ProtocolError::BadPush))
+        Ok(())
     }
 }
 

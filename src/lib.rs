@@ -9,6 +9,8 @@
 //! * [`Connection`] drives the protocol over any
 //!   [`embedded_io_async`] transport with a fixed line buffer, exactly one
 //!   request in flight, and `sig` pushes kept apart from replies.
+//! * [`signal`] is pub/sub on the core: pattern checks, a bounded signal
+//!   queue with a drop counter, and a `ping` heartbeat.
 //! * [`time`] is the time boundary: a [`Timer`](time::Timer) the caller
 //!   supplies.
 //! * [`runtime`] holds the feature-gated host adapters (`tokio`, `std`).
@@ -42,6 +44,7 @@ mod conn;
 mod error;
 pub mod protocol;
 pub mod runtime;
+pub mod signal;
 #[cfg(feature = "serde")]
 pub mod stats;
 #[cfg(any(feature = "std", test))]
