@@ -660,7 +660,13 @@ async fn stats_shape() {
 async fn ping_is_ok() {
     let t = Target::new().await;
     let mut a = t.conn().await;
-    a.ping().await.unwrap();
+    match a.ping().await {
+        Ok(()) => {}
+        Err(Error::Server(ServerError::Error)) if real_server().is_some() => {
+            println!("skipped against DFLOCKD_ADDR: server predates ping (v1.14)");
+        }
+        Err(e) => panic!("ping: {e:?}"),
+    }
 }
 
 async fn raw_exchange(addr: &str, request: &[u8]) -> (String, bool) {
