@@ -570,7 +570,9 @@ async fn auth_success_and_failure() {
     let Some(t) = auth_target().await else { return };
     // Right token: commands work.
     let mut ok = t.conn().await;
-    ok.ping().await.unwrap();
+    let k = key("authed");
+    let g = ok.acquire(Kind::Lock, &k, 0, None).await.unwrap().unwrap();
+    ok.release(Kind::Lock, &k, &g.token).await.unwrap();
     // Wrong token: error_auth, and the server closes the connection.
     let opts = ConnectOptions {
         auth_token: Some(AuthToken::from("wrong-token")),
