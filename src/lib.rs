@@ -42,7 +42,9 @@ mod fmt;
 
 mod conn;
 mod error;
+pub mod lock;
 pub mod protocol;
+pub mod routing;
 pub mod runtime;
 pub mod signal;
 #[cfg(feature = "serde")]

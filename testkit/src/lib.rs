@@ -1,0 +1,398 @@
+//! `dflockd-testkit`: an in-process, dflockd-compatible lock server for tests.
+//!
+//! It implements the dflockd wire protocol (see the repository's
+//! `PROTOCOL.md`) with the real server's rules: argument parsing and
+//! validation, error statuses, when connections are closed, strict FIFO per
+//! key, leases that expire at their exact deadline, two-phase `e`/`w`
+//! bound to the connection, semaphores, signals (pub/sub), authentication,
+//! limits, idle read timeout and graceful draining.
+//!
+//! # From a tokio test
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use std::time::Duration;
+//! use dflockd_testkit::TestServer;
+//!
+//! let server = TestServer::builder()
+//!     .read_timeout(Duration::from_secs(1))
+//!     .default_lease_ttl(Duration::from_secs(5))
+//!     .start()
+//!     .await?;
+//! let addr = server.addr(); // 127.0.0.1:<ephemeral port>
+//! // ... connect a client to `addr` ...
+//! server.disconnect_all_clients(); // simulate a cut connection
+//! println!("{}", server.stats_json());
+//! server.shutdown().await; // graceful: `error_draining`, then close
+//! # let _ = addr; Ok(()) }
+//! ```
+//!
+//! # From a plain (blocking) `#[test]`
+//!
+//! [`TestServerBuilder::start_blocking`] runs the server on its own tokio
+//! runtime in a background thread, so no runtime is needed by the caller:
+//!
+//! ```no_run
+//! let server = dflockd_testkit::TestServer::builder()
+//!     .auth_token("s3cret")
+//!     .start_blocking()
+//!     .expect("start test server");
+//! let addr = server.addr();
+//! // ... use a blocking client against `addr` ...
+//! drop(server); // stops: listener and every connection closed, thread joined
+//! # let _ = addr;
+//! ```
+//!
+//! Dropping a [`TestServer`] stops it at once. For a server started with
+//! [`TestServerBuilder::start`] the stop happens asynchronously on the
+//! caller's runtime (the drop never blocks); for one started with
+//! [`TestServerBuilder::start_blocking`] the drop joins the server thread,
+//! which takes milliseconds, and is safe inside an async context too.
+//!
+//! # The binary
+//!
+//! `cargo run -p dflockd-testkit -- --port 6388` starts a standalone server,
+//! prints `dflockd-testkit listening on <addr>` once it accepts connections,
+//! and shuts down gracefully on SIGINT/SIGTERM. Flags (each also read from
+//! an environment variable, as the real server does; an explicit flag
+//! wins over the variable):
+//!
+//! | flag | environment variable | default | |
+//! |---|---|---|---|
+//! | `--host` | `DFLOCKD_HOST` | `127.0.0.1` | bind address |
+//! | `--port` | `DFLOCKD_PORT` | `6388` | bind port (`0` = ephemeral) |
+//! | `--default-lease-ttl` | `DFLOCKD_DEFAULT_LEASE_TTL_S` | `33` | seconds |
+//! | `--lease-sweep-interval` | `DFLOCKD_LEASE_SWEEP_INTERVAL_S` | `1` | accepted, unused (leases expire at exact deadlines) |
+//! | `--gc-interval` | `DFLOCKD_GC_LOOP_SLEEP` | `5` | seconds between idle-key GC runs |
+//! | `--gc-max-idle` | `DFLOCKD_GC_MAX_UNUSED_TIME` | `60` | idle seconds before a key is pruned |
+//! | `--max-locks` | `DFLOCKD_MAX_LOCKS` | `1024` | distinct lock + semaphore keys |
+//! | `--max-connections` | `DFLOCKD_MAX_CONNECTIONS` | `0` | 0 = unlimited |
+//! | `--max-waiters` | `DFLOCKD_MAX_WAITERS` | `0` | per key, 0 = unlimited |
+//! | `--max-subscriptions` | `DFLOCKD_MAX_SUBSCRIPTIONS` | `0` | per connection, 0 = unlimited |
+//! | `--read-timeout` | `DFLOCKD_READ_TIMEOUT_S` | `23` | idle seconds before `error` + close |
+//! | `--write-timeout` | `DFLOCKD_WRITE_TIMEOUT_S` | `5` | 0 = none |
+//! | `--shutdown-timeout` | `DFLOCKD_SHUTDOWN_TIMEOUT_S` | `30` | drain limit, 0 = wait forever |
+//! | `--auth-token` | `DFLOCKD_AUTH_TOKEN` | unset | shared secret |
+//! | `--auth-token-file` | `DFLOCKD_AUTH_TOKEN_FILE` | unset | file holding the token |
+//! | `--auto-release-on-disconnect[=BOOL]` / `--no-auto-release-on-disconnect` | `DFLOCKD_AUTO_RELEASE_ON_DISCONNECT` | on | |
+//! | `--tls-cert` / `--tls-key` | `DFLOCKD_TLS_CERT`, `DFLOCKD_TLS_KEY` | unset | reserved: TLS is not implemented yet |
+//! | `--debug` | `DFLOCKD_DEBUG` | off | accepted, no effect |
+//!
+//! # Behaviour and differences from the real server
+//!
+//! * **Separate key spaces** (v1.14+ behaviour): lock keys (`l r n e w`) and
+//!   semaphore keys (`sl sr sn se sw`) never collide; `error_limit_mismatch`
+//!   only happens between semaphore requests with different limits. v1.10
+//!   shared one namespace. Both kinds count against `--max-locks`.
+//! * **Signals** (v1.11–v1.16): `listen`/`unlisten`/`signal` with `*`/`>`
+//!   patterns and queue groups; each connection has 64 pending pushes and a
+//!   connection that overflows them is closed. A connection subscribed both
+//!   with and without a group gets one push per matching group plus one
+//!   non-grouped push. A push that could not be delivered is not counted in
+//!   `ok <n>`.
+//! * `ping` → `ok`; `error_draining` during graceful shutdown (also to
+//!   blocked `l`/`w` requests, which are then closed); `error_lease_expired`
+//!   from `w` when the grant obtained through `e` expired before `w`
+//!   collected it. Lines may be 256 bytes, the `auth` token and `signal`
+//!   payload lines 64 KiB.
+//! * **Tokens** have the v2 fencing shape: 32 lowercase hex digits whose
+//!   first 16 are a big-endian counter that increases on every grant.
+//! * **Leases** expire at their exact deadline (no sweep interval), and an
+//!   expired lease can neither be renewed nor released (`error`), even in
+//!   the instant before the expiry timer ran.
+//! * **Disconnect**: pending waits of a closed connection are always
+//!   cancelled; with `--no-auto-release-on-disconnect` only its held locks
+//!   stay until their lease expires (v1.10 also left its waiters queued).
+//!   A blocking `l`/`w` notices the peer closing while it waits.
+//! * **Idle timeout** counts received bytes only (pushes sent do not count)
+//!   and is suspended while a blocking request waits, as in the real server.
+//! * **Stats** lists keys sorted by key; a semaphore key is always reported
+//!   under `semaphores`, whatever its limit.
+//! * TLS is not implemented yet; the connection handler is generic over
+//!   `AsyncRead + AsyncWrite` so a TLS stream can be plugged in later.
+#![deny(missing_docs)]
+
+mod config;
+mod conn;
+mod latch;
+mod locks;
+mod protocol;
+mod server;
+mod signals;
+mod stats;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use config::Config;
+pub use stats::{IdleInfo, LockInfo, SemaphoreInfo, SignalChannelInfo, Stats};
+
+use server::Shared;
+
+/// A running dflockd-compatible server. Stops when dropped.
+pub struct TestServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("addr", &self.addr)
+            .field("config", &self.shared.cfg)
+            .finish()
+    }
+}
+
+/// Builder for a [`TestServer`]; starts from [`Config::default`].
+#[derive(Debug, Clone, Default)]
+pub struct TestServerBuilder {
+    config: Config,
+}
+
+impl TestServerBuilder {
+    /// A builder with the default configuration (`127.0.0.1:0`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Bind address (default `127.0.0.1`).
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.config.host = host.into();
+        self
+    }
+
+    /// Bind port (default `0`: an ephemeral port, see [`TestServer::addr`]).
+    pub fn port(mut self, port: u16) -> Self {
+        self.config.port = port;
+        self
+    }
+
+    /// Lease used when a request names none (default 33 s).
+    pub fn default_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.config.default_lease_ttl = ttl;
+        self
+    }
+
+    /// Accepted for compatibility; leases expire at exact deadlines.
+    pub fn lease_sweep_interval(mut self, interval: Duration) -> Self {
+        self.config.lease_sweep_interval = interval;
+        self
+    }
+
+    /// Interval of the idle-key GC (default 5 s).
+    pub fn gc_interval(mut self, interval: Duration) -> Self {
+        self.config.gc_interval = interval;
+        self
+    }
+
+    /// Idle time before an unused key is pruned (default 60 s).
+    pub fn gc_max_idle(mut self, idle: Duration) -> Self {
+        self.config.gc_max_idle = idle;
+        self
+    }
+
+    /// Maximum distinct lock plus semaphore keys (default 1024).
+    pub fn max_locks(mut self, n: usize) -> Self {
+        self.config.max_locks = n;
+        self
+    }
+
+    /// Maximum concurrent connections (default 0 = unlimited).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n;
+        self
+    }
+
+    /// Maximum waiters per key (default 0 = unlimited).
+    pub fn max_waiters(mut self, n: usize) -> Self {
+        self.config.max_waiters = n;
+        self
+    }
+
+    /// Maximum signal subscriptions per connection (default 0 = unlimited).
+    pub fn max_subscriptions(mut self, n: usize) -> Self {
+        self.config.max_subscriptions = n;
+        self
+    }
+
+    /// Idle read timeout (default 23 s).
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.config.read_timeout = timeout;
+        self
+    }
+
+    /// Write timeout (default 5 s; zero = none).
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.config.write_timeout = timeout;
+        self
+    }
+
+    /// Graceful shutdown drain limit (default 30 s; zero = wait forever).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Requires `auth <token>` as the first command of every connection.
+    pub fn auth_token(mut self, token: impl Into<String>) -> Self {
+        self.config.auth_token = Some(token.into());
+        self
+    }
+
+    /// Release held locks when a connection closes (default `true`).
+    pub fn auto_release_on_disconnect(mut self, on: bool) -> Self {
+        self.config.auto_release_on_disconnect = on;
+        self
+    }
+
+    /// Starts the server on the current tokio runtime.
+    ///
+    /// Fails if the configuration is invalid or the address cannot be bound.
+    pub async fn start(self) -> io::Result<TestServer> {
+        self.config.validate()?;
+        let listener =
+            tokio::net::TcpListener::bind((self.config.host.as_str(), self.config.port)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(self.config));
+        tokio::spawn(server::run(shared.clone(), listener));
+        Ok(TestServer {
+            addr,
+            shared,
+            thread: None,
+        })
+    }
+
+    /// Starts the server on its own tokio runtime in a background thread.
+    ///
+    /// Usable from plain `#[test]` functions (no runtime needed) and from
+    /// async code alike.
+    pub fn start_blocking(self) -> io::Result<TestServer> {
+        self.config.validate()?;
+        let listener = std::net::TcpListener::bind((self.config.host.as_str(), self.config.port))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dflockd-testkit-worker")
+            .enable_all()
+            .build()?;
+        let shared = Arc::new(Shared::new(self.config));
+        let task_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("dflockd-testkit".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => server::run(task_shared, listener).await,
+                        Err(_) => task_shared.stopped.trigger(),
+                    }
+                });
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })?;
+        Ok(TestServer {
+            addr,
+            shared,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl TestServer {
+    /// A builder with the default configuration.
+    pub fn builder() -> TestServerBuilder {
+        TestServerBuilder::new()
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    /// Number of open client connections.
+    pub fn connection_count(&self) -> usize {
+        self.shared
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The current server state, as the `stats` command reports it.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// The `stats` JSON (the text after `ok ` in the `stats` reply).
+    pub fn stats_json(&self) -> String {
+        serde_json::to_string(&self.stats()).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    /// Abruptly closes every client connection (as a cut connection would),
+    /// while the server keeps accepting new ones. Their locks are released
+    /// (per `auto_release_on_disconnect`) before their sockets close.
+    pub fn disconnect_all_clients(&self) {
+        self.shared.kill_all_connections();
+    }
+
+    /// Starts a graceful shutdown without waiting: the listener closes, new
+    /// requests get `error_draining` and their connection is closed, blocked
+    /// `l`/`w` requests get `error_draining` at once.
+    pub fn begin_shutdown(&self) {
+        self.shared.draining.trigger();
+    }
+
+    /// Graceful shutdown: [`begin_shutdown`](Self::begin_shutdown), then
+    /// waits until every connection closed, at most `shutdown_timeout`,
+    /// after which the remaining ones are closed.
+    ///
+    /// As in the real server, an idle connection stays open until it sends
+    /// a request (answered `error_draining`), hits the read timeout, or the
+    /// drain limit elapses; use [`TestServerBuilder::shutdown_timeout`] to
+    /// keep that short in tests.
+    pub async fn shutdown(&self) {
+        self.begin_shutdown();
+        self.shared.stopped.wait().await;
+    }
+
+    /// [`shutdown`](Self::shutdown) for synchronous code.
+    ///
+    /// For a server started with [`TestServerBuilder::start`] and called
+    /// from inside a tokio runtime, this only begins the shutdown (blocking
+    /// there could deadlock the runtime that runs the server).
+    pub fn shutdown_blocking(&self) {
+        self.begin_shutdown();
+        if self.thread.is_none() && tokio::runtime::Handle::try_current().is_ok() {
+            return;
+        }
+        self.shared.stopped.wait_blocking();
+    }
+
+    /// Stops the server at once (listener and every connection closed).
+    pub async fn stop(&self) {
+        self.shared.hard_stop.trigger();
+        self.shared.stopped.wait().await;
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shared.hard_stop.trigger();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
