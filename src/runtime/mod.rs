@@ -4,6 +4,8 @@
 
 #[cfg(feature = "std")]
 pub mod blocking;
+#[cfg(feature = "std")]
+pub mod signal;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
