@@ -5,9 +5,18 @@
 #[cfg(feature = "std")]
 pub mod blocking;
 #[cfg(feature = "std")]
+pub mod blocking_lock;
+#[cfg(feature = "std")]
+mod lock_builder;
+#[cfg(feature = "std")]
 pub mod signal;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+#[cfg(feature = "tokio")]
+pub mod tokio_lock;
+
+#[cfg(feature = "std")]
+pub use lock_builder::{DEFAULT_SERVER, LockBuilder};
 
 #[cfg(feature = "std")]
 mod auth_token {

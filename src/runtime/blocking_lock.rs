@@ -1,0 +1,534 @@
+//! Distributed locks and semaphores for blocking code, renewed by a thread.
+//!
+//! Named like the other dflockd clients: [`DistributedLock`] and
+//! [`DistributedSemaphore`]. Each acquire opens its own connection to the
+//! server that owns the key (see [`routing`](crate::routing)); a granted
+//! [`LeaseGuard`] hands that connection to a thread that renews the lease
+//! on the core schedule until the guard is released or dropped. No async
+//! runtime is involved.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
+//! use std::time::Duration;
+//! use dflockd_client::runtime::blocking_lock::DistributedLock;
+//!
+//! let lock = DistributedLock::builder("orders")
+//!     .lease_ttl(Duration::from_secs(30))
+//!     .build();
+//! if let Some(guard) = lock.acquire()? {
+//!     // ... critical section; the lease is renewed by a thread ...
+//!     guard.release()?;
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::boxed::Box;
+use std::io;
+use std::string::String;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use super::blocking::{BlockingConnection, ConnectOptions, StdTimer, block_on};
+use super::lock_builder::{LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil};
+use crate::lock::Lease;
+use crate::time::{Instant, Timer};
+use crate::{Enqueued, Error, Grant, Kind, Token};
+
+/// Result of the blocking lock API.
+pub type Result<T> = core::result::Result<T, Error<io::Error>>;
+
+type Conn = BlockingConnection<LINE, 0>;
+
+/// While waiting for the next renew, the renewal thread checks this often
+/// whether the connection was closed, so a cut connection is reported long
+/// before the lease deadline.
+const CLOSED_POLL: Duration = Duration::from_millis(250);
+
+fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
+    match e {
+        Error::Io(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Error::Timeout
+        }
+        e => e,
+    }
+}
+
+/// What locks and semaphores share.
+#[derive(Debug, Clone)]
+struct Resource(Arc<Settings>);
+
+impl Resource {
+    fn connect(&self) -> Result<Conn> {
+        let s = &self.0;
+        let opts = ConnectOptions {
+            connect_timeout: s.connect_timeout,
+            io_timeout: s.options.io_timeout,
+            auth_token: s.auth_token.clone(),
+        };
+        Conn::connect(s.server()?, &opts)
+    }
+
+    fn lease_secs(&self) -> Option<u64> {
+        self.0.options.lease_ttl.map(|d| secs_ceil(d).max(1))
+    }
+
+    fn acquire_within(&self, timeout: Duration) -> Result<Option<LeaseGuard>> {
+        let s = &self.0;
+        let mut conn = self.connect()?;
+        let sent = StdTimer.now();
+        let grant = conn.acquire(s.kind, &s.key, secs_ceil(timeout), self.lease_secs())?;
+        let received = StdTimer.now();
+        grant
+            .map(|g| LeaseGuard::spawn(conn, self.0.clone(), g, sent, received))
+            .transpose()
+    }
+
+    fn enqueue(&self) -> Result<Ticket> {
+        let s = &self.0;
+        let mut conn = self.connect()?;
+        let sent = StdTimer.now();
+        let reply = conn.enqueue(s.kind, &s.key, self.lease_secs())?;
+        let received = StdTimer.now();
+        Ok(Ticket(match reply {
+            Enqueued::Acquired(g) => {
+                TicketState::Acquired(LeaseGuard::spawn(conn, self.0.clone(), g, sent, received)?)
+            }
+            Enqueued::Queued => TicketState::Queued {
+                conn: Box::new(conn),
+                settings: self.0.clone(),
+            },
+        }))
+    }
+
+    fn run<R>(&self, f: impl FnOnce(&LeaseGuard) -> R) -> Result<Option<R>> {
+        let Some(guard) = self.acquire_within(self.0.options.acquire_timeout)? else {
+            return Ok(None);
+        };
+        let out = f(&guard);
+        if guard.is_lost() {
+            return Err(Error::LeaseLost);
+        }
+        // The connection closes after the release either way, so the
+        // server frees the lease even if the release failed.
+        let _ = guard.release();
+        Ok(Some(out))
+    }
+}
+
+macro_rules! host_api {
+    () => {
+        /// The key.
+        pub fn key(&self) -> &str {
+            &self.0.0.key
+        }
+
+        /// Acquires, letting the server block up to the acquire timeout.
+        /// `Ok(None)` when it passed without a grant.
+        ///
+        /// Errors: connecting or authenticating failed; [`Error::Timeout`]
+        /// when no reply came within the acquire timeout plus the reply
+        /// timeout; a server error status.
+        pub fn acquire(&self) -> Result<Option<LeaseGuard>> {
+            self.0.acquire_within(self.0.0.options.acquire_timeout)
+        }
+
+        /// Tries once without blocking on the server. `Ok(None)` when held
+        /// elsewhere.
+        pub fn try_acquire(&self) -> Result<Option<LeaseGuard>> {
+            self.0.acquire_within(Duration::ZERO)
+        }
+
+        /// [`acquire`](Self::acquire) with another timeout.
+        pub fn acquire_within(&self, timeout: Duration) -> Result<Option<LeaseGuard>> {
+            self.0.acquire_within(timeout)
+        }
+
+        /// Two-phase, first half: joins the queue without blocking. Run
+        /// your code, then collect the grant with [`Ticket::wait`]. Keep the
+        /// code between them shorter than the server's idle timeout (23 s
+        /// by default): a queued connection is silent.
+        pub fn enqueue(&self) -> Result<Ticket> {
+            self.0.enqueue()
+        }
+
+        /// Runs `f` while holding: acquires (`Ok(None)` when the acquire
+        /// timeout passed), calls `f` with the guard, releases, and returns
+        /// its output.
+        ///
+        /// A closure cannot be stopped from outside: if the lease is lost
+        /// while `f` runs, `f` still runs to the end (check
+        /// [`LeaseGuard::is_lost`] at safe points), and its output is
+        /// discarded for [`Error::LeaseLost`].
+        pub fn run<R>(&self, f: impl FnOnce(&LeaseGuard) -> R) -> Result<Option<R>> {
+            self.0.run(f)
+        }
+    };
+}
+
+/// A distributed exclusive lock on one key.
+///
+/// Cheap to clone; every acquire opens its own connection.
+#[derive(Debug, Clone)]
+pub struct DistributedLock(Resource);
+
+impl DistributedLock {
+    /// A lock on `key` at [`DEFAULT_SERVER`](super::DEFAULT_SERVER) with
+    /// default options.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self::builder(key).build()
+    }
+
+    /// A builder for a lock on `key`.
+    pub fn builder(key: impl Into<String>) -> LockBuilder<Self> {
+        LockBuilder::new(key.into(), Kind::Lock)
+    }
+
+    host_api!();
+}
+
+impl FromSettings for DistributedLock {
+    fn from_settings(settings: Settings) -> Self {
+        Self(Resource(Arc::new(settings)))
+    }
+}
+
+/// A distributed counting semaphore on one key: at most `limit` holders.
+///
+/// Cheap to clone; every acquire opens its own connection. All clients of
+/// a key must use the same limit (`error_limit_mismatch` otherwise).
+#[derive(Debug, Clone)]
+pub struct DistributedSemaphore(Resource);
+
+impl DistributedSemaphore {
+    /// A semaphore on `key` admitting `limit` holders, at
+    /// [`DEFAULT_SERVER`](super::DEFAULT_SERVER) with default options.
+    pub fn new(key: impl Into<String>, limit: u32) -> Self {
+        Self::builder(key, limit).build()
+    }
+
+    /// A builder for a semaphore on `key` admitting `limit` holders.
+    pub fn builder(key: impl Into<String>, limit: u32) -> LockBuilder<Self> {
+        LockBuilder::new(key.into(), Kind::Semaphore { limit })
+    }
+
+    /// The semaphore's limit.
+    pub fn limit(&self) -> u32 {
+        match self.0.0.kind {
+            Kind::Semaphore { limit } => limit,
+            Kind::Lock => 1,
+        }
+    }
+
+    host_api!();
+}
+
+impl FromSettings for DistributedSemaphore {
+    fn from_settings(settings: Settings) -> Self {
+        Self(Resource(Arc::new(settings)))
+    }
+}
+
+// ---- two-phase --------------------------------------------------------------
+
+/// A place in a key's queue, from `enqueue`: granted at once, or queued
+/// until [`wait`](Self::wait). Dropping a queued ticket closes its
+/// connection, which leaves the queue.
+#[derive(Debug)]
+pub struct Ticket(TicketState);
+
+#[derive(Debug)]
+enum TicketState {
+    Acquired(LeaseGuard),
+    Queued {
+        conn: Box<Conn>,
+        settings: Arc<Settings>,
+    },
+}
+
+impl Ticket {
+    /// Whether the lease was granted at once (then `wait` returns it
+    /// without asking the server; it is already being renewed).
+    pub fn is_acquired(&self) -> bool {
+        matches!(self.0, TicketState::Acquired(_))
+    }
+
+    /// Two-phase, second half: waits up to the acquire timeout for the
+    /// grant. `Ok(None)` on timeout (the server then forgets the waiter).
+    pub fn wait(self) -> Result<Option<LeaseGuard>> {
+        let timeout = match &self.0 {
+            TicketState::Acquired(_) => Duration::ZERO,
+            TicketState::Queued { settings, .. } => settings.options.acquire_timeout,
+        };
+        self.wait_within(timeout)
+    }
+
+    /// [`wait`](Self::wait) with another timeout.
+    pub fn wait_within(self, timeout: Duration) -> Result<Option<LeaseGuard>> {
+        match self.0 {
+            TicketState::Acquired(guard) => Ok(Some(guard)),
+            TicketState::Queued { mut conn, settings } => {
+                let sent = StdTimer.now();
+                let grant = conn.wait(settings.kind, &settings.key, secs_ceil(timeout))?;
+                let received = StdTimer.now();
+                grant
+                    .map(|g| LeaseGuard::spawn(*conn, settings, g, sent, received))
+                    .transpose()
+            }
+        }
+    }
+}
+
+// ---- the guard ----------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Held,
+    Lost,
+    Released,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn set(&self, state: State) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        self.changed.notify_all();
+    }
+
+    fn get(&self) -> State {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+type ReleaseReply = mpsc::SyncSender<Result<()>>;
+
+/// A held lock or semaphore slot, renewed by a background thread.
+///
+/// * [`release`](Self::release) releases and reports the outcome.
+/// * Dropping the guard releases on the renewal thread (best effort; the
+///   drop never blocks).
+/// * [`is_lost`](Self::is_lost) (non-blocking) and
+///   [`wait_lost`](Self::wait_lost) (blocking) report a renew that failed,
+///   a connection that closed or a deadline that passed; from then on
+///   [`token`](Self::token) is `None`.
+#[derive(Debug)]
+pub struct LeaseGuard {
+    settings: Arc<Settings>,
+    token: Token,
+    ttl: Duration,
+    shared: Arc<Shared>,
+    release: Option<mpsc::Sender<ReleaseReply>>,
+}
+
+impl LeaseGuard {
+    fn spawn(
+        conn: Conn,
+        settings: Arc<Settings>,
+        grant: Grant,
+        sent: Instant,
+        received: Instant,
+    ) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::Held),
+            changed: Condvar::new(),
+        });
+        let (release, rx) = mpsc::channel();
+        let thread_shared = shared.clone();
+        let thread_settings = settings.clone();
+        std::thread::Builder::new()
+            .name("dflockd-lease".into())
+            .spawn(move || {
+                renew_loop(
+                    conn,
+                    &thread_settings,
+                    grant,
+                    sent,
+                    received,
+                    &rx,
+                    &thread_shared,
+                )
+            })
+            .map_err(Error::Io)?;
+        Ok(LeaseGuard {
+            settings,
+            token: grant.token,
+            ttl: Duration::from_secs(grant.lease),
+            shared,
+            release: Some(release),
+        })
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.settings.key
+    }
+
+    /// Lock or semaphore.
+    pub fn kind(&self) -> Kind {
+        self.settings.kind
+    }
+
+    /// The lease token, or `None` once the lease is lost.
+    pub fn token(&self) -> Option<Token> {
+        (!self.is_lost()).then_some(self.token)
+    }
+
+    /// The fencing value of the token (see [`Token::fence`]), or `None`
+    /// once the lease is lost.
+    pub fn fence(&self) -> Option<u64> {
+        self.token().map(|t| t.fence())
+    }
+
+    /// The lease TTL granted by the server.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Whether the lease is known to be lost. Never blocks.
+    pub fn is_lost(&self) -> bool {
+        self.shared.get() == State::Lost
+    }
+
+    /// Blocks until the lease is lost. Never returns while it is held.
+    pub fn wait_lost(&self) {
+        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        while *state == State::Held {
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Blocks until the lease is lost or `timeout` passed; whether it is
+    /// lost.
+    pub fn wait_lost_timeout(&self, timeout: Duration) -> bool {
+        let state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (state, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(state, timeout, |s| *s == State::Held)
+            .unwrap_or_else(|e| e.into_inner());
+        *state == State::Lost
+    }
+
+    /// Releases the lease and closes its connection; blocks until the
+    /// server answered (at most the reply timeout, plus a renew that may be
+    /// in flight).
+    ///
+    /// [`Error::LeaseLost`] when it was lost before; other errors as the
+    /// release request reports them (the connection closes anyway, which
+    /// frees the lease on the server).
+    pub fn release(mut self) -> Result<()> {
+        let Some(tx) = self.release.take() else {
+            return Err(Error::LeaseLost);
+        };
+        let (reply, outcome) = mpsc::sync_channel(1);
+        if tx.send(reply).is_err() {
+            return Err(Error::LeaseLost);
+        }
+        outcome.recv().unwrap_or(Err(Error::LeaseLost))
+    }
+}
+
+/// The renewal thread: renews on the lease's schedule, checks for a closed
+/// connection while waiting, releases on request or when the guard is
+/// dropped.
+fn renew_loop(
+    mut conn: Conn,
+    settings: &Settings,
+    grant: Grant,
+    sent: Instant,
+    received: Instant,
+    rx: &mpsc::Receiver<ReleaseReply>,
+    shared: &Shared,
+) {
+    let spec = settings.spec();
+    let timer = StdTimer;
+    let mut lease = Lease::from_grant(&spec, grant, sent, received);
+    loop {
+        let now = timer.now();
+        let due = lease.next_renew_at();
+        if now < due {
+            match rx.recv_timeout(due.saturating_duration_since(now).min(CLOSED_POLL)) {
+                Ok(reply) => {
+                    let out = release(&mut conn, lease, settings);
+                    shared.set(State::Released);
+                    let _ = reply.send(out);
+                    return;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = release(&mut conn, lease, settings);
+                    shared.set(State::Released);
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if is_closed(&mut conn) {
+                        warn!("lease on {} lost: connection closed", lease.key());
+                        shared.set(State::Lost);
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let left = lease.remaining(timer.now());
+        let wait = settings
+            .options
+            .io_timeout
+            .min(left)
+            .max(Duration::from_millis(1));
+        let renewed = conn
+            .get_mut()
+            .transport_mut()
+            .0
+            .set_read_timeout(Some(wait))
+            .map_err(Error::Io)
+            .and_then(|()| block_on(lease.renew(conn.get_mut(), &timer)));
+        if renewed.is_err() {
+            warn!("lease on {} lost: renew failed", lease.key());
+            shared.set(State::Lost);
+            return;
+        }
+    }
+}
+
+fn release(conn: &mut Conn, lease: Lease<'_>, settings: &Settings) -> Result<()> {
+    conn.get_mut()
+        .transport_mut()
+        .0
+        .set_read_timeout(Some(
+            settings.options.io_timeout.max(Duration::from_millis(1)),
+        ))
+        .map_err(Error::Io)?;
+    block_on(lease.release(conn.get_mut(), &StdTimer)).map_err(timeout_kind)
+}
+
+/// Whether the server closed the connection (or sent something nobody
+/// asked for, such as its idle-timeout `error`): a non-blocking peek.
+fn is_closed(conn: &mut Conn) -> bool {
+    if !conn.is_usable() {
+        return true;
+    }
+    let sock = &conn.get_mut().transport_mut().0;
+    if sock.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut probe = [0u8; 1];
+    let closed = match sock.peek(&mut probe) {
+        Ok(_) => true,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted,
+    };
+    closed || sock.set_nonblocking(false).is_err()
+}

@@ -1,0 +1,215 @@
+//! The builder shared by the host lock APIs (`tokio_lock` and
+//! `blocking_lock`).
+
+use std::io;
+use std::marker::PhantomData;
+use std::string::String;
+use std::sync::Arc;
+use std::time::Duration;
+use std::vec::Vec;
+
+use super::{AuthToken, DEFAULT_CONNECT_TIMEOUT};
+use crate::lock::{Jitter, LockOptions, LockSpec, RenewRatio};
+use crate::routing::{Crc32Mod, RouteError, Strategy, route};
+use crate::{Error, Kind};
+
+/// The server used when none is given: `127.0.0.1:6388`.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:6388";
+
+/// Line buffer of the connections the host lock APIs open.
+pub(crate) const LINE: usize = 256;
+
+/// Everything a host lock needs; shared by its guards.
+pub struct Settings {
+    pub(crate) key: String,
+    pub(crate) kind: Kind,
+    pub(crate) servers: Vec<String>,
+    pub(crate) strategy: Arc<dyn Strategy + Send + Sync>,
+    pub(crate) auth_token: Option<AuthToken>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) options: LockOptions,
+}
+
+impl core::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Settings")
+            .field("key", &self.key)
+            .field("kind", &self.kind)
+            .field("servers", &self.servers)
+            .field("auth_token", &self.auth_token)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    pub(crate) fn new(key: String, kind: Kind) -> Self {
+        Self {
+            key,
+            kind,
+            servers: Vec::new(),
+            strategy: Arc::new(Crc32Mod),
+            auth_token: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            options: LockOptions::DEFAULT,
+        }
+    }
+
+    pub(crate) fn spec(&self) -> LockSpec<'_> {
+        LockSpec::new(&self.key, self.kind).with_options(self.options)
+    }
+
+    /// The address of the server that owns the key.
+    pub(crate) fn server(&self) -> Result<&str, Error<io::Error>> {
+        let list: Vec<&str> = self.servers.iter().map(String::as_str).collect();
+        match route(&*self.strategy, &self.key, &list) {
+            Ok(i) => Ok(list[i]),
+            Err(e) => Err(route_error(e)),
+        }
+    }
+}
+
+fn route_error(e: RouteError) -> Error<io::Error> {
+    Error::Io(io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// Whole seconds, rounded up (the wire counts seconds).
+pub(crate) fn secs_ceil(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+pub(crate) mod sealed {
+    /// Host lock types a [`LockBuilder`](super::LockBuilder) can build.
+    pub trait FromSettings {
+        fn from_settings(settings: super::Settings) -> Self;
+    }
+}
+
+/// Builds a host `DistributedLock` or `DistributedSemaphore` (tokio or
+/// blocking): servers and routing, authentication, timeouts and the lease
+/// options of [`LockOptions`].
+///
+/// ```no_run
+/// # fn demo() {
+/// use std::time::Duration;
+/// use dflockd_client::runtime::blocking_lock::DistributedLock;
+///
+/// let lock = DistributedLock::builder("orders")
+///     .servers(["10.0.0.1:6388", "10.0.0.2:6388"])
+///     .auth_token("s3cret")
+///     .acquire_timeout(Duration::from_secs(5))
+///     .lease_ttl(Duration::from_secs(30))
+///     .build();
+/// # let _ = lock; }
+/// ```
+pub struct LockBuilder<L> {
+    settings: Settings,
+    _target: PhantomData<fn() -> L>,
+}
+
+impl<L> core::fmt::Debug for LockBuilder<L> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("LockBuilder").field(&self.settings).finish()
+    }
+}
+
+impl<L: sealed::FromSettings> LockBuilder<L> {
+    pub(crate) fn new(key: String, kind: Kind) -> Self {
+        Self {
+            settings: Settings::new(key, kind),
+            _target: PhantomData,
+        }
+    }
+
+    /// Adds a server (`host:port`). Without any, [`DEFAULT_SERVER`].
+    pub fn server(mut self, addr: impl Into<String>) -> Self {
+        self.settings.servers.push(addr.into());
+        self
+    }
+
+    /// Replaces the server list. Keys are routed across it by the
+    /// strategy: list the servers in the same order in every client.
+    pub fn servers<I, S>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings.servers = addrs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the routing strategy (default [`Crc32Mod`], as the other
+    /// clients). A closure `Fn(&str, &[&str]) -> usize` works; an index out
+    /// of range makes acquires fail with an `InvalidInput` IO error.
+    pub fn strategy(mut self, strategy: impl Strategy + Send + Sync + 'static) -> Self {
+        self.settings.strategy = Arc::new(strategy);
+        self
+    }
+
+    /// Authenticates every connection with this token. Never logged.
+    pub fn auth_token(mut self, token: impl Into<AuthToken>) -> Self {
+        self.settings.auth_token = Some(token.into());
+        self
+    }
+
+    /// Gives up connecting after this long (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// How long the server may block an acquire or wait (default 10 s).
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.options.acquire_timeout = timeout;
+        self
+    }
+
+    /// The lease TTL (default: the server's). Sent in whole seconds,
+    /// rounded up.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.options.lease_ttl = Some(ttl);
+        self
+    }
+
+    /// When to renew, as a fraction of the lease (default 0.5).
+    pub fn renew_ratio(mut self, ratio: RenewRatio) -> Self {
+        self.settings.options.renew_ratio = ratio;
+        self
+    }
+
+    /// Random early renew, as a fraction of the renew interval
+    /// (default 10 %).
+    pub fn early_jitter(mut self, jitter: Jitter) -> Self {
+        self.settings.options.early_jitter = jitter;
+        self
+    }
+
+    /// The server's idle read timeout (default 23 s): renews are sent
+    /// often enough that the connection is never silent that long.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.options.idle_timeout = timeout;
+        self
+    }
+
+    /// Client-side reply timeout beyond server-side blocking (default
+    /// 10 s): a dead server gives [`Error::Timeout`].
+    pub fn io_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.options.io_timeout = timeout;
+        self
+    }
+
+    /// Replaces all lease options at once.
+    pub fn options(mut self, options: LockOptions) -> Self {
+        self.settings.options = options;
+        self
+    }
+
+    /// Builds the lock. Nothing is connected until it is acquired.
+    pub fn build(mut self) -> L {
+        if self.settings.servers.is_empty() {
+            self.settings.servers.push(DEFAULT_SERVER.into());
+        }
+        L::from_settings(self.settings)
+    }
+}
