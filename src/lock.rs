@@ -652,6 +652,8 @@ impl<'k> Lease<'k> {
 
     /// Renews now, with the lease's fallback jitter for the next schedule.
     /// See [`renew_with_rng`](Self::renew_with_rng).
+    ///
+    /// Not cancel-safe: a dropped future leaves the connection unusable.
     pub async fn renew<T: Read + Write, C: Timer, const N: usize, const P: usize>(
         &mut self,
         conn: &mut Connection<T, N, P>,
@@ -737,6 +739,9 @@ impl<'k> Lease<'k> {
 
     /// Runs `fut` while keeping the lease alive on `conn`, with the lease's
     /// fallback jitter. See [`hold_with_rng`](Self::hold_with_rng).
+    ///
+    /// Cancel-safe between renews (the connection stays usable); dropped
+    /// during a renew, it leaves the connection unusable.
     pub async fn hold<T, C, F, const N: usize, const P: usize>(
         &mut self,
         conn: &mut Connection<T, N, P>,
