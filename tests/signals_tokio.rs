@@ -444,6 +444,19 @@ async fn reconnect_restores_every_subscription_and_reports_the_gap() {
             Some(Err(e)) => assert!(!e.is_recoverable(), "{e:?}"),
             other => panic!("expected the disconnect, got {other:?}"),
         }
+        // The handle fails fast during the gap and works once reconnected,
+        // before the consumer has read the Reconnected event.
+        timeout(PROMPT, async {
+            loop {
+                match sub.emit("r.probe", "p").await {
+                    Ok(n) => break assert_eq!(n, 1),
+                    Err(Error::Disconnected) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        })
+        .await
+        .expect("reconnected");
         match timeout(PROMPT, sub.recv()).await.unwrap() {
             Some(Ok(SignalEvent::Reconnected { gap, attempts })) => {
                 assert!(attempts >= 1);
@@ -451,6 +464,7 @@ async fn reconnect_restores_every_subscription_and_reports_the_gap() {
             }
             other => panic!("expected Reconnected, got {other:?}"),
         }
+        expect_signal(&mut sub, "r.probe", "p").await;
         let o = ConnectOptions::default();
         assert_eq!(
             emit(&addr, "r.a.b", "back", &o).await.unwrap(),

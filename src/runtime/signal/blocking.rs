@@ -394,13 +394,11 @@ impl Worker {
                 "signal connection re-established after {} attempts",
                 attempts
             );
-            let event = SignalEvent::Reconnected {
+            // Handed over by `serve`, which runs commands meanwhile.
+            self.held = Some(Ok(SignalEvent::Reconnected {
                 gap: lost_at.elapsed(),
                 attempts,
-            };
-            if !self.deliver(Ok(event)) {
-                return;
-            }
+            }));
         }
     }
 

@@ -199,6 +199,7 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
             out,
             shared: shared.clone(),
             subs: Subscriptions::default(),
+            held: None,
         };
         ::tokio::spawn(task.run(core));
         Ok(Self {
@@ -325,6 +326,8 @@ struct Task {
     out: mpsc::Sender<Item>,
     shared: Arc<Shared>,
     subs: Subscriptions,
+    /// An event waiting for room in `out`, ahead of queued signals.
+    held: Option<Item>,
 }
 
 impl Task {
@@ -337,7 +340,12 @@ impl Task {
             let lost_at = Instant::now();
             warn!("signal connection lost");
             self.retire(&core);
-            // Signals already received are still delivered, before the error.
+            // What was received is still delivered, before the error.
+            if let Some(held) = self.held.take()
+                && !self.deliver(held).await
+            {
+                return;
+            }
             while let Some(sig) = core.try_next() {
                 let item = Ok(SignalEvent::Signal(sig.into()));
                 if !self.deliver(item).await {
@@ -369,13 +377,11 @@ impl Task {
                 "signal connection re-established after {} attempts",
                 attempts
             );
-            let event = SignalEvent::Reconnected {
+            // Handed over by `serve`, which runs commands meanwhile.
+            self.held = Some(Ok(SignalEvent::Reconnected {
                 gap: lost_at.elapsed(),
                 attempts,
-            };
-            if !self.deliver(Ok(event)).await {
-                return;
-            }
+            }));
         }
     }
 
@@ -439,18 +445,20 @@ impl Task {
                 .dropped_now
                 .store(core.dropped_signals(), Ordering::Relaxed);
             let due = core.next_heartbeat();
-            let wake = if core.queued_signals() > 0 {
-                // A signal waits for room in the consumer's queue.
+            let wake = if self.held.is_some() || core.queued_signals() > 0 {
+                // An item waits for room in the consumer's queue.
                 ::tokio::select! {
                     cmd = self.cmd_rx.recv() => match cmd {
                         Some(cmd) => Some(cmd),
                         None => return Exit::Closed,
                     },
                     permit = self.out.reserve() => {
-                        if let Some(sig) = core.try_next()
-                            && let Ok(permit) = permit
-                        {
-                            permit.send(Ok(SignalEvent::Signal(sig.into())));
+                        let item = match self.held.take() {
+                            Some(item) => Some(item),
+                            None => core.try_next().map(|s| Ok(SignalEvent::Signal(s.into()))),
+                        };
+                        if let (Some(item), Ok(permit)) = (item, permit) {
+                            permit.send(item);
                         }
                         continue;
                     }
