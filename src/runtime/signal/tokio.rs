@@ -226,17 +226,23 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         self.rx.try_recv().ok()
     }
 
-    /// See [`SignalHandle::listen`].
+    /// See [`SignalHandle::listen`]; cancel-safe in the same way (the
+    /// connection's task finishes a request it has started, and the
+    /// connection stays usable).
     pub async fn listen(&self, pattern: &str, group: Option<&str>) -> Result<()> {
         self.handle.listen(pattern, group).await
     }
 
-    /// See [`SignalHandle::unlisten`].
+    /// See [`SignalHandle::unlisten`]; cancel-safe in the same way (the
+    /// connection's task finishes a request it has started, and the
+    /// connection stays usable).
     pub async fn unlisten(&self, pattern: &str, group: Option<&str>) -> Result<()> {
         self.handle.unlisten(pattern, group).await
     }
 
-    /// See [`SignalHandle::emit`].
+    /// See [`SignalHandle::emit`]; cancel-safe in the same way (the
+    /// connection's task finishes a request it has started, and the
+    /// connection stays usable).
     pub async fn emit(&self, channel: &str, payload: &str) -> Result<u64> {
         self.handle.emit(channel, payload).await
     }
