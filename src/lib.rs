@@ -52,6 +52,8 @@ pub mod stats;
 #[cfg(any(feature = "std", test))]
 pub mod testing;
 pub mod time;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use conn::{Connection, Enqueued, MIN_LINE_BUF, Result};
 pub use error::{Error, STATUS_TEXT_CAP, ServerError, StatusText};

@@ -60,6 +60,47 @@ impl embedded_io_async::Write for StdStream {
     }
 }
 
+/// A blocking transport that [`BlockingConnection`] can drive: the
+/// `embedded_io_async` traits over a socket whose reads can be bounded in
+/// time. Implemented by [`StdStream`] and, with the `rustls` feature, by
+/// [`StdTlsStream`].
+pub trait BlockingTransport:
+    embedded_io_async::Read<Error = io::Error> + embedded_io_async::Write<Error = io::Error>
+{
+    /// Bounds every following blocking read (`None` = no bound).
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+
+    /// Waits up to `timeout` until a read would return data (or end of
+    /// stream) without blocking, consuming nothing the connection needs.
+    /// `Ok(false)` when the time passed first.
+    fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool>;
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+impl BlockingTransport for StdStream {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.0.set_read_timeout(timeout)
+    }
+
+    fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
+        self.0
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        // Peek without consuming: a timeout here loses nothing.
+        let mut probe = [0u8; 1];
+        match self.0.peek(&mut probe) {
+            Ok(_) => Ok(true),
+            Err(e) if is_timeout(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// How to connect.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -84,14 +125,7 @@ impl Default for ConnectOptions {
 
 fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
     match e {
-        Error::Io(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Error::Timeout
-        }
+        Error::Io(e) if is_timeout(&e) => Error::Timeout,
         e => e,
     }
 }
@@ -99,45 +133,60 @@ fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
 /// A blocking connection: every method of [`Connection`], run to completion
 /// on the calling thread, with socket timeouts so that a dead or silent
 /// server gives [`Error::Timeout`] instead of a hang.
+///
+/// `T` is the transport: [`StdStream`] (plain TCP, the default) or, with
+/// the `rustls` feature, [`StdTlsStream`] (see
+/// [`connect_tls`](BlockingConnection::connect_tls)).
 #[derive(Debug)]
-pub struct BlockingConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: usize = 0> {
-    inner: Connection<StdStream, N, P>,
+pub struct BlockingConnection<
+    const N: usize = { super::DEFAULT_LINE_BUF },
+    const P: usize = 0,
+    T = StdStream,
+> {
+    inner: Connection<T, N, P>,
     io_timeout: Duration,
 }
 
 /// Result of blocking calls.
 pub type Result<T> = core::result::Result<T, Error<io::Error>>;
 
+/// Opens TCP to the first address of `addr` that answers, with
+/// `TCP_NODELAY` and the write timeout set.
+fn connect_tcp(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<TcpStream> {
+    let mut last = None;
+    let mut stream = None;
+    for a in addr.to_socket_addrs().map_err(Error::Io)? {
+        match TcpStream::connect_timeout(&a, opts.connect_timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let stream = match (stream, last) {
+        (Some(s), _) => s,
+        (None, Some(e)) => return Err(timeout_kind(Error::Io(e))),
+        (None, None) => {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::NotFound,
+                "address resolved to nothing",
+            )));
+        }
+    };
+    stream.set_nodelay(true).map_err(Error::Io)?;
+    stream
+        .set_write_timeout(Some(opts.io_timeout))
+        .map_err(Error::Io)?;
+    Ok(stream)
+}
+
 impl<const N: usize, const P: usize> BlockingConnection<N, P> {
     /// Connects to `addr` (`host:port`; names are resolved, each address is
     /// tried in turn), sets `TCP_NODELAY` and authenticates when a token is
     /// given.
     pub fn connect(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<Self> {
-        let mut last = None;
-        let mut stream = None;
-        for a in addr.to_socket_addrs().map_err(Error::Io)? {
-            match TcpStream::connect_timeout(&a, opts.connect_timeout) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let stream = match (stream, last) {
-            (Some(s), _) => s,
-            (None, Some(e)) => return Err(timeout_kind(Error::Io(e))),
-            (None, None) => {
-                return Err(Error::Io(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "address resolved to nothing",
-                )));
-            }
-        };
-        stream.set_nodelay(true).map_err(Error::Io)?;
-        stream
-            .set_write_timeout(Some(opts.io_timeout))
-            .map_err(Error::Io)?;
+        let stream = connect_tcp(addr, opts)?;
         let mut conn = Self {
             inner: Connection::new(StdStream(stream)),
             io_timeout: opts.io_timeout,
@@ -150,33 +199,39 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P> {
 
     /// Wraps an already connected stream.
     pub fn from_stream(stream: TcpStream, io_timeout: Duration) -> Self {
+        Self::from_transport(StdStream(stream), io_timeout)
+    }
+}
+
+impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N, P, T> {
+    /// Wraps an already connected (and, for TLS, handshaken) transport.
+    pub fn from_transport(transport: T, io_timeout: Duration) -> Self {
         Self {
-            inner: Connection::new(StdStream(stream)),
+            inner: Connection::new(transport),
             io_timeout,
         }
     }
 
     /// The async connection inside, for anything not wrapped here.
-    pub fn get_mut(&mut self) -> &mut Connection<StdStream, N, P> {
+    pub fn get_mut(&mut self) -> &mut Connection<T, N, P> {
         &mut self.inner
     }
 
     /// Arms the read timeout for a request the server may hold for
     /// `server_secs`, then runs it.
-    fn run<'c, T, F>(
+    fn run<'c, R, F>(
         &'c mut self,
         server_secs: u64,
-        f: impl FnOnce(&'c mut Connection<StdStream, N, P>) -> F,
-    ) -> Result<T>
+        f: impl FnOnce(&'c mut Connection<T, N, P>) -> F,
+    ) -> Result<R>
     where
-        F: Future<Output = Result<T>>,
+        F: Future<Output = Result<R>>,
     {
         let wait = self
             .io_timeout
             .saturating_add(Duration::from_secs(server_secs));
         self.inner
             .transport_mut()
-            .0
             .set_read_timeout(Some(wait))
             .map_err(Error::Io)?;
         block_on(f(&mut self.inner)).map_err(timeout_kind)
@@ -245,29 +300,18 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P> {
     }
     /// Waits up to `timeout` for the next signal; `Ok(None)` when none came.
     pub fn next_signal(&mut self, timeout: Duration) -> Result<Option<Signal<'_>>> {
-        if self.inner.queued_signals() == 0 {
-            let sock = &self.inner.transport_mut().0;
-            sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
-                .map_err(Error::Io)?;
-            // Peek without consuming: a timeout here loses nothing.
-            let mut probe = [0u8; 1];
-            match sock.peek(&mut probe) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(None);
-                }
-                Err(e) => return Err(Error::Io(e)),
-            }
+        if self.inner.queued_signals() == 0
+            && !self
+                .inner
+                .transport_mut()
+                .wait_readable(timeout)
+                .map_err(Error::Io)?
+        {
+            return Ok(None);
         }
         let io_timeout = self.io_timeout;
         self.inner
             .transport_mut()
-            .0
             .set_read_timeout(Some(io_timeout))
             .map_err(Error::Io)?;
         block_on(self.inner.next_signal())
@@ -277,6 +321,167 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P> {
     /// Signals dropped so far (see [`Connection::dropped_signals`]).
     pub fn dropped_signals(&self) -> u64 {
         self.inner.dropped_signals()
+    }
+}
+
+/// A rustls client stream over `std::net::TcpStream` (feature `rustls`),
+/// behind the `embedded_io_async` traits like [`StdStream`].
+///
+/// A server that closes without `close_notify` reads as end of stream, so
+/// the connection reports [`Error::Disconnected`] as over plain TCP.
+#[cfg(feature = "rustls")]
+pub struct StdTlsStream(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
+
+#[cfg(feature = "rustls")]
+impl core::fmt::Debug for StdTlsStream {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("StdTlsStream")
+            .field("peer", &self.0.sock.peer_addr().ok())
+            .field("protocol", &self.0.conn.protocol_version())
+            .field("cipher_suite", &self.0.conn.negotiated_cipher_suite())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "rustls")]
+fn tls_io_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+#[cfg(feature = "rustls")]
+impl StdTlsStream {
+    /// Runs the TLS handshake over a connected socket, verified by `tls`,
+    /// giving up after `timeout` (an [`io::ErrorKind::WouldBlock`] or
+    /// [`io::ErrorKind::TimedOut`] error). Verification failures are
+    /// [`io::ErrorKind::InvalidData`] errors carrying the `rustls::Error`
+    /// (see [`rustls_error`](super::tls_rustls::rustls_error)).
+    pub fn handshake(
+        mut tcp: TcpStream,
+        tls: &super::tls_rustls::RustlsConnector,
+        timeout: Duration,
+    ) -> io::Result<Self> {
+        let mut conn =
+            rustls::ClientConnection::new(tls.config().clone(), tls.server_name().clone())
+                .map_err(tls_io_error)?;
+        let deadline = std::time::Instant::now() + timeout;
+        while conn.is_handshaking() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                ));
+            }
+            tcp.set_read_timeout(Some(left))?;
+            conn.complete_io(&mut tcp)?;
+        }
+        Ok(Self(rustls::StreamOwned::new(conn, tcp)))
+    }
+
+    /// The TCP socket underneath.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.0.sock
+    }
+
+    /// The rustls connection state (negotiated version, cipher suite, …).
+    pub fn connection(&self) -> &rustls::ClientConnection {
+        &self.0.conn
+    }
+}
+
+#[cfg(feature = "rustls")]
+impl embedded_io_async::ErrorType for StdTlsStream {
+    type Error = io::Error;
+}
+
+#[cfg(feature = "rustls")]
+impl embedded_io_async::Read for StdTlsStream {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                r => return r,
+            }
+        }
+    }
+}
+
+#[cfg(feature = "rustls")]
+impl embedded_io_async::Write for StdTlsStream {
+    async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(feature = "rustls")]
+impl BlockingTransport for StdTlsStream {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.0.sock.set_read_timeout(timeout)
+    }
+
+    fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let state = self.0.conn.process_new_packets().map_err(tls_io_error)?;
+            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            self.0.sock.set_read_timeout(Some(left))?;
+            // Buffered inside rustls: nothing is lost on a timeout.
+            match self.0.conn.read_tls(&mut self.0.sock) {
+                Ok(0) => return Ok(true),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A blocking connection over rustls (feature `rustls`).
+#[cfg(feature = "rustls")]
+pub type BlockingTlsConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: usize = 0> =
+    BlockingConnection<N, P, StdTlsStream>;
+
+#[cfg(feature = "rustls")]
+impl<const N: usize, const P: usize> BlockingConnection<N, P, StdTlsStream> {
+    /// [`connect`](BlockingConnection::connect) over TLS: TCP, then the
+    /// handshake verified by `tls` (chain, validity period, server name)
+    /// within `opts.connect_timeout`, then `auth` when a token is given.
+    ///
+    /// A peer that does not speak TLS gives [`Error::Timeout`] (a plaintext
+    /// server waits for a request line) or [`Error::Io`] with the rustls
+    /// error inside (it answered with something else); a certificate that
+    /// fails verification gives [`Error::Io`] too, see
+    /// [`rustls_error`](super::tls_rustls::rustls_error).
+    pub fn connect_tls(
+        addr: impl ToSocketAddrs,
+        opts: &ConnectOptions,
+        tls: &super::tls_rustls::RustlsConnector,
+    ) -> Result<Self> {
+        let tcp = connect_tcp(addr, opts)?;
+        let stream = StdTlsStream::handshake(tcp, tls, opts.connect_timeout)
+            .map_err(|e| timeout_kind(Error::Io(e)))?;
+        let mut conn = Self::from_transport(stream, opts.io_timeout);
+        if let Some(token) = &opts.auth_token {
+            conn.run(0, |c| c.auth(token.expose()))?;
+        }
+        Ok(conn)
     }
 }
 

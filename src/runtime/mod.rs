@@ -10,6 +10,8 @@ pub mod blocking_lock;
 mod lock_builder;
 #[cfg(feature = "std")]
 pub mod signal;
+#[cfg(feature = "rustls")]
+pub mod tls_rustls;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 #[cfg(feature = "tokio")]

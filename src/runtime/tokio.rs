@@ -106,3 +106,56 @@ impl Timer for TokioTimer {
         tokio::time::sleep_until(epoch() + Duration::from_millis(deadline.as_millis()))
     }
 }
+
+/// The TLS transport of [`connect_tls`]: a rustls client stream over tokio
+/// TCP, seen through `embedded_io_async`.
+#[cfg(feature = "rustls")]
+pub type TokioTlsStream = FromTokio<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// A connection over rustls on tokio TCP.
+#[cfg(feature = "rustls")]
+pub type TokioTlsConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: usize = 0> =
+    Connection<TokioTlsStream, N, P>;
+
+/// [`connect`] over TLS (feature `rustls`): TCP with `TCP_NODELAY`, then the
+/// TLS handshake verified by `tls` (chain, validity period and server
+/// name), then `auth` when a token is given.
+///
+/// The TCP connect, the handshake and the auth each get
+/// `opts.connect_timeout`, so a peer that does not speak TLS (a plaintext
+/// server waits for a request line) gives [`Error::Timeout`] instead of a
+/// hang; a peer that answers with anything but TLS, or a certificate that
+/// fails verification, gives [`Error::Io`] whose
+/// [`rustls_error`](super::tls_rustls::rustls_error) tells why.
+///
+/// # Cancel safety
+///
+/// Cancel-safe in the sense that dropping the future only drops the
+/// half-open connection; nothing is left behind on the server.
+#[cfg(feature = "rustls")]
+pub async fn connect_tls<const N: usize, const P: usize>(
+    addr: &str,
+    opts: &ConnectOptions,
+    tls: &super::tls_rustls::RustlsConnector,
+) -> Result<TokioTlsConnection<N, P>, Error<io::Error>> {
+    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| Error::Timeout)?
+        .map_err(Error::Io)?;
+    stream.set_nodelay(true).map_err(Error::Io)?;
+    let connector = tokio_rustls::TlsConnector::from(tls.config().clone());
+    let stream = tokio::time::timeout(
+        opts.connect_timeout,
+        connector.connect(tls.server_name().clone(), stream),
+    )
+    .await
+    .map_err(|_| Error::Timeout)?
+    .map_err(Error::Io)?;
+    let mut conn = Connection::new(FromTokio::new(stream));
+    if let Some(token) = &opts.auth_token {
+        tokio::time::timeout(opts.connect_timeout, conn.auth(token.expose()))
+            .await
+            .map_err(|_| Error::Timeout)??;
+    }
+    Ok(conn)
+}

@@ -52,10 +52,13 @@ pub struct Config {
     /// Release locks and semaphore slots of a connection when it closes
     /// (`--auto-release-on-disconnect`, default on).
     pub auto_release_on_disconnect: bool,
-    /// `--tls-cert`. TLS is not implemented yet: starting a server with a
-    /// certificate or key configured fails with [`std::io::ErrorKind::Unsupported`].
+    /// `--tls-cert`: PEM certificate chain (leaf first). With
+    /// [`Config::tls_key`], the server speaks only TLS (rustls, TLS 1.3 and
+    /// 1.2); a plaintext client's connection is closed after the failed
+    /// handshake.
     pub tls_cert: Option<PathBuf>,
-    /// `--tls-key`. See [`Config::tls_cert`].
+    /// `--tls-key`: PEM private key (PKCS#8, PKCS#1 or SEC1) of
+    /// [`Config::tls_cert`].
     pub tls_key: Option<PathBuf>,
 }
 
@@ -119,12 +122,6 @@ impl Config {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("both tls_cert and tls_key must be provided together");
-        }
-        if self.tls_cert.is_some() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "TLS is not implemented by dflockd-testkit yet",
-            ));
         }
         Ok(())
     }

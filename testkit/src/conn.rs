@@ -1,8 +1,7 @@
 //! One client connection: framing, dispatch, blocking waits and pushes.
 //!
-//! The handler is generic over `AsyncRead + AsyncWrite` so that a TLS
-//! stream can be served the same way as a plain `TcpStream` once TLS is
-//! added (`--tls-cert`/`--tls-key`).
+//! The handler is generic over `AsyncRead + AsyncWrite`: a TLS stream
+//! (`--tls-cert`/`--tls-key`) is served the same way as a plain `TcpStream`.
 
 use std::io;
 use std::sync::Arc;

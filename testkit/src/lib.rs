@@ -75,7 +75,7 @@
 //! | `--auth-token` | `DFLOCKD_AUTH_TOKEN` | unset | shared secret |
 //! | `--auth-token-file` | `DFLOCKD_AUTH_TOKEN_FILE` | unset | file holding the token |
 //! | `--auto-release-on-disconnect[=BOOL]` / `--no-auto-release-on-disconnect` | `DFLOCKD_AUTO_RELEASE_ON_DISCONNECT` | on | |
-//! | `--tls-cert` / `--tls-key` | `DFLOCKD_TLS_CERT`, `DFLOCKD_TLS_KEY` | unset | reserved: TLS is not implemented yet |
+//! | `--tls-cert` / `--tls-key` | `DFLOCKD_TLS_CERT`, `DFLOCKD_TLS_KEY` | unset | PEM certificate chain and key: serve TLS only |
 //! | `--debug` | `DFLOCKD_DEBUG` | off | accepted, no effect |
 //!
 //! # Behaviour and differences from the real server
@@ -108,8 +108,13 @@
 //!   and is suspended while a blocking request waits, as in the real server.
 //! * **Stats** lists keys sorted by key; a semaphore key is always reported
 //!   under `semaphores`, whatever its limit.
-//! * TLS is not implemented yet; the connection handler is generic over
-//!   `AsyncRead + AsyncWrite` so a TLS stream can be plugged in later.
+//! * **TLS** (`--tls-cert`/`--tls-key`, [`TestServerBuilder::tls`]) uses
+//!   rustls with the `ring` provider: TLS 1.3 and 1.2, rustls' default
+//!   cipher suites and groups (X25519, secp256r1, secp384r1), no client
+//!   certificates. A client that does not complete the handshake within
+//!   the read timeout is dropped; a plaintext client's connection is closed
+//!   (after rustls' alert) without a dflockd reply, as Go's `crypto/tls`
+//!   closes it.
 #![deny(missing_docs)]
 
 mod config;
@@ -120,6 +125,7 @@ mod protocol;
 mod server;
 mod signals;
 mod stats;
+mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -250,6 +256,18 @@ impl TestServerBuilder {
         self
     }
 
+    /// Serves TLS only, with this PEM certificate chain (leaf first) and
+    /// PEM private key, as `--tls-cert` / `--tls-key`.
+    pub fn tls(
+        mut self,
+        cert_pem: impl Into<std::path::PathBuf>,
+        key_pem: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.config.tls_cert = Some(cert_pem.into());
+        self.config.tls_key = Some(key_pem.into());
+        self
+    }
+
     /// Release held locks when a connection closes (default `true`).
     pub fn auto_release_on_disconnect(mut self, on: bool) -> Self {
         self.config.auto_release_on_disconnect = on;
@@ -261,11 +279,12 @@ impl TestServerBuilder {
     /// Fails if the configuration is invalid or the address cannot be bound.
     pub async fn start(self) -> io::Result<TestServer> {
         self.config.validate()?;
+        let tls = tls::acceptor(&self.config)?;
         let listener =
             tokio::net::TcpListener::bind((self.config.host.as_str(), self.config.port)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(self.config));
-        tokio::spawn(server::run(shared.clone(), listener));
+        tokio::spawn(server::run(shared.clone(), listener, tls));
         Ok(TestServer {
             addr,
             shared,
@@ -279,6 +298,7 @@ impl TestServerBuilder {
     /// async code alike.
     pub fn start_blocking(self) -> io::Result<TestServer> {
         self.config.validate()?;
+        let tls = tls::acceptor(&self.config)?;
         let listener = std::net::TcpListener::bind((self.config.host.as_str(), self.config.port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -294,7 +314,7 @@ impl TestServerBuilder {
             .spawn(move || {
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => server::run(task_shared, listener).await,
+                        Ok(listener) => server::run(task_shared, listener, tls).await,
                         Err(_) => task_shared.stopped.trigger(),
                     }
                 });

@@ -70,10 +70,10 @@ struct Args {
     /// File containing the auth token (trailing whitespace stripped).
     #[arg(long, env = "DFLOCKD_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
-    /// TLS certificate PEM file (not implemented yet).
+    /// TLS certificate PEM file (chain, leaf first); requires --tls-key.
     #[arg(long, env = "DFLOCKD_TLS_CERT")]
     tls_cert: Option<PathBuf>,
-    /// TLS private key PEM file (not implemented yet).
+    /// TLS private key PEM file; requires --tls-cert.
     #[arg(long, env = "DFLOCKD_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// Enable debug logging (accepted, no effect).

@@ -4,9 +4,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::conn;
@@ -107,7 +108,8 @@ impl Shared {
 }
 
 /// Serves `listener` until a hard stop, or until a graceful shutdown drained.
-pub(crate) async fn run(shared: Arc<Shared>, listener: TcpListener) {
+/// With `tls`, every connection is a TLS server session.
+pub(crate) async fn run(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     let timers = tokio::spawn(timers(shared.clone()));
     let mut set = JoinSet::new();
     loop {
@@ -125,7 +127,14 @@ pub(crate) async fn run(shared: Arc<Shared>, listener: TcpListener) {
                     }
                     let _ = tcp.set_nodelay(true);
                     let (id, ctl, rx) = shared.register();
-                    set.spawn(conn::serve(shared.clone(), id, ctl, rx, tcp));
+                    match &tls {
+                        None => {
+                            set.spawn(conn::serve(shared.clone(), id, ctl, rx, tcp));
+                        }
+                        Some(acceptor) => {
+                            set.spawn(serve_tls(shared.clone(), id, ctl, rx, tcp, acceptor.clone()));
+                        }
+                    }
                 }
                 Err(_) => {
                     // Typically EMFILE: back off briefly instead of spinning.
@@ -153,6 +162,50 @@ pub(crate) async fn run(shared: Arc<Shared>, listener: TcpListener) {
     set.shutdown().await;
     shared.stopped.trigger();
     let _ = timers.await;
+}
+
+/// Unregisters a connection whose TLS handshake never completed (also when
+/// its task is aborted).
+struct Unregister {
+    shared: Option<Arc<Shared>>,
+    id: ConnId,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.unregister(self.id);
+        }
+    }
+}
+
+/// The TLS handshake (bounded by the read timeout, as the real server's
+/// first read is), then the same session as over plain TCP.
+async fn serve_tls(
+    shared: Arc<Shared>,
+    id: ConnId,
+    ctl: Arc<ConnCtl>,
+    rx: mpsc::Receiver<Arc<[u8]>>,
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+) {
+    let mut pending = Unregister {
+        shared: Some(shared.clone()),
+        id,
+    };
+    let handshake = tokio::time::timeout(shared.cfg.read_timeout, acceptor.accept(tcp));
+    let stream = tokio::select! {
+        biased;
+        _ = ctl.kill.wait() => return,
+        _ = shared.hard_stop.wait() => return,
+        r = handshake => match r {
+            Ok(Ok(stream)) => stream,
+            // Not TLS, a refused certificate, or too slow: just close.
+            _ => return,
+        },
+    };
+    pending.shared = None;
+    conn::serve(shared, id, ctl, rx, stream).await;
 }
 
 /// Lease expiry at exact deadlines, plus the periodic GC of idle keys.

@@ -249,5 +249,7 @@ fn invalid_config_and_tls_are_rejected() {
         .config(cfg)
         .start_blocking()
         .unwrap_err();
-    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+    // Missing certificate files: refused at start, naming the file.
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("c.pem"), "{e}");
 }

@@ -1,0 +1,125 @@
+//! Host TLS with [rustls] (feature `rustls`): full X.509 validation of the
+//! server's chain, validity period and name against a root store, for the
+//! tokio ([`connect_tls`](super::tokio::connect_tls)) and blocking
+//! ([`BlockingConnection::connect_tls`](super::blocking::BlockingConnection::connect_tls))
+//! adapters.
+//!
+//! ```no_run
+//! # #[cfg(feature = "tokio")]
+//! # async fn demo(ca_der: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
+//! use dflockd_client::runtime::tls_rustls::RustlsConnector;
+//! use dflockd_client::runtime::tokio::{ConnectOptions, connect_tls};
+//!
+//! let tls = RustlsConnector::from_ca_der(&ca_der, "locks.example.com")?;
+//! let opts = ConnectOptions { auth_token: Some("s3cret".into()), ..ConnectOptions::default() };
+//! let mut conn = connect_tls::<1024, 0>("locks.example.com:6388", &opts, &tls).await?;
+//! conn.ping().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The crypto provider is rustls' `ring` provider. rustls negotiates TLS 1.3
+//! with the Go server (`TLS_AES_128_GCM_SHA256` and X25519 with a default Go
+//! configuration); TLS 1.2 stays available for servers configured that way.
+//! Verification cannot be switched off through this type; a caller who
+//! really wants that builds its own `ClientConfig` with rustls' `dangerous()`
+//! API and passes it to [`RustlsConnector::with_config`].
+//!
+//! [rustls]: https://docs.rs/rustls/0.23
+
+use std::borrow::ToOwned;
+use std::boxed::Box;
+use std::io;
+use std::sync::Arc;
+
+pub use rustls;
+pub use rustls::pki_types::{CertificateDer, ServerName};
+pub use rustls::{ClientConfig, RootCertStore};
+
+/// What a TLS connection is checked against: a rustls client configuration
+/// (roots, protocol versions) and the server name the certificate must
+/// carry (also sent as SNI). Cheap to clone.
+#[derive(Clone)]
+pub struct RustlsConnector {
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+impl core::fmt::Debug for RustlsConnector {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RustlsConnector")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(msg: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+fn server_name(name: &str) -> io::Result<ServerName<'static>> {
+    ServerName::try_from(name.to_owned()).map_err(invalid)
+}
+
+impl RustlsConnector {
+    /// Verifies against `roots` (a caller-supplied store: your CA, the
+    /// system's, or webpki-roots), with the ring provider and rustls' safe
+    /// default protocol versions.
+    ///
+    /// `server_name` is a DNS name or an IP address. Fails with
+    /// [`io::ErrorKind::InvalidInput`] when it is neither.
+    pub fn new(roots: RootCertStore, server_name: &str) -> io::Result<Self> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(invalid)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Self::with_config(Arc::new(config), server_name)
+    }
+
+    /// Verifies against one CA certificate (DER): the usual private-CA
+    /// deployment of dflockd.
+    pub fn from_ca_der(ca_der: &[u8], server_name: &str) -> io::Result<Self> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(ca_der.to_vec()))
+            .map_err(invalid)?;
+        Self::new(roots, server_name)
+    }
+
+    /// Verifies against Mozilla's root certificates (the `webpki-roots`
+    /// feature), for servers with a publicly trusted certificate.
+    #[cfg(feature = "webpki-roots")]
+    pub fn webpki_roots(server_name: &str) -> io::Result<Self> {
+        let roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        Self::new(roots, server_name)
+    }
+
+    /// Uses a complete rustls client configuration as given (client
+    /// certificates, custom verifiers, other providers).
+    pub fn with_config(config: Arc<ClientConfig>, server_name: &str) -> io::Result<Self> {
+        Ok(Self {
+            config,
+            server_name: self::server_name(server_name)?,
+        })
+    }
+
+    /// The rustls configuration.
+    pub fn config(&self) -> &Arc<ClientConfig> {
+        &self.config
+    }
+
+    /// The name the server's certificate must carry.
+    pub fn server_name(&self) -> &ServerName<'static> {
+        &self.server_name
+    }
+}
+
+/// The rustls error inside an IO error from a TLS connection, if any: why a
+/// handshake failed (`InvalidCertificate(Expired)`, `NotValidForName`,
+/// `UnknownIssuer`, a peer alert, a corrupt message from a plaintext peer).
+pub fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref::<rustls::Error>()
+}
