@@ -1,0 +1,350 @@
+//! Load generator: acquire+release cycles from many workers, with latency
+//! percentiles, a plain TCP ping-pong baseline, and CPU time per op.
+//!
+//! ```sh
+//! cargo run --release --example bench -- --workers 10 --rounds 500
+//! cargo run --release --example bench -- --servers 127.0.0.1:6388 --workers 10 --rounds 500
+//! cargo run --release --example bench -- --mode blocking --workers 1 --rounds 5000
+//! ```
+//!
+//! Each worker has its own connection and, unless `--contended`, its own
+//! key; one op is an acquire followed by a release. Keys are routed across
+//! `--servers` by CRC-32, as every dflockd client does. With no reachable
+//! `--servers`, the in-process testkit is started (on its own threads, so
+//! client and server CPU time are measured apart).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use dflockd_client::Kind;
+use dflockd_client::routing::{Crc32Mod, route};
+use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions as BlockingOptions};
+use dflockd_client::runtime::tokio::{ConnectOptions, connect};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    Tokio,
+    Blocking,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "dflockd client load generator")]
+struct Args {
+    /// Comma-separated server addresses; the in-process testkit when none is reachable.
+    #[arg(long, value_delimiter = ',')]
+    servers: Vec<String>,
+    /// Concurrent workers, each with its own connection.
+    #[arg(long, default_value_t = 10)]
+    workers: usize,
+    /// Acquire+release cycles per worker.
+    #[arg(long, default_value_t = 500)]
+    rounds: usize,
+    /// Key prefix.
+    #[arg(long, default_value = "bench")]
+    key: String,
+    /// Acquire timeout in seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Lease TTL in seconds.
+    #[arg(long, default_value_t = 30)]
+    lease: u64,
+    /// tokio tasks or blocking threads.
+    #[arg(long, value_enum, default_value_t = Mode::Tokio)]
+    mode: Mode,
+    /// All workers on one key.
+    #[arg(long)]
+    contended: bool,
+}
+
+/// CPU time (user + sys) of the calling thread, or of the whole process.
+fn cpu_time(who: libc::c_int) -> Duration {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let u = unsafe {
+        if libc::getrusage(who, u.as_mut_ptr()) != 0 {
+            return Duration::ZERO;
+        }
+        u.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// CPU nanoseconds spent by client threads (each adds its own when it ends).
+static CLIENT_CPU_NS: AtomicU64 = AtomicU64::new(0);
+
+fn add_thread_cpu() {
+    let ns = cpu_time(libc::RUSAGE_THREAD).as_nanos() as u64;
+    CLIENT_CPU_NS.fetch_add(ns, Ordering::Relaxed);
+}
+
+/// A grant-sized reply line for the ping-pong baseline.
+const REPLY: &[u8] = b"ok 0123456789abcdef0123456789abcdef 30\n";
+
+/// Round trips of a request-sized line over plain loopback TCP, in ms.
+fn tcp_ping_pong(samples: usize) -> Vec<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo server");
+    let addr = listener.local_addr().expect("echo addr");
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_nodelay(true).ok();
+        let mut buf = [0u8; 64];
+        let reply = REPLY;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if s.write_all(reply).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut c = TcpStream::connect(addr).expect("connect echo");
+    c.set_nodelay(true).ok();
+    let req = b"l\nbench-0\n30 30\n";
+    let mut buf = [0u8; 64];
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples + 100 {
+        let t = Instant::now();
+        c.write_all(req).expect("echo write");
+        let mut got = 0;
+        while got < REPLY.len() {
+            got += c.read(&mut buf[got..]).expect("echo read");
+        }
+        out.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(c);
+    echo.join().ok();
+    out.split_off(100) // drop the warm-up
+}
+
+struct Summary {
+    mean: f64,
+    min: f64,
+    max: f64,
+    p50: f64,
+    p99: f64,
+    stdev: f64,
+}
+
+fn summarize(mut v: Vec<f64>) -> Summary {
+    v.sort_by(f64::total_cmp);
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    let pct = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    Summary {
+        mean,
+        min: v[0],
+        max: v[v.len() - 1],
+        p50: pct(0.50),
+        p99: pct(0.99),
+        stdev: var.sqrt(),
+    }
+}
+
+fn reachable(servers: &[String]) -> bool {
+    !servers.is_empty()
+        && servers.iter().all(|s| {
+            s.to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .is_some_and(|a: SocketAddr| {
+                    TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok()
+                })
+        })
+}
+
+fn worker_key(args: &Args, i: usize) -> String {
+    if args.contended {
+        format!("{}-contended", args.key)
+    } else {
+        format!("{}-{i}", args.key)
+    }
+}
+
+fn server_for<'a>(servers: &'a [String], key: &str) -> &'a str {
+    let list: Vec<&str> = servers.iter().map(String::as_str).collect();
+    let i = route(&Crc32Mod, key, &list).expect("at least one server");
+    &servers[i]
+}
+
+fn run_tokio(args: &Args, servers: &[String]) -> Vec<Vec<f64>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .on_thread_stop(add_thread_cpu)
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let lat = rt.block_on(async {
+        let mut conns = Vec::new();
+        for i in 0..args.workers {
+            let key = worker_key(args, i);
+            let addr = server_for(servers, &key).to_owned();
+            let conn = connect::<256, 0>(&addr, &ConnectOptions::default())
+                .await
+                .expect("connect");
+            conns.push((key, conn));
+        }
+        let tasks: Vec<_> = conns
+            .into_iter()
+            .map(|(key, mut conn)| {
+                let (rounds, timeout, lease) = (args.rounds, args.timeout, args.lease);
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(rounds);
+                    for _ in 0..rounds {
+                        let t = Instant::now();
+                        let g = conn
+                            .acquire(Kind::Lock, &key, timeout, Some(lease))
+                            .await
+                            .expect("acquire")
+                            .expect("granted");
+                        conn.release(Kind::Lock, &key, &g.token)
+                            .await
+                            .expect("release");
+                        lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.push(t.await.expect("worker"));
+        }
+        all
+    });
+    drop(rt); // runs on_thread_stop on every client thread
+    lat
+}
+
+fn run_blocking(args: &Args, servers: &[String]) -> Vec<Vec<f64>> {
+    let mut conns = Vec::new();
+    for i in 0..args.workers {
+        let key = worker_key(args, i);
+        let addr = server_for(servers, &key).to_owned();
+        let conn =
+            BlockingConnection::<256, 0>::connect(addr.as_str(), &BlockingOptions::default())
+                .expect("connect");
+        conns.push((key, conn));
+    }
+    let threads: Vec<_> = conns
+        .into_iter()
+        .map(|(key, mut conn)| {
+            let (rounds, timeout, lease) = (args.rounds, args.timeout, args.lease);
+            std::thread::Builder::new()
+                .name("bench-client".into())
+                .spawn(move || {
+                    let mut lat = Vec::with_capacity(rounds);
+                    for _ in 0..rounds {
+                        let t = Instant::now();
+                        let g = conn
+                            .acquire(Kind::Lock, &key, timeout, Some(lease))
+                            .expect("acquire")
+                            .expect("granted");
+                        conn.release(Kind::Lock, &key, &g.token).expect("release");
+                        lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    add_thread_cpu();
+                    lat
+                })
+                .expect("spawn worker")
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("worker"))
+        .collect()
+}
+
+fn main() {
+    let args = Args::parse();
+    let (server, servers, where_) = if reachable(&args.servers) {
+        (None, args.servers.clone(), args.servers.join(","))
+    } else {
+        if !args.servers.is_empty() {
+            eprintln!(
+                "servers {:?} not reachable; using the in-process testkit",
+                args.servers
+            );
+        }
+        let server = dflockd_testkit::TestServer::builder()
+            .start_blocking()
+            .expect("start testkit");
+        let addr = server.addr().to_string();
+        (
+            Some(server),
+            vec![addr.clone()],
+            format!("{addr} in-process testkit"),
+        )
+    };
+
+    let rtt = summarize(tcp_ping_pong(2000));
+    println!(
+        "tcp ping-pong: p50 {:.3} ms, mean {:.3} ms (one loopback round trip, 2000 samples)",
+        rtt.p50, rtt.mean
+    );
+
+    let cpu_before = cpu_time(libc::RUSAGE_SELF);
+    let start = Instant::now();
+    let lat = match args.mode {
+        Mode::Tokio => run_tokio(&args, &servers),
+        Mode::Blocking => run_blocking(&args, &servers),
+    };
+    let wall = start.elapsed();
+    let cpu_total = cpu_time(libc::RUSAGE_SELF).saturating_sub(cpu_before);
+    let client_cpu = Duration::from_nanos(CLIENT_CPU_NS.load(Ordering::Relaxed));
+
+    let lat: Vec<f64> = lat.into_iter().flatten().collect();
+    let ops = lat.len();
+    let s = summarize(lat);
+    println!(
+        "bench: {} workers x {} rounds ({}, {}, {})",
+        args.workers,
+        args.rounds,
+        match args.mode {
+            Mode::Tokio => "tokio",
+            Mode::Blocking => "blocking",
+        },
+        if args.contended {
+            "contended"
+        } else {
+            "uncontended"
+        },
+        where_
+    );
+    println!("  total ops : {ops}");
+    println!("  wall time : {:.3} s", wall.as_secs_f64());
+    println!("  throughput: {:.0} ops/s", ops as f64 / wall.as_secs_f64());
+    println!("  mean      : {:.3} ms", s.mean);
+    println!("  min       : {:.3} ms", s.min);
+    println!("  max       : {:.3} ms", s.max);
+    println!("  p50       : {:.3} ms", s.p50);
+    println!("  p99       : {:.3} ms", s.p99);
+    println!("  stdev     : {:.3} ms", s.stdev);
+    println!(
+        "  cycle/rtt : {:.2} x two round trips (p50 {:.3} ms vs 2 x {:.3} ms)",
+        s.p50 / (2.0 * rtt.p50),
+        s.p50,
+        rtt.p50
+    );
+    let per_op = |d: Duration| d.as_secs_f64() * 1e6 / ops.max(1) as f64;
+    println!(
+        "  client cpu: {:.2} us/op (user+sys of client threads)",
+        per_op(client_cpu)
+    );
+    if server.is_some() {
+        let server_cpu = cpu_total.saturating_sub(client_cpu);
+        println!(
+            "  server cpu: {:.2} us/op (rest of the process: the in-process testkit)",
+            per_op(server_cpu)
+        );
+    }
+    drop(server);
+}
