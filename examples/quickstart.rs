@@ -1,36 +1,48 @@
 //! Quick start: a lock, a semaphore, two-phase acquisition and a signal
-//! round trip.
+//! round trip, with the host API on tokio.
 //!
 //! ```sh
 //! cargo run --example quickstart                              # in-process test server
 //! DFLOCKD_ADDR=127.0.0.1:6388 cargo run --example quickstart  # a real dflockd
 //! ```
 //!
-//! `DFLOCKD_AUTH_TOKEN` is sent with `auth` when set.
+//! `DFLOCKD_AUTH_TOKEN` is sent with `auth` when set. Exits non-zero on any
+//! failure.
 
 use std::time::Duration;
 
 use dflockd_client::runtime::AuthToken;
-use dflockd_client::runtime::tokio::{ConnectOptions, TokioConnection, connect};
-use dflockd_client::{Enqueued, Error, Kind, ServerError};
+use dflockd_client::runtime::signal::tokio::SignalConn;
+use dflockd_client::runtime::signal::{SignalEvent, SignalOptions};
+use dflockd_client::runtime::tokio::ConnectOptions;
+use dflockd_client::runtime::tokio_lock::{DistributedLock, DistributedSemaphore};
+use dflockd_client::{Error, ServerError};
 use dflockd_testkit::TestServer;
 
-type Conn = TokioConnection<1024, 4096>;
+type BoxError = Box<dyn std::error::Error>;
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
         eprintln!("quickstart failed: {e}");
-        let mut source = e.source();
-        while let Some(s) = source {
-            eprintln!("  caused by: {s}");
-            source = s.source();
-        }
         std::process::exit(1);
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// Server, auth token and a short lease (so renewal shows) for any builder.
+macro_rules! configure {
+    ($builder:expr, $addr:expr, $token:expr) => {{
+        let b = $builder
+            .server($addr.as_str())
+            .lease_ttl(Duration::from_secs(4));
+        match $token.as_deref() {
+            Some(t) => b.auth_token(t),
+            None => b,
+        }
+    }};
+}
+
+async fn run() -> Result<(), BoxError> {
     // A real server from DFLOCKD_ADDR, or the in-process testkit.
     let (_server, addr) = match std::env::var("DFLOCKD_ADDR") {
         Ok(addr) => {
@@ -44,97 +56,86 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             (Some(server), addr)
         }
     };
-    let opts = ConnectOptions {
-        auth_token: std::env::var("DFLOCKD_AUTH_TOKEN")
-            .ok()
-            .map(AuthToken::from),
-        connect_timeout: Duration::from_secs(5),
-    };
-    let connect = || async { connect::<1024, 4096>(&addr, &opts).await };
+    let token = std::env::var("DFLOCKD_AUTH_TOKEN").ok();
 
-    // 1. A lock: acquire (the server may block up to 10 s), use, release.
-    let mut alice: Conn = connect().await?;
-    let mut bob: Conn = connect().await?;
-    let grant = alice
-        .acquire(Kind::Lock, "quickstart:printer", 10, Some(30))
-        .await?
-        .ok_or("lock not granted")?;
+    // 1. A lock, renewed in the background while held.
+    let lock: DistributedLock =
+        configure!(DistributedLock::builder("quickstart:printer"), addr, token).build();
+    let guard = lock.acquire().await?.ok_or("lock not granted")?;
     println!(
-        "lock: alice holds quickstart:printer for {} s (fence {})",
-        grant.lease,
-        grant.token.fence()
+        "lock: holding {} (fence {:?}), lease {:?}",
+        guard.key(),
+        guard.fence(),
+        guard.ttl()
     );
-    let busy = bob
-        .acquire(Kind::Lock, "quickstart:printer", 0, None)
-        .await?;
+    let other: DistributedLock =
+        configure!(DistributedLock::builder("quickstart:printer"), addr, token).build();
+    let busy = other.try_acquire().await?;
     println!(
-        "lock: bob's try-acquire while alice holds it -> {}",
-        if busy.is_some() {
-            "granted?!"
-        } else {
-            "timeout"
-        }
+        "lock: a second client's try_acquire -> {}",
+        if busy.is_some() { "granted?!" } else { "busy" }
     );
-    let left = alice
-        .renew(Kind::Lock, "quickstart:printer", &grant.token, None)
-        .await?;
-    println!("lock: alice renewed, {left} s left");
-    alice
-        .release(Kind::Lock, "quickstart:printer", &grant.token)
-        .await?;
-    println!("lock: alice released");
-
-    // 2. A semaphore: at most 2 holders at once.
-    let pool = Kind::Semaphore { limit: 2 };
-    let mut carol: Conn = connect().await?;
-    let a = alice
-        .acquire(pool, "quickstart:db-pool", 0, None)
-        .await?
-        .ok_or("slot 1")?;
-    let b = bob
-        .acquire(pool, "quickstart:db-pool", 0, None)
-        .await?
-        .ok_or("slot 2")?;
-    let c = carol.acquire(pool, "quickstart:db-pool", 0, None).await?;
-    println!(
-        "semaphore (limit 2): alice and bob hold slots, carol -> {}",
-        if c.is_some() {
-            "granted?!"
-        } else {
-            "timeout (full)"
-        }
-    );
-    alice.release(pool, "quickstart:db-pool", &a.token).await?;
-    bob.release(pool, "quickstart:db-pool", &b.token).await?;
-
-    // 3. Two-phase: enqueue, do other work, then wait for the grant.
-    let held = alice
-        .acquire(Kind::Lock, "quickstart:job", 0, None)
-        .await?
-        .ok_or("job lock")?;
-    match bob.enqueue(Kind::Lock, "quickstart:job", None).await? {
-        Enqueued::Queued => println!("two-phase: bob is queued behind alice and keeps working"),
-        Enqueued::Acquired(_) => println!("two-phase: bob acquired at once?!"),
+    // Hold it past its 4 s lease: the background task renews it.
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(6)) => println!("lock: still held after 6 s (renewed)"),
+        _ = guard.lost() => return Err("lease lost".into()),
     }
-    alice
-        .release(Kind::Lock, "quickstart:job", &held.token)
-        .await?;
-    let g = bob
-        .wait(Kind::Lock, "quickstart:job", 5)
-        .await?
-        .ok_or("wait timed out")?;
-    println!("two-phase: bob's wait returned the lease ({} s)", g.lease);
-    bob.release(Kind::Lock, "quickstart:job", &g.token).await?;
+    guard.release().await?;
+    println!("lock: released");
 
-    // 4. Signals: carol listens on a wildcard, bob emits.
-    match carol.listen("quickstart.events.>", None).await {
+    // 2. A semaphore: at most 2 holders.
+    let pool: DistributedSemaphore = configure!(
+        DistributedSemaphore::builder("quickstart:db-pool", 2),
+        addr,
+        token
+    )
+    .build();
+    let a = pool.acquire().await?.ok_or("slot 1")?;
+    let b = pool.acquire().await?.ok_or("slot 2")?;
+    let c = pool.try_acquire().await?;
+    println!(
+        "semaphore (limit 2): two slots held, a third -> {}",
+        if c.is_some() { "granted?!" } else { "full" }
+    );
+    a.release().await?;
+    b.release().await?;
+
+    // 3. Two-phase: join the queue, do other work, then wait for the grant.
+    let job: DistributedLock =
+        configure!(DistributedLock::builder("quickstart:job"), addr, token).build();
+    let holder = job.acquire().await?.ok_or("job lock")?;
+    let ticket = job.enqueue().await?;
+    println!(
+        "two-phase: enqueued (acquired at once: {})",
+        ticket.is_acquired()
+    );
+    println!("two-phase: doing other work while queued...");
+    holder.release().await?;
+    let g = ticket.wait().await?.ok_or("wait timed out")?;
+    println!("two-phase: wait returned the lease (fence {:?})", g.fence());
+    g.release().await?;
+
+    // 4. Signals: listen on a wildcard, emit from another connection.
+    let opts = ConnectOptions {
+        auth_token: token.as_deref().map(AuthToken::from),
+        ..ConnectOptions::default()
+    };
+    let mut sigs: SignalConn = SignalConn::connect(&addr, &opts, SignalOptions::default()).await?;
+    match sigs.listen("quickstart.events.>", None).await {
         Ok(()) => {
-            let n = bob
-                .emit("quickstart.events.deploy", "{\"version\": \"1.2.3\"}")
-                .await?;
-            println!("signal: bob emitted to {n} listener(s)");
-            let sig = tokio::time::timeout(Duration::from_secs(5), carol.next_signal()).await??;
-            println!("signal: carol received {} {}", sig.channel, sig.payload);
+            let n = dflockd_client::runtime::signal::tokio::emit(
+                &addr,
+                "quickstart.events.deploy",
+                r#"{"version": "1.2.3"}"#,
+                &opts,
+            )
+            .await?;
+            println!("signal: emitted to {n} listener(s)");
+            let item = tokio::time::timeout(Duration::from_secs(5), sigs.recv()).await?;
+            match item.ok_or("signal stream ended")?? {
+                SignalEvent::Signal(s) => println!("signal: received {} {}", s.channel, s.payload),
+                other => return Err(format!("unexpected event {other:?}").into()),
+            }
         }
         Err(Error::Server(ServerError::Error)) => {
             println!("signal: this server has no signals (dflockd v2); skipped");
@@ -143,11 +144,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Arguments are checked before anything is sent.
-    let e = alice
-        .acquire(Kind::Lock, "has space", 0, None)
-        .await
-        .unwrap_err();
-    println!("validation: {e}");
+    let bad: DistributedLock =
+        configure!(DistributedLock::builder("has space"), addr, token).build();
+    match bad.acquire().await {
+        Err(e) => println!("validation: {e}"),
+        Ok(_) => return Err("a key with a space was accepted".into()),
+    }
     println!("done");
     Ok(())
 }

@@ -58,3 +58,8 @@ pub mod tls;
 pub use conn::{Connection, Enqueued, MIN_LINE_BUF, Result};
 pub use error::{Error, STATUS_TEXT_CAP, ServerError, StatusText};
 pub use protocol::{Grant, InvalidArgument, Kind, Signal, Token};
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
