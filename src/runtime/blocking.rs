@@ -22,8 +22,42 @@ use super::{AuthToken, DEFAULT_CONNECT_TIMEOUT};
 use crate::time::{Instant, Timer};
 use crate::{Connection, Enqueued, Error, Grant, Kind, Signal, Token};
 
-/// Runs a future to completion on the current thread.
-pub use pollster::block_on;
+/// Runs a future to completion on the current thread, parking it while the
+/// future is pending.
+///
+/// Allocation-free after the first call on a thread (the waker is cached
+/// per thread), so request/reply cycles on an established blocking
+/// connection allocate nothing. The blocking transport's futures complete
+/// on their first poll.
+pub fn block_on<F: Future>(fut: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::thread::Thread;
+
+    struct Unpark(Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    std::thread_local! {
+        static WAKER: Waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    }
+
+    let mut fut = core::pin::pin!(fut);
+    WAKER.with(|waker| {
+        let mut cx = Context::from_waker(waker);
+        loop {
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(out) => return out,
+                Poll::Pending => std::thread::park(),
+            }
+        }
+    })
+}
 
 /// The transport: a `std::net::TcpStream` behind the `embedded_io_async`
 /// traits. Its futures complete on their first poll (the IO blocks).
