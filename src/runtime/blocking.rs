@@ -179,6 +179,9 @@ pub struct BlockingConnection<
 > {
     inner: Connection<T, N, P>,
     io_timeout: Duration,
+    /// The read timeout last set on the transport (`None` = unknown), so
+    /// back-to-back requests skip the `setsockopt` syscall.
+    read_timeout: Option<Duration>,
 }
 
 /// Result of blocking calls.
@@ -221,10 +224,7 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P> {
     /// given.
     pub fn connect(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<Self> {
         let stream = connect_tcp(addr, opts)?;
-        let mut conn = Self {
-            inner: Connection::new(StdStream(stream)),
-            io_timeout: opts.io_timeout,
-        };
+        let mut conn = Self::from_transport(StdStream(stream), opts.io_timeout);
         if let Some(token) = &opts.auth_token {
             conn.run(0, |c| c.auth(token.expose()))?;
         }
@@ -243,12 +243,29 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
         Self {
             inner: Connection::new(transport),
             io_timeout,
+            read_timeout: None,
         }
     }
 
     /// The async connection inside, for anything not wrapped here.
     pub fn get_mut(&mut self) -> &mut Connection<T, N, P> {
+        // The caller may change the transport's read timeout.
+        self.read_timeout = None;
         &mut self.inner
+    }
+
+    /// Bounds the transport's reads by `wait`, skipping the syscall when it
+    /// is already set.
+    fn set_read_timeout(&mut self, wait: Duration) -> Result<()> {
+        if self.read_timeout != Some(wait) {
+            self.read_timeout = None;
+            self.inner
+                .transport_mut()
+                .set_read_timeout(Some(wait))
+                .map_err(Error::Io)?;
+            self.read_timeout = Some(wait);
+        }
+        Ok(())
     }
 
     /// Arms the read timeout for a request the server may hold for
@@ -264,10 +281,7 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
         let wait = self
             .io_timeout
             .saturating_add(Duration::from_secs(server_secs));
-        self.inner
-            .transport_mut()
-            .set_read_timeout(Some(wait))
-            .map_err(Error::Io)?;
+        self.set_read_timeout(wait)?;
         block_on(f(&mut self.inner)).map_err(timeout_kind)
     }
 
@@ -334,20 +348,19 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
     }
     /// Waits up to `timeout` for the next signal; `Ok(None)` when none came.
     pub fn next_signal(&mut self, timeout: Duration) -> Result<Option<Signal<'_>>> {
-        if self.inner.queued_signals() == 0
-            && !self
+        if self.inner.queued_signals() == 0 {
+            // wait_readable changes the read timeout.
+            self.read_timeout = None;
+            if !self
                 .inner
                 .transport_mut()
                 .wait_readable(timeout)
                 .map_err(Error::Io)?
-        {
-            return Ok(None);
+            {
+                return Ok(None);
+            }
         }
-        let io_timeout = self.io_timeout;
-        self.inner
-            .transport_mut()
-            .set_read_timeout(Some(io_timeout))
-            .map_err(Error::Io)?;
+        self.set_read_timeout(self.io_timeout)?;
         block_on(self.inner.next_signal())
             .map(Some)
             .map_err(timeout_kind)
