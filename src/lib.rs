@@ -22,6 +22,7 @@
 //! | *(none)* | the `no_std` core: protocol, connection, time boundary |
 //! | `std` | blocking transport over `std::net::TcpStream` ([`runtime::blocking`]) |
 //! | `tokio` | tokio transport and timer ([`runtime::tokio`]) |
+//! | `wasi` | WASI 0.2 transport, timer, connect and RNG over wstd (`runtime::wasi`; wasm32-wasip2 only, rustc 1.91+) |
 //! | `serde` | a typed [`stats::Stats`] struct parsed from the stats JSON (host only) |
 //! | `log` | log through the `log` crate |
 //! | `defmt` | log through `defmt` and derive `defmt::Format` (firmware) |
@@ -34,7 +35,11 @@
 #![deny(missing_docs)]
 #![warn(clippy::large_futures)]
 
-#[cfg(any(feature = "std", test))]
+#[cfg(any(
+    feature = "std",
+    test,
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
 extern crate std;
 
 #[macro_use]

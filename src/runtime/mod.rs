@@ -16,11 +16,16 @@ pub mod tls_rustls;
 pub mod tokio;
 #[cfg(feature = "tokio")]
 pub mod tokio_lock;
+#[cfg(all(feature = "wasi", target_os = "wasi", target_env = "p2"))]
+pub mod wasi;
 
 #[cfg(feature = "std")]
 pub use lock_builder::{DEFAULT_SERVER, LockBuilder};
 
-#[cfg(feature = "std")]
+#[cfg(any(
+    feature = "std",
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
 mod auth_token {
     use std::string::String;
 
@@ -60,7 +65,10 @@ mod auth_token {
     }
 }
 
-#[cfg(feature = "std")]
+#[cfg(any(
+    feature = "std",
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
 pub use auth_token::AuthToken;
 
 /// Default connect timeout of every host adapter: 10 s, as the other clients.
