@@ -330,4 +330,3 @@ impl crate::lock::Rng for WasiRng {
         rand_core::RngCore::next_u32(self)
     }
 }
-
