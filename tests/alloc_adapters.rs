@@ -4,45 +4,17 @@
 //!
 //! Only the client thread is counted: the testkit runs on its own threads.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use dflockd_client::Kind;
 use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions as BlockingOptions};
 use dflockd_client::runtime::tokio::{ConnectOptions, connect};
 use dflockd_testkit::TestServer;
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.with(|a| a.set(a.get() + 1));
-        }
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{Counting, allocations, start as start_counting, stop as stop_counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn start_counting() {
-    ALLOCS.with(|a| a.set(0));
-    COUNTING.with(|c| c.set(true));
-}
-
-fn stop_counting() -> u64 {
-    COUNTING.with(|c| c.set(false));
-    ALLOCS.with(Cell::get)
-}
 
 const CYCLES: usize = 500;
 
@@ -117,7 +89,8 @@ fn blocking_cycles_allocate_nothing() {
 
 #[test]
 fn the_counter_counts() {
-    start_counting();
-    std::hint::black_box(Box::new(7u64));
-    assert_eq!(stop_counting(), 1);
+    let n = allocations(|| {
+        std::hint::black_box(Box::new(7u64));
+    });
+    assert_eq!(n, 1);
 }
