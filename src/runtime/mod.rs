@@ -6,6 +6,8 @@
 pub mod blocking;
 #[cfg(feature = "std")]
 pub mod blocking_lock;
+#[cfg(feature = "embassy-time")]
+pub mod embassy;
 #[cfg(feature = "std")]
 mod lock_builder;
 #[cfg(feature = "std")]
