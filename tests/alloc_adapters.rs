@@ -87,6 +87,75 @@ fn blocking_cycles_allocate_nothing() {
     );
 }
 
+/// The transport enum of the high-level host APIs (`HostStream`, plain
+/// arm) adds no allocation either: the lock and signal modules run on it.
+/// (TLS is not checked here: rustls allocates its record buffers per
+/// request, inside rustls.)
+#[test]
+fn host_stream_cycles_allocate_nothing() {
+    use dflockd_client::Connection;
+    use dflockd_client::runtime::blocking::{HostStream as BlockingHost, StdStream};
+    use dflockd_client::runtime::tokio::HostStream;
+    use embedded_io_adapters::tokio_1::FromTokio;
+
+    let server = TestServer::builder().start_blocking().expect("testkit");
+    let addr = server.addr();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let allocs = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut conn: Connection<HostStream, 256, 0> =
+            Connection::new(HostStream::from(FromTokio::new(tcp)));
+        let mut allocs = 0;
+        for round in 0..2 {
+            if round == 1 {
+                start_counting();
+            }
+            for _ in 0..CYCLES {
+                let g = conn
+                    .acquire(Kind::Lock, "alloc-host", 10, Some(30))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                conn.release(Kind::Lock, "alloc-host", &g.token)
+                    .await
+                    .unwrap();
+            }
+            if round == 1 {
+                allocs = stop_counting();
+            }
+        }
+        allocs
+    });
+    assert_eq!(allocs, 0, "{allocs} allocations in {CYCLES} tokio cycles");
+
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    let mut conn = BlockingConnection::<256, 0, BlockingHost>::from_transport(
+        BlockingHost::from(StdStream(tcp)),
+        std::time::Duration::from_secs(10),
+    );
+    for round in 0..2 {
+        if round == 1 {
+            start_counting();
+        }
+        for _ in 0..CYCLES {
+            let g = conn
+                .acquire(Kind::Lock, "alloc-host-blocking", 10, Some(30))
+                .unwrap()
+                .unwrap();
+            conn.release(Kind::Lock, "alloc-host-blocking", &g.token)
+                .unwrap();
+        }
+    }
+    let allocs = stop_counting();
+    assert_eq!(
+        allocs, 0,
+        "{allocs} allocations in {CYCLES} blocking cycles"
+    );
+}
+
 #[test]
 fn the_counter_counts() {
     let n = allocations(|| {

@@ -437,6 +437,30 @@ impl StdTlsStream {
 }
 
 #[cfg(feature = "rustls")]
+impl StdTlsStream {
+    /// [`HostStream::peer_closed`] on a socket already set non-blocking:
+    /// reads whatever records have arrived into rustls (nothing is lost),
+    /// and reports data, a `close_notify`, end of stream or an error.
+    fn peer_closed(&mut self) -> bool {
+        loop {
+            match self.0.conn.process_new_packets() {
+                Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => {
+                    return true;
+                }
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+            match self.0.conn.read_tls(&mut self.0.sock) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return !is_timeout(&e),
+            }
+        }
+    }
+}
+
+#[cfg(feature = "rustls")]
 impl embedded_io_async::ErrorType for StdTlsStream {
     type Error = io::Error;
 }
@@ -529,6 +553,187 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P, StdTlsStream> {
             conn.run(0, |c| c.auth(token.expose()))?;
         }
         Ok(conn)
+    }
+}
+
+/// The TLS choice of the high-level host APIs: a rustls connector with the
+/// `rustls` feature, an uninhabited type without it (so `None` is the only
+/// value and the plain path has no TLS branch at all).
+#[cfg(feature = "rustls")]
+pub(crate) type HostTls = super::tls_rustls::RustlsConnector;
+/// The TLS choice of the high-level host APIs (uninhabited without the
+/// `rustls` feature).
+#[cfg(not(feature = "rustls"))]
+pub(crate) type HostTls = core::convert::Infallible;
+
+/// The transport of the high-level blocking APIs
+/// ([`DistributedLock`](super::blocking_lock::DistributedLock),
+/// [`SignalConn`](super::signal::blocking::SignalConn)): plain TCP or, with
+/// the `rustls` feature, TLS, chosen when connecting. It is a
+/// [`BlockingTransport`] that delegates to the arm it holds.
+///
+/// Without the `rustls` feature there is only the plain arm, so the enum is
+/// exactly a [`StdStream`] (no tag, no branch).
+#[derive(Debug)]
+pub enum HostStream {
+    /// Plain TCP.
+    Plain(StdStream),
+    /// rustls over TCP (feature `rustls`). Boxed: the TLS state is large,
+    /// and the plain arm should not pay for it.
+    #[cfg(feature = "rustls")]
+    Tls(std::boxed::Box<StdTlsStream>),
+}
+
+impl HostStream {
+    /// Whether this is a TLS stream.
+    pub fn is_tls(&self) -> bool {
+        match self {
+            Self::Plain(_) => false,
+            #[cfg(feature = "rustls")]
+            Self::Tls(_) => true,
+        }
+    }
+
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => &s.0,
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => s.get_ref(),
+        }
+    }
+
+    /// Whether the peer closed the connection or sent data nobody asked
+    /// for (such as the server's idle-timeout `error`), without blocking
+    /// and without losing anything a later read needs. TLS records that
+    /// carry no data (session tickets) do not count.
+    pub(crate) fn peer_closed(&mut self) -> bool {
+        if self.tcp().set_nonblocking(true).is_err() {
+            return false;
+        }
+        let closed = match self {
+            Self::Plain(s) => {
+                let mut probe = [0u8; 1];
+                match s.0.peek(&mut probe) {
+                    Ok(_) => true,
+                    Err(e) => !is_timeout(&e) && e.kind() != io::ErrorKind::Interrupted,
+                }
+            }
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => s.peer_closed(),
+        };
+        closed || self.tcp().set_nonblocking(false).is_err()
+    }
+}
+
+impl From<StdStream> for HostStream {
+    fn from(s: StdStream) -> Self {
+        Self::Plain(s)
+    }
+}
+
+#[cfg(feature = "rustls")]
+impl From<StdTlsStream> for HostStream {
+    fn from(s: StdTlsStream) -> Self {
+        Self::Tls(std::boxed::Box::new(s))
+    }
+}
+
+impl embedded_io_async::ErrorType for HostStream {
+    type Error = io::Error;
+}
+
+impl embedded_io_async::Read for HostStream {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(buf).await,
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => s.read(buf).await,
+        }
+    }
+}
+
+impl embedded_io_async::Write for HostStream {
+    async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.write(buf).await,
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => s.write(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.flush().await,
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => s.flush().await,
+        }
+    }
+}
+
+impl BlockingTransport for HostStream {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.set_read_timeout(timeout),
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => s.set_read_timeout(timeout),
+        }
+    }
+
+    fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
+        match self {
+            Self::Plain(s) => s.wait_readable(timeout),
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => s.wait_readable(timeout),
+        }
+    }
+}
+
+/// A blocking connection over [`HostStream`]: plain or TLS.
+pub type HostConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: usize = 0> =
+    BlockingConnection<N, P, HostStream>;
+
+/// TCP to `addr` (each resolved address in turn), then the TLS handshake
+/// when `tls` is given, within the connect timeout. No `auth`; no read
+/// timeout set.
+pub(crate) fn open_host(
+    addr: impl ToSocketAddrs,
+    opts: &ConnectOptions,
+    tls: Option<&HostTls>,
+) -> Result<HostStream> {
+    let tcp = connect_tcp(addr, opts)?;
+    match tls {
+        None => Ok(HostStream::Plain(StdStream(tcp))),
+        #[cfg(feature = "rustls")]
+        Some(tls) => StdTlsStream::handshake(tcp, tls, opts.connect_timeout)
+            .map(|s| HostStream::Tls(std::boxed::Box::new(s)))
+            .map_err(|e| timeout_kind(Error::Io(e))),
+        #[cfg(not(feature = "rustls"))]
+        Some(never) => match *never {},
+    }
+}
+
+impl<const N: usize, const P: usize> BlockingConnection<N, P, HostStream> {
+    /// [`connect`](BlockingConnection::connect) or
+    /// [`connect_tls`](BlockingConnection::connect_tls) (when `tls` is
+    /// given), as a [`HostConnection`].
+    pub(crate) fn connect_host(
+        addr: impl ToSocketAddrs,
+        opts: &ConnectOptions,
+        tls: Option<&HostTls>,
+    ) -> Result<Self> {
+        let stream = open_host(addr, opts, tls)?;
+        Self::from_transport(stream, opts.io_timeout).authenticate(opts)
+    }
+}
+
+impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N, P, T> {
+    /// Sends `auth` when `opts` has a token.
+    fn authenticate(mut self, opts: &ConnectOptions) -> Result<Self> {
+        if let Some(token) = &opts.auth_token {
+            self.run(0, |c| c.auth(token.expose()))?;
+        }
+        Ok(self)
     }
 }
 

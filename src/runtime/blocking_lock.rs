@@ -5,7 +5,8 @@
 //! server that owns the key (see [`routing`](crate::routing)); a granted
 //! [`LeaseGuard`] hands that connection to a thread that renews the lease
 //! on the core schedule until the guard is released or dropped. No async
-//! runtime is involved.
+//! runtime is involved. Connections are plain TCP, or TLS with the
+//! builder's [`tls`](LockBuilder::tls) (feature `rustls`).
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
@@ -29,7 +30,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::blocking::{BlockingConnection, ConnectOptions, StdTimer, block_on};
+use super::blocking::{BlockingTransport, ConnectOptions, HostConnection, StdTimer, block_on};
 use super::lock_builder::{LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil};
 use crate::lock::Lease;
 use crate::time::{Instant, Timer};
@@ -38,7 +39,7 @@ use crate::{Enqueued, Error, Grant, Kind, Token};
 /// Result of the blocking lock API.
 pub type Result<T> = core::result::Result<T, Error<io::Error>>;
 
-type Conn = BlockingConnection<LINE, 0>;
+type Conn = HostConnection<LINE, 0>;
 
 /// While waiting for the next renew, the renewal thread checks this often
 /// whether the connection was closed, so a cut connection is reported long
@@ -71,7 +72,9 @@ impl Resource {
             io_timeout: s.options.io_timeout,
             auth_token: s.auth_token.clone(),
         };
-        Conn::connect(s.server()?, &opts)
+        let addr = s.server()?;
+        let tls = s.tls_for(addr)?;
+        Conn::connect_host(addr, &opts, tls.as_ref())
     }
 
     fn lease_secs(&self) -> Option<u64> {
@@ -492,7 +495,6 @@ fn renew_loop(
         let renewed = conn
             .get_mut()
             .transport_mut()
-            .0
             .set_read_timeout(Some(wait))
             .map_err(Error::Io)
             .and_then(|()| block_on(lease.renew(conn.get_mut(), &timer)));
@@ -507,7 +509,6 @@ fn renew_loop(
 fn release(conn: &mut Conn, lease: Lease<'_>, settings: &Settings) -> Result<()> {
     conn.get_mut()
         .transport_mut()
-        .0
         .set_read_timeout(Some(
             settings.options.io_timeout.max(Duration::from_millis(1)),
         ))
@@ -521,14 +522,5 @@ fn is_closed(conn: &mut Conn) -> bool {
     if !conn.is_usable() {
         return true;
     }
-    let sock = &conn.get_mut().transport_mut().0;
-    if sock.set_nonblocking(true).is_err() {
-        return false;
-    }
-    let mut probe = [0u8; 1];
-    let closed = match sock.peek(&mut probe) {
-        Ok(_) => true,
-        Err(e) => e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted,
-    };
-    closed || sock.set_nonblocking(false).is_err()
+    conn.get_mut().transport_mut().peer_closed()
 }

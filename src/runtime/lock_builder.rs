@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::vec::Vec;
 
+use super::blocking::HostTls;
 use super::{AuthToken, DEFAULT_CONNECT_TIMEOUT};
 use crate::lock::{Jitter, LockOptions, LockSpec, RenewRatio};
 use crate::routing::{Crc32Mod, RouteError, Strategy, route};
@@ -28,6 +29,50 @@ pub struct Settings {
     pub(crate) auth_token: Option<AuthToken>,
     pub(crate) connect_timeout: Duration,
     pub(crate) options: LockOptions,
+    pub(crate) tls: Option<TlsSetting>,
+}
+
+/// TLS of a host lock: the connector, and where the server name comes from.
+/// Never built without the `rustls` feature.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+pub(crate) struct TlsSetting {
+    connector: HostTls,
+    /// Check each server against the host part of its address instead of
+    /// the connector's name.
+    name_per_server: bool,
+}
+
+impl TlsSetting {
+    /// The connector for the server at `addr`.
+    #[cfg(feature = "rustls")]
+    fn for_addr(&self, addr: &str) -> Result<HostTls, Error<io::Error>> {
+        if self.name_per_server {
+            self.connector
+                .with_server_name(host_of(addr))
+                .map_err(Error::Io)
+        } else {
+            Ok(self.connector.clone())
+        }
+    }
+
+    #[cfg(not(feature = "rustls"))]
+    fn for_addr(&self, _addr: &str) -> Result<HostTls, Error<io::Error>> {
+        match self.connector {}
+    }
+}
+
+/// The host part of `host:port`, `[v6]:port` or a bare host.
+#[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(host, _)| host);
+    }
+    match addr.rsplit_once(':') {
+        // More than one colon without brackets: a bare IPv6 address.
+        Some((host, _)) if !host.contains(':') => host,
+        _ => addr,
+    }
 }
 
 impl core::fmt::Debug for Settings {
@@ -39,6 +84,7 @@ impl core::fmt::Debug for Settings {
             .field("auth_token", &self.auth_token)
             .field("connect_timeout", &self.connect_timeout)
             .field("options", &self.options)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -53,11 +99,17 @@ impl Settings {
             auth_token: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             options: LockOptions::DEFAULT,
+            tls: None,
         }
     }
 
     pub(crate) fn spec(&self) -> LockSpec<'_> {
         LockSpec::new(&self.key, self.kind).with_options(self.options)
+    }
+
+    /// The TLS connector for the server at `addr`, if TLS is on.
+    pub(crate) fn tls_for(&self, addr: &str) -> Result<Option<HostTls>, Error<io::Error>> {
+        self.tls.as_ref().map(|t| t.for_addr(addr)).transpose()
     }
 
     /// The address of the server that owns the key.
@@ -87,8 +139,9 @@ pub(crate) mod sealed {
 }
 
 /// Builds a host `DistributedLock` or `DistributedSemaphore` (tokio or
-/// blocking): servers and routing, authentication, timeouts and the lease
-/// options of [`LockOptions`].
+/// blocking): servers and routing, authentication, TLS (feature `rustls`,
+/// see [`tls`](Self::tls)), timeouts and the lease options of
+/// [`LockOptions`].
 ///
 /// ```no_run
 /// # fn demo() {
@@ -153,6 +206,41 @@ impl<L: sealed::FromSettings> LockBuilder<L> {
         self
     }
 
+    /// Connects over TLS (feature `rustls`), verified by `connector`:
+    /// chain, validity period and server name, with the name taken from the
+    /// connector. With several servers, every one of them must present a
+    /// certificate valid for that name (one name in the subjectAltName of
+    /// all, or a wildcard); when each server has a certificate of its own,
+    /// use [`tls_per_server`](Self::tls_per_server).
+    ///
+    /// The TCP connect, the handshake and the `auth` each get the
+    /// [`connect_timeout`](Self::connect_timeout). A certificate that fails
+    /// verification makes every acquire fail with [`Error::Io`]; see
+    /// [`rustls_error`](super::tls_rustls::rustls_error) for the reason.
+    /// Without this option the connections are plain TCP.
+    #[cfg(feature = "rustls")]
+    pub fn tls(mut self, connector: super::tls_rustls::RustlsConnector) -> Self {
+        self.settings.tls = Some(TlsSetting {
+            connector,
+            name_per_server: false,
+        });
+        self
+    }
+
+    /// [`tls`](Self::tls), but each server's certificate is checked against
+    /// the host part of its own address (`locks-2.example.com` for
+    /// `locks-2.example.com:6388`, `10.0.0.2` for `10.0.0.2:6388`, which
+    /// then needs an IP address subjectAltName). The connector's own name
+    /// is not used; its roots and configuration are.
+    #[cfg(feature = "rustls")]
+    pub fn tls_per_server(mut self, connector: super::tls_rustls::RustlsConnector) -> Self {
+        self.settings.tls = Some(TlsSetting {
+            connector,
+            name_per_server: true,
+        });
+        self
+    }
+
     /// Gives up connecting after this long (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.settings.connect_timeout = timeout;
@@ -211,5 +299,19 @@ impl<L: sealed::FromSettings> LockBuilder<L> {
             self.settings.servers.push(DEFAULT_SERVER.into());
         }
         L::from_settings(self.settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_part_of_addresses() {
+        assert_eq!(host_of("locks.example.com:6388"), "locks.example.com");
+        assert_eq!(host_of("10.0.0.2:6388"), "10.0.0.2");
+        assert_eq!(host_of("[::1]:6388"), "::1");
+        assert_eq!(host_of("localhost"), "localhost");
+        assert_eq!(host_of("::1"), "::1");
     }
 }

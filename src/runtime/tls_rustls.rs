@@ -2,7 +2,10 @@
 //! server's chain, validity period and name against a root store, for the
 //! tokio ([`connect_tls`](super::tokio::connect_tls)) and blocking
 //! ([`BlockingConnection::connect_tls`](super::blocking::BlockingConnection::connect_tls))
-//! adapters.
+//! adapters, and for the high-level host APIs: the lock builder's
+//! [`tls`](super::LockBuilder::tls) and the signal connections'
+//! `connect_tls` ([tokio](super::signal::tokio::SignalConn::connect_tls),
+//! [blocking](super::signal::blocking::SignalConn::connect_tls)).
 //!
 //! ```no_run
 //! # #[cfg(feature = "tokio")]
@@ -114,6 +117,16 @@ impl RustlsConnector {
     /// The name the server's certificate must carry.
     pub fn server_name(&self) -> &ServerName<'static> {
         &self.server_name
+    }
+
+    /// The same roots and configuration (shared, not copied) for a server
+    /// with another name: one connector per server of a cluster whose
+    /// certificates carry different names.
+    ///
+    /// Fails with [`io::ErrorKind::InvalidInput`] when `server_name` is
+    /// neither a DNS name nor an IP address.
+    pub fn with_server_name(&self, server_name: &str) -> io::Result<Self> {
+        Self::with_config(self.config.clone(), server_name)
     }
 }
 

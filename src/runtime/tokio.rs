@@ -59,12 +59,28 @@ pub async fn connect<const N: usize, const P: usize>(
     addr: &str,
     opts: &ConnectOptions,
 ) -> Result<TokioConnection<N, P>, Error<io::Error>> {
+    let stream = tcp(addr, opts).await?;
+    authenticate(Connection::new(FromTokio::new(stream)), opts).await
+}
+
+/// TCP to `addr` within the connect timeout, with `TCP_NODELAY`.
+async fn tcp(addr: &str, opts: &ConnectOptions) -> Result<TcpStream, Error<io::Error>> {
     let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| Error::Timeout)?
         .map_err(Error::Io)?;
     stream.set_nodelay(true).map_err(Error::Io)?;
-    let mut conn = Connection::new(FromTokio::new(stream));
+    Ok(stream)
+}
+
+/// Sends `auth` within the connect timeout when a token is given.
+async fn authenticate<T, const N: usize, const P: usize>(
+    mut conn: Connection<T, N, P>,
+    opts: &ConnectOptions,
+) -> Result<Connection<T, N, P>, Error<io::Error>>
+where
+    T: embedded_io_async::Read<Error = io::Error> + embedded_io_async::Write<Error = io::Error>,
+{
     if let Some(token) = &opts.auth_token {
         tokio::time::timeout(opts.connect_timeout, conn.auth(token.expose()))
             .await
@@ -138,24 +154,157 @@ pub async fn connect_tls<const N: usize, const P: usize>(
     opts: &ConnectOptions,
     tls: &super::tls_rustls::RustlsConnector,
 ) -> Result<TokioTlsConnection<N, P>, Error<io::Error>> {
-    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| Error::Timeout)?
-        .map_err(Error::Io)?;
-    stream.set_nodelay(true).map_err(Error::Io)?;
+    let stream = tls_handshake(tcp(addr, opts).await?, opts, tls).await?;
+    authenticate(Connection::new(FromTokio::new(stream)), opts).await
+}
+
+/// The TLS handshake over `stream` within the connect timeout.
+#[cfg(feature = "rustls")]
+async fn tls_handshake(
+    stream: TcpStream,
+    opts: &ConnectOptions,
+    tls: &super::tls_rustls::RustlsConnector,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error<io::Error>> {
     let connector = tokio_rustls::TlsConnector::from(tls.config().clone());
-    let stream = tokio::time::timeout(
+    tokio::time::timeout(
         opts.connect_timeout,
         connector.connect(tls.server_name().clone(), stream),
     )
     .await
     .map_err(|_| Error::Timeout)?
-    .map_err(Error::Io)?;
-    let mut conn = Connection::new(FromTokio::new(stream));
-    if let Some(token) = &opts.auth_token {
-        tokio::time::timeout(opts.connect_timeout, conn.auth(token.expose()))
-            .await
-            .map_err(|_| Error::Timeout)??;
+    .map_err(Error::Io)
+}
+
+/// The transport of the high-level tokio APIs
+/// ([`DistributedLock`](super::tokio_lock::DistributedLock),
+/// [`SignalConn`](super::signal::tokio::SignalConn)): plain TCP or, with
+/// the `rustls` feature, TLS, chosen when connecting. Both arms are
+/// `embedded_io_async` transports; the enum delegates to the one it holds.
+///
+/// Without the `rustls` feature there is only the plain arm, so the enum is
+/// exactly a [`TokioStream`] (no tag, no branch).
+pub enum HostStream {
+    /// Plain TCP.
+    Plain(TokioStream),
+    /// rustls over TCP (feature `rustls`). Boxed: the TLS state is large,
+    /// and the plain arm should not pay for it.
+    #[cfg(feature = "rustls")]
+    Tls(std::boxed::Box<TokioTlsStream>),
+}
+
+impl HostStream {
+    /// Whether this is a TLS stream.
+    pub fn is_tls(&self) -> bool {
+        match self {
+            Self::Plain(_) => false,
+            #[cfg(feature = "rustls")]
+            Self::Tls(_) => true,
+        }
     }
-    Ok(conn)
+}
+
+impl core::fmt::Debug for HostStream {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Plain(s) => f
+                .debug_struct("Plain")
+                .field("peer", &s.inner().peer_addr().ok())
+                .finish(),
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => {
+                let (tcp, session) = s.inner().get_ref();
+                f.debug_struct("Tls")
+                    .field("peer", &tcp.peer_addr().ok())
+                    .field("protocol", &session.protocol_version())
+                    .field("cipher_suite", &session.negotiated_cipher_suite())
+                    .finish()
+            }
+        }
+    }
+}
+
+impl From<TokioStream> for HostStream {
+    fn from(s: TokioStream) -> Self {
+        Self::Plain(s)
+    }
+}
+
+#[cfg(feature = "rustls")]
+impl From<TokioTlsStream> for HostStream {
+    fn from(s: TokioTlsStream) -> Self {
+        Self::Tls(std::boxed::Box::new(s))
+    }
+}
+
+impl embedded_io_async::ErrorType for HostStream {
+    type Error = io::Error;
+}
+
+impl embedded_io_async::Read for HostStream {
+    /// Cancel-safe as the arm it delegates to (both are: bytes are either
+    /// returned or stay buffered in the socket or in rustls).
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(buf).await,
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => s.read(buf).await,
+        }
+    }
+}
+
+impl embedded_io_async::Write for HostStream {
+    /// Delegates to the arm it holds.
+    async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.write(buf).await,
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => s.write(buf).await,
+        }
+    }
+
+    /// Delegates to the arm it holds.
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.flush().await,
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => s.flush().await,
+        }
+    }
+}
+
+/// A connection over [`HostStream`]: plain or TLS.
+pub type HostConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: usize = 0> =
+    Connection<HostStream, N, P>;
+
+/// TCP to `addr`, then the TLS handshake when `tls` is given, each within
+/// the connect timeout. No `auth`.
+pub(crate) async fn open_host(
+    addr: &str,
+    opts: &ConnectOptions,
+    tls: Option<&super::blocking::HostTls>,
+) -> Result<HostStream, Error<io::Error>> {
+    let stream = tcp(addr, opts).await?;
+    match tls {
+        None => Ok(HostStream::Plain(FromTokio::new(stream))),
+        #[cfg(feature = "rustls")]
+        Some(tls) => {
+            let stream = tls_handshake(stream, opts, tls).await?;
+            Ok(HostStream::Tls(std::boxed::Box::new(FromTokio::new(
+                stream,
+            ))))
+        }
+        #[cfg(not(feature = "rustls"))]
+        Some(never) => match *never {},
+    }
+}
+
+/// [`connect`] or [`connect_tls`] (when `tls` is given) as a
+/// [`HostConnection`].
+pub(crate) async fn connect_host<const N: usize, const P: usize>(
+    addr: &str,
+    opts: &ConnectOptions,
+    tls: Option<&super::blocking::HostTls>,
+) -> Result<HostConnection<N, P>, Error<io::Error>> {
+    let stream = open_host(addr, opts, tls).await?;
+    authenticate(Connection::new(stream), opts).await
 }

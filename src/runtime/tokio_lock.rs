@@ -5,7 +5,8 @@
 //! server that owns the key (see [`routing`](crate::routing)); a granted
 //! [`LeaseGuard`] hands that connection to a background task that renews
 //! the lease with the core schedule ([`Lease::hold`]) until the guard is
-//! released or dropped.
+//! released or dropped. Connections are plain TCP, or TLS with the
+//! builder's [`tls`](LockBuilder::tls) (feature `rustls`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
@@ -40,7 +41,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use super::lock_builder::{LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil};
-use super::tokio::{ConnectOptions, TokioConnection, TokioTimer, connect};
+use super::tokio::{ConnectOptions, HostConnection, TokioTimer, connect_host};
 use crate::lock::Lease;
 use crate::time::{Instant, Timer};
 use crate::{Enqueued, Error, Grant, Kind, Token};
@@ -48,7 +49,7 @@ use crate::{Enqueued, Error, Grant, Kind, Token};
 /// Result of the host lock API.
 pub type Result<T> = core::result::Result<T, Error<io::Error>>;
 
-type Conn = TokioConnection<LINE, 0>;
+type Conn = HostConnection<LINE, 0>;
 
 /// Runs a connection request with a client-side deadline.
 async fn bounded<T, F>(dur: Duration, fut: F) -> Result<T>
@@ -71,7 +72,9 @@ impl Resource {
             connect_timeout: s.connect_timeout,
             auth_token: s.auth_token.clone(),
         };
-        connect::<LINE, 0>(s.server()?, &opts).await
+        let addr = s.server()?;
+        let tls = s.tls_for(addr)?;
+        connect_host::<LINE, 0>(addr, &opts, tls.as_ref()).await
     }
 
     async fn acquire_within(&self, timeout: Duration) -> Result<Option<LeaseGuard>> {

@@ -27,7 +27,7 @@
 
 use std::boxed::Box;
 use std::io;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::string::String;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +39,10 @@ use super::{
     SignalOptions, Subscriptions, dup_error,
 };
 use crate::protocol::Request;
-use crate::runtime::blocking::{BlockingConnection, ConnectOptions, StdStream, StdTimer, block_on};
+use crate::runtime::blocking::{
+    BlockingTransport, ConnectOptions, HostConnection, HostStream, HostTls, StdTimer, block_on,
+    open_host,
+};
 use crate::signal::Heartbeat;
 use crate::time::Timer;
 use crate::{Connection, Error};
@@ -50,7 +53,7 @@ pub type Result<T> = core::result::Result<T, Error<io::Error>>;
 /// An item of the signal iterator.
 pub type Item = Result<SignalEvent>;
 
-type Core<const N: usize, const P: usize> = crate::signal::SignalConn<StdStream, StdTimer, N, P>;
+type Core<const N: usize, const P: usize> = crate::signal::SignalConn<HostStream, StdTimer, N, P>;
 type Reply = mpsc::SyncSender<CommandResult>;
 
 /// Longest slice the connection's thread blocks in a read before it looks
@@ -162,10 +165,41 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
     /// Errors: invalid options ([`Error::Io`] with
     /// [`InvalidInput`](io::ErrorKind::InvalidInput), e.g. a heartbeat not
     /// below the server read timeout), and everything
-    /// [`BlockingConnection::connect`] returns.
+    /// [`BlockingConnection::connect`](crate::runtime::blocking::BlockingConnection::connect)
+    /// returns.
     pub fn connect(
         addr: impl ToSocketAddrs,
         connect_opts: &ConnectOptions,
+        opts: SignalOptions,
+    ) -> Result<Self> {
+        Self::start(addr, connect_opts, None, opts)
+    }
+
+    /// [`connect`](Self::connect) over TLS (feature `rustls`): the
+    /// handshake is verified by `tls` (chain, validity period and the
+    /// connector's server name) before `auth` and any subscription. A
+    /// reconnect (see [`SignalOptions::reconnect`]) runs the same
+    /// verification again.
+    ///
+    /// Errors as [`BlockingConnection::connect_tls`](crate::runtime::blocking::BlockingConnection::connect_tls):
+    /// a certificate that fails verification is [`Error::Io`] whose
+    /// [`rustls_error`](crate::runtime::tls_rustls::rustls_error) tells
+    /// why; a peer that does not speak TLS gives [`Error::Timeout`] or
+    /// [`Error::Io`].
+    #[cfg(feature = "rustls")]
+    pub fn connect_tls(
+        addr: impl ToSocketAddrs,
+        connect_opts: &ConnectOptions,
+        tls: &crate::runtime::tls_rustls::RustlsConnector,
+        opts: SignalOptions,
+    ) -> Result<Self> {
+        Self::start(addr, connect_opts, Some(tls.clone()), opts)
+    }
+
+    fn start(
+        addr: impl ToSocketAddrs,
+        connect_opts: &ConnectOptions,
+        tls: Option<HostTls>,
         opts: SignalOptions,
     ) -> Result<Self> {
         const {
@@ -176,13 +210,14 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         };
         let heartbeat = opts.check()?;
         let addrs: std::vec::Vec<_> = addr.to_socket_addrs().map_err(Error::Io)?.collect();
-        let core = open::<N, P>(&addrs, connect_opts, heartbeat)?;
+        let core = open::<N, P>(&addrs, connect_opts, tls.as_ref(), heartbeat)?;
         let (tx, cmd_rx) = mpsc::channel();
         let (out, rx) = mpsc::sync_channel(opts.queue);
         let shared = Arc::new(Shared::default());
         let mut worker = Worker {
             addrs,
             connect: connect_opts.clone(),
+            tls,
             opts,
             heartbeat,
             cmd_rx,
@@ -257,7 +292,22 @@ pub fn emit(
     opts: &ConnectOptions,
 ) -> Result<u64> {
     Request::Signal { channel, payload }.validate()?;
-    BlockingConnection::<128, 0>::connect(addr, opts)?.emit(channel, payload)
+    HostConnection::<128, 0>::connect_host(addr, opts, None)?.emit(channel, payload)
+}
+
+/// [`emit`] over TLS (feature `rustls`), verified by `tls` as
+/// [`BlockingConnection::connect_tls`](crate::runtime::blocking::BlockingConnection::connect_tls)
+/// does.
+#[cfg(feature = "rustls")]
+pub fn emit_tls(
+    addr: impl ToSocketAddrs,
+    channel: &str,
+    payload: &str,
+    opts: &ConnectOptions,
+    tls: &crate::runtime::tls_rustls::RustlsConnector,
+) -> Result<u64> {
+    Request::Signal { channel, payload }.validate()?;
+    HostConnection::<128, 0>::connect_host(addr, opts, Some(tls))?.emit(channel, payload)
 }
 
 fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
@@ -277,38 +327,15 @@ fn is_timeout(e: &io::Error) -> bool {
 fn open<const N: usize, const P: usize>(
     addrs: &[std::net::SocketAddr],
     opts: &ConnectOptions,
+    tls: Option<&HostTls>,
     heartbeat: Heartbeat,
 ) -> Result<Box<Core<N, P>>> {
-    let mut last = None;
-    let mut stream = None;
-    for a in addrs {
-        match TcpStream::connect_timeout(a, opts.connect_timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let stream = match (stream, last) {
-        (Some(s), _) => s,
-        (None, Some(e)) => return Err(timeout_kind(Error::Io(e))),
-        (None, None) => {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::NotFound,
-                "address resolved to nothing",
-            )));
-        }
-    };
-    stream.set_nodelay(true).map_err(Error::Io)?;
-    stream
-        .set_write_timeout(Some(opts.io_timeout))
-        .map_err(Error::Io)?;
+    let mut stream = open_host(addrs, opts, tls)?;
     stream
         .set_read_timeout(Some(opts.io_timeout))
         .map_err(Error::Io)?;
     let mut core = Box::new(Core::with_heartbeat(
-        Connection::new(StdStream(stream)),
+        Connection::new(stream),
         StdTimer,
         heartbeat,
     ));
@@ -334,6 +361,8 @@ enum Exit {
 struct Worker {
     addrs: std::vec::Vec<std::net::SocketAddr>,
     connect: ConnectOptions,
+    /// Verifies every (re)connection when set.
+    tls: Option<HostTls>,
     opts: SignalOptions,
     heartbeat: Heartbeat,
     cmd_rx: mpsc::Receiver<Command<Reply>>,
@@ -403,7 +432,12 @@ impl Worker {
     }
 
     fn reopen<const N: usize, const P: usize>(&mut self) -> Result<Box<Core<N, P>>> {
-        let mut core = open::<N, P>(&self.addrs, &self.connect, self.heartbeat)?;
+        let mut core = open::<N, P>(
+            &self.addrs,
+            &self.connect,
+            self.tls.as_ref(),
+            self.heartbeat,
+        )?;
         set_read_timeout(&mut core, self.opts.request_timeout)?;
         for (pattern, group) in self.subs.iter() {
             block_on(core.listen(pattern, group)).map_err(timeout_kind)?;
@@ -568,7 +602,6 @@ fn set_read_timeout<const N: usize, const P: usize>(
 ) -> Result<()> {
     core.connection_mut()
         .transport_mut()
-        .0
         .set_read_timeout(Some(timeout))
         .map_err(Error::Io)
 }

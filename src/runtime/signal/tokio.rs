@@ -37,12 +37,11 @@ use super::{
     SignalOptions, Subscriptions, dup_error,
 };
 use crate::protocol::Request;
-use crate::runtime::tokio::{ConnectOptions, TokioStream, TokioTimer, connect};
+use crate::runtime::blocking::HostTls;
+use crate::runtime::tokio::{ConnectOptions, HostStream, TokioTimer, connect_host, open_host};
 use crate::signal::{Heartbeat, Wake};
 use crate::time::Timer;
 use crate::{Connection, Error};
-use ::tokio::net::TcpStream;
-use embedded_io_adapters::tokio_1::FromTokio;
 
 /// Result of tokio signal calls.
 pub type Result<T> = core::result::Result<T, Error<io::Error>>;
@@ -50,8 +49,7 @@ pub type Result<T> = core::result::Result<T, Error<io::Error>>;
 /// An item of the signal stream.
 pub type Item = Result<SignalEvent>;
 
-type Core<const N: usize, const P: usize> =
-    crate::signal::SignalConn<TokioStream, TokioTimer, N, P>;
+type Core<const N: usize, const P: usize> = crate::signal::SignalConn<HostStream, TokioTimer, N, P>;
 type Reply = oneshot::Sender<CommandResult>;
 
 #[derive(Debug, Default)]
@@ -179,6 +177,38 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         connect_opts: &ConnectOptions,
         opts: SignalOptions,
     ) -> Result<Self> {
+        Self::start(addr, connect_opts, None, opts).await
+    }
+
+    /// [`connect`](Self::connect) over TLS (feature `rustls`): the
+    /// handshake is verified by `tls` (chain, validity period and the
+    /// connector's server name) before `auth` and any subscription. A
+    /// reconnect (see [`SignalOptions::reconnect`]) runs the same
+    /// verification again.
+    ///
+    /// Errors as [`connect_tls`](crate::runtime::tokio::connect_tls): a
+    /// certificate that fails verification is [`Error::Io`] whose
+    /// [`rustls_error`](crate::runtime::tls_rustls::rustls_error) tells
+    /// why; a peer that does not speak TLS gives [`Error::Timeout`] or
+    /// [`Error::Io`].
+    ///
+    /// Cancel-safe: dropping the future closes the half-open connection.
+    #[cfg(feature = "rustls")]
+    pub async fn connect_tls(
+        addr: &str,
+        connect_opts: &ConnectOptions,
+        tls: &crate::runtime::tls_rustls::RustlsConnector,
+        opts: SignalOptions,
+    ) -> Result<Self> {
+        Self::start(addr, connect_opts, Some(tls.clone()), opts).await
+    }
+
+    async fn start(
+        addr: &str,
+        connect_opts: &ConnectOptions,
+        tls: Option<HostTls>,
+        opts: SignalOptions,
+    ) -> Result<Self> {
         const {
             assert!(
                 P >= N,
@@ -186,13 +216,14 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
             )
         };
         let heartbeat = opts.check()?;
-        let core = open::<N, P>(addr, connect_opts, heartbeat).await?;
+        let core = open::<N, P>(addr, connect_opts, tls.as_ref(), heartbeat).await?;
         let (tx, cmd_rx) = mpsc::channel(16);
         let (out, rx) = mpsc::channel(opts.queue);
         let shared = Arc::new(Shared::default());
         let task = Task {
             addr: addr.into(),
             connect: connect_opts.clone(),
+            tls,
             opts,
             heartbeat,
             cmd_rx,
@@ -271,8 +302,34 @@ impl<const N: usize, const P: usize> futures_core::Stream for SignalConn<N, P> {
 /// dropped future closes its connection (the signal may or may not have
 /// been published).
 pub async fn emit(addr: &str, channel: &str, payload: &str, opts: &ConnectOptions) -> Result<u64> {
+    emit_over(addr, channel, payload, opts, None).await
+}
+
+/// [`emit`] over TLS (feature `rustls`), verified by `tls` as
+/// [`connect_tls`](crate::runtime::tokio::connect_tls) does.
+///
+/// Cancel-safe as [`emit`]: a dropped future closes its connection (the
+/// signal may or may not have been published).
+#[cfg(feature = "rustls")]
+pub async fn emit_tls(
+    addr: &str,
+    channel: &str,
+    payload: &str,
+    opts: &ConnectOptions,
+    tls: &crate::runtime::tls_rustls::RustlsConnector,
+) -> Result<u64> {
+    emit_over(addr, channel, payload, opts, Some(tls)).await
+}
+
+async fn emit_over(
+    addr: &str,
+    channel: &str,
+    payload: &str,
+    opts: &ConnectOptions,
+    tls: Option<&HostTls>,
+) -> Result<u64> {
     Request::Signal { channel, payload }.validate()?;
-    let mut conn = connect::<128, 0>(addr, opts).await?;
+    let mut conn = connect_host::<128, 0>(addr, opts, tls).await?;
     timeout(opts.connect_timeout, conn.emit(channel, payload))
         .await
         .map_err(|_| Error::Timeout)?
@@ -281,15 +338,12 @@ pub async fn emit(addr: &str, channel: &str, payload: &str, opts: &ConnectOption
 async fn open<const N: usize, const P: usize>(
     addr: &str,
     opts: &ConnectOptions,
+    tls: Option<&HostTls>,
     heartbeat: Heartbeat,
 ) -> Result<Box<Core<N, P>>> {
     // Not `runtime::tokio::connect`: its future holds the connection (and
     // its buffers, up to 200 KB here) by value; this one boxes it at once.
-    let stream = timeout(opts.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| Error::Timeout)?
-        .map_err(Error::Io)?;
-    stream.set_nodelay(true).map_err(Error::Io)?;
+    let stream = open_host(addr, opts, tls).await?;
     let mut core = boxed_core::<N, P>(stream, heartbeat);
     if let Some(token) = &opts.auth_token {
         timeout(
@@ -305,11 +359,11 @@ async fn open<const N: usize, const P: usize>(
 /// Builds the connection straight into a box, outside any future.
 #[inline(never)]
 fn boxed_core<const N: usize, const P: usize>(
-    stream: TcpStream,
+    stream: HostStream,
     heartbeat: Heartbeat,
 ) -> Box<Core<N, P>> {
     Box::new(Core::with_heartbeat(
-        Connection::new(FromTokio::new(stream)),
+        Connection::new(stream),
         TokioTimer,
         heartbeat,
     ))
@@ -326,6 +380,8 @@ enum Exit {
 struct Task {
     addr: String,
     connect: ConnectOptions,
+    /// Verifies every (re)connection when set.
+    tls: Option<HostTls>,
     opts: SignalOptions,
     heartbeat: Heartbeat,
     cmd_rx: mpsc::Receiver<Command<Reply>>,
@@ -400,7 +456,8 @@ impl Task {
     }
 
     async fn reopen<const N: usize, const P: usize>(&mut self) -> Result<Box<Core<N, P>>> {
-        let mut core = open::<N, P>(&self.addr, &self.connect, self.heartbeat).await?;
+        let mut core =
+            open::<N, P>(&self.addr, &self.connect, self.tls.as_ref(), self.heartbeat).await?;
         for (pattern, group) in self.subs.iter() {
             timeout(self.opts.request_timeout, core.listen(pattern, group))
                 .await
