@@ -12,13 +12,11 @@ pub const STATUS_TEXT_CAP: usize = 64;
 pub type StatusText = heapless::String<STATUS_TEXT_CAP>;
 
 fn status_text(s: &str) -> StatusText {
-    let mut out = StatusText::new();
-    for c in s.chars() {
-        if out.push(c).is_err() {
-            break;
-        }
+    let mut end = s.len().min(STATUS_TEXT_CAP);
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
-    out
+    StatusText::try_from(&s[..end]).unwrap_or_default()
 }
 
 /// An error status sent by the server (other than `error_auth`, which is

@@ -64,14 +64,40 @@ pub struct Elapsed;
 /// Runs `fut` until `deadline`: its output, or [`Elapsed`] (and `fut` is
 /// dropped). Dropping a connection request this way leaves the connection
 /// unusable; see [`Connection`](crate::Connection).
-pub async fn with_deadline<F: Future>(
-    timer: &impl Timer,
+///
+/// A plain function returning a named future, not an `async fn`: an async
+/// fn would keep `fut` in its state twice (the argument and the awaited
+/// select), doubling the size of every lease future built on it.
+pub fn with_deadline<'t, T: Timer + ?Sized, F: Future>(
+    timer: &'t T,
     deadline: Instant,
     fut: F,
-) -> Result<F::Output, Elapsed> {
-    use embassy_futures::select::{Either, select};
-    match select(fut, timer.sleep_until(deadline)).await {
-        Either::First(out) => Ok(out),
-        Either::Second(()) => Err(Elapsed),
+) -> WithDeadline<F, impl Future<Output = ()> + use<'t, T, F>> {
+    WithDeadline {
+        inner: embassy_futures::select::select(fut, timer.sleep_until(deadline)),
+    }
+}
+
+/// The future of [`with_deadline`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct WithDeadline<F, S> {
+    inner: embassy_futures::select::Select<F, S>,
+}
+
+impl<F: Future, S: Future<Output = ()>> Future for WithDeadline<F, S> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(
+        self: core::pin::Pin<&mut Self>,
+        cx: &mut core::task::Context<'_>,
+    ) -> core::task::Poll<Self::Output> {
+        use embassy_futures::select::Either;
+        // SAFETY: `inner` is structurally pinned: it is never moved out of
+        // `self`, and `WithDeadline` has no Drop impl or Unpin impl of its own.
+        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.inner) };
+        inner.poll(cx).map(|either| match either {
+            Either::First(out) => Ok(out),
+            Either::Second(()) => Err(Elapsed),
+        })
     }
 }

@@ -203,15 +203,17 @@ pub fn parse_u64(s: &[u8]) -> Result<u64, ProtocolError> {
 }
 
 fn parse_grant(fields: &str) -> Result<Grant, ProtocolError> {
-    let mut it = fields.split(' ');
-    let token = it.next().filter(|t| !t.is_empty());
-    let lease = it.next().ok_or(ProtocolError::MissingField)?;
-    let token = token.ok_or(ProtocolError::MissingField)?;
-    if it.next().is_some() {
+    let fields = fields.as_bytes();
+    let space = fields.iter().position(|&b| b == b' ');
+    let (token, lease) = match space {
+        Some(i) if i > 0 => (&fields[..i], &fields[i + 1..]),
+        _ => return Err(ProtocolError::MissingField),
+    };
+    if lease.contains(&b' ') {
         return Err(ProtocolError::ExtraField);
     }
-    let token = Token::parse(token.as_bytes()).map_err(|_| ProtocolError::BadToken)?;
-    let lease = parse_u64(lease.as_bytes())?;
+    let token = Token::parse(token).map_err(|_| ProtocolError::BadToken)?;
+    let lease = parse_u64(lease)?;
     if lease == 0 {
         return Err(ProtocolError::ZeroLease);
     }

@@ -137,8 +137,10 @@ impl core::fmt::Debug for Secret<'_> {
 }
 
 /// Scratch space for the argument line of requests whose argument is made of
-/// numbers and a token (at most `32 + 1 + 20 + 1 + 20 + 1 + 20` bytes).
-pub(crate) const ARG_SCRATCH: usize = 128;
+/// numbers and a token. The longest is a renew with any `u64` lease
+/// (`32 + 1 + 20` bytes) or an `sl` with any numbers (`20 + 1 + 10 + 1 + 20`),
+/// so 64 bytes hold every argument even before validation.
+pub(crate) const ARG_SCRATCH: usize = 64;
 
 /// Writes `n` in decimal at the start of `out` and returns the length.
 /// `out` must have room for 20 bytes.
@@ -585,6 +587,29 @@ mod tests {
             }),
             "n\nk\n0123456789abcdef0123456789abcdef 9223372036\n"
         );
+    }
+
+    #[test]
+    fn any_numbers_fit_the_scratch_even_unvalidated() {
+        let t = Token::parse(TOK.as_bytes()).unwrap();
+        let mut scratch = [0u8; ARG_SCRATCH];
+        let r = Request::Acquire {
+            kind: Kind::Semaphore { limit: u32::MAX },
+            key: "k",
+            timeout: u64::MAX,
+            lease: Some(u64::MAX),
+        };
+        assert_eq!(
+            r.arg(&mut scratch),
+            b"18446744073709551615 4294967295 18446744073709551615"
+        );
+        let r = Request::Renew {
+            kind: Kind::Lock,
+            key: "k",
+            token: &t,
+            lease: Some(u64::MAX),
+        };
+        assert_eq!(r.arg(&mut scratch).len(), 32 + 1 + 20);
     }
 
     #[test]

@@ -130,6 +130,31 @@ impl core::error::Error for InvalidArgument {}
 
 type Result = core::result::Result<(), InvalidArgument>;
 
+/// Whitespace as the server (Go's `unicode.IsSpace`, used by
+/// `strings.TrimSpace` and `strings.Fields`) sees it: the Unicode
+/// White_Space set, written out so firmware links no Unicode table.
+const fn is_space(c: char) -> bool {
+    matches!(
+        c,
+        '\t'..='\r'
+            | ' '
+            | '\u{85}'
+            | '\u{A0}'
+            | '\u{1680}'
+            | '\u{2000}'..='\u{200A}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202F}'
+            | '\u{205F}'
+            | '\u{3000}'
+    )
+}
+
+/// Only whitespace (or nothing)?
+fn is_blank(s: &str) -> bool {
+    s.chars().all(is_space)
+}
+
 fn word(arg: Arg, s: &str) -> Result {
     if s.is_empty() {
         return Err(InvalidArgument::new(arg, Rule::Empty));
@@ -186,7 +211,7 @@ pub fn auth_token(token: &str) -> Result {
             Rule::TooLong { max: MAX_LONG_LINE },
         ));
     }
-    if token.chars().any(char::is_whitespace) {
+    if token.chars().any(is_space) {
         return Err(InvalidArgument::new(Arg::AuthToken, Rule::Whitespace));
     }
     Ok(())
@@ -206,7 +231,7 @@ pub fn group(group: &str) -> Result {
     if group.bytes().any(|b| b == b'\r' || b == b'\n') {
         return Err(InvalidArgument::new(Arg::Group, Rule::LineBreak));
     }
-    if group.trim().is_empty() {
+    if is_blank(group) {
         return Err(InvalidArgument::new(Arg::Group, Rule::Blank));
     }
     Ok(())
@@ -231,7 +256,7 @@ pub fn payload(channel: &str, payload: &str) -> Result {
     if payload.bytes().any(|b| b == b'\r' || b == b'\n') {
         return Err(InvalidArgument::new(Arg::Payload, Rule::LineBreak));
     }
-    if payload.trim().is_empty() {
+    if is_blank(payload) {
         return Err(InvalidArgument::new(Arg::Payload, Rule::Blank));
     }
     Ok(())
@@ -350,6 +375,15 @@ mod tests {
             rule(payload("abc", &"p".repeat(max + 1))),
             Rule::TooLong { max }
         );
+    }
+
+    #[test]
+    fn whitespace_is_exactly_unicode_white_space() {
+        for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            assert_eq!(is_space(c), c.is_whitespace(), "{:?}", c);
+        }
+        assert_eq!(rule(payload("c", "\u{3000}\u{A0}")), Rule::Blank);
+        assert_eq!(rule(auth_token("a\u{2003}b")), Rule::Whitespace);
     }
 
     #[test]
