@@ -17,9 +17,10 @@
 //! * `tls`: the lock connection runs over TLS 1.3 (embedded-tls), verified
 //!   against the CA given at build time (`DFLOCKD_CA_DER=ca.der`,
 //!   `DFLOCKD_TLS_SERVER_NAME`).
-//! * Without `lock`: the same network code (DHCP, a TCP connect to the
-//!   server every 30 s) and no client code: the baseline that CI subtracts
-//!   to measure the client's share of flash and RAM.
+//! * Without `lock`: the same application (trigger, pump run, DHCP, a TCP
+//!   exchange of one request and one reply line with the same buffers) and
+//!   no client code: the baseline that CI subtracts to measure the client's
+//!   share of flash and RAM.
 //!
 //! Logs through defmt over RTT (`cargo run --release` with probe-rs).
 #![no_std]
@@ -111,8 +112,8 @@ async fn main(spawner: Spawner) {
     spawner.spawn(unwrap!(app::pump_task(stack, pump, rng)));
     #[cfg(not(feature = "lock"))]
     {
-        let _ = (pump, rng);
-        spawner.spawn(unwrap!(baseline::probe_task(stack)));
+        let _ = rng;
+        spawner.spawn(unwrap!(baseline::probe_task(stack, pump)));
     }
 
     #[cfg(feature = "signals")]
@@ -184,28 +185,74 @@ impl<const RX: usize, const TX: usize> SocketBufs<RX, TX> {
     }
 }
 
-/// The baseline without the client: DHCP and a TCP connect to the server.
+/// The baseline without the client: the same application around a hand-made
+/// exchange. It waits for the same trigger, connects with the same socket
+/// buffers and timeout, writes one request line and reads one reply line
+/// with embassy-net's socket API, drives the pump for the same time, and
+/// closes. Subtracting it from a client build leaves the client's code.
 #[cfg(not(feature = "lock"))]
 mod baseline {
     use super::*;
     use embassy_net::tcp::TcpSocket;
+    use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
+    use embassy_sync::signal::Signal;
+    use embedded_io_async::Write as _;
+
+    /// Stands for the signal task's trigger, as in the client build.
+    static TRIGGER: Signal<CriticalSectionRawMutex, ()> = Signal::new();
 
     #[embassy_executor::task]
-    pub async fn probe_task(stack: Stack<'static>) {
+    pub async fn probe_task(stack: Stack<'static>, mut pump: Output<'static>) {
         // The same socket buffers as the lock connection, for a like-for-like size comparison.
         static BUFS: StaticCell<SocketBufs<1024, 512>> = StaticCell::new();
         let bufs = BUFS.init(SocketBufs::new());
         loop {
+            let _ = embassy_time::with_timeout(Duration::from_secs(60), TRIGGER.wait()).await;
             let mut socket = TcpSocket::new(stack, &mut bufs.rx, &mut bufs.tx);
             socket.set_timeout(Some(Duration::from_secs(10)));
-            match socket.connect(server()).await {
-                Ok(()) => info!("server reachable"),
-                Err(e) => warn!("connect: {}", e),
+            match exchange(&mut socket).await {
+                Ok(n) => {
+                    info!("server answered {} bytes", n);
+                    drive(&mut pump).await;
+                }
+                Err(e) => warn!("exchange: {}", e),
             }
+            pump.set_low();
             socket.close();
-            drop(socket);
-            Timer::after_secs(30).await;
+            let _ = socket.flush().await;
         }
+    }
+
+    /// Connects, writes a request, reads one reply line.
+    async fn exchange(socket: &mut TcpSocket<'_>) -> Result<usize, embassy_net::tcp::Error> {
+        if socket.connect(server()).await.is_err() {
+            return Err(embassy_net::tcp::Error::ConnectionReset);
+        }
+        socket.write_all(b"ping\n_\n_\n").await?;
+        socket.flush().await?;
+        let mut line = [0u8; 128];
+        let mut n = 0;
+        while n < line.len() {
+            let got = socket.read(&mut line[n..]).await?;
+            if got == 0 {
+                break;
+            }
+            n += got;
+            if line[..n].contains(&b'\n') {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The pump run of the client build, without a lease.
+    async fn drive(pump: &mut Output<'static>) {
+        let start = embassy_time::Instant::now();
+        while start.elapsed() < Duration::from_secs(25) {
+            pump.toggle();
+            Timer::after_millis(500).await;
+        }
+        pump.set_low();
     }
 }
 
