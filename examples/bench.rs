@@ -59,26 +59,29 @@ struct Args {
     contended: bool,
 }
 
-/// CPU time (user + sys) of the calling thread, or of the whole process.
-fn cpu_time(who: libc::c_int) -> Duration {
+/// CPU time (user, sys) of the calling thread, or of the whole process.
+fn cpu_time(who: libc::c_int) -> (Duration, Duration) {
     let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage fills the struct it is given.
     let u = unsafe {
         if libc::getrusage(who, u.as_mut_ptr()) != 0 {
-            return Duration::ZERO;
+            return (Duration::ZERO, Duration::ZERO);
         }
         u.assume_init()
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
+    (tv(u.ru_utime), tv(u.ru_stime))
 }
 
-/// CPU nanoseconds spent by client threads (each adds its own when it ends).
-static CLIENT_CPU_NS: AtomicU64 = AtomicU64::new(0);
+/// CPU nanoseconds (user, sys) spent by client threads; each thread adds
+/// its own when it ends.
+static CLIENT_USER_NS: AtomicU64 = AtomicU64::new(0);
+static CLIENT_SYS_NS: AtomicU64 = AtomicU64::new(0);
 
 fn add_thread_cpu() {
-    let ns = cpu_time(libc::RUSAGE_THREAD).as_nanos() as u64;
-    CLIENT_CPU_NS.fetch_add(ns, Ordering::Relaxed);
+    let (user, sys) = cpu_time(libc::RUSAGE_THREAD);
+    CLIENT_USER_NS.fetch_add(user.as_nanos() as u64, Ordering::Relaxed);
+    CLIENT_SYS_NS.fetch_add(sys.as_nanos() as u64, Ordering::Relaxed);
 }
 
 /// A grant-sized reply line for the ping-pong baseline.
@@ -298,8 +301,11 @@ fn main() {
         Mode::Blocking => run_blocking(&args, &servers),
     };
     let wall = start.elapsed();
-    let cpu_total = cpu_time(libc::RUSAGE_SELF).saturating_sub(cpu_before);
-    let client_cpu = Duration::from_nanos(CLIENT_CPU_NS.load(Ordering::Relaxed));
+    let cpu_after = cpu_time(libc::RUSAGE_SELF);
+    let total_user = cpu_after.0.saturating_sub(cpu_before.0);
+    let total_sys = cpu_after.1.saturating_sub(cpu_before.1);
+    let client_user = Duration::from_nanos(CLIENT_USER_NS.load(Ordering::Relaxed));
+    let client_sys = Duration::from_nanos(CLIENT_SYS_NS.load(Ordering::Relaxed));
 
     let lat: Vec<f64> = lat.into_iter().flatten().collect();
     let ops = lat.len();
@@ -336,14 +342,21 @@ fn main() {
     );
     let per_op = |d: Duration| d.as_secs_f64() * 1e6 / ops.max(1) as f64;
     println!(
-        "  client cpu: {:.2} us/op (user+sys of client threads)",
-        per_op(client_cpu)
+        "  client cpu: {:.2} us/op (user {:.2} + sys {:.2}, client threads)",
+        per_op(client_user + client_sys),
+        per_op(client_user),
+        per_op(client_sys)
     );
     if server.is_some() {
-        let server_cpu = cpu_total.saturating_sub(client_cpu);
+        let (user, sys) = (
+            total_user.saturating_sub(client_user),
+            total_sys.saturating_sub(client_sys),
+        );
         println!(
-            "  server cpu: {:.2} us/op (rest of the process: the in-process testkit)",
-            per_op(server_cpu)
+            "  server cpu: {:.2} us/op (user {:.2} + sys {:.2}, the in-process testkit)",
+            per_op(user + sys),
+            per_op(user),
+            per_op(sys)
         );
     }
     drop(server);
