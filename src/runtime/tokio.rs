@@ -55,6 +55,9 @@ impl Default for ConnectOptions {
 /// Errors: [`Error::Timeout`] when the connect timeout passes,
 /// [`Error::Io`] when resolution or connecting fails, [`Error::Auth`] when
 /// the server refuses the token.
+///
+/// Cancel-safe: dropping the future drops the half-made connection, which
+/// closes it; nothing is left on the server.
 pub async fn connect<const N: usize, const P: usize>(
     addr: &str,
     opts: &ConnectOptions,
@@ -92,6 +95,8 @@ where
 /// Runs a request future with a client-side deadline: [`Error::Timeout`]
 /// when `dur` passes first (the connection is then unusable), so a dead or
 /// silent server never hangs the caller.
+///
+/// As cancel-safe as `fut`: dropping this future drops `fut`.
 pub async fn timeout<T, F>(dur: Duration, fut: F) -> Result<T, Error<io::Error>>
 where
     F: Future<Output = Result<T, Error<io::Error>>>,
