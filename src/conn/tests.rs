@@ -427,3 +427,16 @@ fn request_returns_statuses_as_values() {
     .unwrap();
     assert_eq!(r, Reply::Status(Status::MaxLocks));
 }
+
+#[test]
+fn shift_to_front_matches_copy_within() {
+    for len in 0..24usize {
+        for from in 1..24usize {
+            let mut a: Vec<u8> = (0..48u8).collect();
+            let mut b = a.clone();
+            super::shift_to_front(&mut a, from, from + len);
+            b.copy_within(from..from + len, 0);
+            assert_eq!(a, b, "from {from} len {len}");
+        }
+    }
+}
