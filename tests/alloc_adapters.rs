@@ -4,10 +4,15 @@
 //!
 //! Only the client thread is counted: the testkit runs on its own threads.
 
-use dflockd_client::Kind;
-use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions as BlockingOptions};
-use dflockd_client::runtime::tokio::{ConnectOptions, connect};
+use dflockd_client::runtime::blocking::{
+    BlockingConnection, BlockingTransport, ConnectOptions as BlockingOptions,
+    HostStream as BlockingHost, StdStream,
+};
+use dflockd_client::runtime::tokio::{ConnectOptions, HostStream, connect};
+use dflockd_client::{Connection, Kind};
 use dflockd_testkit::TestServer;
+use embedded_io_adapters::tokio_1::FromTokio;
+use embedded_io_async::{Read, Write};
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
@@ -18,41 +23,61 @@ static GLOBAL: Counting = Counting;
 
 const CYCLES: usize = 500;
 
+/// Allocations during `CYCLES` acquire/release cycles on `conn`, after a
+/// warm-up round (first use of the socket and the runtime's timer).
+async fn async_cycles<T: Read + Write>(conn: &mut Connection<T, 256, 0>, key: &str) -> u64 {
+    for round in 0..2 {
+        if round == 1 {
+            start_counting();
+        }
+        for _ in 0..CYCLES {
+            let g = conn
+                .acquire(Kind::Lock, key, 10, Some(30))
+                .await
+                .unwrap()
+                .unwrap();
+            conn.release(Kind::Lock, key, &g.token).await.unwrap();
+        }
+    }
+    stop_counting()
+}
+
+/// [`async_cycles`] for the blocking adapter.
+fn blocking_cycles<T: BlockingTransport>(
+    conn: &mut BlockingConnection<256, 0, T>,
+    key: &str,
+) -> u64 {
+    for round in 0..2 {
+        if round == 1 {
+            start_counting();
+        }
+        for _ in 0..CYCLES {
+            let g = conn
+                .acquire(Kind::Lock, key, 10, Some(30))
+                .unwrap()
+                .unwrap();
+            conn.release(Kind::Lock, key, &g.token).unwrap();
+        }
+    }
+    stop_counting()
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn tokio_cycles_allocate_nothing() {
     let server = TestServer::builder().start_blocking().expect("testkit");
     let addr = server.addr().to_string();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let allocs = rt.block_on(async {
+    let allocs = current_thread_runtime().block_on(async {
         let mut conn = connect::<256, 0>(&addr, &ConnectOptions::default())
             .await
             .unwrap();
-        // Warm up: first use of the socket and the timer wheel.
-        for _ in 0..10 {
-            let g = conn
-                .acquire(Kind::Lock, "alloc-tokio", 10, Some(30))
-                .await
-                .unwrap()
-                .unwrap();
-            conn.release(Kind::Lock, "alloc-tokio", &g.token)
-                .await
-                .unwrap();
-        }
-        start_counting();
-        for _ in 0..CYCLES {
-            let g = conn
-                .acquire(Kind::Lock, "alloc-tokio", 10, Some(30))
-                .await
-                .unwrap()
-                .unwrap();
-            conn.release(Kind::Lock, "alloc-tokio", &g.token)
-                .await
-                .unwrap();
-        }
-        stop_counting()
+        async_cycles(&mut conn, "alloc-tokio").await
     });
     assert_eq!(allocs, 0, "{allocs} allocations in {CYCLES} tokio cycles");
 }
@@ -60,27 +85,9 @@ fn tokio_cycles_allocate_nothing() {
 #[test]
 fn blocking_cycles_allocate_nothing() {
     let server = TestServer::builder().start_blocking().expect("testkit");
-    let addr = server.addr();
     let mut conn =
-        BlockingConnection::<256, 0>::connect(addr, &BlockingOptions::default()).unwrap();
-    for _ in 0..10 {
-        let g = conn
-            .acquire(Kind::Lock, "alloc-blocking", 10, Some(30))
-            .unwrap()
-            .unwrap();
-        conn.release(Kind::Lock, "alloc-blocking", &g.token)
-            .unwrap();
-    }
-    start_counting();
-    for _ in 0..CYCLES {
-        let g = conn
-            .acquire(Kind::Lock, "alloc-blocking", 10, Some(30))
-            .unwrap()
-            .unwrap();
-        conn.release(Kind::Lock, "alloc-blocking", &g.token)
-            .unwrap();
-    }
-    let allocs = stop_counting();
+        BlockingConnection::<256, 0>::connect(server.addr(), &BlockingOptions::default()).unwrap();
+    let allocs = blocking_cycles(&mut conn, "alloc-blocking");
     assert_eq!(
         allocs, 0,
         "{allocs} allocations in {CYCLES} blocking cycles"
@@ -93,41 +100,13 @@ fn blocking_cycles_allocate_nothing() {
 /// request, inside rustls.)
 #[test]
 fn host_stream_cycles_allocate_nothing() {
-    use dflockd_client::Connection;
-    use dflockd_client::runtime::blocking::{HostStream as BlockingHost, StdStream};
-    use dflockd_client::runtime::tokio::HostStream;
-    use embedded_io_adapters::tokio_1::FromTokio;
-
     let server = TestServer::builder().start_blocking().expect("testkit");
     let addr = server.addr();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let allocs = rt.block_on(async {
+    let allocs = current_thread_runtime().block_on(async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut conn: Connection<HostStream, 256, 0> =
             Connection::new(HostStream::from(FromTokio::new(tcp)));
-        let mut allocs = 0;
-        for round in 0..2 {
-            if round == 1 {
-                start_counting();
-            }
-            for _ in 0..CYCLES {
-                let g = conn
-                    .acquire(Kind::Lock, "alloc-host", 10, Some(30))
-                    .await
-                    .unwrap()
-                    .unwrap();
-                conn.release(Kind::Lock, "alloc-host", &g.token)
-                    .await
-                    .unwrap();
-            }
-            if round == 1 {
-                allocs = stop_counting();
-            }
-        }
-        allocs
+        async_cycles(&mut conn, "alloc-host").await
     });
     assert_eq!(allocs, 0, "{allocs} allocations in {CYCLES} tokio cycles");
 
@@ -136,20 +115,7 @@ fn host_stream_cycles_allocate_nothing() {
         BlockingHost::from(StdStream(tcp)),
         std::time::Duration::from_secs(10),
     );
-    for round in 0..2 {
-        if round == 1 {
-            start_counting();
-        }
-        for _ in 0..CYCLES {
-            let g = conn
-                .acquire(Kind::Lock, "alloc-host-blocking", 10, Some(30))
-                .unwrap()
-                .unwrap();
-            conn.release(Kind::Lock, "alloc-host-blocking", &g.token)
-                .unwrap();
-        }
-    }
-    let allocs = stop_counting();
+    let allocs = blocking_cycles(&mut conn, "alloc-host-blocking");
     assert_eq!(
         allocs, 0,
         "{allocs} allocations in {CYCLES} blocking cycles"
