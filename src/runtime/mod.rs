@@ -73,6 +73,33 @@ mod auth_token {
 ))]
 pub use auth_token::AuthToken;
 
+/// How the async adapters (tokio, WASI) connect.
+#[cfg(any(
+    feature = "tokio",
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Gives up connecting (name resolution included, where the runtime
+    /// resolves names) after this long. Default 10 s.
+    pub connect_timeout: core::time::Duration,
+    /// Sent with `auth` as the first request when set. Never logged.
+    pub auth_token: Option<AuthToken>,
+}
+
+#[cfg(any(
+    feature = "tokio",
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            auth_token: None,
+        }
+    }
+}
+
 /// Default connect timeout of every host adapter: 10 s, as the other clients.
 pub const DEFAULT_CONNECT_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(10);
 

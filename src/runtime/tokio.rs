@@ -19,7 +19,6 @@ use std::time::Duration;
 use embedded_io_adapters::tokio_1::FromTokio;
 use tokio::net::TcpStream;
 
-use super::{AuthToken, DEFAULT_CONNECT_TIMEOUT};
 use crate::time::{Instant, Timer};
 use crate::{Connection, Error};
 
@@ -30,24 +29,8 @@ pub type TokioStream = FromTokio<TcpStream>;
 pub type TokioConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: usize = 0> =
     Connection<TokioStream, N, P>;
 
-/// How to connect.
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    /// Gives up connecting (name resolution included) after this long.
-    /// Default 10 s.
-    pub connect_timeout: Duration,
-    /// Sent with `auth` as the first request when set. Never logged.
-    pub auth_token: Option<AuthToken>,
-}
-
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        Self {
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            auth_token: None,
-        }
-    }
-}
+/// How to connect (shared with the WASI adapter).
+pub use super::ConnectOptions;
 
 /// Opens a TCP connection to `addr` (`host:port`; names are resolved) with
 /// `TCP_NODELAY`, and authenticates when a token is given.

@@ -49,7 +49,6 @@ use core::time::Duration;
 use wstd::io::{AsyncRead, AsyncWrite};
 use wstd::net::TcpStream;
 
-use super::{AuthToken, DEFAULT_CONNECT_TIMEOUT};
 use crate::time::{Instant, Timer, with_deadline};
 use crate::{Connection, Error};
 
@@ -134,23 +133,8 @@ pub type WasiConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: u
 
 // ---- connect ------------------------------------------------------------------
 
-/// How to connect.
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    /// Gives up connecting after this long. Default 10 s.
-    pub connect_timeout: Duration,
-    /// Sent with `auth` as the first request when set. Never logged.
-    pub auth_token: Option<AuthToken>,
-}
-
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        Self {
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            auth_token: None,
-        }
-    }
-}
+/// How to connect (shared with the tokio adapter).
+pub use super::ConnectOptions;
 
 fn parse_addr(addr: &str) -> Result<SocketAddrV4, io::Error> {
     let invalid = || {
