@@ -222,6 +222,33 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         }
     }
 
+    /// Finishes skipping a push line longer than the buffer whose start was
+    /// read earlier (possibly by a cancelled
+    /// [`wait_signal`](Self::wait_signal)): consumes it up to its newline
+    /// and counts it dropped. Every read of a reply or push goes through
+    /// here first, so no reader ever takes the tail of such a line for a
+    /// line of its own.
+    ///
+    /// Cancel-safe if the transport's read is.
+    async fn finish_discard(&mut self) -> Result<(), T::Error> {
+        while self.discarding {
+            if let Some(pos) = find_newline(&self.buf[self.start..self.end]) {
+                self.start += pos + 1;
+                self.discarding = false;
+                self.pushes.dropped = self.pushes.dropped.saturating_add(1);
+                warn!(
+                    "signal dropped: push line longer than the {} byte buffer",
+                    N
+                );
+                return Ok(());
+            }
+            self.start = self.end;
+            self.compact();
+            self.fill().await?;
+        }
+        Ok(())
+    }
+
     /// Reads until a whole line is buffered and consumes it, returning its
     /// range (without `\n`). Push lines longer than the buffer are skipped
     /// and counted dropped; any other over-long line is `LineTooLong`.
@@ -229,38 +256,30 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// Cancel-safe if the transport's read is: state only changes after a
     /// read completed.
     async fn read_line(&mut self) -> Result<(usize, usize), T::Error> {
-        let mut scanned = self.start;
         loop {
-            if let Some(pos) = find_newline(&self.buf[scanned..self.end]) {
-                let nl = scanned + pos;
-                let line_start = self.start;
-                self.start = nl + 1;
-                if self.discarding {
-                    self.discarding = false;
-                    self.pushes.dropped = self.pushes.dropped.saturating_add(1);
-                    warn!(
-                        "signal dropped: push line longer than the {} byte buffer",
-                        N
-                    );
-                    scanned = self.start;
-                    continue;
+            self.finish_discard().await?;
+            let mut scanned = self.start;
+            loop {
+                if let Some(pos) = find_newline(&self.buf[scanned..self.end]) {
+                    let nl = scanned + pos;
+                    let line_start = self.start;
+                    self.start = nl + 1;
+                    return Ok((line_start, nl));
                 }
-                return Ok((line_start, nl));
-            }
-            if self.discarding {
-                self.start = self.end;
-            } else if self.end == N && self.start == 0 {
-                if !is_push(&self.buf) {
-                    self.poisoned = true;
-                    return Err(Error::LineTooLong);
+                if self.end == N && self.start == 0 {
+                    if !is_push(&self.buf) {
+                        self.poisoned = true;
+                        return Err(Error::LineTooLong);
+                    }
+                    self.discarding = true;
+                    self.start = self.end;
+                    break;
                 }
-                self.discarding = true;
-                self.start = self.end;
+                // Everything unread has been scanned: no newline in it.
+                self.compact();
+                scanned = self.end;
+                self.fill().await?;
             }
-            // Everything unread has been scanned: no newline in it.
-            self.compact();
-            scanned = self.end;
-            self.fill().await?;
         }
     }
 
@@ -510,8 +529,10 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// (and the connection unusable). Not cancel-safe.
     pub async fn stats<'b>(&mut self, out: &'b mut [u8]) -> Result<&'b str, T::Error> {
         self.send(&Request::Stats).await?;
-        // Skip pushes until the reply line starts.
+        // Skip pushes (and the rest of an over-long one) until the reply
+        // line starts.
         loop {
+            self.finish_discard().await?;
             while self.end - self.start < 4
                 && find_newline(&self.buf[self.start..self.end]).is_none()
             {
@@ -521,8 +542,21 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
             if !is_push(&self.buf[self.start..self.end]) {
                 break;
             }
-            let (s, e) = self.read_line().await?;
-            self.accept_push(s, e);
+            match find_newline(&self.buf[self.start..self.end]) {
+                Some(pos) => {
+                    let (s, e) = (self.start, self.start + pos);
+                    self.start = e + 1;
+                    self.accept_push(s, e);
+                }
+                None if self.end == N && self.start == 0 => {
+                    self.discarding = true;
+                    self.start = self.end;
+                }
+                None => {
+                    self.compact();
+                    self.fill().await?;
+                }
+            }
         }
         // Stream the reply line into `out`.
         let mut len = 0;
