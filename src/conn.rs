@@ -353,8 +353,15 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         self.send(req).await?;
         let (s, e) = self.read_reply_line().await?;
         let reply = parse_reply(&self.buf[s..e], expect)?;
-        // Framing is intact; only a closing server ends the session.
-        self.poisoned = matches!(reply, Reply::Status(Status::Auth | Status::Draining));
+        // Framing is intact; only a closing server ends the session: after
+        // `error_auth`, `error_draining`, and `error` to a line over 256
+        // bytes from a server that caps every line there (v1.11 to v1.14;
+        // v2 for `signal`).
+        self.poisoned = match reply {
+            Reply::Status(Status::Auth | Status::Draining) => true,
+            Reply::Status(Status::Error) => req.has_long_line(),
+            _ => false,
+        };
         if let Reply::Status(status) = reply {
             debug!("{} {}: {}", req.command(), req.key(), status);
         }
@@ -398,7 +405,9 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// first request on a server started with `--auth-token`.
     ///
     /// A wrong token is [`Error::Auth`]; the server then closes the
-    /// connection. The token is never logged. Not cancel-safe.
+    /// connection. A token over 256 bytes needs a server with 64 KiB auth
+    /// lines (v1.15+, v2); older ones answer `error` and close, which leaves
+    /// this connection unusable. The token is never logged. Not cancel-safe.
     pub async fn auth(&mut self, token: &str) -> Result<(), T::Error> {
         self.call_ok(&Request::Auth {
             token: Secret(token),
@@ -517,6 +526,12 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// `signal`: publishes `payload` on the literal `channel` and returns
     /// how many deliveries the server made (each queue group counts once).
     /// Not cancel-safe.
+    ///
+    /// Payloads over 256 bytes ([`MAX_LINE`](crate::protocol::validate::MAX_LINE))
+    /// need a server with 64 KiB payload lines (v1.15+); servers v1.11 to
+    /// v1.14 and v2 (which has no signals) answer `error` and close the
+    /// connection, which is then unusable ([`Error::Unusable`] for every
+    /// later call).
     pub async fn emit(&mut self, channel: &str, payload: &str) -> Result<u64, T::Error> {
         self.call_u64(&Request::Signal { channel, payload }, Expect::Count)
             .await

@@ -500,3 +500,32 @@ fn reply_after_a_wait_cancelled_inside_an_over_long_push() {
         assert!(c.is_usable());
     }
 }
+
+#[test]
+fn error_to_an_over_long_line_makes_the_connection_unusable() {
+    // Servers v1.11 to v1.14 cap every line at 256 bytes (v2 too, for
+    // `signal`): `error`, then they close.
+    let long = "p".repeat(257);
+    let mut c = conn("error\nerror\nok 0\nerror\n");
+    block_on(async {
+        let e = c.emit("ch", "short").await.unwrap_err();
+        assert!(matches!(e, Error::Server(ServerError::Error)));
+        assert!(c.is_usable(), "a short line: the server goes on");
+        let e = c.emit("ch", &long).await.unwrap_err();
+        assert!(matches!(e, Error::Server(ServerError::Error)));
+        assert!(!c.is_usable(), "a long line: the server closed");
+        assert!(matches!(c.ping().await, Err(Error::Unusable)));
+    });
+    // A server with 64 KiB lines takes it and goes on.
+    let mut c = conn("ok 0\nok\n");
+    block_on(async {
+        assert_eq!(c.emit("ch", &long).await.unwrap(), 0);
+        c.ping().await.unwrap();
+    });
+    // The same for a long auth token (v1.10 without --auth-token).
+    let mut c = conn("error\n");
+    block_on(async {
+        assert!(c.auth(&"t".repeat(300)).await.is_err());
+        assert!(!c.is_usable());
+    });
+}

@@ -251,6 +251,18 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// Whether a line of the request is longer than
+    /// [`MAX_LINE`](validate::MAX_LINE): an auth token or signal payload
+    /// that only servers with 64 KiB lines take; older ones answer `error`
+    /// and close the connection.
+    pub fn has_long_line(&self) -> bool {
+        match *self {
+            Request::Auth { token } => token.0.len() > validate::MAX_LINE,
+            Request::Signal { payload, .. } => payload.len() > validate::MAX_LINE,
+            _ => false,
+        }
+    }
+
     /// The command line (without its newline).
     pub fn command(&self) -> &'static str {
         match *self {

@@ -11,6 +11,10 @@ pub const MAX_KEY_LEN: usize = 256;
 pub const MAX_GROUP_LEN: usize = 256;
 /// Cap on the auth-token and signal-payload lines (v1.15+ servers), in bytes.
 pub const MAX_LONG_LINE: usize = 65536;
+/// Cap on every other request line, in bytes; servers v1.11 to v1.14
+/// cap every line here, v2 every line but the auth token. A longer line
+/// gets `error` and the server closes the connection.
+pub const MAX_LINE: usize = 256;
 /// Largest number of seconds newer servers accept (`i64::MAX` nanoseconds).
 pub const MAX_SECONDS: u64 = 9_223_372_036;
 
