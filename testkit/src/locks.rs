@@ -78,7 +78,6 @@ struct Resource {
 enum EnqState {
     Queued { waiter: u64 },
     Granted(String),
-    Expired,
 }
 
 struct Enq {
@@ -201,7 +200,10 @@ impl Book {
     }
 
     /// Removes a holder's bookkeeping (the caller removed it from the map).
-    fn forget_holder(&mut self, space: Space, key: &str, token: &str, conn: ConnId, expired: bool) {
+    /// A grant that `w` never collected goes with its enqueue record, as
+    /// the real server's lease sweep drops both: a later `w` gets
+    /// `error_not_enqueued`.
+    fn forget_holder(&mut self, space: Space, key: &str, token: &str, conn: ConnId) {
         self.holders = self.holders.saturating_sub(1);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.owned.remove(&(space, key.to_owned(), token.to_owned()));
@@ -210,16 +212,9 @@ impl Book {
                 .enq
                 .get(&ek)
                 .is_some_and(|e| matches!(&e.state, EnqState::Granted(t) if t == token));
-            if matches {
-                if expired {
-                    if let Some(e) = c.enq.get_mut(&ek) {
-                        e.state = EnqState::Expired;
-                        if let Some(w) = e.wake.take() {
-                            let _ = w.send(());
-                        }
-                    }
-                } else {
-                    c.enq.remove(&ek);
+            if matches && let Some(e) = c.enq.remove(&ek) {
+                if let Some(w) = e.wake {
+                    let _ = w.send(());
                 }
             }
         }
@@ -339,8 +334,7 @@ impl Locks {
                 continue;
             }
             if let Some(h) = r.holders.remove(&e.token) {
-                self.book
-                    .forget_holder(e.space, &e.key, &e.token, h.conn, true);
+                self.book.forget_holder(e.space, &e.key, &e.token, h.conn);
                 r.last_activity = now;
                 self.book.grant(r, e.space, &e.key, now);
             }
@@ -445,7 +439,7 @@ impl Locks {
         let Some(h) = r.holders.remove(token) else {
             return false;
         };
-        book.forget_holder(space, key, token, h.conn, false);
+        book.forget_holder(space, key, token, h.conn);
         book.grant(r, space, key, now);
         book.compact_heap(res);
         true
@@ -573,10 +567,6 @@ impl Locks {
                     }
                     None => Wait::LeaseExpired,
                 }
-            }
-            EnqState::Expired => {
-                c.enq.remove(&ek);
-                Wait::LeaseExpired
             }
             EnqState::Queued { waiter } => {
                 if may_block {
