@@ -91,10 +91,25 @@
 //!   non-grouped push. A push that could not be delivered is not counted in
 //!   `ok <n>`.
 //! * `ping` → `ok`; `error_draining` during graceful shutdown (also to
-//!   blocked `l`/`w` requests, which are then closed); `error_lease_expired`
-//!   from `w` when the grant obtained through `e` expired before `w`
-//!   collected it. Lines may be 256 bytes, the `auth` token and `signal`
-//!   payload lines 64 KiB.
+//!   blocked `l`/`w` requests, which are then closed). Lines may be 256
+//!   bytes, the `auth` token and `signal` payload lines 64 KiB (v1.15+;
+//!   v1.11 to v1.14 cap every line at 256 bytes, v2 all but `auth`).
+//! * **A two-phase grant that expires before `w` collects it** is dropped
+//!   with its enqueue record when its lease ends, as the real servers'
+//!   lease sweep drops both: `w` then gets `error_not_enqueued`. The real
+//!   servers sweep every `--lease-sweep-interval` (1 s): a `w` that comes
+//!   after the expiry but before the sweep gets `error_lease_expired`
+//!   there (v1.14, v2), which the testkit never answers. v1.10 does the
+//!   same for a grant made at `e`, but for a grant made to a queued waiter
+//!   it answers `ok` with the stale token although the lock already belongs
+//!   to the next holder (a v1.10 server defect: a later renew or release
+//!   of that token fails); before its sweep it even revives such a lease.
+//! * **Queue groups** are the `listen`/`unlisten` argument trimmed of
+//!   surrounding whitespace; inner whitespace is part of the name (`"two
+//!   words"` is one group), as in the real server.
+//! * **Renewing an expired lease** gets `error`, as v1.x and a single v2
+//!   node answer; v2 in cluster mode answers `error_lease_expired` before
+//!   its sweep removed the lease.
 //! * **Tokens** have the v2 fencing shape: 32 lowercase hex digits whose
 //!   first 16 are a big-endian counter that increases on every grant.
 //! * **Leases** expire at their exact deadline (no sweep interval), and an
