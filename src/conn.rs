@@ -512,7 +512,9 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
 
     /// `listen`: subscribes to `pattern` (`*` one token, `>` the rest),
     /// optionally in a queue group. Matching signals arrive as pushes; see
-    /// [`next_signal`](Self::next_signal). Not cancel-safe.
+    /// [`next_signal`](Self::next_signal). The group is sent trimmed of
+    /// surrounding whitespace, as the server trims it (`"g "` is `"g"`).
+    /// Not cancel-safe.
     pub async fn listen(&mut self, pattern: &str, group: Option<&str>) -> Result<(), T::Error> {
         self.call_ok(&Request::Listen { pattern, group }).await
     }

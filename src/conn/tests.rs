@@ -482,8 +482,15 @@ fn reply_after_a_wait_cancelled_inside_an_over_long_push() {
                 Either::Second(()) => {}
             }
         });
-        let reply = if stats { "ok {\"connections\":1}" } else { "ok" };
-        let rest = std::format!("ppp\n{reply}\nsig ch short\nsig ch {}\nok\n", "q".repeat(100));
+        let reply = if stats {
+            "ok {\"connections\":1}"
+        } else {
+            "ok"
+        };
+        let rest = std::format!(
+            "ppp\n{reply}\nsig ch short\nsig ch {}\nok\n",
+            "q".repeat(100)
+        );
         c.transport_mut().0.feed(rest.as_bytes());
         if stats {
             let mut out = [0u8; 256];

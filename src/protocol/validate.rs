@@ -227,22 +227,31 @@ pub fn auth_token(token: &str) -> Result {
     Ok(())
 }
 
-/// A queue group: non-blank, no CR or LF, at most 256 bytes.
+/// A queue group as the server sees it: without surrounding whitespace
+/// (Go's `strings.TrimSpace`). `"g "` and `"g"` name the same group; the
+/// client sends and remembers the trimmed form.
+pub fn trim_group(group: &str) -> &str {
+    group.trim_matches(is_space)
+}
+
+/// A queue group: non-blank, no CR or LF, at most 256 bytes once trimmed
+/// of surrounding whitespace (see [`trim_group`]).
 pub fn group(group: &str) -> Result {
     if group.is_empty() {
         return Err(InvalidArgument::new(Arg::Group, Rule::Empty));
     }
-    if group.len() > MAX_GROUP_LEN {
+    if group.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err(InvalidArgument::new(Arg::Group, Rule::LineBreak));
+    }
+    let trimmed = trim_group(group);
+    if trimmed.is_empty() {
+        return Err(InvalidArgument::new(Arg::Group, Rule::Blank));
+    }
+    if trimmed.len() > MAX_GROUP_LEN {
         return Err(InvalidArgument::new(
             Arg::Group,
             Rule::TooLong { max: MAX_GROUP_LEN },
         ));
-    }
-    if group.bytes().any(|b| b == b'\r' || b == b'\n') {
-        return Err(InvalidArgument::new(Arg::Group, Rule::LineBreak));
-    }
-    if is_blank(group) {
-        return Err(InvalidArgument::new(Arg::Group, Rule::Blank));
     }
     Ok(())
 }
@@ -373,6 +382,12 @@ mod tests {
         assert_eq!(rule(group("   ")), Rule::Blank);
         assert_eq!(rule(group("a\nb")), Rule::LineBreak);
         assert_eq!(rule(group(&"g".repeat(257))), Rule::TooLong { max: 256 });
+        // Trimmed as the server trims it.
+        assert_eq!(trim_group(" g\t\u{A0}"), "g");
+        assert_eq!(trim_group("two words "), "two words");
+        let padded = std::format!("  {}  ", "g".repeat(256));
+        assert!(group(&padded).is_ok());
+        assert_eq!(rule(group("\u{3000} ")), Rule::Blank);
     }
 
     #[test]

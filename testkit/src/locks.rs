@@ -212,10 +212,11 @@ impl Book {
                 .enq
                 .get(&ek)
                 .is_some_and(|e| matches!(&e.state, EnqState::Granted(t) if t == token));
-            if matches && let Some(e) = c.enq.remove(&ek) {
-                if let Some(w) = e.wake {
-                    let _ = w.send(());
-                }
+            if matches
+                && let Some(e) = c.enq.remove(&ek)
+                && let Some(w) = e.wake
+            {
+                let _ = w.send(());
             }
         }
     }
