@@ -166,7 +166,10 @@ async fn wait_after_lease_expired() {
     wait_until("grant expired", || s.stats().locks.is_empty()).await;
     assert_eq!(a.req("w", "le2", "1").await, "error_not_enqueued");
     // The place in line is gone with it: enqueue again works.
-    assert_eq!(a.req("e", "le2", "1").await.split(' ').next(), Some("acquired"));
+    assert_eq!(
+        a.req("e", "le2", "1").await.split(' ').next(),
+        Some("acquired")
+    );
 }
 
 #[tokio::test]
