@@ -183,7 +183,7 @@ mod tests {
         let text = table("127.0.0.1:6388", &stats);
         assert!(text.contains("3 connection(s)"), "{text}");
         assert!(text.contains("2 waiter(s)"), "{text}");
-        assert!(text.contains("orders      conn 7  12.5 s      2"), "{text}");
+        assert!(text.contains("orders  conn 7  12.5 s      2"), "{text}");
         assert!(text.contains("deploy     2      1        0"), "{text}");
         assert!(text.contains("jobs.>   -      1"), "{text}");
         assert!(

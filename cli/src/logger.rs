@@ -20,7 +20,7 @@ impl Log for Stderr {
         if self.verbose {
             return true;
         }
-        !self.quiet && m.level() <= Level::Warn && m.target().starts_with("dflock_cli")
+        !self.quiet && m.level() <= Level::Warn && !is_library(m.target())
     }
 
     fn log(&self, r: &Record<'_>) {
@@ -29,10 +29,10 @@ impl Log for Stderr {
         }
         let mut err = std::io::stderr().lock();
         let _ = if self.verbose {
-            let from = if r.target().starts_with("dflock_cli") {
-                "dflock"
-            } else {
+            let from = if is_library(r.target()) {
                 "client"
+            } else {
+                "dflock"
             };
             writeln!(
                 err,
@@ -47,6 +47,12 @@ impl Log for Stderr {
     }
 
     fn flush(&self) {}
+}
+
+/// Whether a record comes from the library (its warnings duplicate
+/// dflock's own, so they show with `-v` only).
+fn is_library(target: &str) -> bool {
+    target.starts_with("dflockd_client")
 }
 
 /// Installs the logger.

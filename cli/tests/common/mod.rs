@@ -1,0 +1,291 @@
+//! Test servers and helpers for driving the `dflock` binary.
+//!
+//! [`Server`] is the in-process testkit, or the real dflockd binary named by
+//! `DFLOCKD_REAL_SERVER` (spawned on a free loopback port).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use dflockd_client::runtime::AuthToken;
+use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions};
+use dflockd_testkit::TestServer;
+
+/// Generous bound for anything that should happen "at once".
+pub const SOON: Duration = Duration::from_secs(10);
+
+/// A running server: the testkit in-process, or the real binary.
+pub enum Server {
+    /// dflockd-testkit.
+    Kit(Option<TestServer>, SocketAddr),
+    /// The binary from `DFLOCKD_REAL_SERVER`.
+    Real(Child, SocketAddr),
+}
+
+/// The real server binary, when `DFLOCKD_REAL_SERVER` names one.
+pub fn real_server() -> Option<PathBuf> {
+    std::env::var_os("DFLOCKD_REAL_SERVER")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Options of a test server.
+#[derive(Default, Clone)]
+pub struct Opts {
+    /// `--auth-token`.
+    pub auth_token: Option<String>,
+    /// Listen on this port (0 = any free one).
+    pub port: u16,
+}
+
+impl Server {
+    /// A server with default options.
+    pub fn start() -> Self {
+        Self::start_with(Opts::default())
+    }
+
+    /// A server with `opts`.
+    pub fn start_with(opts: Opts) -> Self {
+        match real_server() {
+            Some(bin) => Self::spawn_real(&bin, &opts),
+            None => {
+                let mut b = TestServer::builder().port(opts.port);
+                if let Some(t) = &opts.auth_token {
+                    b = b.auth_token(t.clone());
+                }
+                let kit = b.start_blocking().expect("start testkit");
+                let addr = kit.addr();
+                Self::Kit(Some(kit), addr)
+            }
+        }
+    }
+
+    fn spawn_real(bin: &PathBuf, opts: &Opts) -> Self {
+        let port = if opts.port == 0 {
+            free_port()
+        } else {
+            opts.port
+        };
+        let mut cmd = Command::new(bin);
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--shutdown-timeout", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(t) = &opts.auth_token {
+            cmd.args(["--auth-token", t]);
+        }
+        let child = cmd.spawn().expect("spawn the real server");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + SOON;
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "real server did not start on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self::Real(child, addr)
+    }
+
+    /// Whether this is the real server.
+    pub fn is_real(&self) -> bool {
+        matches!(self, Self::Real(..))
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        match self {
+            Self::Kit(_, a) | Self::Real(_, a) => a.to_string(),
+        }
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::Kit(_, a) | Self::Real(_, a) => a.port(),
+        }
+    }
+
+    /// Stops the server at once (every connection closed; the real one is
+    /// killed with SIGKILL).
+    pub fn kill(&mut self) {
+        match self {
+            Self::Kit(kit, _) => drop(kit.take()),
+            Self::Real(child, _) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Open connections as the server counts them, not counting the one
+    /// that asks (the testkit counts in-process).
+    pub fn connections(&self, token: Option<&str>) -> u64 {
+        match self {
+            Self::Kit(Some(kit), _) => kit.connection_count() as u64,
+            _ => {
+                let n = self.stats(token)["connections"]
+                    .as_u64()
+                    .expect("connections");
+                n.saturating_sub(1)
+            }
+        }
+    }
+
+    /// The stats JSON, over the wire.
+    pub fn stats(&self, token: Option<&str>) -> serde_json::Value {
+        let opts = ConnectOptions {
+            auth_token: token.map(AuthToken::new),
+            ..ConnectOptions::default()
+        };
+        let mut conn =
+            BlockingConnection::<1024, 0>::connect(self.addr(), &opts).expect("connect for stats");
+        let mut buf = vec![0u8; 1 << 20];
+        let json = conn.stats(&mut buf).expect("stats");
+        serde_json::from_str(json).expect("stats is JSON")
+    }
+
+    /// Waits until `pattern` has at least one listener.
+    pub fn wait_listener(&self, pattern: &str) {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let stats = self.stats(None);
+            let listening = stats["signal_channels"].as_array().is_some_and(|chans| {
+                chans
+                    .iter()
+                    .any(|c| c["pattern"] == pattern && c["listeners"].as_u64().unwrap_or(0) > 0)
+            });
+            if listening {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no listener on {pattern}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// `dflock` with a clean environment and `-s addr`.
+pub fn dflock(addr: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dflock"));
+    cmd.env_remove("DFLOCKD_SERVERS")
+        .env_remove("DFLOCKD_AUTH_TOKEN")
+        .env_remove("DFLOCKD_FENCE")
+        .args(["-s", addr])
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs to the end, with a bound.
+pub fn output(cmd: &mut Command) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dflock");
+    wait_output(child, Duration::from_secs(30))
+}
+
+/// Waits for `child` to exit (killing it after `limit`), collecting its
+/// output.
+pub fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let (tx, rx) = mpsc::channel();
+    let pid = child.id();
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    std::thread::spawn(move || {
+        let mut o = Vec::new();
+        let mut e = Vec::new();
+        if let Some(s) = out.as_mut() {
+            let _ = s.read_to_end(&mut o);
+        }
+        if let Some(s) = err.as_mut() {
+            let _ = s.read_to_end(&mut e);
+        }
+        let status = child.wait().expect("wait");
+        let _ = tx.send(Output {
+            status,
+            stdout: o,
+            stderr: e,
+        });
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out,
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of our own unreaped child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("dflock (pid {pid}) did not exit within {limit:?}");
+        }
+    }
+}
+
+/// The exit code.
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+/// Stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Reads lines from a pipe on a thread, so a test can wait for one with a
+/// bound.
+pub struct Lines(mpsc::Receiver<String>);
+
+impl Lines {
+    /// Starts reading `pipe`.
+    pub fn new(pipe: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self(rx)
+    }
+
+    /// The next line, within `SOON`.
+    pub fn next(&self) -> String {
+        self.0
+            .recv_timeout(SOON)
+            .expect("a line within the time bound")
+    }
+
+    /// Skips lines until one contains `needle`; returns it.
+    pub fn until(&self, needle: &str) -> String {
+        loop {
+            let line = self.next();
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+}
