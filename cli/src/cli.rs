@@ -297,6 +297,20 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_table_has_the_same_codes() {
+        let readme = include_str!("../../README.md");
+        for line in EXIT_CODES.lines().skip(1) {
+            let code = line.split_whitespace().next().unwrap_or_default();
+            if code.starts_with(|c: char| c.is_ascii_digit()) {
+                assert!(
+                    readme.contains(&format!("| {code} |")),
+                    "exit code {code} missing from the README table"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn seconds_parse_and_reject() {
         assert_eq!(parse_secs("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));

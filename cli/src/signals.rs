@@ -32,9 +32,20 @@ pub fn run_emit(target: &Target, a: &EmitArgs, out: &mut Out) -> Result<i32, Fai
         Ok(Some(tls)) => emit_tls(addr, &a.channel, &payload, &target.connect, &tls),
         Err(e) => Err(ClientError::Io(e)),
     };
-    let n = sent.map_err(|e| Failure::client(addr, &e))?;
+    let n = sent.map_err(|e| signal_failure(addr, &e))?;
     out.line(&n.to_string())?;
     Ok(exit::OK)
+}
+
+/// A failed `signal` or `listen`; a refusal hints at servers without
+/// signals.
+fn signal_failure(addr: &str, e: &ClientError) -> Failure {
+    let mut f = Failure::client(addr, e);
+    if matches!(e, ClientError::Server(_)) {
+        f.message
+            .push_str(" (signals need a v1.11-v1.16 server; v1.10 and v2 have none)");
+    }
+    f
 }
 
 /// The payload from stdin: one line (a trailing newline is dropped), read
@@ -88,7 +99,8 @@ pub fn run_listen(target: &Target, a: &ListenArgs, out: &mut Out) -> Result<i32,
             Some(tls) => Conn::connect_tls(addr.as_str(), &target.connect, &tls, opts.clone()),
         }
         .map_err(fail)?;
-        conn.listen(&a.pattern, a.group.as_deref()).map_err(fail)?;
+        conn.listen(&a.pattern, a.group.as_deref())
+            .map_err(|e| signal_failure(addr, &e))?;
         log::info!("listening on {} at {addr}", a.pattern);
         let tx = tx.clone();
         thread::Builder::new()
