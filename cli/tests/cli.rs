@@ -8,10 +8,12 @@ use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Lines, Opts, SOON, Server, code, dflock, output, stderr, stdout, wait_output};
-use dflockd_client::runtime::blocking_lock::{DistributedLock, DistributedSemaphore};
+use common::{
+    DistributedLock, DistributedSemaphore, LeaseGuard, Lines, Opts, SOON, Server, code, crc32,
+    dflock, dflock_bare, lock_waiters, output, stderr, stdout, wait_output, wait_stats,
+};
 
-fn hold(server: &Server, key: &str) -> dflockd_client::runtime::blocking_lock::LeaseGuard {
+fn hold(server: &Server, key: &str) -> LeaseGuard {
     DistributedLock::builder(key)
         .server(server.addr())
         .build()
@@ -172,11 +174,23 @@ fn on_lost_warn_only_warns() {
 }
 
 #[test]
-fn sigterm_is_forwarded_and_the_lock_released() {
+fn sigterm_and_sigint_are_forwarded_and_the_lock_released() {
+    // SIGTERM: the command's own handler runs and chooses the status.
+    forwarded(libc::SIGTERM, TRAP_TERM, Some("term"), 3);
+    // SIGINT: the command dies of it, and dflock reports it as a shell does.
+    forwarded(
+        libc::SIGINT,
+        "echo ready; exec sleep 30",
+        None,
+        128 + libc::SIGINT,
+    );
+}
+
+fn forwarded(sig: i32, script: &str, said: Option<&str>, status: i32) {
     let server = Server::start();
     let addr = server.addr();
     let mut child = dflock(&addr)
-        .args(["run", "fwd", "--", "sh", "-c", TRAP_TERM])
+        .args(["run", "fwd", "--", "sh", "-c", script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -184,10 +198,12 @@ fn sigterm_is_forwarded_and_the_lock_released() {
     let lines = Lines::new(child.stdout.take().expect("stdout"));
     assert_eq!(lines.next(), "ready");
     // SAFETY: kill(2) on our own running child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    assert_eq!(lines.next(), "term");
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    if let Some(said) = said {
+        assert_eq!(lines.next(), said);
+    }
     let out = wait_output(child, SOON);
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert_eq!(code(&out), status, "signal {sig}: {}", stderr(&out));
     // A third client gets the lock at once.
     let out = output(dflock(&addr).args(["run", "-n", "fwd", "--", "true"]));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -499,6 +515,195 @@ fn a_fencing_server_gives_the_command_its_fence() {
         stdout(&out).contains("v2 (fencing tokens"),
         "{}",
         stdout(&out)
+    );
+}
+
+#[test]
+fn a_command_that_ignores_sigterm_gets_sigkill_after_kill_after() {
+    let mut server = Server::start();
+    let addr = server.addr();
+    let mut child = dflock(&addr)
+        .args([
+            "-q",
+            "run",
+            "--kill-after",
+            "0.5",
+            "stubborn",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg("trap '' TERM; echo ready; while :; do sleep 0.05; done")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let lines = Lines::new(child.stdout.take().expect("stdout"));
+    assert_eq!(lines.next(), "ready");
+    let killed = Instant::now();
+    server.kill();
+    let out = wait_output(child, SOON);
+    assert_eq!(code(&out), 120, "{}", stderr(&out));
+    assert!(killed.elapsed() >= Duration::from_millis(500));
+    // -q: the error only, no warnings.
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
+#[test]
+fn a_signal_while_waiting_gives_up_the_place_in_the_queue() {
+    let server = Server::start();
+    let addr = server.addr();
+    let _guard = hold(&server, "queue");
+    let child = dflock(&addr)
+        .args(["run", "queue", "--", "true"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_stats(&server, "a waiter", |s| lock_waiters(s, "queue") == 1);
+    // SAFETY: kill(2) on our own running child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = wait_output(child, SOON);
+    assert_eq!(code(&out), 128 + libc::SIGTERM, "{}", stderr(&out));
+    wait_stats(&server, "no waiter", |s| lock_waiters(s, "queue") == 0);
+}
+
+#[test]
+fn keys_are_routed_by_crc32_over_the_server_list() {
+    let a = Server::start();
+    let b = Server::start();
+    let (a_addr, b_addr) = (a.addr(), b.addr());
+    // crc32("alpha") = 0xD0E0396A: index 0 of two servers.
+    assert_eq!(crc32("alpha") % 2, 0);
+    let _guard = DistributedLock::builder("alpha")
+        .servers([a_addr.clone(), b_addr.clone()])
+        .build()
+        .try_acquire()
+        .expect("acquire")
+        .expect("free");
+    let busy = |servers: &[&str]| {
+        let mut cmd = dflock_bare();
+        for s in servers {
+            cmd.args(["-s", s]);
+        }
+        code(&output(cmd.args(["run", "-n", "alpha", "--", "true"])))
+    };
+    assert_eq!(busy(&[&a_addr, &b_addr]), 1);
+    assert_eq!(busy(&[&b_addr, &a_addr]), 0);
+    let out = output(
+        dflock_bare()
+            .env("DFLOCKD_SERVERS", format!("{a_addr},{b_addr}"))
+            .args(["run", "-n", "alpha", "--", "true"]),
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+}
+
+#[test]
+fn listen_hears_every_server_and_emit_routes_the_channel() {
+    let a = Server::start();
+    let b = Server::start();
+    let servers = format!("{},{}", a.addr(), b.addr());
+    let listener = dflock_bare()
+        .env("DFLOCKD_SERVERS", &servers)
+        .args(["listen", "multi.>", "--count", "2", "--timeout", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    a.wait_listener("multi.>");
+    b.wait_listener("multi.>");
+    let channel_on = |i: u32| {
+        (0..)
+            .map(|n| format!("multi.{n}"))
+            .find(|c| crc32(c) % 2 == i)
+            .expect("a channel")
+    };
+    for (i, server) in [(0, &a), (1, &b)] {
+        let channel = channel_on(i);
+        let out = output(
+            dflock_bare()
+                .env("DFLOCKD_SERVERS", &servers)
+                .args(["emit", &channel, "hi"]),
+        );
+        assert_eq!(
+            (code(&out), stdout(&out).trim()),
+            (0, "1"),
+            "{}",
+            stderr(&out)
+        );
+        // The emit went to the server the channel routes to.
+        let _ = server;
+    }
+    let out = wait_output(listener, SOON);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("{} hi\n{} hi\n", channel_on(0), channel_on(1))
+    );
+}
+
+#[test]
+fn tls_is_verified_by_default() {
+    let dir = tempdir("tls");
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("params");
+    let cert = params.signed_by(&key, &issuer).expect("cert");
+    let (ca, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca, ca_cert.pem()).expect("write");
+    std::fs::write(&cert_path, cert.pem()).expect("write");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write");
+    let server = Server::start_with(Opts {
+        tls: Some((cert_path, key_path)),
+        ..Opts::default()
+    });
+    let addr = server.addr();
+    let ca = ca.to_string_lossy().into_owned();
+
+    let ok = |args: &[&str]| {
+        let out = output(dflock(&addr).args(args));
+        assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
+    };
+    ok(&["--ca", &ca, "ping"]);
+    ok(&[
+        "--ca",
+        &ca,
+        "--server-name",
+        "localhost",
+        "run",
+        "k",
+        "--",
+        "true",
+    ]);
+    ok(&["--insecure-skip-verify", "stats", "--json"]);
+    ok(&["--ca", &ca, "emit", "t.x", "y"]);
+
+    let fails = |args: &[&str], needle: &str| {
+        let out = output(dflock(&addr).args(args));
+        assert_eq!(code(&out), 121, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    };
+    // Mozilla's roots do not know the test CA.
+    fails(&["--tls", "run", "k", "--", "true"], "TLS");
+    fails(
+        &["--ca", &ca, "--server-name", "other.example", "stats"],
+        "TLS",
+    );
+    // Plain TCP to a TLS server.
+    fails(
+        &["--connect-timeout", "2", "--io-timeout", "2", "stats"],
+        &addr,
     );
 }
 

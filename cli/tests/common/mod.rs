@@ -12,8 +12,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use dflockd_client::runtime::AuthToken;
-use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions};
+// Every library path the tests use, in one place.
+pub use dflockd_client::routing::crc32;
+pub use dflockd_client::runtime::AuthToken;
+pub use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions};
+pub use dflockd_client::runtime::blocking_lock::{
+    DistributedLock, DistributedSemaphore, LeaseGuard,
+};
 use dflockd_testkit::TestServer;
 
 /// Generous bound for anything that should happen "at once".
@@ -41,6 +46,8 @@ pub struct Opts {
     pub auth_token: Option<String>,
     /// Listen on this port (0 = any free one).
     pub port: u16,
+    /// Serve TLS only, with this PEM certificate chain and key.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Server {
@@ -57,6 +64,9 @@ impl Server {
                 let mut b = TestServer::builder().port(opts.port);
                 if let Some(t) = &opts.auth_token {
                     b = b.auth_token(t.clone());
+                }
+                if let Some((cert, key)) = &opts.tls {
+                    b = b.tls(cert, key);
                 }
                 let kit = b.start_blocking().expect("start testkit");
                 let addr = kit.addr();
@@ -79,6 +89,9 @@ impl Server {
             .stderr(Stdio::null());
         if let Some(t) = &opts.auth_token {
             cmd.args(["--auth-token", t]);
+        }
+        if let Some((cert, key)) = &opts.tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
         }
         let child = cmd.spawn().expect("spawn the real server");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -186,13 +199,44 @@ pub fn free_port() -> u16 {
 
 /// `dflock` with a clean environment and `-s addr`.
 pub fn dflock(addr: &str) -> Command {
+    let mut cmd = dflock_bare();
+    cmd.args(["-s", addr]);
+    cmd
+}
+
+/// `dflock` with a clean environment and no server.
+pub fn dflock_bare() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dflock"));
     cmd.env_remove("DFLOCKD_SERVERS")
         .env_remove("DFLOCKD_AUTH_TOKEN")
         .env_remove("DFLOCKD_FENCE")
-        .args(["-s", addr])
         .stdin(Stdio::null());
     cmd
+}
+
+/// Waits until `f` holds for the server's stats.
+pub fn wait_stats(server: &Server, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let stats = server.stats(None);
+        if f(&stats) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stats never showed {what}: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The waiters on lock `key` in a stats JSON (0 when it is not listed).
+pub fn lock_waiters(stats: &serde_json::Value, key: &str) -> u64 {
+    stats["locks"]
+        .as_array()
+        .and_then(|locks| locks.iter().find(|l| l["key"] == key))
+        .and_then(|l| l["waiters"].as_u64())
+        .unwrap_or(0)
 }
 
 /// Runs to the end, with a bound.
