@@ -88,6 +88,7 @@ pub fn run(target: &Target, a: &RunArgs) -> Result<i32, Failure> {
     } else {
         a.wait
     };
+    log::info!("waiting for {} on {addr}", describe_key(a));
     let acquire_tx = tx.clone();
     thread::Builder::new()
         .name("dflock-acquire".into())
@@ -105,7 +106,6 @@ pub fn run(target: &Target, a: &RunArgs) -> Result<i32, Failure> {
         })
         .map_err(|e| Failure::new(exit::FAILURE, format!("cannot start a thread: {e}")))?;
 
-    log::info!("waiting for {} on {addr}", describe_key(a));
     let guard = loop {
         match rx.recv() {
             Ok(Event::Acquired(Ok(Some(guard)))) => break guard,
