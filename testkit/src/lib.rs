@@ -202,7 +202,9 @@ impl TestServerBuilder {
     /// limit of 1 s unless one is set), waited for until it accepts a
     /// connection, and killed when the [`TestServer`] drops. Its generation
     /// comes from `--version`. [`TestServer::stats`] then asks the server over
-    /// the wire; [`TestServer::disconnect_all_clients`] is not available.
+    /// the wire. Clients reach the server through a small relay on another
+    /// loopback port ([`TestServer::addr`]), which is how
+    /// [`TestServer::disconnect_all_clients`] cuts their connections.
     pub fn real_server(mut self, binary: impl Into<std::path::PathBuf>) -> Self {
         self.real = Some(binary.into());
         self
@@ -453,15 +455,16 @@ impl TestServer {
     /// The current server state, as the `stats` command reports it.
     ///
     /// For a real server this is a `stats` request over a new connection,
-    /// which is left out of `connections`; it panics when the server cannot
-    /// answer (a test helper: a failed `stats` is a failed test). A real
-    /// TLS server's stats are not available this way.
+    /// which is left out of `connections` (over TLS for a TLS server, without
+    /// verifying the certificate of the process the testkit started); it
+    /// panics when the server cannot answer (a test helper: a failed `stats`
+    /// is a failed test).
     pub fn stats(&self) -> Stats {
         match &self.backend {
             Backend::InProcess { shared, .. } => shared.stats(),
             Backend::Real(p) => {
                 let p = p.lock().unwrap_or_else(|e| e.into_inner());
-                match p.stats(self.addr) {
+                match p.stats() {
                     Ok(s) => s,
                     Err(e) => panic!("stats from the real server at {}: {e}", self.addr),
                 }
@@ -478,15 +481,15 @@ impl TestServer {
     /// while the server keeps accepting new ones. Their locks are released
     /// (per `auto_release_on_disconnect`) before their sockets close.
     ///
-    /// # Panics
-    /// On a real server, which offers no such control: check
-    /// [`is_real`](Self::is_real) first (or put a fault proxy in between).
+    /// A real server is reached through a relay, which closes both sides of
+    /// every relayed connection: the client sees its connection closed at
+    /// once and the server sees it close shortly after (so, unlike in
+    /// process, its locks may still be released a moment after the client
+    /// noticed).
     pub fn disconnect_all_clients(&self) {
         match &self.backend {
             Backend::InProcess { shared, .. } => shared.kill_all_connections(),
-            Backend::Real(_) => {
-                panic!("disconnect_all_clients: not available on a real server (check is_real())")
-            }
+            Backend::Real(p) => p.lock().unwrap_or_else(|e| e.into_inner()).relay.cut_all(),
         }
     }
 

@@ -9,9 +9,11 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -139,12 +141,19 @@ impl EnvClear for Command {
 }
 
 /// A running real server process; killed when dropped.
+///
+/// Clients reach it through a [`Relay`] on another loopback port, so that a
+/// test can cut every client connection (as the in-process server's
+/// `disconnect_all_clients` does) without touching the server.
 pub(crate) struct RealProcess {
     child: Child,
     log: PathBuf,
     pub(crate) generation: Generation,
     token: Option<String>,
     tls: bool,
+    /// The server's own address (the relay forwards here).
+    upstream: SocketAddr,
+    pub(crate) relay: Relay,
 }
 
 impl std::fmt::Debug for RealProcess {
@@ -262,16 +271,18 @@ pub(crate) fn spawn(binary: &Path, cfg: &Config) -> io::Result<(SocketAddr, Real
             .stderr(File::create(&log)?)
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", binary.display())))?;
+        let addr: SocketAddr = format!("{}:{port}", cfg.host)
+            .parse()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("host: {e}")))?;
         let mut proc = RealProcess {
             child,
             log,
             generation,
             token: cfg.auth_token.clone(),
             tls: cfg.tls_cert.is_some(),
+            upstream: addr,
+            relay: Relay::start(addr)?,
         };
-        let addr: SocketAddr = format!("{}:{port}", cfg.host)
-            .parse()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("host: {e}")))?;
         let start = Instant::now();
         loop {
             if let Some(status) = proc.child.try_wait()? {
@@ -283,7 +294,7 @@ pub(crate) fn spawn(binary: &Path, cfg: &Config) -> io::Result<(SocketAddr, Real
                 break;
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok((addr, proc));
+                return Ok((proc.relay.addr, proc));
             }
             if start.elapsed() > START_TIMEOUT {
                 return Err(io::Error::new(
@@ -306,27 +317,36 @@ pub(crate) fn spawn(binary: &Path, cfg: &Config) -> io::Result<(SocketAddr, Real
 impl RealProcess {
     /// The server's `stats`, over the wire, without the connection that
     /// asked for them (`connections` counts the others only).
-    pub(crate) fn stats(&self, addr: SocketAddr) -> io::Result<Stats> {
-        if self.tls {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "stats of a real TLS server: connect with a TLS client",
-            ));
-        }
-        let mut s = TcpStream::connect_timeout(&addr, STATS_TIMEOUT)?;
+    ///
+    /// It connects to the server directly (not through the relay) and, for a
+    /// TLS server, speaks TLS without verifying the certificate: the peer is
+    /// the process this testkit just started on loopback.
+    pub(crate) fn stats(&self) -> io::Result<Stats> {
+        let s = TcpStream::connect_timeout(&self.upstream, STATS_TIMEOUT)?;
         s.set_read_timeout(Some(STATS_TIMEOUT))?;
         s.set_write_timeout(Some(STATS_TIMEOUT))?;
-        let mut reader = BufReader::new(s.try_clone()?);
+        if self.tls {
+            let conn = crate::tls::loopback_client()?;
+            self.stats_over(rustls_stream(conn, s))
+        } else {
+            self.stats_over(s)
+        }
+    }
+
+    fn stats_over(&self, s: impl Read + Write) -> io::Result<Stats> {
+        let mut reader = BufReader::new(s);
         let mut line = String::new();
         if let Some(t) = &self.token {
-            s.write_all(format!("auth\n_\n{t}\n").as_bytes())?;
+            reader
+                .get_mut()
+                .write_all(format!("auth\n_\n{t}\n").as_bytes())?;
             reader.read_line(&mut line)?;
             if line.trim_end() != "ok" {
                 return Err(io::Error::other(format!("auth: {:?}", line.trim_end())));
             }
             line.clear();
         }
-        s.write_all(b"stats\n_\n_\n")?;
+        reader.get_mut().write_all(b"stats\n_\n_\n")?;
         reader.read_line(&mut line)?;
         let json = line
             .trim_end()
@@ -360,6 +380,7 @@ impl RealProcess {
         let start = Instant::now();
         while start.elapsed() < limit {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
+                self.relay.stop();
                 return;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -367,15 +388,20 @@ impl RealProcess {
         self.kill();
     }
 
-    /// Kills the process at once and reaps it.
+    /// Kills the process at once and reaps it; the relay stops too.
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.relay.stop();
     }
 
-    /// True once the process has exited.
+    /// True once the process has exited (then the relay is stopped too).
     pub(crate) fn has_exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
+        let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+        if exited {
+            self.relay.stop();
+        }
+        exited
     }
 }
 
@@ -384,6 +410,102 @@ impl Drop for RealProcess {
         self.kill();
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+fn rustls_stream(
+    conn: tokio_rustls::rustls::ClientConnection,
+    sock: TcpStream,
+) -> tokio_rustls::rustls::StreamOwned<tokio_rustls::rustls::ClientConnection, TcpStream> {
+    tokio_rustls::rustls::StreamOwned::new(conn, sock)
+}
+
+/// A byte relay in front of a real server: every accepted connection is
+/// paired with one to the server, and bytes are copied both ways by two
+/// threads. [`Relay::cut_all`] closes every pair at once (both sides see a
+/// closed connection, as with a cut network path); [`Relay::stop`] also
+/// closes the listener.
+pub(crate) struct Relay {
+    pub(crate) addr: SocketAddr,
+    state: Arc<RelayState>,
+}
+
+#[derive(Default)]
+struct RelayState {
+    stopped: AtomicBool,
+    open: Mutex<Vec<TcpStream>>,
+}
+
+impl RelayState {
+    fn cut_all(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        for s in open.drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Relay {
+    fn start(upstream: SocketAddr) -> io::Result<Relay> {
+        let listener = TcpListener::bind((upstream.ip(), 0))?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(RelayState::default());
+        let st = state.clone();
+        std::thread::Builder::new()
+            .name("dflockd-testkit-relay".to_owned())
+            .spawn(move || {
+                for client in listener.incoming() {
+                    if st.stopped.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(client) = client else { continue };
+                    let Ok(server) = TcpStream::connect(upstream) else {
+                        continue; // dropping `client` closes it, as a refused server would
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                        continue;
+                    };
+                    {
+                        let mut open = st.open.lock().unwrap_or_else(|e| e.into_inner());
+                        open.retain(|s| s.peer_addr().is_ok());
+                        if let (Ok(a), Ok(b)) = (client.try_clone(), server.try_clone()) {
+                            open.push(a);
+                            open.push(b);
+                        }
+                    }
+                    pump(client, s2);
+                    pump(server, c2);
+                }
+            })?;
+        Ok(Relay { addr, state })
+    }
+
+    /// Closes every relayed connection; new ones are still accepted.
+    pub(crate) fn cut_all(&self) {
+        self.state.cut_all();
+    }
+
+    /// Closes the listener and every relayed connection.
+    pub(crate) fn stop(&self) {
+        if !self.state.stopped.swap(true, Ordering::SeqCst) {
+            // Wake the accept loop so it sees `stopped` and drops the listener.
+            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        }
+        self.state.cut_all();
+    }
+}
+
+/// Copies `from` to `to` on a thread until either side closes, then closes
+/// both directions of both sockets.
+fn pump(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::thread::Builder::new()
+        .name("dflockd-testkit-relay-io".to_owned())
+        .spawn(move || {
+            let _ = io::copy(&mut from, &mut to);
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+        });
 }
 
 #[cfg(test)]
