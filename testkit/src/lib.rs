@@ -91,7 +91,9 @@
 //!   non-grouped push. A push that could not be delivered is not counted in
 //!   `ok <n>`.
 //! * `ping` → `ok`; `error_draining` during graceful shutdown (also to
-//!   blocked `l`/`w` requests, which are then closed); `error_lease_expired`
+//!   blocked `l`/`w` requests, which are then closed), as v2 does: the
+//!   v1.10 and v1.14 servers have no `error_draining` (they stop accepting
+//!   and let open connections run until the drain limit); `error_lease_expired`
 //!   from `w` when the grant obtained through `e` expired before `w`
 //!   collected it. Lines may be 256 bytes, the `auth` token and `signal`
 //!   payload lines 64 KiB.

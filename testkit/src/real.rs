@@ -41,7 +41,7 @@ pub enum Generation {
     /// one key space for locks and semaphores.
     V1_10,
     /// dflockd 1.x with signals (v1.11 to v1.16; `v1.14-signals`): signals,
-    /// `ping`, draining, `error_lease_expired`, separate key spaces.
+    /// `ping`, `error_lease_expired`, separate key spaces.
     V1_14,
     /// dflockd v2 (`v2-cluster`): fencing tokens, `barrier`, `stable-ref`,
     /// no signals.
@@ -74,6 +74,12 @@ impl Generation {
     /// The server answers `ping`.
     pub fn has_ping(self) -> bool {
         !matches!(self, Generation::V1_10)
+    }
+
+    /// Graceful shutdown answers requests with `error_draining` (the v1.x
+    /// servers here only stop accepting and let connections run out).
+    pub fn has_draining(self) -> bool {
+        matches!(self, Generation::Testkit | Generation::V2)
     }
 
     /// Tokens carry a fence: their first 16 hex digits grow on every grant.
