@@ -1,12 +1,12 @@
 //! Test servers and helpers for driving the `dflock` binary.
 //!
-//! [`Server`] is the in-process testkit, or the real dflockd binary named by
-//! `DFLOCKD_REAL_SERVER` (spawned on a free loopback port).
+//! [`Server`] is the testkit: in process, or the real dflockd binary named
+//! by `DFLOCKD_REAL_SERVER`.
 
 #![allow(dead_code)]
 
 use std::io::{BufRead as _, BufReader, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 // Every library path the tests use, in one place.
 pub use dflockd_client::routing::crc32;
-pub use dflockd_client::runtime::AuthToken;
-pub use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions};
 pub use dflockd_client::runtime::blocking_lock::{
     DistributedLock, DistributedSemaphore, LeaseGuard,
 };
@@ -24,19 +22,11 @@ use dflockd_testkit::TestServer;
 /// Generous bound for anything that should happen "at once".
 pub const SOON: Duration = Duration::from_secs(10);
 
-/// A running server: the testkit in-process, or the real binary.
-pub enum Server {
-    /// dflockd-testkit.
-    Kit(Option<TestServer>, SocketAddr),
-    /// The binary from `DFLOCKD_REAL_SERVER`.
-    Real(Child, SocketAddr),
-}
-
-/// The real server binary, when `DFLOCKD_REAL_SERVER` names one.
-pub fn real_server() -> Option<PathBuf> {
-    std::env::var_os("DFLOCKD_REAL_SERVER")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
+/// A test server: `dflockd_testkit::TestServer`, which runs the real binary
+/// named by `DFLOCKD_REAL_SERVER` when that is set, and can be killed.
+pub struct Server {
+    kit: Option<TestServer>,
+    addr: SocketAddr,
 }
 
 /// Options of a test server.
@@ -44,7 +34,9 @@ pub fn real_server() -> Option<PathBuf> {
 pub struct Opts {
     /// `--auth-token`.
     pub auth_token: Option<String>,
-    /// Listen on this port (0 = any free one).
+    /// Listen on this port (0 = any free one). For a real server this is
+    /// the server's own port, which clients reach without the testkit's
+    /// relay (a restart on the address of a killed server).
     pub port: u16,
     /// Serve TLS only, with this PEM certificate chain and key.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -58,134 +50,69 @@ impl Server {
 
     /// A server with `opts`.
     pub fn start_with(opts: Opts) -> Self {
-        match real_server() {
-            Some(bin) => Self::spawn_real(&bin, &opts),
-            None => {
-                let mut b = TestServer::builder().port(opts.port);
-                if let Some(t) = &opts.auth_token {
-                    b = b.auth_token(t.clone());
-                }
-                if let Some((cert, key)) = &opts.tls {
-                    b = b.tls(cert, key);
-                }
-                let kit = b.start_blocking().expect("start testkit");
-                let addr = kit.addr();
-                Self::Kit(Some(kit), addr)
-            }
+        let mut b = TestServer::builder().port(opts.port);
+        if let Some(t) = &opts.auth_token {
+            b = b.auth_token(t.clone());
+        }
+        if let Some((cert, key)) = &opts.tls {
+            b = b.tls(cert, key);
+        }
+        let kit = b.start_blocking().expect("start the test server");
+        let addr = if opts.port == 0 {
+            kit.addr()
+        } else {
+            ([127, 0, 0, 1], opts.port).into()
+        };
+        Self {
+            kit: Some(kit),
+            addr,
         }
     }
 
-    fn spawn_real(bin: &PathBuf, opts: &Opts) -> Self {
-        let port = if opts.port == 0 {
-            free_port()
-        } else {
-            opts.port
-        };
-        let mut cmd = Command::new(bin);
-        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--shutdown-timeout", "1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(t) = &opts.auth_token {
-            cmd.args(["--auth-token", t]);
-        }
-        if let Some((cert, key)) = &opts.tls {
-            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
-        }
-        let child = cmd.spawn().expect("spawn the real server");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + SOON;
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "real server did not start on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self::Real(child, addr)
+    fn kit(&self) -> &TestServer {
+        self.kit.as_ref().expect("the server was killed")
     }
 
     /// Whether this is the real server.
     pub fn is_real(&self) -> bool {
-        matches!(self, Self::Real(..))
+        self.kit().is_real()
     }
 
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> String {
-        match self {
-            Self::Kit(_, a) | Self::Real(_, a) => a.to_string(),
-        }
+        self.addr.to_string()
     }
 
     /// The port.
     pub fn port(&self) -> u16 {
-        match self {
-            Self::Kit(_, a) | Self::Real(_, a) => a.port(),
-        }
+        self.addr.port()
     }
 
-    /// Stops the server at once (every connection closed; the real one is
-    /// killed with SIGKILL).
+    /// Stops the server at once: every connection closed (a real server is
+    /// killed).
     pub fn kill(&mut self) {
-        match self {
-            Self::Kit(kit, _) => drop(kit.take()),
-            Self::Real(child, _) => {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        drop(self.kit.take());
     }
 
-    /// Open connections as the server counts them, not counting the one
-    /// that asks (the testkit counts in-process).
-    pub fn connections(&self, token: Option<&str>) -> u64 {
-        match self {
-            Self::Kit(Some(kit), _) => kit.connection_count() as u64,
-            _ => {
-                let n = self.stats(token)["connections"]
-                    .as_u64()
-                    .expect("connections");
-                n.saturating_sub(1)
-            }
-        }
+    /// Open client connections (not counting the one that asks).
+    pub fn connections(&self) -> u64 {
+        self.kit().connection_count() as u64
     }
 
-    /// The stats JSON, over the wire.
-    pub fn stats(&self, token: Option<&str>) -> serde_json::Value {
-        let opts = ConnectOptions {
-            auth_token: token.map(AuthToken::new),
-            ..ConnectOptions::default()
-        };
-        let mut conn =
-            BlockingConnection::<1024, 0>::connect(self.addr(), &opts).expect("connect for stats");
-        let mut buf = vec![0u8; 1 << 20];
-        let json = conn.stats(&mut buf).expect("stats");
-        serde_json::from_str(json).expect("stats is JSON")
+    /// The stats, as JSON.
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::to_value(self.kit().stats()).expect("stats as JSON")
     }
 
     /// Waits until `pattern` has at least one listener.
     pub fn wait_listener(&self, pattern: &str) {
-        let deadline = Instant::now() + SOON;
-        loop {
-            let stats = self.stats(None);
-            let listening = stats["signal_channels"].as_array().is_some_and(|chans| {
+        wait_stats(self, &format!("a listener on {pattern}"), |stats| {
+            stats["signal_channels"].as_array().is_some_and(|chans| {
                 chans
                     .iter()
                     .any(|c| c["pattern"] == pattern && c["listeners"].as_u64().unwrap_or(0) > 0)
-            });
-            if listening {
-                return;
-            }
-            assert!(Instant::now() < deadline, "no listener on {pattern}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
+            })
+        });
     }
 }
 
@@ -218,7 +145,7 @@ pub fn dflock_bare() -> Command {
 pub fn wait_stats(server: &Server, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
     let deadline = Instant::now() + SOON;
     loop {
-        let stats = server.stats(None);
+        let stats = server.stats();
         if f(&stats) {
             return;
         }
