@@ -60,6 +60,7 @@ pub struct Cli {
 
 /// Options shared by every command.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Common options")]
 pub struct Global {
     /// A server, HOST:PORT (repeatable; keys and channels are routed across
     /// the list by CRC-32, as every dflockd client does, so list the servers
