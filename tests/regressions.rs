@@ -2,19 +2,17 @@
 //! (issue 12, section 3). Each test fails on the client before its fix.
 //!
 //! They run against the in-process testkit by default, and against a real
-//! server binary when `DFLOCKD_REAL_SERVER=/path/to/dflockd-<name>` is set:
-//! every test then starts its own copy of that binary on a free loopback
-//! port, with the flags the test needs. The server generation is read from
-//! `DFLOCKD_SERVER_NAME` (`v1.10.0`, `v1.14-signals`, `v2-cluster`) or else
-//! from the binary's file name. A test that needs a feature the server
-//! lacks (signals on v1.10 and v2) prints why it skips.
+//! server binary when `DFLOCKD_REAL_SERVER=/path/to/dflockd-<name>` is set
+//! (the testkit's real mode: each test starts its own copy of the binary
+//! with the flags it needs; see `scripts/real-servers`). A test that needs
+//! a feature the server lacks (signals on v1.10 and v2) prints why it
+//! skips.
 //!
 //! ```sh
 //! cargo test --test regressions
 //! DFLOCKD_REAL_SERVER=target/dflockd-servers/dflockd-v2-cluster cargo test --test regressions
 //! ```
 
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -29,10 +27,10 @@ use dflockd_client::runtime::tokio_lock::DistributedLock;
 use dflockd_client::stats::Stats;
 use dflockd_client::time::{Instant, Timer};
 use dflockd_client::{Connection, Error, Kind, ServerError};
-use dflockd_testkit::{Config, TestServer};
+use dflockd_testkit::{Config, Generation, REAL_SERVER_ENV, TestServer};
 use embedded_io_adapters::tokio_1::FromTokio;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::timeout;
 
 /// Generous bound on anything that should happen promptly.
@@ -40,81 +38,41 @@ const PROMPT: Duration = Duration::from_secs(15);
 
 // ---- the server under test ---------------------------------------------------
 
-/// Which server the tests run against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gen {
-    Testkit,
-    V1_10,
-    V1_14,
-    V2,
+/// The server of one test: a [`TestServer`] (the testkit, or the real
+/// binary of `DFLOCKD_REAL_SERVER`), or a v2 cluster of one started here.
+struct Srv {
+    addr: String,
+    generation: Generation,
+    server: Option<TestServer>,
+    _cluster: Option<KillOnDrop>,
 }
 
-impl Gen {
-    fn has_signals(self) -> bool {
-        matches!(self, Gen::Testkit | Gen::V1_14)
+/// Starts the server for one test, configured by `cfg`.
+async fn start(cfg: impl FnOnce(&mut Config)) -> Srv {
+    let mut config = Config::default();
+    cfg(&mut config);
+    let server = TestServer::builder()
+        .config(config)
+        .start()
+        .await
+        .expect("start the server under test");
+    Srv {
+        addr: server.addr().to_string(),
+        generation: server.generation(),
+        server: Some(server),
+        _cluster: None,
     }
 }
 
-/// A running server: the testkit, or a real binary started for one test.
-struct Srv {
-    addr: String,
-    generation: Gen,
-    _testkit: Option<TestServer>,
-    _child: Option<KillOnDrop>,
-}
-
 /// A server process started by a test, and its scratch directory.
-struct KillOnDrop(Child, Option<std::path::PathBuf>);
+struct KillOnDrop(Child, std::path::PathBuf);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-        if let Some(dir) = &self.1 {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        let _ = std::fs::remove_dir_all(&self.1);
     }
-}
-
-fn generation_of(binary: &str) -> Gen {
-    let name = std::env::var("DFLOCKD_SERVER_NAME").unwrap_or_else(|_| binary.to_owned());
-    if name.contains("v1.10") {
-        Gen::V1_10
-    } else if name.contains("v1.1") {
-        Gen::V1_14
-    } else if name.contains("v2") {
-        Gen::V2
-    } else {
-        panic!("cannot tell the generation of {name:?}: set DFLOCKD_SERVER_NAME")
-    }
-}
-
-fn secs(d: Duration) -> String {
-    d.as_secs().max(1).to_string()
-}
-
-/// Starts the server for one test, configured by `cfg` (the flags of the
-/// real server).
-async fn start(cfg: impl FnOnce(&mut Config)) -> Srv {
-    let mut config = Config::default();
-    cfg(&mut config);
-    let Some(binary) = std::env::var("DFLOCKD_REAL_SERVER")
-        .ok()
-        .filter(|b| !b.is_empty())
-    else {
-        let server = TestServer::builder()
-            .config(config)
-            .start()
-            .await
-            .expect("start testkit");
-        return Srv {
-            addr: server.addr().to_string(),
-            generation: Gen::Testkit,
-            _testkit: Some(server),
-            _child: None,
-        };
-    };
-    start_real(&binary, &config, |_, _| {}).await
 }
 
 fn free_port() -> u16 {
@@ -124,50 +82,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `binary` on a free port with the flags of `config`, plus what
-/// `more` adds (it gets the command and the port).
-async fn start_real(binary: &str, config: &Config, more: impl FnOnce(&mut Command, u16)) -> Srv {
-    let port = free_port();
-    let mut cmd = Command::new(binary);
-    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--shutdown-timeout", "1"])
-        .args(["--default-lease-ttl", &secs(config.default_lease_ttl)])
-        .args(["--lease-sweep-interval", &secs(config.lease_sweep_interval)])
-        .args(["--read-timeout", &secs(config.read_timeout)])
-        .args(["--max-locks", &config.max_locks.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(token) = &config.auth_token {
-        cmd.args(["--auth-token", token]);
-    }
-    more(&mut cmd, port);
-    let child = KillOnDrop(cmd.spawn().expect("start the real server"), None);
-    let addr = format!("127.0.0.1:{port}");
-    timeout(PROMPT, async {
-        while TcpStream::connect(&addr).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the real server listens");
-    Srv {
-        addr,
-        generation: generation_of(binary),
-        _testkit: None,
-        _child: Some(child),
-    }
-}
-
-/// On a real v2 server, a Raft cluster of one node (the cluster line
-/// answers some requests differently from a single v2 node); `None` on
-/// any other server.
-async fn start_v2_cluster_of_one(cfg: impl FnOnce(&mut Config)) -> Option<Srv> {
-    let binary = std::env::var("DFLOCKD_REAL_SERVER").ok()?;
-    if generation_of(&binary) != Gen::V2 {
+/// On a real v2 server, a Raft cluster of one node with `flags` (the
+/// cluster line answers some requests differently from a single v2 node);
+/// `None` on any other server.
+async fn start_v2_cluster_of_one(flags: &[&str]) -> Option<Srv> {
+    let binary = std::env::var_os(REAL_SERVER_ENV).filter(|b| !b.is_empty())?;
+    let version = Command::new(&binary).arg("--version").output().ok()?;
+    let version = String::from_utf8_lossy(&version.stdout).into_owned()
+        + &String::from_utf8_lossy(&version.stderr);
+    if Generation::from_version(&version) != Some(Generation::V2) {
         return None;
     }
-    let mut config = Config::default();
-    cfg(&mut config);
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "dflockd-regressions-{}-{}",
@@ -177,9 +102,10 @@ async fn start_v2_cluster_of_one(cfg: impl FnOnce(&mut Config)) -> Option<Srv> {
     std::fs::create_dir_all(&dir).expect("raft dir");
     let secret = dir.join("secret");
     std::fs::write(&secret, "regressions-raft-secret-of-at-least-32-bytes\n").expect("secret");
-    let raft = free_port();
-    let srv = start_real(&binary, &config, |cmd, port| {
-        cmd.args([
+    let (port, raft) = (free_port(), free_port());
+    let child = Command::new(binary)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args([
             "--node-id",
             "a",
             "--raft-addr",
@@ -193,24 +119,35 @@ async fn start_v2_cluster_of_one(cfg: impl FnOnce(&mut Config)) -> Option<Srv> {
         .args([
             "--cluster-peers",
             &format!("a=127.0.0.1:{raft}@127.0.0.1:{port}"),
-        ]);
-    })
-    .await;
-    let mut srv = srv;
-    if let Some(child) = srv._child.as_mut() {
-        child.1 = Some(dir);
-    }
+        ])
+        .args(["--shutdown-timeout", "1"])
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the v2 node");
+    let child = KillOnDrop(child, dir);
+    let addr = format!("127.0.0.1:{port}");
     // Listening comes before the election: wait until it leads.
-    let mut c = srv.conn().await;
     let k = key("leader");
     timeout(PROMPT, async {
-        while c.acquire(Kind::Lock, &k, 0, None).await.is_err() {
+        loop {
+            if let Ok(mut c) = connect::<256, 0>(&addr, &ConnectOptions::default()).await
+                && c.acquire(Kind::Lock, &k, 0, None).await.is_ok()
+            {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
-    .expect("the node becomes leader");
-    Some(srv)
+    .expect("the node listens and leads");
+    Some(Srv {
+        addr,
+        generation: Generation::V2,
+        server: None,
+        _cluster: Some(child),
+    })
 }
 
 impl Srv {
@@ -244,10 +181,11 @@ impl Srv {
 
     /// False (with the reason printed) when the server has no signals.
     fn signals(&self) -> bool {
-        if !self.generation.has_signals() {
-            println!("skipped: {:?} has no signals", self.generation);
+        let has = self.generation.has_signals();
+        if !has {
+            println!("skipped: {} has no signals", self.generation.name());
         }
-        self.generation.has_signals()
+        has
     }
 }
 
@@ -442,10 +380,9 @@ impl Timer for SlowClock {
 #[tokio::test]
 async fn renew_of_an_expired_lease_is_lease_lost() {
     // No sweep during the test: the server finds the expiry at the renew.
-    let no_sweep = |c: &mut Config| c.lease_sweep_interval = Duration::from_secs(3600);
-    let srv = match start_v2_cluster_of_one(no_sweep).await {
+    let srv = match start_v2_cluster_of_one(&["--lease-sweep-interval", "3600"]).await {
         Some(srv) => srv,
-        None => start(no_sweep).await,
+        None => start(|c| c.lease_sweep_interval = Duration::from_secs(3600)).await,
     };
     let k = key("expired-renew");
     let mut c = srv.conn().await;
@@ -534,42 +471,6 @@ async fn signal_task_stops_after_an_over_long_line_error() {
 
 // ---- 7. queue groups as the server trims them -----------------------------------------
 
-/// A TCP proxy whose connections can be cut, to make a client reconnect to
-/// the same server.
-struct Proxy {
-    addr: SocketAddr,
-    cut: watch::Sender<u64>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (cut, _) = watch::channel(0u64);
-        let cuts = cut.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let Ok(mut server) = TcpStream::connect(&upstream).await else {
-                    continue;
-                };
-                let mut cut = cuts.subscribe();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Proxy { addr, cut }
-    }
-
-    /// Closes every proxied connection.
-    fn cut(&self) {
-        self.cut.send_modify(|n| *n += 1);
-    }
-}
-
 /// The server trims a queue group, so `listen(p, "g ")` and
 /// `unlisten(p, "g")` name one subscription; after a reconnect the client
 /// must subscribe again exactly what is subscribed.
@@ -579,7 +480,6 @@ async fn group_with_surrounding_spaces_is_one_subscription_across_reconnect() {
     if !srv.signals() {
         return;
     }
-    let proxy = Proxy::start(srv.addr.clone()).await;
     let opts = SignalOptions {
         reconnect: Some(Reconnect {
             initial_backoff: Duration::from_millis(20),
@@ -587,10 +487,9 @@ async fn group_with_surrounding_spaces_is_one_subscription_across_reconnect() {
         }),
         ..SignalOptions::default()
     };
-    let mut sigs: SignalConn =
-        SignalConn::connect(&proxy.addr.to_string(), &ConnectOptions::default(), opts)
-            .await
-            .unwrap();
+    let mut sigs: SignalConn = SignalConn::connect(&srv.addr, &ConnectOptions::default(), opts)
+        .await
+        .unwrap();
     let (gone, kept) = (key("gone"), key("kept"));
     sigs.listen(&gone, Some("g ")).await.unwrap();
     sigs.unlisten(&gone, Some("g")).await.unwrap();
@@ -598,7 +497,12 @@ async fn group_with_surrounding_spaces_is_one_subscription_across_reconnect() {
     let mut emitter = srv.conn().await;
     assert_eq!(emitter.emit(&gone, "before").await.unwrap(), 0);
     assert_eq!(emitter.emit(&kept, "before").await.unwrap(), 1);
-    proxy.cut();
+    // Cut the connection (a real server keeps running behind the
+    // testkit's relay): the client reconnects to the same server.
+    srv.server
+        .as_ref()
+        .expect("a TestServer")
+        .disconnect_all_clients();
     let mut reconnected = false;
     while !reconnected {
         match timeout(PROMPT, sigs.recv()).await.expect("reconnect") {
@@ -607,6 +511,8 @@ async fn group_with_surrounding_spaces_is_one_subscription_across_reconnect() {
             None => panic!("stream ended"),
         }
     }
+    // The cut closed the emitter's connection too.
+    let mut emitter = srv.conn().await;
     assert_eq!(
         emitter.emit(&gone, "after").await.unwrap(),
         0,
