@@ -961,6 +961,33 @@ async fn signals_unlisten() {
 }
 
 #[tokio::test]
+async fn signals_max_subscriptions_counts_before_duplicates() {
+    // Servers without signals have no --max-subscriptions flag either.
+    let t = Target::new().await;
+    if !t.has("signals", t.generation.has_signals()) {
+        return;
+    }
+    drop(t);
+    let Some(t) = Target::configured("--max-subscriptions", |b| b.max_subscriptions(2)).await
+    else {
+        return;
+    };
+    let ns = key("maxsub");
+    let (a, b) = (format!("{ns}.a"), format!("{ns}.b"));
+    let mut c = t.conn().await;
+    c.listen(&a, None).await.unwrap();
+    c.listen(&a, None).await.unwrap(); // a duplicate below the limit: a no-op
+    c.listen(&a, Some("g")).await.unwrap();
+    let e = c.listen(&b, None).await.unwrap_err();
+    assert!(is_server(&e, ServerError::Error), "{e:?}");
+    // The count comes first: at the limit even a duplicate is refused.
+    let e = c.listen(&a, None).await.unwrap_err();
+    assert!(is_server(&e, ServerError::Error), "{e:?}");
+    c.unlisten(&a, None).await.unwrap();
+    c.listen(&b, None).await.unwrap();
+}
+
+#[tokio::test]
 async fn signal_to_self_may_arrive_before_the_reply() {
     let t = Target::new().await;
     let ch = key("self");

@@ -106,6 +106,9 @@
 //!   it answers `ok` with the stale token although the lock already belongs
 //!   to the next holder (a v1.10 server defect: a later renew or release
 //!   of that token fails); before its sweep it even revives such a lease.
+//! * **`--max-subscriptions`** is checked before the duplicate check, as
+//!   in the real server: at the limit even a repeated `listen` gets
+//!   `error`; below it a repeated `listen` is a no-op that does not count.
 //! * **Queue groups** are the `listen`/`unlisten` argument trimmed of
 //!   surrounding whitespace; inner whitespace is part of the name (`"two
 //!   words"` is one group), as in the real server.
