@@ -725,6 +725,27 @@ async fn stats_shape() {
 }
 
 #[tokio::test]
+async fn stats_lists_a_key_by_its_limit() {
+    let t = Target::new().await;
+    let one = key("sem-of-one");
+    let sem = Kind::Semaphore { limit: 1 };
+    let mut a = t.conn().await;
+    let g = a.acquire(sem, &one, 0, None).await.unwrap().unwrap();
+    // A semaphore of limit 1 is listed as a lock, with its holder.
+    let s = t.stats().await;
+    let info = s.locks.iter().find(|l| l.key == one).expect("under locks");
+    assert!(info.owner_conn_id > 0 && info.lease_expires_in_s > 0.0);
+    assert!(!s.semaphores.iter().any(|l| l.key == one));
+    a.release(sem, &one, &g.token).await.unwrap();
+    let s = t.stats().await;
+    assert!(
+        s.idle_locks.iter().any(|l| l.key == one),
+        "under idle_locks"
+    );
+    assert!(!s.idle_semaphores.iter().any(|l| l.key == one));
+}
+
+#[tokio::test]
 async fn ping_is_ok() {
     let t = Target::new().await;
     if !t.has("ping", t.generation.has_ping()) {

@@ -126,8 +126,11 @@
 //!   A blocking `l`/`w` notices the peer closing while it waits.
 //! * **Idle timeout** counts received bytes only (pushes sent do not count)
 //!   and is suspended while a blocking request waits, as in the real server.
-//! * **Stats** lists keys sorted by key; a semaphore key is always reported
-//!   under `semaphores`, whatever its limit.
+//! * **Stats** lists keys sorted by key (the real server in map order). As
+//!   in the real server, a key is listed by its limit: limit 1 under
+//!   `locks`/`idle_locks`, so a semaphore of limit 1 shows there too (with
+//!   its holder's connection and lease), larger limits under
+//!   `semaphores`/`idle_semaphores`.
 //! * **TLS** (`--tls-cert`/`--tls-key`, [`TestServerBuilder::tls`]) uses
 //!   rustls with the `ring` provider: TLS 1.3 and 1.2, rustls' default
 //!   cipher suites and groups (X25519, secp256r1, secp384r1), no client

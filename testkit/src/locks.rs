@@ -612,7 +612,10 @@ impl Locks {
         }
     }
 
-    /// Stats snapshot (sorted by key).
+    /// Stats snapshot (sorted by key). As the real server, a key is
+    /// reported by its limit, not its command family: limit 1 under
+    /// `locks`/`idle_locks` (so a semaphore of limit 1 too), larger limits
+    /// under `semaphores`/`idle_semaphores`.
     pub(crate) fn stats(
         &self,
     ) -> (
@@ -624,35 +627,29 @@ impl Locks {
         let now = Instant::now();
         let mut locks = Vec::new();
         let mut idle_locks = Vec::new();
-        for (key, r) in &self.res[0] {
-            if let Some(h) = r.holders.values().next() {
-                locks.push(LockInfo {
-                    key: key.clone(),
-                    owner_conn_id: h.conn,
-                    lease_expires_in_s: h.expires.saturating_duration_since(now).as_secs_f64(),
-                    waiters: r.waiters.len(),
-                });
-            } else if !r.waiters.is_empty() {
-                locks.push(LockInfo {
-                    key: key.clone(),
-                    owner_conn_id: 0,
-                    lease_expires_in_s: 0.0,
-                    waiters: r.waiters.len(),
-                });
-            } else {
-                idle_locks.push(IdleInfo {
-                    key: key.clone(),
-                    idle_s: now.duration_since(r.last_activity).as_secs_f64(),
-                });
-            }
-        }
         let mut sems = Vec::new();
         let mut idle_sems = Vec::new();
-        for (key, r) in &self.res[1] {
-            if r.holders.is_empty() && r.waiters.is_empty() {
-                idle_sems.push(IdleInfo {
+        for (key, r) in self.res.iter().flatten() {
+            let idle = r.holders.is_empty() && r.waiters.is_empty();
+            if idle {
+                let info = IdleInfo {
                     key: key.clone(),
                     idle_s: now.duration_since(r.last_activity).as_secs_f64(),
+                };
+                if r.limit == 1 {
+                    idle_locks.push(info);
+                } else {
+                    idle_sems.push(info);
+                }
+            } else if r.limit == 1 {
+                let holder = r.holders.values().next();
+                locks.push(LockInfo {
+                    key: key.clone(),
+                    owner_conn_id: holder.map_or(0, |h| h.conn),
+                    lease_expires_in_s: holder.map_or(0.0, |h| {
+                        h.expires.saturating_duration_since(now).as_secs_f64()
+                    }),
+                    waiters: r.waiters.len(),
                 });
             } else {
                 sems.push(SemaphoreInfo {
