@@ -41,7 +41,7 @@ use embassy_stm32::gpio::{Level, Output, Speed};
 use embassy_stm32::peripherals::{ETH, ETH_SMA, RNG};
 use embassy_stm32::rng::{self, Rng};
 use embassy_stm32::time::Hertz;
-use embassy_time::{Duration, Timer};
+use embassy_time::Duration;
 use static_cell::StaticCell;
 use {defmt_rtt as _, panic_probe as _};
 
@@ -257,7 +257,7 @@ mod baseline {
         let start = embassy_time::Instant::now();
         while start.elapsed() < Duration::from_secs(25) {
             pump.toggle();
-            Timer::after_millis(500).await;
+            embassy_time::Timer::after_millis(500).await;
         }
         pump.set_low();
     }
@@ -458,7 +458,7 @@ mod app {
             if let Err(e) = pump_app::listen(stack, &mut indicator, bufs, &settings).await {
                 warn!("signals: {}; reconnecting in 5 s", e);
             }
-            Timer::after_secs(5).await;
+            embassy_time::Timer::after_secs(5).await;
         }
     }
 }
