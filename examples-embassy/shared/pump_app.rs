@@ -8,8 +8,8 @@
 //! same connection, switches it off and releases the lock. A second
 //! connection listens on `site.pump.>`; every signal toggles an indicator and
 //! triggers a pump run ([`TRIGGER`]). The board supplies the network stack,
-//! the actuators, the socket buffers (statics) and the [`Settings`], and
-//! spawns the tasks that call [`run_pump`] and [`listen`].
+//! the actuators, the socket buffers (statics) and its [`Settings`] (through
+//! [`Board`]), and spawns the tasks that call [`run_pump`] and [`listen`].
 //!
 //! Logging goes through the including crate's `info!` and `warn!` macros
 //! (defmt on the NUCLEO, the UART on MPS2), so the format strings here use
@@ -59,6 +59,15 @@ pub struct Settings {
     pub server_read_timeout: Option<CoreDuration>,
     /// The listener's heartbeat (checked against the server read timeout).
     pub heartbeat: Heartbeat,
+}
+
+/// Where a board keeps its [`Settings`]. A type rather than a reference
+/// argument: a board whose settings are a constant `static` (the NUCLEO)
+/// lets the compiler fold them into the code instead of carrying a pointer
+/// in every future.
+pub trait Board {
+    /// The settings.
+    fn settings() -> &'static Settings;
 }
 
 /// Set by the signal listener; the pump task runs when it fires.
@@ -125,15 +134,16 @@ pub fn pump_spec(s: &Settings) -> LockSpec<'static> {
 }
 
 /// Lock, drive while renewing, release. `Ok(false)` when busy.
-pub async fn locked_run<T, A, const N: usize>(
+pub async fn locked_run<B, T, A, const N: usize>(
     conn: &mut dflockd_client::Connection<T, N>,
     pump: &mut A,
-    s: &Settings,
 ) -> dflockd_client::Result<bool, T::Error>
 where
+    B: Board,
     T: embedded_io_async::Read + embedded_io_async::Write,
     A: Actuator,
 {
+    let s = B::settings();
     let timer = EmbassyTimer;
     let Some(mut lease) = pump_spec(s).acquire(conn, &timer).await? else {
         return Ok(false);
@@ -147,12 +157,12 @@ where
 }
 
 /// One pump run over plain TCP: connect, [`locked_run`], close.
-pub async fn run_pump<A: Actuator>(
+pub async fn run_pump<B: Board, A: Actuator>(
     stack: Stack<'static>,
     pump: &mut A,
     bufs: &mut LockBufs,
-    s: &Settings,
 ) -> Result<bool, RunError> {
+    let s = B::settings();
     let mut conn = connect::<128, 0>(
         stack,
         s.server,
@@ -162,7 +172,7 @@ pub async fn run_pump<A: Actuator>(
     )
     .await
     .map_err(RunError::Connect)?;
-    let out = locked_run(&mut conn, pump, s).await;
+    let out = locked_run::<B, _, _, 128>(&mut conn, pump).await;
     let socket = conn.transport_mut();
     socket.close();
     let _ = socket.flush().await;
@@ -180,13 +190,13 @@ pub fn report(out: &Result<bool, RunError>) {
 
 /// Subscribes to [`PUMP_SIGNALS`] and triggers a pump run per signal;
 /// returns only on an error (the caller reconnects).
-pub async fn listen<A: Actuator>(
+pub async fn listen<B: Board, A: Actuator>(
     stack: Stack<'static>,
     indicator: &mut A,
     bufs: &mut SignalBufs,
-    s: &Settings,
 ) -> Result<(), RunError> {
     use dflockd_client::signal::SignalConn;
+    let s = B::settings();
     // 256-byte lines, 512 bytes of queue for signals that arrive while a
     // reply is awaited.
     let conn = connect::<256, 512>(

@@ -55,9 +55,10 @@ use embassy_executor::Spawner;
 use embassy_net::tcp::TcpSocket;
 use embassy_net::{Ipv4Address, Stack, StackResources};
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
+use embassy_sync::once_lock::OnceLock;
 use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Instant, Timer, with_timeout};
-use pump_app::{Actuator, LockBufs, Settings, SignalBufs};
+use pump_app::{Actuator, Board, LockBufs, Settings, SignalBufs};
 use static_cell::StaticCell;
 
 /// The SCC's ID register says which FPGA image (board) this is.
@@ -81,6 +82,33 @@ struct Irq(u16);
 unsafe impl cortex_m::interrupt::InterruptNumber for Irq {
     fn number(self) -> u16 {
         self.0
+    }
+}
+
+/// The settings from the command line, set once in `main` before any task
+/// starts.
+static SETTINGS: OnceLock<Settings> = OnceLock::new();
+
+/// The defaults of the command line, should `SETTINGS` be read early.
+static DEFAULTS: Settings = Settings {
+    server: (Ipv4Address::new(10, 0, 2, 2), 6388),
+    lease: CoreDuration::from_secs(2),
+    run: Duration::from_secs(6),
+    acquire_timeout: CoreDuration::from_secs(5),
+    connect_timeout: CoreDuration::from_secs(5),
+    server_read_timeout: Some(CoreDuration::from_secs(3)),
+    heartbeat: match Heartbeat::new(CoreDuration::from_secs(1), CoreDuration::from_secs(3)) {
+        Ok(h) => h,
+        Err(_) => panic!("1 s is below 3 s"),
+    },
+};
+
+/// This board, for the shared application.
+struct Mps2;
+
+impl Board for Mps2 {
+    fn settings() -> &'static Settings {
+        SETTINGS.try_get().unwrap_or(&DEFAULTS)
     }
 }
 
@@ -254,8 +282,7 @@ async fn main(spawner: Spawner) {
         Ok(h) => h,
         Err(_) => console::exit(false),
     };
-    static SETTINGS: StaticCell<Settings> = StaticCell::new();
-    let settings: &'static Settings = SETTINGS.init(Settings {
+    let _ = SETTINGS.init(Settings {
         server: args.server,
         lease: CoreDuration::from_secs(args.lease),
         run: Duration::from_secs(args.hold),
@@ -265,22 +292,19 @@ async fn main(spawner: Spawner) {
         heartbeat,
     });
 
-    spawner
-        .spawn(pump_task(stack, Led { bit: 0 }, settings).unwrap_or_else(|_| console::exit(false)));
-    spawner.spawn(
-        signal_task(stack, Led { bit: 1 }, settings).unwrap_or_else(|_| console::exit(false)),
-    );
-    spawner.spawn(test_task(stack, settings).unwrap_or_else(|_| console::exit(false)));
+    spawner.spawn(pump_task(stack, Led { bit: 0 }).unwrap_or_else(|_| console::exit(false)));
+    spawner.spawn(signal_task(stack, Led { bit: 1 }).unwrap_or_else(|_| console::exit(false)));
+    spawner.spawn(test_task(stack).unwrap_or_else(|_| console::exit(false)));
 }
 
 /// The application's pump task, as on the NUCLEO, reporting each run's end.
 #[embassy_executor::task]
-async fn pump_task(stack: Stack<'static>, mut pump: Led, settings: &'static Settings) {
+async fn pump_task(stack: Stack<'static>, mut pump: Led) {
     static BUFS: StaticCell<LockBufs> = StaticCell::new();
     let bufs = BUFS.init(LockBufs::new());
     loop {
         let _ = with_timeout(Duration::from_secs(60), pump_app::TRIGGER.wait()).await;
-        let out = pump_app::run_pump(stack, &mut pump, bufs, settings).await;
+        let out = pump_app::run_pump::<Mps2, _>(stack, &mut pump, bufs).await;
         pump.set_on(false); // the safe state, whatever happened
         pump_app::report(&out);
         RUN_DONE.signal(matches!(out, Ok(true)));
@@ -289,11 +313,11 @@ async fn pump_task(stack: Stack<'static>, mut pump: Led, settings: &'static Sett
 
 /// The application's signal task, as on the NUCLEO.
 #[embassy_executor::task]
-async fn signal_task(stack: Stack<'static>, mut indicator: Led, settings: &'static Settings) {
+async fn signal_task(stack: Stack<'static>, mut indicator: Led) {
     static BUFS: StaticCell<SignalBufs> = StaticCell::new();
     let bufs = BUFS.init(SignalBufs::new());
     loop {
-        if let Err(e) = pump_app::listen(stack, &mut indicator, bufs, settings).await {
+        if let Err(e) = pump_app::listen::<Mps2, _>(stack, &mut indicator, bufs).await {
             warn!("signals: {:?}; reconnecting in 1 s", e);
         }
         Timer::after_secs(1).await;
@@ -449,7 +473,8 @@ async fn semaphore(
 }
 
 #[embassy_executor::task]
-async fn test_task(stack: Stack<'static>, s: &'static Settings) {
+async fn test_task(stack: Stack<'static>) {
+    let s = Mps2::settings();
     static BUFS: StaticCell<[LockBufs; 3]> = StaticCell::new();
     let [ba, bb, bc] = BUFS.init([LockBufs::new(), LockBufs::new(), LockBufs::new()]);
     let mut t = Tally::default();

@@ -60,6 +60,7 @@ const SERVER: &str = match option_env!("DFLOCKD_SERVER") {
 /// [`SERVER`] parsed at compile time (a malformed address fails the build).
 const SERVER_ENDPOINT: ([u8; 4], u16) = parse_endpoint(SERVER);
 
+#[cfg(not(feature = "lock"))]
 fn server() -> (Ipv4Address, u16) {
     let ([a, b, c, d], port) = SERVER_ENDPOINT;
     (Ipv4Address::new(a, b, c, d), port)
@@ -293,21 +294,32 @@ impl defmt::Format for pump_app::RunError {
 #[cfg(feature = "lock")]
 mod app {
     use super::*;
-    use crate::pump_app::{LockBufs, Settings, TRIGGER};
+    use crate::pump_app::{Board, LockBufs, Settings, TRIGGER};
     use core::time::Duration as CoreDuration;
     use dflockd_client::signal::Heartbeat;
 
     /// The pump's lease (renewed by `hold` every ~5 s while the pump runs),
     /// a run of 2.5 lease periods, and the server's default read timeout.
-    fn settings() -> Settings {
-        Settings {
-            server: server(),
-            lease: CoreDuration::from_secs(10),
-            run: Duration::from_secs(25),
-            acquire_timeout: CoreDuration::from_secs(5),
-            connect_timeout: CoreDuration::from_secs(10),
-            server_read_timeout: None,
-            heartbeat: Heartbeat::DEFAULT,
+    /// A constant in flash, so the tasks keep only a reference.
+    static SETTINGS: Settings = Settings {
+        server: {
+            let ([a, b, c, d], port) = SERVER_ENDPOINT;
+            (Ipv4Address::new(a, b, c, d), port)
+        },
+        lease: CoreDuration::from_secs(10),
+        run: Duration::from_secs(25),
+        acquire_timeout: CoreDuration::from_secs(5),
+        connect_timeout: CoreDuration::from_secs(10),
+        server_read_timeout: None,
+        heartbeat: Heartbeat::DEFAULT,
+    };
+
+    /// This board's settings: the constant above.
+    pub struct Nucleo;
+
+    impl Board for Nucleo {
+        fn settings() -> &'static Settings {
+            &SETTINGS
         }
     }
 
@@ -319,7 +331,6 @@ mod app {
     ) {
         static BUFS: StaticCell<LockBufs> = StaticCell::new();
         let bufs = BUFS.init(LockBufs::new());
-        let settings = settings();
         #[cfg(feature = "tls")]
         let tls_bufs = {
             static TLS: StaticCell<tls::TlsBufs> = StaticCell::new();
@@ -332,14 +343,13 @@ mod app {
             let _ = embassy_time::with_timeout(Duration::from_secs(60), TRIGGER.wait()).await;
             #[cfg(not(feature = "tls"))]
             {
-                let out = pump_app::run_pump(stack, &mut pump, bufs, &settings).await;
+                let out = pump_app::run_pump::<Nucleo, _>(stack, &mut pump, bufs).await;
                 pump.set_low(); // the safe state, whatever happened
                 pump_app::report(&out);
             }
             #[cfg(feature = "tls")]
             {
-                let out =
-                    tls::run_pump_tls(stack, &mut pump, bufs, tls_bufs, &mut rng, &settings).await;
+                let out = tls::run_pump_tls(stack, &mut pump, bufs, tls_bufs, &mut rng).await;
                 pump.set_low(); // the safe state, whatever happened
                 match out {
                     Ok(true) => info!("pump run done, lock released"),
@@ -405,8 +415,8 @@ mod app {
             bufs: &mut LockBufs,
             tls: &mut TlsBufs,
             rng: &mut Rng<'static, RNG>,
-            settings: &Settings,
         ) -> Result<bool, TlsRunError> {
+            let settings = Nucleo::settings();
             use dflockd_client::runtime::embassy::connect;
             use dflockd_client::tls::{TlsVerify, handshake};
             if CA_DER.is_empty() {
@@ -436,7 +446,7 @@ mod app {
             .map_err(TlsRunError::Tls)?;
             let mut conn: dflockd_client::Connection<_, 128> =
                 dflockd_client::Connection::new(stream);
-            let out = locked_run(&mut conn, pump, settings).await;
+            let out = locked_run::<Nucleo, _, _, 128>(&mut conn, pump).await;
             match conn.into_inner().close().await {
                 Ok(mut socket) => {
                     socket.close();
@@ -453,9 +463,8 @@ mod app {
     pub async fn signal_task(stack: Stack<'static>, mut indicator: Output<'static>) {
         static BUFS: StaticCell<pump_app::SignalBufs> = StaticCell::new();
         let bufs = BUFS.init(pump_app::SignalBufs::new());
-        let settings = settings();
         loop {
-            if let Err(e) = pump_app::listen(stack, &mut indicator, bufs, &settings).await {
+            if let Err(e) = pump_app::listen::<Nucleo, _>(stack, &mut indicator, bufs).await {
                 warn!("signals: {}; reconnecting in 5 s", e);
             }
             embassy_time::Timer::after_secs(5).await;
