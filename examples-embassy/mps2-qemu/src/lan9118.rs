@@ -1,7 +1,8 @@
 //! SMSC LAN9118 (the MPS2's LAN9220 as QEMU models it) as an
 //! `embassy-net-driver` device: programmed I/O through the chip's FIFOs,
-//! receive interrupt-driven, no heap (one frame buffer each way, inside the
-//! driver, which lives in the network runner's static).
+//! receive interrupt-driven, no heap (one frame buffer each way, in a
+//! static the board hands over: kept out of the driver value, which is
+//! moved by value into the network runner, so no 3 KB copies on the stack).
 //!
 //! Register offsets and bits are the LAN9118 datasheet's; QEMU's model
 //! (`hw/net/lan9118.c`) sends a frame as soon as its last data word is
@@ -95,12 +96,28 @@ impl core::fmt::Display for InitError {
     }
 }
 
-/// The controller, with one frame buffer in each direction.
+/// One frame buffer in each direction (put it in a static).
+pub struct Buffers {
+    rx: [u8; BUF],
+    tx: [u8; BUF],
+}
+
+impl Buffers {
+    /// Zeroed buffers.
+    pub const fn new() -> Self {
+        Self {
+            rx: [0; BUF],
+            tx: [0; BUF],
+        }
+    }
+}
+
+/// The controller and its frame buffers.
 pub struct Lan9118 {
     base: usize,
     mac: [u8; 6],
-    rx: [u8; BUF],
-    tx: [u8; BUF],
+    rx: &'static mut [u8; BUF],
+    tx: &'static mut [u8; BUF],
 }
 
 fn read(base: usize, offset: usize) -> u32 {
@@ -128,7 +145,7 @@ impl Lan9118 {
     /// `-nic ...,mac=`), enables the transmitter, receiver and the receive
     /// interrupt. Unmask the board's interrupt line afterwards and call
     /// [`on_interrupt`] from its handler.
-    pub fn new(base: usize) -> Result<Self, InitError> {
+    pub fn new(base: usize, buffers: &'static mut Buffers) -> Result<Self, InitError> {
         // BYTE_TEST is readable before and during reset.
         let byte_test = read(base, BYTE_TEST);
         if byte_test != BYTE_TEST_VALUE {
@@ -141,8 +158,8 @@ impl Lan9118 {
         let mut this = Self {
             base,
             mac: [0; 6],
-            rx: [0; BUF],
-            tx: [0; BUF],
+            rx: &mut buffers.rx,
+            tx: &mut buffers.tx,
         };
         let lo = this.mac_read(MAC_ADDRL)?.to_le_bytes();
         let hi = this.mac_read(MAC_ADDRH)?.to_le_bytes();
@@ -308,7 +325,7 @@ impl embassy_net_driver::Driver for Lan9118 {
                 self.rx[i * 4..i * 4 + 4].copy_from_slice(&word);
             }
             self.drain_tx_status();
-            let (rx, tx) = (&mut self.rx, &mut self.tx);
+            let (rx, tx) = (&mut *self.rx, &mut *self.tx);
             return Some((
                 RxToken {
                     frame: &mut rx[..len - 4],
@@ -331,7 +348,7 @@ impl embassy_net_driver::Driver for Lan9118 {
         }
         Some(TxToken {
             base: self.base,
-            buf: &mut self.tx,
+            buf: self.tx,
         })
     }
 

@@ -240,7 +240,8 @@ async fn main(spawner: Spawner) {
         board, scc_id, args.server.0, args.server.1, args.lease, args.hold, args.read_timeout
     );
 
-    let mut device = match lan9118::Lan9118::new(base) {
+    static FRAMES: StaticCell<lan9118::Buffers> = StaticCell::new();
+    let mut device = match lan9118::Lan9118::new(base, FRAMES.init(lan9118::Buffers::new())) {
         Ok(d) => d,
         Err(e) => {
             println!("FAIL LAN9118 at {:#x}: {}", base, e);
@@ -294,6 +295,7 @@ async fn main(spawner: Spawner) {
 
     spawner.spawn(pump_task(stack, Led { bit: 0 }).unwrap_or_else(|_| console::exit(false)));
     spawner.spawn(signal_task(stack, Led { bit: 1 }).unwrap_or_else(|_| console::exit(false)));
+    spawner.spawn(stack_probe().unwrap_or_else(|_| console::exit(false)));
     spawner.spawn(test_task(stack).unwrap_or_else(|_| console::exit(false)));
 }
 
@@ -510,6 +512,9 @@ async fn test_task(stack: Stack<'static>) {
 
     let name = "lock held across renewals: refused to another connection at 1.5 and 2.5 leases";
     let spec = pump_app::pump_spec(s);
+    // The stack of the application alone: the probe task repaints it now
+    // and reads it before the first probe wakes this task again.
+    STACK_PROBE.signal(Duration::from_millis(lease_ms * 13 / 10));
     let out = within(run + Duration::from_secs(5), async {
         for probe_ms in [lease_ms * 3 / 2, lease_ms * 5 / 2] {
             Timer::at(run_start + Duration::from_millis(probe_ms)).await;
@@ -593,7 +598,35 @@ async fn test_task(stack: Stack<'static>) {
     .await;
     t.record(name, t0, out);
 
+    match STACK_DURING_HOLD.try_take() {
+        Some(used) => println!(
+            "stack high-water mark of the application during the lock hold: {} bytes (hold with renewals, the listener's heartbeat, embassy-net, executor, interrupts; not this test task, not UART formatting)",
+            used
+        ),
+        None => println!("stack high-water mark of the application: not measured"),
+    }
     finish(t.passed, t.failed);
+}
+
+/// Starts a measurement of [`stack_probe`] for the given time.
+static STACK_PROBE: Signal<CriticalSectionRawMutex, Duration> = Signal::new();
+/// Its result: bytes of stack used meanwhile.
+static STACK_DURING_HOLD: Signal<CriticalSectionRawMutex, usize> = Signal::new();
+
+/// Measures the stack that the other tasks and the interrupts use over a
+/// time: repaints the stack from here (a shallow frame: just below the
+/// executor's), sleeps, and reads the high-water mark. The test task must
+/// not be polled meanwhile (it sleeps): its own frame is large (its
+/// futures are moved through the stack), and it is the harness, not the
+/// application.
+#[embassy_executor::task]
+async fn stack_probe() {
+    loop {
+        let window = STACK_PROBE.wait().await;
+        repaint_stack();
+        Timer::after(window).await;
+        STACK_DURING_HOLD.signal(stack_high_water().0);
+    }
 }
 
 /// Closes a test connection politely (FIN), so the server frees it at once.
@@ -631,6 +664,26 @@ fn stack_high_water() -> (usize, usize) {
         p += 4;
     }
     (top - p, top - bottom)
+}
+
+/// Paints the unused stack again (below the current stack pointer, less a
+/// margin), with interrupts off, so that a later [`stack_high_water`]
+/// measures only what ran in between.
+fn repaint_stack() {
+    unsafe extern "C" {
+        static _stack_end: u32;
+    }
+    critical_section::with(|_| {
+        let bottom = (&raw const _stack_end) as usize;
+        let sp = cortex_m::register::msp::read() as usize;
+        let mut p = bottom;
+        while p + 256 < sp {
+            // SAFETY: below the stack pointer (with a margin), nothing lives;
+            // interrupts are off, so nothing pushes there meanwhile.
+            unsafe { (p as *mut u32).write_volatile(cortex_m_rt::STACK_PAINT_VALUE) };
+            p += 4;
+        }
+    });
 }
 
 #[cortex_m_rt::exception]
