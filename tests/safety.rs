@@ -14,14 +14,14 @@
 //!   `safety <server>: R runs, O overlaps, L late losses, S stranded, max loss lateness X ms`.
 //!
 //! Environment: `SAFETY_SEED` replays a run (the seed is printed),
-//! `SAFETY_SECS` sets the randomized budget (default 8 s; soak with 600),
+//! `SAFETY_SECS` sets the randomized budget (default 4 s: one run; soak
+//! with 600),
 //! `DFLOCKD_REAL_SERVER=/path/to/dflockd-<name>` runs everything against
-//! that real server (spawned here on a free loopback port) instead of the
-//! testkit.
+//! that real server (the testkit's real-binary mode starts it on a free
+//! loopback port) instead of the in-process testkit.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -34,106 +34,54 @@ use dflockd_testkit::{FaultProxy, TestServer};
 // ---- the server under test ---------------------------------------------------
 
 struct Target {
-    name: String,
+    name: &'static str,
     addr: SocketAddr,
-    _testkit: Option<TestServer>,
-    child: Option<Child>,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    fences: bool,
+    server: TestServer,
 }
 
 impl Target {
     /// Whether the server's tokens are fencing tokens (v2 and the testkit).
     fn has_fences(&self) -> bool {
-        self.name == "testkit" || self.name.starts_with("v2")
+        self.fences
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// The testkit, or the real server named by `DFLOCKD_REAL_SERVER`.
+/// The testkit, or the real server named by `DFLOCKD_REAL_SERVER` (the
+/// testkit's real-binary mode starts it on a free loopback port).
 fn target() -> Target {
-    let Some(path) = std::env::var_os("DFLOCKD_REAL_SERVER") else {
-        let server = TestServer::builder()
-            .start_blocking()
-            .expect("start the testkit");
-        return Target {
-            name: "testkit".into(),
-            addr: server.addr(),
-            _testkit: Some(server),
-            child: None,
-        };
-    };
-    let path = std::path::PathBuf::from(path);
-    let file = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let name = file.strip_prefix("dflockd-").unwrap_or(&file).to_owned();
-    let port = free_port();
-    let child = Command::new(&path)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", path.display()));
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let target = Target {
-        name,
-        addr,
-        _testkit: None,
-        child: Some(child),
-    };
-    let start = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{} did not listen on {addr}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    let server = TestServer::builder()
+        .start_blocking()
+        .expect("start the server under test");
+    let generation = server.generation();
+    Target {
+        name: generation.name(),
+        addr: server.addr(),
+        fences: generation.has_fences(),
+        server,
     }
-    target
 }
 
-/// The server's `stats` JSON, over a raw connection (not the client under
-/// test).
-fn stats(addr: SocketAddr) -> serde_json::Value {
-    let mut s = TcpStream::connect(addr).expect("connect for stats");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"stats\n_\n\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    let json = line.trim_end().strip_prefix("ok ").expect("stats reply");
-    serde_json::from_str(json).expect("stats JSON")
-}
-
-/// Keys starting with `prefix` that still have a holder or a waiter.
-fn stranded(addr: SocketAddr, prefix: &str) -> Vec<String> {
-    let v = stats(addr);
-    let mut out = Vec::new();
-    for list in ["locks", "semaphores"] {
-        for e in v[list].as_array().into_iter().flatten() {
-            let key = e["key"].as_str().unwrap_or_default();
-            if key.starts_with(prefix) {
-                out.push(format!("{list}:{key} {e}"));
-            }
-        }
-    }
-    out
+/// Keys starting with `prefix` that still have a holder or a waiter, from
+/// the server's `stats`.
+fn stranded(server: &TestServer, prefix: &str) -> Vec<String> {
+    let stats = server.stats();
+    let locks = stats
+        .locks
+        .iter()
+        .filter(|l| l.key.starts_with(prefix))
+        .map(|l| format!("lock {} (waiters {})", l.key, l.waiters));
+    let sems = stats
+        .semaphores
+        .iter()
+        .filter(|l| l.key.starts_with(prefix))
+        .map(|l| {
+            format!(
+                "semaphore {} (holders {}, waiters {})",
+                l.key, l.holders, l.waiters
+            )
+        });
+    locks.chain(sems).collect()
 }
 
 // ---- deadline tests ------------------------------------------------------------
@@ -641,6 +589,7 @@ struct Verdict {
     overlaps: usize,
     late: usize,
     stranded: usize,
+    losses: usize,
     fence_regressions: usize,
     /// Microseconds; the largest lateness of a loss observed.
     max_lateness_us: Option<i128>,
@@ -691,8 +640,11 @@ fn judge(history: &History, fences: bool) -> Verdict {
                             )
                         })
                         .collect();
-                    v.details
-                        .push(format!("overlap on {key} at {at:?}: {}", who.join("; ")));
+                    v.details.push(format!(
+                        "overlap on {key} at {:?}: {}",
+                        at.duration_since(holds[0].asked),
+                        who.join("; ")
+                    ));
                 }
             } else {
                 open.retain(|&j| j != i);
@@ -714,6 +666,7 @@ fn judge(history: &History, fences: bool) -> Verdict {
     }
     for h in &history.holds {
         if let Some((_, late)) = h.lost {
+            v.losses += 1;
             v.max_lateness_us = Some(v.max_lateness_us.map_or(late, |m| m.max(late)));
             if late > 5_000 {
                 v.late += 1;
@@ -790,7 +743,7 @@ fn one_run(server: &Target, seed: u64, run: u64, secs: Duration) -> Verdict {
     // connections are gone (give it a few seconds to notice the closes).
     let deadline = Instant::now() + Duration::from_secs(5);
     let left = loop {
-        let left = stranded(server.addr, &run_state.prefix);
+        let left = stranded(&server.server, &run_state.prefix);
         if left.is_empty() || Instant::now() >= deadline {
             break left;
         }
@@ -823,7 +776,7 @@ fn randomized_faults_keep_leases_safe() {
         std::env::var("SAFETY_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(8),
+            .unwrap_or(4),
     );
     let server = target();
     println!(
@@ -832,8 +785,8 @@ fn randomized_faults_keep_leases_safe() {
         server.name
     );
     let start = Instant::now();
-    let (mut runs, mut overlaps, mut late, mut stranded_n, mut regress, mut holds) =
-        (0u64, 0, 0, 0, 0, 0);
+    let (mut runs, mut overlaps, mut late, mut stranded_n, mut regress, mut holds, mut losses) =
+        (0u64, 0, 0, 0, 0, 0, 0);
     let mut max_late: Option<i128> = None;
     let mut details = Vec::new();
     // A run is ~6 s of contention plus teardown; at least one run.
@@ -852,6 +805,7 @@ fn randomized_faults_keep_leases_safe() {
         stranded_n += v.stranded;
         regress += v.fence_regressions;
         holds += v.holds;
+        losses += v.losses;
         if let Some(m) = v.max_lateness_us {
             max_late = Some(max_late.map_or(m, |x| x.max(m)));
         }
@@ -861,7 +815,7 @@ fn randomized_faults_keep_leases_safe() {
         println!("  {d}");
     }
     println!(
-        "safety {} details: {holds} holds, {regress} fence regressions, seed {seed}",
+        "safety {} details: {holds} holds, {losses} losses, {regress} fence regressions, seed {seed}",
         server.name
     );
     println!(
