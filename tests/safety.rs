@@ -311,6 +311,8 @@ struct Client {
     /// injected while the client is not waiting for a grant, so no grant
     /// is delivered later than the grant slack (see RELIABILITY.md).
     acquiring: Mutex<()>,
+    /// Whether the client holds a guard now (faults prefer holders).
+    holding: AtomicBool,
 }
 
 struct Run {
@@ -372,7 +374,7 @@ impl Run {
             let (key, limit) = self.keys[rng.below(self.keys.len() as u64) as usize].clone();
             let lease = Duration::from_secs(1 + rng.below(3));
             let wait = Duration::from_millis(rng.below(2) * 1000);
-            let hold_for = rng.ms(100, 3000);
+            let hold_for = rng.ms(100, 4000);
             let Some(gate) = self.gate(c) else { return };
             let asked = Instant::now();
             let got = if limit == 1 {
@@ -412,6 +414,7 @@ impl Run {
                 lost: None,
             };
             let until = granted + hold_for;
+            c.holding.store(true, Ordering::SeqCst);
             while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
                 let t0 = Instant::now();
                 if guard.token().is_some() {
@@ -426,6 +429,7 @@ impl Run {
                     break;
                 }
             }
+            c.holding.store(false, Ordering::SeqCst);
             self.record(hold.clone());
             if hold.lost.is_none() {
                 let _ = guard.release();
@@ -438,7 +442,7 @@ impl Run {
             let (key, limit) = self.keys[rng.below(self.keys.len() as u64) as usize].clone();
             let lease = Duration::from_secs(1 + rng.below(3));
             let wait = Duration::from_millis(rng.below(2) * 1000);
-            let hold_for = rng.ms(100, 3000);
+            let hold_for = rng.ms(100, 4000);
             let Some(gate) = self.gate(c) else { return };
             let asked = Instant::now();
             let got = if limit == 1 {
@@ -476,6 +480,7 @@ impl Run {
                 lost: None,
             };
             let until = granted + hold_for;
+            c.holding.store(true, Ordering::SeqCst);
             while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
                 let t0 = Instant::now();
                 if guard.token().is_some() {
@@ -494,6 +499,7 @@ impl Run {
                     break;
                 }
             }
+            c.holding.store(false, Ordering::SeqCst);
             self.record(hold.clone());
             if hold.lost.is_none() {
                 let _ = guard.release().await;
@@ -501,12 +507,23 @@ impl Run {
         }
     }
 
-    /// Injects a random fault on a random client every 0.2–1.2 s.
-    fn faults(&self, mut rng: Rng, log: &mut Vec<String>) {
+    /// Injects random faults into one client's proxy, one after another
+    /// with 0.1–1 s between them; three times in four it first waits (up
+    /// to 2 s) for the client to hold a guard.
+    fn faults(&self, c: &Client, mut rng: Rng) -> Vec<String> {
+        let mut log = Vec::new();
         let t0 = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
-            sleep_unless(&self.stop, rng.ms(200, 1200));
-            let c = &self.clients[rng.below(self.clients.len() as u64) as usize];
+            sleep_unless(&self.stop, rng.ms(100, 1000));
+            if rng.below(4) != 0 {
+                let until = Instant::now() + Duration::from_secs(2);
+                while !c.holding.load(Ordering::SeqCst)
+                    && Instant::now() < until
+                    && !self.stop.load(Ordering::SeqCst)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             let p = &c.proxy;
             let kind = rng.below(6);
             let dur = match kind {
@@ -557,9 +574,8 @@ impl Run {
             sleep_unless(&self.stop, dur);
             p.pass();
         }
-        for c in &self.clients {
-            c.proxy.pass();
-        }
+        c.proxy.pass();
+        log
     }
 }
 
@@ -701,6 +717,7 @@ fn one_run(server: &Target, seed: u64, run: u64, secs: Duration) -> Verdict {
                 .start_blocking()
                 .expect("start a proxy"),
             acquiring: Mutex::new(()),
+            holding: AtomicBool::new(false),
         })
         .collect();
     let run_state = Run {
@@ -724,12 +741,21 @@ fn one_run(server: &Target, seed: u64, run: u64, secs: Duration) -> Verdict {
                     .block_on(r.tokio_client(c, crng)),
             });
         }
-        let frng = Rng(rng.next() | 1);
-        let log = &mut fault_log;
-        s.spawn(move || r.faults(frng, log));
+        let injectors: Vec<_> = r
+            .clients
+            .iter()
+            .map(|c| {
+                let frng = Rng(rng.next() | 1);
+                s.spawn(move || r.faults(c, frng))
+            })
+            .collect();
         std::thread::sleep(secs);
         r.stop.store(true, Ordering::SeqCst);
+        for i in injectors {
+            fault_log.extend(i.join().unwrap_or_default());
+        }
     });
+    fault_log.sort();
     // Every guard is released or dropped; close every proxied connection.
     for c in &run_state.clients {
         c.proxy.cut();
