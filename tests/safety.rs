@@ -437,6 +437,10 @@ impl Run {
         }
     }
 
+    // The gate is a std mutex on purpose: the fault injector (another
+    // thread) only ever `try_lock`s it, and this client runs alone on its
+    // own current-thread runtime.
+    #[allow(clippy::await_holding_lock)]
     async fn tokio_client(&self, c: &Client, mut rng: Rng) {
         while !self.stop.load(Ordering::SeqCst) {
             let (key, limit) = self.keys[rng.below(self.keys.len() as u64) as usize].clone();

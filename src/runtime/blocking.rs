@@ -13,7 +13,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -169,7 +169,7 @@ impl io::Read for Bounded<'_> {
             if !poll_until(self.0, POLLIN, self.1)? {
                 return Err(deadline_passed());
             }
-            match (&mut &*self.0).read(buf) {
+            match io::Read::read(&mut &*self.0, buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // A spurious wake-up (or a non-Unix read timeout).
                 Err(e) if is_timeout(&e) => {}
@@ -182,7 +182,7 @@ impl io::Read for Bounded<'_> {
 impl io::Write for Bounded<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         loop {
-            match (&mut &*self.0).write(buf) {
+            match io::Write::write(&mut &*self.0, buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !poll_until(self.0, POLLOUT, self.1)? {
@@ -487,15 +487,14 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
     }
     /// Waits up to `timeout` for the next signal; `Ok(None)` when none came.
     pub fn next_signal(&mut self, timeout: Duration) -> Result<Option<Signal<'_>>> {
-        if self.inner.queued_signals() == 0 {
-            if !self
+        if self.inner.queued_signals() == 0
+            && !self
                 .inner
                 .transport_mut()
                 .wait_readable(timeout)
                 .map_err(Error::Io)?
-            {
-                return Ok(None);
-            }
+        {
+            return Ok(None);
         }
         self.arm(self.io_timeout)?;
         block_on(self.inner.next_signal())
@@ -622,7 +621,7 @@ impl StdTlsStream {
 impl embedded_io_async::Read for StdTlsStream {
     async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match self.0.conn.reader().read(buf) {
+            match io::Read::read(&mut self.0.conn.reader(), buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 r => return r,
@@ -640,7 +639,7 @@ impl embedded_io_async::Read for StdTlsStream {
 #[cfg(feature = "rustls")]
 impl embedded_io_async::Write for StdTlsStream {
     async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.0.conn.writer().write(buf)?;
+        let n = io::Write::write(&mut self.0.conn.writer(), buf)?;
         self.push()?;
         Ok(n)
     }
