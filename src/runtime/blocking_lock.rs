@@ -31,7 +31,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::blocking::{
-    BlockingTransport, ConnectOptions, HostConnection, StdTimer, block_on, std_instant,
+    BlockingTransport, ConnectOptions, HangUp, HangUpCloser, HostConnection, StdTimer, block_on,
+    std_instant,
 };
 use super::lock_builder::{LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil};
 use crate::lock::Lease;
@@ -46,7 +47,7 @@ type Conn = HostConnection<LINE, 0>;
 /// While waiting for the next renew, the renewal thread checks this often
 /// whether the connection was closed, so a cut connection is reported long
 /// before the lease deadline.
-const CLOSED_POLL: Duration = Duration::from_millis(250);
+const CLOSED_POLL: Duration = Duration::from_millis(50);
 
 fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
     match e {
@@ -388,12 +389,14 @@ pub struct LeaseGuard {
     token: Token,
     ttl: Duration,
     shared: Arc<Shared>,
+    /// The connection's hang-up, seen at once by `is_lost`.
+    hangup: Arc<HangUp>,
     release: Option<mpsc::Sender<ReleaseReply>>,
 }
 
 impl LeaseGuard {
     fn spawn(
-        conn: Conn,
+        mut conn: Conn,
         settings: Arc<Settings>,
         grant: Grant,
         sent: Instant,
@@ -410,12 +413,23 @@ impl LeaseGuard {
             }),
             changed: Condvar::new(),
         });
+        #[cfg(unix)]
+        let hangup = {
+            use std::os::fd::AsFd;
+            HangUp::new(conn.get_mut().transport_mut().tcp().as_fd())
+        };
+        #[cfg(not(unix))]
+        let hangup = HangUp::none();
+        let closer = HangUpCloser(hangup.clone());
         let (release, rx) = mpsc::channel();
         let thread_shared = shared.clone();
         let thread_settings = settings.clone();
         std::thread::Builder::new()
             .name("dflockd-lease".into())
             .spawn(move || {
+                // Shuts the socket down when the thread ends, whatever the
+                // guard's duplicate descriptor does.
+                let _closer = closer;
                 renew_loop(
                     conn,
                     &thread_settings,
@@ -432,6 +446,7 @@ impl LeaseGuard {
             token: grant.token,
             ttl: Duration::from_secs(grant.lease),
             shared,
+            hangup,
             release: Some(release),
         })
     }
@@ -463,9 +478,13 @@ impl LeaseGuard {
     }
 
     /// Whether the lease is known to be lost: the renewal thread gave up,
-    /// or the clock passed the [`deadline`](Self::deadline). Never blocks.
+    /// the clock passed the [`deadline`](Self::deadline), or (Linux) the
+    /// connection is closed — with the server's auto-release on disconnect
+    /// the lease may be someone else's already. Never blocks.
     pub fn is_lost(&self) -> bool {
-        self.shared.get().is_lost(std::time::Instant::now())
+        let status = self.shared.get();
+        status.is_lost(std::time::Instant::now())
+            || (status.state == State::Held && self.hangup.seen())
     }
 
     /// The lease's conservative deadline: when the acquire or the last

@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+use super::blocking::{HangUp, HangUpCloser};
 use super::lock_builder::{LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil};
 use super::tokio::{ConnectOptions, HostConnection, TokioTimer, connect_host, tokio_instant};
 use crate::lock::Lease;
@@ -333,6 +334,8 @@ pub struct LeaseGuard {
     state: watch::Receiver<State>,
     /// The lease's conservative deadline, in [`TokioTimer`] milliseconds.
     deadline: Arc<AtomicU64>,
+    /// The connection's hang-up, seen at once by `is_lost`.
+    hangup: Arc<HangUp>,
     release: Option<oneshot::Sender<ReleaseReply>>,
 }
 
@@ -359,9 +362,24 @@ impl LeaseGuard {
             Lease::from_grant(&spec, grant, sent, received).deadline()
         };
         let deadline = Arc::new(AtomicU64::new(first.as_millis()));
+        #[cfg(unix)]
+        let hangup = {
+            use std::os::fd::AsFd;
+            match conn.transport_mut() {
+                super::tokio::HostStream::Plain(s) => HangUp::new(s.inner().as_fd()),
+                #[cfg(feature = "rustls")]
+                super::tokio::HostStream::Tls(s) => HangUp::new(s.inner().get_ref().0.as_fd()),
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = HangUp::none();
+        let closer = HangUpCloser(hangup.clone());
         let task_deadline = deadline.clone();
         let task_settings = settings.clone();
         tokio::spawn(async move {
+            // Shuts the socket down when the task ends or is dropped,
+            // whatever the guard's duplicate descriptor does.
+            let _closer = closer;
             let spec = task_settings.spec();
             let mut lease = Lease::from_grant(&spec, grant, sent, received);
             loop {
@@ -404,6 +422,7 @@ impl LeaseGuard {
             ttl: Duration::from_secs(grant.lease),
             state,
             deadline,
+            hangup,
             release: Some(release),
         }
     }
@@ -446,14 +465,17 @@ impl LeaseGuard {
         self.ttl
     }
 
-    /// Whether the lease is known to be lost: the renewal task gave up, or
-    /// the clock passed the [`deadline`](Self::deadline) (never blocks).
+    /// Whether the lease is known to be lost: the renewal task gave up,
+    /// the clock passed the [`deadline`](Self::deadline), or (Linux) the
+    /// connection is closed — with the server's auto-release on disconnect
+    /// the lease may be someone else's already (never blocks).
     pub fn is_lost(&self) -> bool {
         // A renewal task that is gone without releasing (runtime shut
         // down) counts as lost.
         *self.state.borrow() != State::Held
             || self.state.has_changed().is_err()
             || TokioTimer.now() >= self.deadline_at()
+            || self.hangup.seen()
     }
 
     /// Completes when the lease is lost: a renew failed, the connection
