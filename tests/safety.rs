@@ -411,16 +411,16 @@ fn matrix_cell(server: SocketAddr, key: &str, fault: Fault, adapter: Adapter) ->
             }
         }
     };
-    let contender = match (granted, lost) {
-        (Some(g), Some((at, _))) => format!(
-            "contender granted {:.1} ms after the guard reported the loss",
-            lateness(g, at) as f64 / 1000.0
+    let contender = match (granted, lost, last_claim) {
+        (Some(g), Some(_), Some(c)) => format!(
+            "contender granted {:.1} ms after the guard last said held",
+            lateness(g, c) as f64 / 1000.0
         ),
-        (Some(g), None) => format!(
+        (Some(g), _, _) => format!(
             "contender granted {} ms after the fault (guard released)",
             g.duration_since(fault_at).as_millis()
         ),
-        (None, _) => "contender not granted".to_owned(),
+        (None, _, _) => "contender not granted".to_owned(),
     };
     (format!("{outcome}; {contender}"), safe)
 }
