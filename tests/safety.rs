@@ -176,6 +176,22 @@ async fn tokio_requests_end_at_their_deadline_against_a_trickling_server() {
     let r = lock.try_acquire().await;
     assert!(r.is_err(), "{r:?}");
     report_overshoot("tokio DistributedLock::try_acquire", t.elapsed(), IO);
+
+    let sig: dflockd_client::runtime::signal::tokio::SignalConn =
+        dflockd_client::runtime::signal::tokio::SignalConn::connect(
+            &addr.to_string(),
+            &dflockd_client::runtime::tokio::ConnectOptions::default(),
+            dflockd_client::runtime::signal::SignalOptions {
+                request_timeout: IO,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let r = sig.listen("chan", None).await;
+    assert!(r.is_err(), "{r:?}");
+    report_overshoot("tokio SignalConn::listen", t.elapsed(), IO);
 }
 
 /// A guard behind a black-holed network reports the loss at its
