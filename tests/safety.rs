@@ -379,6 +379,7 @@ fn matrix_cell(server: SocketAddr, key: &str, fault: Fault, adapter: Adapter) ->
         );
     };
     std::thread::sleep(Duration::from_millis(200));
+    let mut last_claim = guard.held().then(Instant::now);
     fault.inject(&proxy);
     let fault_at = Instant::now();
     let contender_key = key.to_owned();
@@ -398,7 +399,6 @@ fn matrix_cell(server: SocketAddr, key: &str, fault: Fault, adapter: Adapter) ->
             _ => None,
         }
     });
-    let mut last_claim = None;
     let mut lost: Option<(Instant, Instant)> = None;
     while fault_at.elapsed() < Duration::from_millis(2500) {
         let t0 = Instant::now();
