@@ -279,8 +279,9 @@ impl BlockingTransport for StdStream {
 pub struct ConnectOptions {
     /// Gives up connecting to an address after this long. Default 10 s.
     pub connect_timeout: Duration,
-    /// Longest wait for a reply beyond the time the server may block on an
-    /// acquire or wait, and for any write. Default 10 s.
+    /// How long a whole request (its write and every read of its reply)
+    /// may take beyond the time the server may block on an acquire or wait.
+    /// Default 10 s.
     pub io_timeout: Duration,
     /// Sent with `auth` as the first request when set. Never logged.
     pub auth_token: Option<AuthToken>,
@@ -304,8 +305,10 @@ fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
 }
 
 /// A blocking connection: every method of [`Connection`], run to completion
-/// on the calling thread, with socket timeouts so that a dead or silent
-/// server gives [`Error::Timeout`] instead of a hang.
+/// on the calling thread, each request with one deadline (the reply
+/// timeout, plus the time the server may block on purpose) so that a dead,
+/// silent or trickling server gives [`Error::Timeout`] at that deadline
+/// instead of a hang. No socket option is changed per request.
 ///
 /// `T` is the transport: [`StdStream`] (plain TCP, the default) or, with
 /// the `rustls` feature, [`StdTlsStream`] (see
