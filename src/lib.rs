@@ -61,7 +61,7 @@ pub mod time;
 pub mod tls;
 
 pub use conn::{Connection, Enqueued, MIN_LINE_BUF, Result};
-pub use error::{Error, STATUS_TEXT_CAP, ServerError, StatusText};
+pub use error::{ConfigError, Error, STATUS_TEXT_CAP, ServerError, StatusText};
 pub use protocol::{Grant, InvalidArgument, Kind, Signal, Token};
 
 /// The README's examples, compiled as doctests.

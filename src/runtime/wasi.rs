@@ -36,7 +36,7 @@
 //!
 //! wstd connects to IPv4 addresses only, and WASI has no resolver that std
 //! uses: give `a.b.c.d:port` (or `localhost:port`, mapped to 127.0.0.1).
-//! Anything else is [`io::ErrorKind::InvalidInput`] (IPv6 is
+//! Anything else is [`Error::Config`] (IPv6 is an [`Error::Io`] with
 //! [`io::ErrorKind::Unsupported`]).
 
 use std::io;
@@ -50,7 +50,7 @@ use wstd::io::{AsyncRead, AsyncWrite};
 use wstd::net::TcpStream;
 
 use crate::time::{Instant, Timer, with_deadline};
-use crate::{Connection, Error};
+use crate::{ConfigError, Connection, Error};
 
 /// What to tell the operator when the host denied network access.
 pub const NETWORK_DENIED_HINT: &str = "the WASI host denied network access (PermissionDenied): \
@@ -136,20 +136,20 @@ pub type WasiConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: u
 /// How to connect (shared with the tokio adapter).
 pub use super::ConnectOptions;
 
-fn parse_addr(addr: &str) -> Result<SocketAddrV4, io::Error> {
+fn parse_addr(addr: &str) -> Result<SocketAddrV4, Error<io::Error>> {
     let invalid = || {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "expected an IPv4 address and port such as 127.0.0.1:6388 \
+        Error::Config(ConfigError::new(
+            "addr",
+            "must be an IPv4 address and port such as 127.0.0.1:6388 \
              (WASI has no name resolution here; `localhost` is accepted)",
-        )
+        ))
     };
     match addr.parse::<SocketAddr>() {
         Ok(SocketAddr::V4(a)) => Ok(a),
-        Ok(SocketAddr::V6(_)) => Err(io::Error::new(
+        Ok(SocketAddr::V6(_)) => Err(Error::Io(io::Error::new(
             io::ErrorKind::Unsupported,
             "IPv6 is not supported by wstd's TcpStream",
-        )),
+        ))),
         Err(_) => {
             let (host, port) = addr.rsplit_once(':').ok_or_else(invalid)?;
             let port: u16 = port.parse().map_err(|_| invalid())?;
@@ -167,8 +167,9 @@ fn parse_addr(addr: &str) -> Result<SocketAddrV4, io::Error> {
 /// [`connect`] and for TLS (hand the stream to
 /// `tls::handshake`, feature `tls`).
 ///
-/// Errors: [`Error::Timeout`] when the timeout passes; [`Error::Io`] when
-/// the address is not usable or connecting fails — with
+/// Errors: [`Error::Timeout`] when the timeout passes; [`Error::Config`]
+/// when the address is not of the form above; [`Error::Io`] when the
+/// address is IPv6 or connecting fails — with
 /// [`io::ErrorKind::PermissionDenied`] when the host grants no network (see
 /// [`is_network_denied`]).
 ///
@@ -177,7 +178,7 @@ fn parse_addr(addr: &str) -> Result<SocketAddrV4, io::Error> {
 /// Cancel-safe: dropping the future drops the half-open socket; nothing is
 /// left on the server.
 pub async fn connect_stream(addr: &str, timeout: Duration) -> Result<WasiStream, Error<io::Error>> {
-    let addr = parse_addr(addr).map_err(Error::Io)?;
+    let addr = parse_addr(addr)?;
     let timer = WasiTimer;
     let deadline = timer.now() + timeout;
     let stream = with_deadline(
