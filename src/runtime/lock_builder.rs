@@ -313,7 +313,22 @@ impl<L: sealed::FromSettings> LockBuilder<L> {
 
 #[cfg(test)]
 mod tests {
-    use super::host_of;
+    use super::{RouteError, host_of, route_error};
+    use crate::Error;
+
+    #[test]
+    fn routing_mistakes_name_the_option() {
+        let option = |e| match route_error(e) {
+            Error::Config(c) => c.option,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(option(RouteError::NoServers), "servers");
+        let out = RouteError::OutOfRange {
+            index: 2,
+            servers: 2,
+        };
+        assert_eq!(option(out), "strategy");
+    }
 
     #[test]
     fn host_part_of_addresses() {
