@@ -49,6 +49,15 @@
 //! [`TestServerBuilder::start_blocking`] the drop joins the server thread,
 //! which takes milliseconds, and is safe inside an async context too.
 //!
+//! # Fault injection
+//!
+//! [`FaultProxy`] sits between a client and any server (this one or a real
+//! dflockd) and injects latency, black holes, cuts, trickling, a paused
+//! server and connections dropped after K bytes, controlled from the test;
+//! see the [`proxy`] module. `dflockd-testkit proxy --upstream HOST:PORT`
+//! runs it standalone with a line-based control socket, for tests in other
+//! languages.
+//!
 //! # The binary
 //!
 //! `cargo run -p dflockd-testkit -- --port 6388` starts a standalone server,
@@ -124,6 +133,7 @@ mod conn;
 mod latch;
 mod locks;
 mod protocol;
+pub mod proxy;
 mod real;
 mod server;
 mod signals;
@@ -137,6 +147,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use config::Config;
+pub use proxy::{FaultProxy, FaultProxyBuilder};
 pub use real::{Generation, REAL_SERVER_ENV};
 pub use stats::{IdleInfo, LockInfo, SemaphoreInfo, SignalChannelInfo, Stats};
 
