@@ -268,7 +268,9 @@ fn parse_target(addr: &str) -> Result<Target<'_>, ConfigError> {
         }
         return Ok(Target::Addr(a));
     }
-    let (host, port) = addr.rsplit_once(':').ok_or_else(|| invalid("must be host:port"))?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("must be host:port"))?;
     let port: u16 = port
         .parse()
         .ok()
