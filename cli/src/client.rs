@@ -6,7 +6,6 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-pub use dflockd_client::Error;
 pub use dflockd_client::protocol::validate;
 pub use dflockd_client::routing::{Crc32Mod, route};
 pub use dflockd_client::runtime::blocking::{
@@ -20,6 +19,7 @@ pub use dflockd_client::runtime::signal::{MAX_SIGNAL_LINE, Reconnect, SignalEven
 pub use dflockd_client::runtime::tls_rustls::{RustlsConnector, rustls_error};
 pub use dflockd_client::runtime::{AuthToken, DEFAULT_SERVER, LockBuilder};
 pub use dflockd_client::stats::Stats;
+pub use dflockd_client::{ConfigError, Error};
 
 /// The error of the blocking host API.
 pub type ClientError = Error<io::Error>;
@@ -113,7 +113,7 @@ impl Target {
     }
 
     /// The TLS connector for `addr`, when TLS is on.
-    pub fn tls_for(&self, addr: &str) -> io::Result<Option<RustlsConnector>> {
+    pub fn tls_for(&self, addr: &str) -> Result<Option<RustlsConnector>, ConfigError> {
         match &self.tls {
             None => Ok(None),
             Some(t) if t.per_server => t.connector.with_server_name(host_of(addr)).map(Some),
@@ -133,7 +133,7 @@ impl Target {
 
     /// A request/reply connection to `addr` (plain or TLS, authenticated).
     pub fn open(&self, addr: &str) -> Result<Box<dyn Conn>, ClientError> {
-        match self.tls_for(addr).map_err(Error::Io)? {
+        match self.tls_for(addr).map_err(Error::Config)? {
             None => Ok(Box::new(BlockingConnection::<1024, 0>::connect(
                 addr,
                 &self.connect,
@@ -194,7 +194,7 @@ fn auth_token(g: &Global) -> Result<Option<AuthToken>, Failure> {
 /// The TLS connector for `name` from `--ca` / `--insecure-skip-verify`,
 /// else Mozilla's roots.
 fn tls_connector(g: &Global, name: &str) -> Result<RustlsConnector, Failure> {
-    let bad_name = |e: io::Error| Failure::usage(format!("--server-name `{name}`: {e}"));
+    let bad_name = |e: ConfigError| Failure::usage(format!("--server-name `{name}`: {e}"));
     if g.insecure_skip_verify {
         let config = insecure::config()
             .map_err(|e| Failure::new(crate::exit::FAILURE, format!("TLS setup: {e}")))?;

@@ -60,7 +60,7 @@ impl Failure {
             | ClientError::Timeout
             | ClientError::Disconnected
             | ClientError::Unusable => UNREACHABLE,
-            ClientError::InvalidArgument(_) => USAGE,
+            ClientError::InvalidArgument(_) | ClientError::Config(_) => USAGE,
             _ => FAILURE,
         };
         Self::new(code, format!("server {addr}: {}", describe(e)))

@@ -30,7 +30,7 @@ pub fn run_emit(target: &Target, a: &EmitArgs, out: &mut Out) -> Result<i32, Fai
     let sent = match target.tls_for(addr) {
         Ok(None) => emit(addr, &a.channel, &payload, &target.connect),
         Ok(Some(tls)) => emit_tls(addr, &a.channel, &payload, &target.connect, &tls),
-        Err(e) => Err(ClientError::Io(e)),
+        Err(e) => Err(ClientError::Config(e)),
     };
     let n = sent.map_err(|e| signal_failure(addr, &e))?;
     out.line(&n.to_string())?;
@@ -92,7 +92,7 @@ pub fn run_listen(target: &Target, a: &ListenArgs, out: &mut Out) -> Result<i32,
         let fail = |e: ClientError| Failure::client(addr, &e);
         let conn: Conn = match target
             .tls_for(addr)
-            .map_err(ClientError::Io)
+            .map_err(ClientError::Config)
             .map_err(fail)?
         {
             None => Conn::connect(addr.as_str(), &target.connect, opts.clone()),

@@ -66,7 +66,7 @@ use wstd::io::{AsyncInputStream, AsyncOutputStream, AsyncPollable, AsyncRead, As
 use wstd::net::TcpStream;
 
 use crate::time::{Instant, Timer, with_deadline};
-use crate::{Connection, Error};
+use crate::{ConfigError, Connection, Error};
 
 /// What to tell the operator when the host denied network access.
 pub const NETWORK_DENIED_HINT: &str = "the WASI host denied network access (PermissionDenied): \
@@ -258,30 +258,26 @@ enum Target<'a> {
     Name(&'a str, u16),
 }
 
-fn parse_target(addr: &str) -> Result<Target<'_>, io::Error> {
-    let invalid = |why: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "`{addr}`: {why} (expected host:port, such as 127.0.0.1:6388, \
-                 [::1]:6388 or dflockd.example:6388)"
-            ),
-        )
-    };
+/// `addr` is `host:port` such as 127.0.0.1:6388, [::1]:6388 or
+/// dflockd.example:6388; anything else is a [`ConfigError`] naming the rule.
+fn parse_target(addr: &str) -> Result<Target<'_>, ConfigError> {
+    let invalid = |rule: &'static str| ConfigError::new("addr", rule);
     if let Ok(a) = addr.parse::<SocketAddr>() {
         if a.port() == 0 {
-            return Err(invalid("port 0"));
+            return Err(invalid("the port must be 1 to 65535"));
         }
         return Ok(Target::Addr(a));
     }
-    let (host, port) = addr.rsplit_once(':').ok_or_else(|| invalid("no port"))?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("must be host:port"))?;
     let port: u16 = port
         .parse()
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| invalid("the port must be 1 to 65535"))?;
     if host.is_empty() {
-        return Err(invalid("no host"));
+        return Err(invalid("must name a host before the port"));
     }
     if host.contains(':') || host.starts_with('[') {
         return Err(invalid("an IPv6 address goes in brackets: [::1]:6388"));
@@ -432,9 +428,9 @@ async fn connect_addr(addr: SocketAddr) -> Result<WasiStream, io::Error> {
 /// `tls`). A name is resolved first, and its addresses are tried in turn,
 /// all within `timeout`.
 ///
-/// Errors: [`Error::Timeout`] when the timeout passes; [`Error::Io`] when
-/// the address is not usable ([`io::ErrorKind::InvalidInput`], naming the
-/// rule), the name does not resolve ([`io::ErrorKind::NotFound`]; see
+/// Errors: [`Error::Timeout`] when the timeout passes; [`Error::Config`]
+/// when the address is not usable (naming the rule); [`Error::Io`] when
+/// the name does not resolve ([`io::ErrorKind::NotFound`]; see
 /// [`is_name_lookup_denied`] for a host that does not allow lookups), or
 /// connecting fails (the last address's error) — with
 /// [`io::ErrorKind::PermissionDenied`] when the host grants no network (see
@@ -447,7 +443,7 @@ async fn connect_addr(addr: SocketAddr) -> Result<WasiStream, io::Error> {
 pub async fn connect_stream(addr: &str, timeout: Duration) -> Result<WasiStream, Error<io::Error>> {
     let timer = WasiTimer;
     let deadline = timer.now() + timeout;
-    let addrs = match parse_target(addr).map_err(Error::Io)? {
+    let addrs = match parse_target(addr)? {
         Target::Addr(a) => vec![a],
         Target::Name(name, port) => with_deadline(&timer, deadline, resolve(name, port))
             .await
