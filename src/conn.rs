@@ -222,6 +222,33 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         }
     }
 
+    /// Finishes skipping a push line longer than the buffer whose start was
+    /// read earlier (possibly by a cancelled
+    /// [`wait_signal`](Self::wait_signal)): consumes it up to its newline
+    /// and counts it dropped. Every read of a reply or push goes through
+    /// here first, so no reader ever takes the tail of such a line for a
+    /// line of its own.
+    ///
+    /// Cancel-safe if the transport's read is.
+    async fn finish_discard(&mut self) -> Result<(), T::Error> {
+        while self.discarding {
+            if let Some(pos) = find_newline(&self.buf[self.start..self.end]) {
+                self.start += pos + 1;
+                self.discarding = false;
+                self.pushes.dropped = self.pushes.dropped.saturating_add(1);
+                warn!(
+                    "signal dropped: push line longer than the {} byte buffer",
+                    N
+                );
+                return Ok(());
+            }
+            self.start = self.end;
+            self.compact();
+            self.fill().await?;
+        }
+        Ok(())
+    }
+
     /// Reads until a whole line is buffered and consumes it, returning its
     /// range (without `\n`). Push lines longer than the buffer are skipped
     /// and counted dropped; any other over-long line is `LineTooLong`.
@@ -229,38 +256,30 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// Cancel-safe if the transport's read is: state only changes after a
     /// read completed.
     async fn read_line(&mut self) -> Result<(usize, usize), T::Error> {
-        let mut scanned = self.start;
         loop {
-            if let Some(pos) = find_newline(&self.buf[scanned..self.end]) {
-                let nl = scanned + pos;
-                let line_start = self.start;
-                self.start = nl + 1;
-                if self.discarding {
-                    self.discarding = false;
-                    self.pushes.dropped = self.pushes.dropped.saturating_add(1);
-                    warn!(
-                        "signal dropped: push line longer than the {} byte buffer",
-                        N
-                    );
-                    scanned = self.start;
-                    continue;
+            self.finish_discard().await?;
+            let mut scanned = self.start;
+            loop {
+                if let Some(pos) = find_newline(&self.buf[scanned..self.end]) {
+                    let nl = scanned + pos;
+                    let line_start = self.start;
+                    self.start = nl + 1;
+                    return Ok((line_start, nl));
                 }
-                return Ok((line_start, nl));
-            }
-            if self.discarding {
-                self.start = self.end;
-            } else if self.end == N && self.start == 0 {
-                if !is_push(&self.buf) {
-                    self.poisoned = true;
-                    return Err(Error::LineTooLong);
+                if self.end == N && self.start == 0 {
+                    if !is_push(&self.buf) {
+                        self.poisoned = true;
+                        return Err(Error::LineTooLong);
+                    }
+                    self.discarding = true;
+                    self.start = self.end;
+                    break;
                 }
-                self.discarding = true;
-                self.start = self.end;
+                // Everything unread has been scanned: no newline in it.
+                self.compact();
+                scanned = self.end;
+                self.fill().await?;
             }
-            // Everything unread has been scanned: no newline in it.
-            self.compact();
-            scanned = self.end;
-            self.fill().await?;
         }
     }
 
@@ -334,8 +353,15 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         self.send(req).await?;
         let (s, e) = self.read_reply_line().await?;
         let reply = parse_reply(&self.buf[s..e], expect)?;
-        // Framing is intact; only a closing server ends the session.
-        self.poisoned = matches!(reply, Reply::Status(Status::Auth | Status::Draining));
+        // Framing is intact; only a closing server ends the session: after
+        // `error_auth`, `error_draining`, and `error` to a line over 256
+        // bytes from a server that caps every line there (v1.11 to v1.14;
+        // v2 for `signal`).
+        self.poisoned = match reply {
+            Reply::Status(Status::Auth | Status::Draining) => true,
+            Reply::Status(Status::Error) => req.has_long_line(),
+            _ => false,
+        };
         if let Reply::Status(status) = reply {
             debug!("{} {}: {}", req.command(), req.key(), status);
         }
@@ -379,7 +405,9 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// first request on a server started with `--auth-token`.
     ///
     /// A wrong token is [`Error::Auth`]; the server then closes the
-    /// connection. The token is never logged. Not cancel-safe.
+    /// connection. A token over 256 bytes needs a server with 64 KiB auth
+    /// lines (v1.15+, v2); older ones answer `error` and close, which leaves
+    /// this connection unusable. The token is never logged. Not cancel-safe.
     pub async fn auth(&mut self, token: &str) -> Result<(), T::Error> {
         self.call_ok(&Request::Auth {
             token: Secret(token),
@@ -484,7 +512,9 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
 
     /// `listen`: subscribes to `pattern` (`*` one token, `>` the rest),
     /// optionally in a queue group. Matching signals arrive as pushes; see
-    /// [`next_signal`](Self::next_signal). Not cancel-safe.
+    /// [`next_signal`](Self::next_signal). The group is sent trimmed of
+    /// surrounding whitespace, as the server trims it (`"g "` is `"g"`).
+    /// Not cancel-safe.
     pub async fn listen(&mut self, pattern: &str, group: Option<&str>) -> Result<(), T::Error> {
         self.call_ok(&Request::Listen { pattern, group }).await
     }
@@ -498,6 +528,12 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// `signal`: publishes `payload` on the literal `channel` and returns
     /// how many deliveries the server made (each queue group counts once).
     /// Not cancel-safe.
+    ///
+    /// Payloads over 256 bytes ([`MAX_LINE`](crate::protocol::validate::MAX_LINE))
+    /// need a server with 64 KiB payload lines (v1.15+); servers v1.11 to
+    /// v1.14 and v2 (which has no signals) answer `error` and close the
+    /// connection, which is then unusable ([`Error::Unusable`] for every
+    /// later call).
     pub async fn emit(&mut self, channel: &str, payload: &str) -> Result<u64, T::Error> {
         self.call_u64(&Request::Signal { channel, payload }, Expect::Count)
             .await
@@ -510,8 +546,10 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// (and the connection unusable). Not cancel-safe.
     pub async fn stats<'b>(&mut self, out: &'b mut [u8]) -> Result<&'b str, T::Error> {
         self.send(&Request::Stats).await?;
-        // Skip pushes until the reply line starts.
+        // Skip pushes (and the rest of an over-long one) until the reply
+        // line starts.
         loop {
+            self.finish_discard().await?;
             while self.end - self.start < 4
                 && find_newline(&self.buf[self.start..self.end]).is_none()
             {
@@ -521,8 +559,21 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
             if !is_push(&self.buf[self.start..self.end]) {
                 break;
             }
-            let (s, e) = self.read_line().await?;
-            self.accept_push(s, e);
+            match find_newline(&self.buf[self.start..self.end]) {
+                Some(pos) => {
+                    let (s, e) = (self.start, self.start + pos);
+                    self.start = e + 1;
+                    self.accept_push(s, e);
+                }
+                None if self.end == N && self.start == 0 => {
+                    self.discarding = true;
+                    self.start = self.end;
+                }
+                None => {
+                    self.compact();
+                    self.fill().await?;
+                }
+            }
         }
         // Stream the reply line into `out`.
         let mut len = 0;

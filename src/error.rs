@@ -182,6 +182,12 @@ impl<E> Error<E> {
     /// True when the request was rejected before sending, or the server
     /// answered with a status that leaves the connection open. False when
     /// the transport, framing or server session is gone: reconnect.
+    ///
+    /// One server answer depends on the request: `error` to a request with
+    /// a line over 256 bytes (a long signal payload or auth token) from a
+    /// server that caps lines there closes the connection; the connection
+    /// then says so ([`Connection::is_usable`](crate::Connection::is_usable)
+    /// is false).
     pub fn is_recoverable(&self) -> bool {
         match self {
             Error::InvalidArgument(_) | Error::Config(_) | Error::LeaseLost => true,

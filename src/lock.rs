@@ -63,7 +63,9 @@ pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest time a grant's reply is assumed to have been in flight: the
 /// lease of a grant that arrived after a long server-side wait is counted
-/// from `received - GRANT_SLACK` (or from the send time, if later).
+/// from `received - slack` (or from the send time, if later), where the
+/// slack is `GRANT_SLACK` but at most a quarter of the lease, so a short
+/// lease is never over on arrival.
 pub const GRANT_SLACK: Duration = Duration::from_secs(1);
 
 fn ms(d: Duration) -> u64 {
@@ -491,7 +493,7 @@ pub enum EnqueuedLease<'k> {
 /// All times are the injected [`Timer`]'s. The deadline is counted
 /// conservatively from when the last successful renew (or the acquire) was
 /// *sent*; for a grant that arrived after a long server-side wait, from
-/// [`GRANT_SLACK`] before it arrived.
+/// [`GRANT_SLACK`] (at most a quarter of the lease) before it arrived.
 ///
 /// About a hundred bytes; it borrows its key.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -541,7 +543,12 @@ impl<'k> Lease<'k> {
         sent_at: Instant,
         received_at: Instant,
     ) -> Self {
-        let slack = ms(GRANT_SLACK);
+        let ttl_ms = grant.lease.saturating_mul(1000);
+        // The server starts the lease when it writes the grant, at most one
+        // trip before it arrived. A slack bounded by the lease keeps the
+        // deadline after `received_at` (a 1 s lease granted after a 3 s wait
+        // is held and renewed at once, not lost on arrival).
+        let slack = ms(GRANT_SLACK).min(ttl_ms / 4);
         let elapsed = received_at.as_millis().saturating_sub(sent_at.as_millis());
         let start = Instant::from_millis(
             received_at
@@ -549,7 +556,6 @@ impl<'k> Lease<'k> {
                 .saturating_sub(slack)
                 .max(sent_at.as_millis()),
         );
-        let ttl_ms = grant.lease.saturating_mul(1000);
         let mut lease = Lease {
             key: spec.key,
             kind: spec.kind,
@@ -609,7 +615,7 @@ impl<'k> Lease<'k> {
     }
 
     /// The last measured renew round trip (before the first renew: the
-    /// acquire's, capped at [`GRANT_SLACK`]).
+    /// acquire's, capped at [`GRANT_SLACK`] and at a quarter of the lease).
     pub fn rtt(&self) -> Duration {
         Duration::from_millis(self.rtt_ms)
     }
@@ -670,8 +676,8 @@ impl<'k> Lease<'k> {
     /// measured and the next renew scheduled with jitter from `rng`.
     ///
     /// [`Error::LeaseLost`] when the deadline had passed, the server says
-    /// the lease is not held (`error`) or no reply came before the
-    /// deadline; [`Error::Timeout`] when no reply came within the reply
+    /// the lease is not held (`error`, or `error_lease_expired` from v2 in
+    /// cluster mode) or no reply came before the deadline; [`Error::Timeout`] when no reply came within the reply
     /// timeout; other errors as the connection reports them.
     ///
     /// Not cancel-safe: a dropped future leaves the connection unusable.
@@ -704,7 +710,10 @@ impl<'k> Lease<'k> {
                 trace!("renewed {}: {} s", self.key, remaining);
                 Ok(())
             }
-            Ok(Err(Error::Server(ServerError::Error))) => Err(Error::LeaseLost),
+            // `error_lease_expired`: v2 in cluster mode, before its sweep.
+            Ok(Err(Error::Server(ServerError::Error | ServerError::LeaseExpired))) => {
+                Err(Error::LeaseLost)
+            }
             Ok(Err(e)) if received >= self.deadline => {
                 drop(e);
                 Err(Error::LeaseLost)
@@ -737,7 +746,9 @@ impl<'k> Lease<'k> {
         let limit = add_ms(now, self.io_ms).min(self.deadline);
         match with_deadline(timer, limit, conn.release(self.kind, self.key, &self.token)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(Error::Server(ServerError::Error))) => Err(Error::LeaseLost),
+            Ok(Err(Error::Server(ServerError::Error | ServerError::LeaseExpired))) => {
+                Err(Error::LeaseLost)
+            }
             Ok(Err(e)) => Err(e),
             Err(_) if limit == self.deadline => Err(Error::LeaseLost),
             Err(_) => Err(Error::Timeout),

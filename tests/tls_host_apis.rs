@@ -95,7 +95,10 @@ async fn tokio_lock_over_tls_is_renewed_past_a_short_lease() {
     assert!(lock.try_acquire().await.unwrap().is_none(), "still held");
     guard.release().await.expect("still the holder");
     let again = lock.try_acquire().await.unwrap().expect("free again");
-    assert!(again.fence().unwrap() > first);
+    if server.generation().has_fences() {
+        // Fences grow per grant on the testkit and v2; v1.x tokens are random.
+        assert!(again.fence().unwrap() > first);
+    }
     again.release().await.unwrap();
 }
 

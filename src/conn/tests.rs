@@ -440,3 +440,99 @@ fn shift_to_front_matches_copy_within() {
         }
     }
 }
+
+/// A scripted transport whose read waits forever once the script is used
+/// up (until more is fed), like a socket with nothing to read.
+struct Stalling(Scripted);
+
+impl embedded_io_async::ErrorType for Stalling {
+    type Error = ScriptError;
+}
+
+impl embedded_io_async::Read for Stalling {
+    async fn read(&mut self, buf: &mut [u8]) -> core::result::Result<usize, ScriptError> {
+        if self.0.remaining() == 0 {
+            core::future::pending::<()>().await;
+        }
+        self.0.read(buf).await
+    }
+}
+
+impl embedded_io_async::Write for Stalling {
+    async fn write(&mut self, buf: &[u8]) -> core::result::Result<usize, ScriptError> {
+        self.0.write(buf).await
+    }
+    async fn flush(&mut self) -> core::result::Result<(), ScriptError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn reply_after_a_wait_cancelled_inside_an_over_long_push() {
+    use embassy_futures::select::{Either, select};
+    use embassy_futures::yield_now;
+    let head = std::format!("sig ch {}", "p".repeat(200));
+    for stats in [true, false] {
+        let mut c: Connection<Stalling, 64, 64> =
+            Connection::new(Stalling(Scripted::new(head.as_bytes())));
+        // The wait reads the start of the 200-byte push, then is dropped.
+        block_on(async {
+            match select(c.wait_signal(), yield_now()).await {
+                Either::First(r) => panic!("no signal fits 64 bytes: {r:?}"),
+                Either::Second(()) => {}
+            }
+        });
+        let reply = if stats {
+            "ok {\"connections\":1}"
+        } else {
+            "ok"
+        };
+        let rest = std::format!(
+            "ppp\n{reply}\nsig ch short\nsig ch {}\nok\n",
+            "q".repeat(100)
+        );
+        c.transport_mut().0.feed(rest.as_bytes());
+        if stats {
+            let mut out = [0u8; 256];
+            let json = block_on(c.stats(&mut out)).unwrap();
+            assert_eq!(json, "{\"connections\":1}");
+        } else {
+            block_on(c.ping()).unwrap();
+        }
+        assert_eq!(c.dropped_signals(), 1);
+        // The next reply skips a push and another over-long one.
+        block_on(c.ping()).unwrap();
+        assert_eq!(c.queued_signals(), 1);
+        assert_eq!(c.dropped_signals(), 2);
+        assert!(c.is_usable());
+    }
+}
+
+#[test]
+fn error_to_an_over_long_line_makes_the_connection_unusable() {
+    // Servers v1.11 to v1.14 cap every line at 256 bytes (v2 too, for
+    // `signal`): `error`, then they close.
+    let long = "p".repeat(257);
+    let mut c = conn("error\nerror\nok 0\nerror\n");
+    block_on(async {
+        let e = c.emit("ch", "short").await.unwrap_err();
+        assert!(matches!(e, Error::Server(ServerError::Error)));
+        assert!(c.is_usable(), "a short line: the server goes on");
+        let e = c.emit("ch", &long).await.unwrap_err();
+        assert!(matches!(e, Error::Server(ServerError::Error)));
+        assert!(!c.is_usable(), "a long line: the server closed");
+        assert!(matches!(c.ping().await, Err(Error::Unusable)));
+    });
+    // A server with 64 KiB lines takes it and goes on.
+    let mut c = conn("ok 0\nok\n");
+    block_on(async {
+        assert_eq!(c.emit("ch", &long).await.unwrap(), 0);
+        c.ping().await.unwrap();
+    });
+    // The same for a long auth token (v1.10 without --auth-token).
+    let mut c = conn("error\n");
+    block_on(async {
+        assert!(c.auth(&"t".repeat(300)).await.is_err());
+        assert!(!c.is_usable());
+    });
+}

@@ -61,8 +61,9 @@ struct Server {
     closed: bool,
     /// Stop answering (requests are read, replies never come).
     silent: bool,
-    /// Answer renews with `error`.
+    /// Answer renews with `renew_refusal`.
     refuse_renew: bool,
+    renew_refusal: &'static str,
     renews: Vec<u64>,
     longest_silence: u64,
 }
@@ -82,6 +83,7 @@ impl Server {
             closed: false,
             silent: false,
             refuse_renew: false,
+            renew_refusal: "error\n",
             renews: Vec::new(),
             longest_silence: 0,
         }))
@@ -105,7 +107,9 @@ impl Server {
             }
             "n" | "sn" => {
                 self.renews.push(now);
-                if self.refuse_renew || now >= self.lease_until || !arg.starts_with(TOKEN) {
+                if self.refuse_renew {
+                    self.renew_refusal.into()
+                } else if now >= self.lease_until || !arg.starts_with(TOKEN) {
                     "error\n".into()
                 } else {
                     self.lease_until = now + self.ttl_s * 1000;
@@ -342,6 +346,60 @@ fn refused_renew_loses_the_lease() {
     assert!(conn.is_usable());
 }
 
+/// Runs `fut` while the fake clock ticks (the fake replies need time).
+fn ticking<F: Future>(clock: &Clock, fut: F) -> F::Output {
+    let c = clock.clone();
+    block_on(async {
+        match select(fut, async {
+            loop {
+                c.advance(1);
+                yield_now().await;
+            }
+        })
+        .await
+        {
+            Either::First(out) => out,
+            Either::Second(()) => unreachable!(),
+        }
+    })
+}
+
+#[test]
+fn renew_answered_error_lease_expired_is_lease_lost() {
+    // v2 in cluster mode answers a renew of an expired, not yet swept,
+    // lease with `error_lease_expired`.
+    let (clock, server, mut conn) = setup(4);
+    let spec = LockSpec::lock("k");
+    let mut lease = acquire(&spec, &mut conn, &clock);
+    {
+        let mut s = server.borrow_mut();
+        s.refuse_renew = true;
+        s.renew_refusal = "error_lease_expired\n";
+    }
+    let r = ticking(&clock, lease.renew(&mut conn, &clock));
+    assert!(matches!(r, Err(Error::LeaseLost)), "{r:?}");
+    assert!(conn.is_usable());
+}
+
+#[test]
+fn one_second_lease_after_a_long_wait_renews() {
+    let (clock, server, mut conn) = setup(1);
+    let spec = LockSpec::lock("k").lease_ttl(Duration::from_secs(1));
+    // The grant arrives 3 s after the request was sent.
+    let sent = clock.now();
+    clock.advance(3_000);
+    let grant = Grant {
+        token: Token::parse(TOKEN.as_bytes()).unwrap(),
+        lease: 1,
+    };
+    server.borrow_mut().lease_until = clock.now_ms() + 1_000;
+    let mut lease = Lease::from_grant(&spec, grant, sent, clock.now());
+    assert!(lease.deadline() > clock.now());
+    assert!(lease.next_renew_at() <= clock.now(), "renewed at once");
+    ticking(&clock, lease.renew(&mut conn, &clock)).expect("renewed");
+    assert_eq!(server.borrow().renews.len(), 1);
+}
+
 #[test]
 fn future_finishing_first_returns_its_output() {
     let (clock, server, mut conn) = setup(30);
@@ -382,6 +440,18 @@ fn schedule_math() {
     );
     assert_eq!(l.deadline(), Instant::from_millis(18_000));
     assert_eq!(l.rtt(), GRANT_SLACK);
+    // A short lease after a long wait: the slack is a quarter of the lease,
+    // so the lease is not over on arrival (a 1 s lease after a 3 s wait).
+    let short = Grant { lease: 1, ..grant };
+    let l = Lease::from_grant(
+        &spec,
+        short,
+        Instant::from_millis(1_000),
+        Instant::from_millis(4_000),
+    );
+    assert_eq!(l.deadline(), Instant::from_millis(4_750));
+    assert_eq!(l.rtt(), Duration::from_millis(250));
+    assert!(!l.is_expired(Instant::from_millis(4_000)));
     // The idle timeout is the tighter bound.
     let spec = spec
         .idle_timeout(Duration::from_secs(4))

@@ -107,14 +107,15 @@ pub enum Request<'a> {
     Listen {
         /// The pattern (`*` and `>` wildcards allowed).
         pattern: &'a str,
-        /// The queue group, if any.
+        /// The queue group, if any; sent trimmed of surrounding whitespace
+        /// (see [`validate::trim_group`]).
         group: Option<&'a str>,
     },
     /// `unlisten`: drop a subscription made with the same pattern and group.
     Unlisten {
         /// The pattern.
         pattern: &'a str,
-        /// The queue group, if any.
+        /// The queue group, if any; sent trimmed like `listen`'s.
         group: Option<&'a str>,
     },
     /// `signal`: publish a payload on a literal channel.
@@ -251,6 +252,18 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// Whether a line of the request is longer than
+    /// [`MAX_LINE`](validate::MAX_LINE): an auth token or signal payload
+    /// that only servers with 64 KiB lines take; older ones answer `error`
+    /// and close the connection.
+    pub fn has_long_line(&self) -> bool {
+        match *self {
+            Request::Auth { token } => token.0.len() > validate::MAX_LINE,
+            Request::Signal { payload, .. } => payload.len() > validate::MAX_LINE,
+            _ => false,
+        }
+    }
+
     /// The command line (without its newline).
     pub fn command(&self) -> &'static str {
         match *self {
@@ -319,7 +332,7 @@ impl<'a> Request<'a> {
             Request::Stats => b"",
             Request::Ping => b"_",
             Request::Listen { group, .. } | Request::Unlisten { group, .. } => {
-                group.unwrap_or("").as_bytes()
+                group.map_or("", validate::trim_group).as_bytes()
             }
             Request::Signal { payload, .. } => payload.as_bytes(),
         }
@@ -551,6 +564,13 @@ mod tests {
                     group: Some("g"),
                 },
                 "unlisten\na\ng\n",
+            ),
+            (
+                Request::Listen {
+                    pattern: "a",
+                    group: Some(" two words\t"),
+                },
+                "listen\na\ntwo words\n",
             ),
             (
                 Request::Signal {

@@ -11,6 +11,10 @@ pub const MAX_KEY_LEN: usize = 256;
 pub const MAX_GROUP_LEN: usize = 256;
 /// Cap on the auth-token and signal-payload lines (v1.15+ servers), in bytes.
 pub const MAX_LONG_LINE: usize = 65536;
+/// Cap on every other request line, in bytes; servers v1.11 to v1.14
+/// cap every line here, v2 every line but the auth token. A longer line
+/// gets `error` and the server closes the connection.
+pub const MAX_LINE: usize = 256;
 /// Largest number of seconds newer servers accept (`i64::MAX` nanoseconds).
 pub const MAX_SECONDS: u64 = 9_223_372_036;
 
@@ -200,7 +204,10 @@ pub fn channel(channel: &str) -> Result {
     Ok(())
 }
 
-/// An authentication token: non-empty, no whitespace, within the 64 KiB line.
+/// An authentication token: not empty or blank, no CR or LF, within the
+/// 64 KiB line. Inner spaces are fine: the server compares the argument
+/// with surrounding whitespace trimmed, so `--auth-token "correct horse
+/// battery"` is a valid server setting. The token is sent as given.
 pub fn auth_token(token: &str) -> Result {
     if token.is_empty() {
         return Err(InvalidArgument::new(Arg::AuthToken, Rule::Empty));
@@ -211,28 +218,40 @@ pub fn auth_token(token: &str) -> Result {
             Rule::TooLong { max: MAX_LONG_LINE },
         ));
     }
-    if token.chars().any(is_space) {
-        return Err(InvalidArgument::new(Arg::AuthToken, Rule::Whitespace));
+    if token.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err(InvalidArgument::new(Arg::AuthToken, Rule::LineBreak));
+    }
+    if is_blank(token) {
+        return Err(InvalidArgument::new(Arg::AuthToken, Rule::Blank));
     }
     Ok(())
 }
 
-/// A queue group: non-blank, no CR or LF, at most 256 bytes.
+/// A queue group as the server sees it: without surrounding whitespace
+/// (Go's `strings.TrimSpace`). `"g "` and `"g"` name the same group; the
+/// client sends and remembers the trimmed form.
+pub fn trim_group(group: &str) -> &str {
+    group.trim_matches(is_space)
+}
+
+/// A queue group: non-blank, no CR or LF, at most 256 bytes once trimmed
+/// of surrounding whitespace (see [`trim_group`]).
 pub fn group(group: &str) -> Result {
     if group.is_empty() {
         return Err(InvalidArgument::new(Arg::Group, Rule::Empty));
     }
-    if group.len() > MAX_GROUP_LEN {
+    if group.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err(InvalidArgument::new(Arg::Group, Rule::LineBreak));
+    }
+    let trimmed = trim_group(group);
+    if trimmed.is_empty() {
+        return Err(InvalidArgument::new(Arg::Group, Rule::Blank));
+    }
+    if trimmed.len() > MAX_GROUP_LEN {
         return Err(InvalidArgument::new(
             Arg::Group,
             Rule::TooLong { max: MAX_GROUP_LEN },
         ));
-    }
-    if group.bytes().any(|b| b == b'\r' || b == b'\n') {
-        return Err(InvalidArgument::new(Arg::Group, Rule::LineBreak));
-    }
-    if is_blank(group) {
-        return Err(InvalidArgument::new(Arg::Group, Rule::Blank));
     }
     Ok(())
 }
@@ -343,8 +362,12 @@ mod tests {
     fn auth_tokens() {
         assert!(auth_token("s3cret").is_ok());
         assert_eq!(rule(auth_token("")), Rule::Empty);
-        assert_eq!(rule(auth_token("a b")), Rule::Whitespace);
-        assert_eq!(rule(auth_token("ab\n")), Rule::Whitespace);
+        // The server trims the argument and compares: inner spaces are fine.
+        assert!(auth_token("correct horse battery").is_ok());
+        assert!(auth_token(" padded\t").is_ok());
+        assert_eq!(rule(auth_token("ab\n")), Rule::LineBreak);
+        assert_eq!(rule(auth_token("a\rb")), Rule::LineBreak);
+        assert_eq!(rule(auth_token(" \t\u{3000}")), Rule::Blank);
         assert_eq!(
             rule(auth_token(&"x".repeat(MAX_LONG_LINE + 1))),
             Rule::TooLong { max: MAX_LONG_LINE }
@@ -359,6 +382,12 @@ mod tests {
         assert_eq!(rule(group("   ")), Rule::Blank);
         assert_eq!(rule(group("a\nb")), Rule::LineBreak);
         assert_eq!(rule(group(&"g".repeat(257))), Rule::TooLong { max: 256 });
+        // Trimmed as the server trims it.
+        assert_eq!(trim_group(" g\t\u{A0}"), "g");
+        assert_eq!(trim_group("two words "), "two words");
+        let padded = std::format!("  {}  ", "g".repeat(256));
+        assert!(group(&padded).is_ok());
+        assert_eq!(rule(group("\u{3000} ")), Rule::Blank);
     }
 
     #[test]
@@ -383,7 +412,7 @@ mod tests {
             assert_eq!(is_space(c), c.is_whitespace(), "{:?}", c);
         }
         assert_eq!(rule(payload("c", "\u{3000}\u{A0}")), Rule::Blank);
-        assert_eq!(rule(auth_token("a\u{2003}b")), Rule::Whitespace);
+        assert_eq!(rule(auth_token("\u{2003}\u{85}")), Rule::Blank);
     }
 
     #[test]

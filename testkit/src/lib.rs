@@ -102,10 +102,28 @@
 //! * `ping` → `ok`; `error_draining` during graceful shutdown (also to
 //!   blocked `l`/`w` requests, which are then closed), as v2 does: the
 //!   v1.10 and v1.14 servers have no `error_draining` (they stop accepting
-//!   and let open connections run until the drain limit); `error_lease_expired`
-//!   from `w` when the grant obtained through `e` expired before `w`
-//!   collected it. Lines may be 256 bytes, the `auth` token and `signal`
-//!   payload lines 64 KiB.
+//!   and let open connections run until the drain limit). Lines may be 256
+//!   bytes, the `auth` token and `signal` payload lines 64 KiB (v1.15+;
+//!   v1.11 to v1.14 cap every line at 256 bytes, v2 all but `auth`).
+//! * **A two-phase grant that expires before `w` collects it** is dropped
+//!   with its enqueue record when its lease ends, as the real servers'
+//!   lease sweep drops both: `w` then gets `error_not_enqueued`. The real
+//!   servers sweep every `--lease-sweep-interval` (1 s): a `w` that comes
+//!   after the expiry but before the sweep gets `error_lease_expired`
+//!   there (v1.14, v2), which the testkit never answers. v1.10 does the
+//!   same for a grant made at `e`, but for a grant made to a queued waiter
+//!   it answers `ok` with the stale token although the lock already belongs
+//!   to the next holder (a v1.10 server defect: a later renew or release
+//!   of that token fails); before its sweep it even revives such a lease.
+//! * **`--max-subscriptions`** is checked before the duplicate check, as
+//!   in the real server: at the limit even a repeated `listen` gets
+//!   `error`; below it a repeated `listen` is a no-op that does not count.
+//! * **Queue groups** are the `listen`/`unlisten` argument trimmed of
+//!   surrounding whitespace; inner whitespace is part of the name (`"two
+//!   words"` is one group), as in the real server.
+//! * **Renewing an expired lease** gets `error`, as v1.x and a single v2
+//!   node answer; v2 in cluster mode answers `error_lease_expired` before
+//!   its sweep removed the lease.
 //! * **Tokens** have the v2 fencing shape: 32 lowercase hex digits whose
 //!   first 16 are a big-endian counter that increases on every grant.
 //! * **Leases** expire at their exact deadline (no sweep interval), and an
@@ -117,8 +135,11 @@
 //!   A blocking `l`/`w` notices the peer closing while it waits.
 //! * **Idle timeout** counts received bytes only (pushes sent do not count)
 //!   and is suspended while a blocking request waits, as in the real server.
-//! * **Stats** lists keys sorted by key; a semaphore key is always reported
-//!   under `semaphores`, whatever its limit.
+//! * **Stats** lists keys sorted by key (the real server in map order). As
+//!   in the real server, a key is listed by its limit: limit 1 under
+//!   `locks`/`idle_locks`, so a semaphore of limit 1 shows there too (with
+//!   its holder's connection and lease), larger limits under
+//!   `semaphores`/`idle_semaphores`.
 //! * **TLS** (`--tls-cert`/`--tls-key`, [`TestServerBuilder::tls`]) uses
 //!   rustls with the `ring` provider: TLS 1.3 and 1.2, rustls' default
 //!   cipher suites and groups (X25519, secp256r1, secp384r1), no client

@@ -78,7 +78,6 @@ struct Resource {
 enum EnqState {
     Queued { waiter: u64 },
     Granted(String),
-    Expired,
 }
 
 struct Enq {
@@ -201,7 +200,10 @@ impl Book {
     }
 
     /// Removes a holder's bookkeeping (the caller removed it from the map).
-    fn forget_holder(&mut self, space: Space, key: &str, token: &str, conn: ConnId, expired: bool) {
+    /// A grant that `w` never collected goes with its enqueue record, as
+    /// the real server's lease sweep drops both: a later `w` gets
+    /// `error_not_enqueued`.
+    fn forget_holder(&mut self, space: Space, key: &str, token: &str, conn: ConnId) {
         self.holders = self.holders.saturating_sub(1);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.owned.remove(&(space, key.to_owned(), token.to_owned()));
@@ -210,17 +212,11 @@ impl Book {
                 .enq
                 .get(&ek)
                 .is_some_and(|e| matches!(&e.state, EnqState::Granted(t) if t == token));
-            if matches {
-                if expired {
-                    if let Some(e) = c.enq.get_mut(&ek) {
-                        e.state = EnqState::Expired;
-                        if let Some(w) = e.wake.take() {
-                            let _ = w.send(());
-                        }
-                    }
-                } else {
-                    c.enq.remove(&ek);
-                }
+            if matches
+                && let Some(e) = c.enq.remove(&ek)
+                && let Some(w) = e.wake
+            {
+                let _ = w.send(());
             }
         }
     }
@@ -339,8 +335,7 @@ impl Locks {
                 continue;
             }
             if let Some(h) = r.holders.remove(&e.token) {
-                self.book
-                    .forget_holder(e.space, &e.key, &e.token, h.conn, true);
+                self.book.forget_holder(e.space, &e.key, &e.token, h.conn);
                 r.last_activity = now;
                 self.book.grant(r, e.space, &e.key, now);
             }
@@ -445,7 +440,7 @@ impl Locks {
         let Some(h) = r.holders.remove(token) else {
             return false;
         };
-        book.forget_holder(space, key, token, h.conn, false);
+        book.forget_holder(space, key, token, h.conn);
         book.grant(r, space, key, now);
         book.compact_heap(res);
         true
@@ -574,10 +569,6 @@ impl Locks {
                     None => Wait::LeaseExpired,
                 }
             }
-            EnqState::Expired => {
-                c.enq.remove(&ek);
-                Wait::LeaseExpired
-            }
             EnqState::Queued { waiter } => {
                 if may_block {
                     let (tx, rx) = oneshot::channel();
@@ -621,7 +612,10 @@ impl Locks {
         }
     }
 
-    /// Stats snapshot (sorted by key).
+    /// Stats snapshot (sorted by key). As the real server, a key is
+    /// reported by its limit, not its command family: limit 1 under
+    /// `locks`/`idle_locks` (so a semaphore of limit 1 too), larger limits
+    /// under `semaphores`/`idle_semaphores`.
     pub(crate) fn stats(
         &self,
     ) -> (
@@ -633,35 +627,29 @@ impl Locks {
         let now = Instant::now();
         let mut locks = Vec::new();
         let mut idle_locks = Vec::new();
-        for (key, r) in &self.res[0] {
-            if let Some(h) = r.holders.values().next() {
-                locks.push(LockInfo {
-                    key: key.clone(),
-                    owner_conn_id: h.conn,
-                    lease_expires_in_s: h.expires.saturating_duration_since(now).as_secs_f64(),
-                    waiters: r.waiters.len(),
-                });
-            } else if !r.waiters.is_empty() {
-                locks.push(LockInfo {
-                    key: key.clone(),
-                    owner_conn_id: 0,
-                    lease_expires_in_s: 0.0,
-                    waiters: r.waiters.len(),
-                });
-            } else {
-                idle_locks.push(IdleInfo {
-                    key: key.clone(),
-                    idle_s: now.duration_since(r.last_activity).as_secs_f64(),
-                });
-            }
-        }
         let mut sems = Vec::new();
         let mut idle_sems = Vec::new();
-        for (key, r) in &self.res[1] {
-            if r.holders.is_empty() && r.waiters.is_empty() {
-                idle_sems.push(IdleInfo {
+        for (key, r) in self.res.iter().flatten() {
+            let idle = r.holders.is_empty() && r.waiters.is_empty();
+            if idle {
+                let info = IdleInfo {
                     key: key.clone(),
                     idle_s: now.duration_since(r.last_activity).as_secs_f64(),
+                };
+                if r.limit == 1 {
+                    idle_locks.push(info);
+                } else {
+                    idle_sems.push(info);
+                }
+            } else if r.limit == 1 {
+                let holder = r.holders.values().next();
+                locks.push(LockInfo {
+                    key: key.clone(),
+                    owner_conn_id: holder.map_or(0, |h| h.conn),
+                    lease_expires_in_s: holder.map_or(0.0, |h| {
+                        h.expires.saturating_duration_since(now).as_secs_f64()
+                    }),
+                    waiters: r.waiters.len(),
                 });
             } else {
                 sems.push(SemaphoreInfo {

@@ -192,12 +192,11 @@ pub(crate) fn valid_pattern(pattern: &str) -> bool {
     })
 }
 
-fn group_arg(arg: &str) -> Result<String, ()> {
-    let g = arg.trim();
-    if g.contains(char::is_whitespace) {
-        return Err(());
-    }
-    Ok(g.to_owned())
+/// The queue group of `listen`/`unlisten`: the argument trimmed of
+/// surrounding whitespace (Go's `strings.TrimSpace`); inner whitespace is
+/// part of the name, as in the real server.
+fn group_arg(arg: &str) -> String {
+    arg.trim().to_owned()
 }
 
 fn parse(cmd: &[u8], key: &[u8], arg: &[u8], default_lease: Duration) -> Result<Request, ()> {
@@ -211,7 +210,7 @@ fn parse(cmd: &[u8], key: &[u8], arg: &[u8], default_lease: Duration) -> Result<
             if !valid_pattern(&pattern) {
                 return Err(());
             }
-            let group = group_arg(text(arg)?)?;
+            let group = group_arg(text(arg)?);
             return Ok(if cmd == "listen" {
                 Request::Listen { pattern, group }
             } else {
@@ -410,6 +409,13 @@ mod tests {
         assert!(p("signal\na.*\nx\n").is_err());
         assert!(p("signal\na.b\n  \n").is_err());
         assert!(p("listen\na.>.b\n\n").is_err());
-        assert!(p("listen\na.>\ng1 g2\n").is_err());
+        // Groups are trimmed; inner whitespace is part of the name.
+        assert_eq!(
+            p("listen\na.>\n g1 g2\t\n"),
+            Ok(Request::Listen {
+                pattern: "a.>".to_owned(),
+                group: "g1 g2".to_owned(),
+            })
+        );
     }
 }

@@ -100,11 +100,13 @@ impl Signals {
         let Some(c) = self.conns.get_mut(&conn) else {
             return ListenResult::Ok;
         };
-        if c.subs.iter().any(|(p, g)| p == pattern && g == group) {
-            return ListenResult::Ok;
-        }
+        // The real server counts first: at the limit even a duplicate
+        // `listen` gets `error`; below it a duplicate is a no-op.
         if max > 0 && c.subs.len() >= max {
             return ListenResult::TooMany;
+        }
+        if c.subs.iter().any(|(p, g)| p == pattern && g == group) {
+            return ListenResult::Ok;
         }
         c.subs.push((pattern.to_owned(), group.to_owned()));
         match (group.is_empty(), is_wild(pattern)) {

@@ -32,6 +32,7 @@ use std::vec::Vec;
 
 use core::time::Duration;
 
+use crate::protocol::validate::trim_group;
 use crate::signal::{DEFAULT_HEARTBEAT, DEFAULT_SERVER_READ_TIMEOUT, Heartbeat};
 use crate::{ConfigError, Error};
 
@@ -183,18 +184,22 @@ impl SignalOptions {
     }
 }
 
-/// The subscriptions to make again after a reconnect, in order.
+/// The subscriptions to make again after a reconnect, in order. Groups are
+/// kept as the server keeps them, trimmed of surrounding whitespace, so
+/// `"g "` and `"g"` are one subscription.
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions(Vec<(String, Option<String>)>);
 
 impl Subscriptions {
     pub(crate) fn add(&mut self, pattern: &str, group: Option<&str>) {
+        let group = group.map(trim_group);
         if !self.contains(pattern, group) {
             self.0.push((pattern.into(), group.map(Into::into)));
         }
     }
 
     pub(crate) fn remove(&mut self, pattern: &str, group: Option<&str>) {
+        let group = group.map(trim_group);
         self.0
             .retain(|(p, g)| !(p == pattern && g.as_deref() == group));
     }
@@ -298,5 +303,12 @@ mod tests {
         assert_eq!(s.iter().count(), 2);
         s.remove("a.>", None);
         assert_eq!(s.iter().collect::<Vec<_>>(), [("a.>", Some("g"))]);
+        // Groups as the server trims them: one subscription.
+        s.add("a.>", Some(" g\t"));
+        assert_eq!(s.iter().count(), 1);
+        s.remove("a.>", Some("g "));
+        assert_eq!(s.iter().count(), 0);
+        s.add("b", Some("  h "));
+        assert_eq!(s.iter().collect::<Vec<_>>(), [("b", Some("h"))]);
     }
 }

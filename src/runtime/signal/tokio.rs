@@ -83,7 +83,10 @@ impl SignalHandle {
     /// Subscribes to `pattern` (`*` matches one dot-separated token, `>`
     /// one or more trailing tokens), optionally as a member of the queue
     /// `group` (each signal then goes to one member of the group, round
-    /// robin). Listening twice on the same pattern and group is a no-op.
+    /// robin). Listening twice on the same pattern and group is a no-op;
+    /// groups are trimmed of surrounding whitespace, as the server trims
+    /// them, so `"g "` and `"g"` are one group (also for `unlisten` and the
+    /// subscriptions made again after a reconnect).
     ///
     /// The pattern and group are checked before anything is sent
     /// ([`Error::InvalidArgument`]). While a reconnect is under way this is
