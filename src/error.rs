@@ -4,12 +4,29 @@ use core::fmt;
 
 use crate::protocol::{InvalidArgument, ProtocolError, Status};
 
-/// Longest status text kept by [`ServerError::Unknown`] and
-/// [`ServerError::NotLeader`]; longer text is cut at a character boundary.
+/// Longest status text kept by [`ServerError::Unknown`]; longer text is cut
+/// at a character boundary.
 pub const STATUS_TEXT_CAP: usize = 64;
 
 /// Owned copy of status text, cut to [`STATUS_TEXT_CAP`] bytes.
 pub type StatusText = heapless::String<STATUS_TEXT_CAP>;
+
+/// Longest leader address an `error_not_leader <host:port>` reply can
+/// carry: a 253-byte DNS name, `:` and a 5-digit port (259 bytes; 6 more
+/// than the name for the separator and the port, with room for IPv6
+/// brackets counted in the name). [`ServerError::NotLeader`] keeps all of it.
+pub const MAX_LEADER_ADDR: usize = 253 + 6;
+
+/// The leader address of an `error_not_leader` reply, kept whole.
+pub type LeaderAddr = heapless::String<MAX_LEADER_ADDR>;
+
+fn leader_addr(s: &str) -> LeaderAddr {
+    let mut end = s.len().min(MAX_LEADER_ADDR);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    LeaderAddr::try_from(&s[..end]).unwrap_or_default()
+}
 
 fn status_text(s: &str) -> StatusText {
     let mut end = s.len().min(STATUS_TEXT_CAP);
@@ -45,8 +62,9 @@ pub enum ServerError {
     LeaseExpired,
     /// `error_draining`: the server is shutting down.
     Draining,
-    /// `error_not_leader`: a cluster follower; the leader's address if given.
-    NotLeader(Option<StatusText>),
+    /// `error_not_leader`: a cluster follower; the leader's address if given
+    /// (a hint: it may be stale), kept whole up to [`MAX_LEADER_ADDR`] bytes.
+    NotLeader(Option<LeaderAddr>),
     /// A status this client does not know, kept verbatim (up to 64 bytes).
     Unknown(StatusText),
 }
@@ -64,7 +82,7 @@ impl ServerError {
             Status::AlreadyEnqueued => ServerError::AlreadyEnqueued,
             Status::LeaseExpired => ServerError::LeaseExpired,
             Status::Draining => ServerError::Draining,
-            Status::NotLeader(addr) => ServerError::NotLeader(addr.map(status_text)),
+            Status::NotLeader(addr) => ServerError::NotLeader(addr.map(leader_addr)),
             Status::Auth => ServerError::Unknown(status_text("error_auth")),
             Status::Unknown(s) => ServerError::Unknown(status_text(s)),
         }
@@ -131,6 +149,13 @@ pub enum Error<E> {
     Unusable,
     /// A held lease was lost: a renew failed or its deadline passed.
     LeaseLost,
+    /// A cluster client found no leader within its redirect budget: every
+    /// attempt was redirected (`error_not_leader`) or failed to connect.
+    /// `attempts` counts the requests and connects it made.
+    NoLeader {
+        /// Connection attempts and requests made before giving up.
+        attempts: u32,
+    },
 }
 
 impl<E> Error<E> {
@@ -149,7 +174,8 @@ impl<E> Error<E> {
             | Error::Protocol(_)
             | Error::Auth
             | Error::Timeout
-            | Error::Unusable => false,
+            | Error::Unusable
+            | Error::NoLeader { .. } => false,
         }
     }
 
@@ -169,6 +195,7 @@ impl<E> Error<E> {
             Error::Timeout => Error::Timeout,
             Error::Unusable => Error::Unusable,
             Error::LeaseLost => Error::LeaseLost,
+            Error::NoLeader { attempts } => Error::NoLeader { attempts },
         }
     }
 }
@@ -204,6 +231,9 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
             Error::Timeout => f.write_str("timed out waiting for the server"),
             Error::Unusable => f.write_str("connection is unusable after an earlier failure"),
             Error::LeaseLost => f.write_str("lease lost: renew failed or deadline passed"),
+            Error::NoLeader { attempts } => {
+                write!(f, "no cluster leader found after {attempts} attempts")
+            }
         }
     }
 }
@@ -224,6 +254,7 @@ impl<E: embedded_io_async::Error> defmt::Format for Error<E> {
             Error::Timeout => defmt::write!(f, "Timeout"),
             Error::Unusable => defmt::write!(f, "Unusable"),
             Error::LeaseLost => defmt::write!(f, "LeaseLost"),
+            Error::NoLeader { attempts } => defmt::write!(f, "NoLeader({=u32})", attempts),
         }
     }
 }
@@ -244,6 +275,22 @@ mod tests {
         assert!(long.starts_with(t.as_str()));
     }
 
+    /// Issue 12 defect 6: the leader address of `error_not_leader` was cut
+    /// to 64 bytes; a 253-byte host name and a port must survive whole.
+    #[test]
+    fn not_leader_keeps_the_whole_address() {
+        let host = std::format!("{}.example.com", "a".repeat(241));
+        assert_eq!(host.len(), 253);
+        let addr = std::format!("{host}:65535");
+        assert_eq!(addr.len(), MAX_LEADER_ADDR);
+        let ServerError::NotLeader(Some(kept)) =
+            ServerError::from_status(Status::NotLeader(Some(&addr)))
+        else {
+            panic!()
+        };
+        assert_eq!(kept.as_str(), addr);
+    }
+
     #[test]
     fn recoverability() {
         type E = Error<()>;
@@ -257,7 +304,7 @@ mod tests {
 
     #[test]
     fn display() {
-        let e: Error<()> = Error::Server(ServerError::NotLeader(Some(status_text("h:1"))));
+        let e: Error<()> = Error::Server(ServerError::NotLeader(Some(leader_addr("h:1"))));
         assert_eq!(
             e.to_string(),
             "server is not the cluster leader; leader is h:1"

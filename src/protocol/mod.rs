@@ -4,6 +4,7 @@
 //! Pure functions over byte slices: no IO, no allocation, no panics on any
 //! input. The [`Connection`](crate::Connection) drives them over a transport.
 
+mod fence;
 mod reply;
 mod request;
 mod token;
@@ -15,5 +16,6 @@ pub use reply::{
 };
 pub(crate) use request::ARG_SCRATCH;
 pub use request::{BufferTooSmall, EncodeError, Kind, Request, Secret};
+pub use fence::Fence;
 pub use token::{BadToken, TOKEN_LEN, Token};
 pub use validate::{Arg, InvalidArgument, Rule};
