@@ -665,14 +665,8 @@ where
     }
 
     /// Runs `op` on the routed connection until it answers, following
-    /// redirects and failing over per the policy. `max_wait` is the
-    /// longest the reply may take (for blocking transports).
-    async fn run<R>(
-        &mut self,
-        write: bool,
-        mut max_wait: impl FnMut(&T) -> Duration,
-        mut op: impl AsyncFnMut(&mut Connection<C::Io, N>, &T, bool) -> Res<R, C>,
-    ) -> Res<R, C> {
+    /// redirects and failing over per the policy.
+    async fn run<'k>(&mut self, write: bool, op: &mut Op<'_, 'k>) -> Res<Out<'k>, C> {
         let mut route = self.router.start();
         if !write {
             route.member = self.router.read_member();
@@ -686,12 +680,12 @@ where
             let outcome = match self.ensure(route.member).await {
                 Err(e) => classify(e, &self.members),
                 Ok(()) => {
-                    let wait = max_wait(&self.timer);
+                    let wait = op.max_wait(&self.timer, self.io_timeout);
                     let Some((_, conn)) = self.conn.as_mut() else {
                         continue;
                     };
                     self.connector.prepare(conn.transport_mut(), wait);
-                    match op(conn, &self.timer, retried).await {
+                    match op.attempt(conn, &self.timer, self.io_timeout, retried).await {
                         Ok(r) => {
                             self.router.answered(route.member, write);
                             return Ok(r);
@@ -729,147 +723,100 @@ where
     /// `timeout`: `Ok(None)` when it passed without a grant. If the leader
     /// fails meanwhile, the acquire is re-sent to the new leader with what
     /// is left of `timeout` (the stable ref lets the server re-attach the
-    /// queue place).
+    /// queue place, or hand over the grant it made meanwhile).
+    ///
+    /// Not cancel-safe: a dropped future leaves the lane's connection
+    /// unusable (the next call reconnects); with `--orphan-ttl` the server
+    /// keeps the queue place or grant for this stable ref meanwhile.
     pub async fn acquire<'k>(
         &mut self,
         spec: &LockSpec<'k>,
         timeout: Duration,
     ) -> Res<Option<Lease<'k>>, C> {
         let deadline = add(self.timer.now(), timeout);
-        let io = spec.options().io_timeout;
-        self.run(
-            true,
-            |t: &T| deadline.saturating_duration_since(t.now()) + io + Duration::from_secs(1),
-            async |conn, timer, _| {
-                let left = deadline.saturating_duration_since(timer.now());
-                spec.acquire_within(conn, timer, left).await
-            },
-        )
-        .await
+        match self.run(true, &mut Op::Acquire(spec, deadline)).await? {
+            Out::Lease(l) => Ok(l),
+            _ => Err(unexpected()),
+        }
     }
 
     /// Two-phase, first half, on the leader. The lease at once, or
     /// [`EnqueuedLease::Queued`]: then [`wait`](Self::wait) on this lane.
+    /// Not cancel-safe (see [`acquire`](Self::acquire)).
     pub async fn enqueue<'k>(&mut self, spec: &LockSpec<'k>) -> Res<EnqueuedLease<'k>, C> {
-        let io = spec.options().io_timeout;
-        self.run(
-            true,
-            |_: &T| io,
-            async |conn, timer, _| spec.enqueue(conn, timer).await,
-        )
-        .await
+        match self.run(true, &mut Op::Enqueue(spec)).await? {
+            Out::Enqueued(e) => Ok(e),
+            _ => Err(unexpected()),
+        }
     }
 
     /// Two-phase, second half: waits up to `timeout` for the grant of an
     /// earlier [`enqueue`](Self::enqueue). After a failover the wait goes
     /// to the new leader, which finds the queue place by the stable ref.
+    /// Not cancel-safe (see [`acquire`](Self::acquire)).
     pub async fn wait<'k>(
         &mut self,
         spec: &LockSpec<'k>,
         timeout: Duration,
     ) -> Res<Option<Lease<'k>>, C> {
         let deadline = add(self.timer.now(), timeout);
-        let io = spec.options().io_timeout;
-        self.run(
-            true,
-            |t: &T| deadline.saturating_duration_since(t.now()) + io + Duration::from_secs(1),
-            async |conn, timer, _| {
-                let left = deadline.saturating_duration_since(timer.now());
-                spec.wait_within(conn, timer, left).await
-            },
-        )
-        .await
+        match self.run(true, &mut Op::Wait(spec, deadline)).await? {
+            Out::Lease(l) => Ok(l),
+            _ => Err(unexpected()),
+        }
     }
 
     /// Renews `lease` on the leader with the same token, following a
     /// failover. [`Error::LeaseLost`] when the server no longer holds it
     /// (`error`, `error_lease_expired`) or its deadline passed first:
-    /// never re-acquired.
+    /// never re-acquired. Not cancel-safe (the next call reconnects).
     pub async fn renew(&mut self, lease: &mut Lease<'_>) -> Res<(), C> {
-        let io = lease_io(lease);
-        let out = self
-            .run(true, |_: &T| io, async |conn, timer, _| {
-                match lease.renew(conn, timer).await {
-                    Err(Error::Server(ServerError::LeaseExpired)) => Err(Error::LeaseLost),
-                    other => other,
-                }
-            })
-            .await;
+        let out = self.run(true, &mut Op::Renew(lease)).await;
         match out {
+            Ok(_) => Ok(()),
             Err(Error::NoLeader { .. }) if lease.is_expired(self.timer.now()) => {
                 Err(Error::LeaseLost)
             }
-            other => other,
+            Err(e) => Err(e),
         }
     }
 
     /// Releases `lease` on the leader. [`Error::LeaseLost`] when the server
     /// says it was not held (it had expired); after a failover, a release
-    /// the first attempt may already have made counts as done.
+    /// the first attempt may already have made counts as done. Not
+    /// cancel-safe (the next call reconnects).
     pub async fn release(&mut self, lease: Lease<'_>) -> Res<(), C> {
-        let io = lease_io(&lease);
-        self.run(true, |_: &T| io, async |conn, timer, retried| {
-            match lease.release(conn, timer).await {
-                Err(Error::LeaseLost) if retried => Ok(()),
-                other => other,
-            }
-        })
-        .await
+        self.run(true, &mut Op::Release(lease)).await.map(drop)
     }
 
     /// `barrier` on the leader: returns once every write committed before
     /// it has been applied, so a `stats` read after it (on the leader)
-    /// reflects them: a linearizable read.
+    /// reflects them: a linearizable read. Not cancel-safe (the next call
+    /// reconnects).
     pub async fn barrier(&mut self) -> Res<(), C> {
-        let io = self.io_timeout;
-        self.run(true, |_: &T| io, async |conn, timer, _| {
-            let limit = add(timer.now(), io);
-            let req = with_deadline(timer, limit, async {
-                match conn.request(&Request::Barrier, Expect::Ok).await? {
-                    Reply::Ok => Ok(()),
-                    Reply::Status(Status::Auth) => Err(Error::Auth),
-                    Reply::Status(s) => Err(Error::Server(ServerError::from_status(s))),
-                    _ => Err(Error::Protocol(crate::protocol::ProtocolError::Unexpected)),
-                }
-            });
-            req.await.unwrap_or(Err(Error::Timeout))
-        })
-        .await
+        self.run(true, &mut Op::Barrier).await.map(drop)
     }
 
-    /// `ping` on any member (the leader if known).
+    /// `ping` on any member (the leader if known). Not cancel-safe (the
+    /// next call reconnects).
     pub async fn ping(&mut self) -> Res<(), C> {
-        let io = self.io_timeout;
-        self.run(false, |_: &T| io, async |conn, timer, _| {
-            let limit = add(timer.now(), io);
-            with_deadline(timer, limit, conn.ping())
-                .await
-                .unwrap_or(Err(Error::Timeout))
-        })
-        .await
+        self.run(false, &mut Op::Ping).await.map(drop)
     }
 
     /// `stats` on any member (the leader if known), read into `out`; the
     /// JSON has a `cluster` object (role, term, leader, commit index, …).
     /// For a linearizable view of the lock state, call
     /// [`barrier`](Self::barrier) first: then this lane is connected to
-    /// the leader and the stats come from it.
+    /// the leader and the stats come from it. Not cancel-safe (the next
+    /// call reconnects).
     pub async fn stats<'b>(&mut self, out: &'b mut [u8]) -> Res<&'b str, C> {
-        let io = self.io_timeout;
-        let (start, len) = self
-            .run(false, |_: &T| io, async |conn, timer, _| {
-                let limit = add(timer.now(), io);
-                let base = out.as_ptr() as usize;
-                match with_deadline(timer, limit, conn.stats(&mut *out)).await {
-                    Ok(Ok(s)) => Ok((s.as_ptr() as usize - base, s.len())),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(Error::Timeout),
-                }
-            })
-            .await?;
-        // The JSON is the tail of the line `ok <json>` written into `out`.
-        core::str::from_utf8(&out[start..start + len])
-            .map_err(|_| Error::Protocol(crate::protocol::ProtocolError::NotUtf8))
+        let (start, len) = match self.run(false, &mut Op::Stats(&mut *out)).await? {
+            Out::Stats(start, len) => (start, len),
+            _ => return Err(unexpected()),
+        };
+        out.get(start..start + len)
+            .and_then(|b| core::str::from_utf8(b).ok())
+            .ok_or(Error::Protocol(crate::protocol::ProtocolError::NotUtf8))
     }
 
     /// The address of the member the lane is connected to.
@@ -878,9 +825,108 @@ where
     }
 }
 
-fn lease_io(lease: &Lease<'_>) -> Duration {
-    // The renew's reply may take at most the time left on the lease.
-    lease.ttl().max(Duration::from_secs(1))
+fn unexpected<E>() -> Error<E> {
+    Error::Protocol(crate::protocol::ProtocolError::Unexpected)
+}
+
+/// One operation of a lane, re-run on each attempt.
+enum Op<'a, 'k> {
+    Acquire(&'a LockSpec<'k>, Instant),
+    Enqueue(&'a LockSpec<'k>),
+    Wait(&'a LockSpec<'k>, Instant),
+    Renew(&'a mut Lease<'k>),
+    Release(Lease<'k>),
+    Barrier,
+    Ping,
+    Stats(&'a mut [u8]),
+}
+
+/// What an operation returned.
+enum Out<'k> {
+    Lease(Option<Lease<'k>>),
+    Enqueued(EnqueuedLease<'k>),
+    Done,
+    /// Start and length of the JSON in the stats buffer.
+    Stats(usize, usize),
+}
+
+impl<'k> Op<'_, 'k> {
+    /// The longest a reply may take.
+    fn max_wait<T: Timer>(&self, timer: &T, io: Duration) -> Duration {
+        match self {
+            Op::Acquire(spec, deadline) | Op::Wait(spec, deadline) => {
+                deadline.saturating_duration_since(timer.now())
+                    + spec.options().io_timeout
+                    + Duration::from_secs(1)
+            }
+            Op::Enqueue(spec) => spec.options().io_timeout,
+            Op::Renew(lease) => lease.ttl().max(Duration::from_secs(1)),
+            Op::Release(lease) => lease.ttl().max(io),
+            Op::Barrier | Op::Ping | Op::Stats(_) => io,
+        }
+    }
+
+    /// One attempt on `conn`.
+    async fn attempt<Io: Read + Write, T: Timer, const N: usize>(
+        &mut self,
+        conn: &mut Connection<Io, N>,
+        timer: &T,
+        io: Duration,
+        retried: bool,
+    ) -> Result<Out<'k>, Error<Io::Error>> {
+        match self {
+            Op::Acquire(spec, deadline) => {
+                let left = deadline.saturating_duration_since(timer.now());
+                spec.acquire_within(conn, timer, left).await.map(Out::Lease)
+            }
+            Op::Enqueue(spec) => spec.enqueue(conn, timer).await.map(Out::Enqueued),
+            Op::Wait(spec, deadline) => {
+                let left = deadline.saturating_duration_since(timer.now());
+                spec.wait_within(conn, timer, left).await.map(Out::Lease)
+            }
+            Op::Renew(lease) => match lease.renew(conn, timer).await {
+                Ok(()) => Ok(Out::Done),
+                Err(Error::Server(ServerError::LeaseExpired)) => Err(Error::LeaseLost),
+                Err(e) => Err(e),
+            },
+            Op::Release(lease) => match lease.release(conn, timer).await {
+                Ok(()) => Ok(Out::Done),
+                // The first attempt may have released before the failover.
+                Err(Error::LeaseLost) if retried => Ok(Out::Done),
+                Err(e) => Err(e),
+            },
+            Op::Barrier => {
+                let limit = add(timer.now(), io);
+                let req = async {
+                    match conn.request(&Request::Barrier, Expect::Ok).await? {
+                        Reply::Ok => Ok(Out::Done),
+                        Reply::Status(Status::Auth) => Err(Error::Auth),
+                        Reply::Status(s) => Err(Error::Server(ServerError::from_status(s))),
+                        _ => Err(unexpected()),
+                    }
+                };
+                with_deadline(timer, limit, req)
+                    .await
+                    .unwrap_or(Err(Error::Timeout))
+            }
+            Op::Ping => {
+                let limit = add(timer.now(), io);
+                match with_deadline(timer, limit, conn.ping()).await {
+                    Ok(r) => r.map(|()| Out::Done),
+                    Err(_) => Err(Error::Timeout),
+                }
+            }
+            Op::Stats(out) => {
+                let limit = add(timer.now(), io);
+                let base = out.as_ptr() as usize;
+                match with_deadline(timer, limit, conn.stats(out)).await {
+                    Ok(Ok(s)) => Ok(Out::Stats(s.as_ptr() as usize - base, s.len())),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(Error::Timeout),
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
