@@ -565,7 +565,12 @@ where
         policy: RedirectPolicy,
         io_timeout: Duration,
     ) -> Result<Self, InvalidArgument> {
-        const { assert!(N >= CLUSTER_MIN_LINE_BUF, "cluster line buffer must be >= 278 bytes") };
+        const {
+            assert!(
+                N >= CLUSTER_MIN_LINE_BUF,
+                "cluster line buffer must be >= 278 bytes"
+            )
+        };
         validate_members(&members)?;
         let router = Router::new(members.count(), policy)?;
         Ok(Self {
@@ -685,7 +690,10 @@ where
                         continue;
                     };
                     self.connector.prepare(conn.transport_mut(), wait);
-                    match op.attempt(conn, &self.timer, self.io_timeout, retried).await {
+                    match op
+                        .attempt(conn, &self.timer, self.io_timeout, retried)
+                        .await
+                    {
                         Ok(r) => {
                             self.router.answered(route.member, write);
                             return Ok(r);

@@ -16,7 +16,10 @@ use dflockd_client::runtime::cluster_tokio::ClusterClient;
 
 fn binary() -> Option<PathBuf> {
     let path = std::env::var_os("DFLOCKD_V2_CLUSTER").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dflockd-servers/dflockd-v2-cluster"),
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/dflockd-servers/dflockd-v2-cluster")
+        },
         PathBuf::from,
     );
     path.is_file().then_some(path)
@@ -62,7 +65,11 @@ impl RealCluster {
             free_port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("secret"), "0123456789abcdef0123456789abcdef-test-secret\n").unwrap();
+        std::fs::write(
+            dir.join("secret"),
+            "0123456789abcdef0123456789abcdef-test-secret\n",
+        )
+        .unwrap();
         let mut c = RealCluster {
             bin,
             dir,
@@ -168,7 +175,8 @@ impl RealCluster {
         let Some(line) = self.raw(leader, "stats\n_\n\n") else {
             return 0;
         };
-        let json: serde_json::Value = serde_json::from_str(line.trim_start_matches("ok ")).unwrap_or_default();
+        let json: serde_json::Value =
+            serde_json::from_str(line.trim_start_matches("ok ")).unwrap_or_default();
         json["locks"]
             .as_array()
             .into_iter()
@@ -219,7 +227,12 @@ async fn writes_to_a_follower_are_redirected_to_the_leader() {
     let mut members = cluster.members();
     members.rotate_left(follower);
     let c = client(members);
-    let guard = c.lock("redirect").acquire().await.unwrap().expect("free lock");
+    let guard = c
+        .lock("redirect")
+        .acquire()
+        .await
+        .unwrap()
+        .expect("free lock");
     assert_eq!(guard.granted_by(), cluster.addr(leader));
     assert_eq!(c.leader(), Some(cluster.addr(leader).as_str()));
     assert_eq!(c.dials(), 2, "one dial to the follower, one to the leader");
@@ -373,7 +386,12 @@ async fn orphan_ttl_gives_the_lock_back_to_the_same_stable_ref() {
     std::mem::forget(guard); // no release: the process "crashed"
     let stranger = build("someone-else");
     assert!(
-        stranger.lock("orphaned").try_acquire().await.unwrap().is_none(),
+        stranger
+            .lock("orphaned")
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none(),
         "the orphaned lock must not be free"
     );
     // A new connection presenting the same ref takes it back: same token.
@@ -387,7 +405,14 @@ async fn orphan_ttl_gives_the_lock_back_to_the_same_stable_ref() {
         .expect("re-attached");
     assert_eq!(back.token(), Some(token));
     back.release().await.unwrap();
-    assert!(stranger.lock("orphaned").try_acquire().await.unwrap().is_some());
+    assert!(
+        stranger
+            .lock("orphaned")
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

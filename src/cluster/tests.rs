@@ -154,7 +154,13 @@ fn router_backs_off_on_bare_or_stale_hints_and_gives_up_at_the_budget() {
 fn router_backs_off_once_every_member_failed() {
     let mut r = Router::new(2, RedirectPolicy::DEFAULT).unwrap();
     r.start();
-    assert_eq!(r.failed(0).clone(), Next::Retry(Route { member: 1, delay: Duration::ZERO }));
+    assert_eq!(
+        r.failed(0).clone(),
+        Next::Retry(Route {
+            member: 1,
+            delay: Duration::ZERO
+        })
+    );
     assert_eq!(
         r.failed(1),
         Next::Retry(Route {
@@ -162,11 +168,24 @@ fn router_backs_off_once_every_member_failed() {
             delay: Duration::from_millis(50)
         })
     );
-    let policy = RedirectPolicy::DEFAULT.with_backoff(Duration::from_millis(400), Duration::from_millis(500));
+    let policy = RedirectPolicy::DEFAULT
+        .with_backoff(Duration::from_millis(400), Duration::from_millis(500));
     let mut r = Router::new(1, policy).unwrap();
     r.start();
-    assert_eq!(r.failed(0), Next::Retry(Route { member: 0, delay: Duration::from_millis(400) }));
-    assert_eq!(r.failed(0), Next::Retry(Route { member: 0, delay: Duration::from_millis(500) }));
+    assert_eq!(
+        r.failed(0),
+        Next::Retry(Route {
+            member: 0,
+            delay: Duration::from_millis(400)
+        })
+    );
+    assert_eq!(
+        r.failed(0),
+        Next::Retry(Route {
+            member: 0,
+            delay: Duration::from_millis(500)
+        })
+    );
 }
 
 #[test]
@@ -197,9 +216,15 @@ fn barrier_and_stable_ref_encode_as_the_server_reads_them() {
     let mut out = [0u8; 64];
     let n = Request::Barrier.encode(&mut out).unwrap();
     assert_eq!(&out[..n], b"barrier\n_\n_\n");
-    let n = Request::StableRef { reference: "c-1" }.encode(&mut out).unwrap();
+    let n = Request::StableRef { reference: "c-1" }
+        .encode(&mut out)
+        .unwrap();
     assert_eq!(&out[..n], b"stable-ref\nc-1\n_\n");
-    assert!(Request::StableRef { reference: "" }.encode(&mut out).is_err());
+    assert!(
+        Request::StableRef { reference: "" }
+            .encode(&mut out)
+            .is_err()
+    );
 }
 
 #[test]
@@ -217,7 +242,10 @@ fn a_write_to_a_follower_is_redirected_to_the_hinted_member() {
     assert_eq!(*c.dials.borrow(), ["a:1", "c:3"]);
     assert_eq!(l.connected_addr(), Some("c:3"));
     assert_eq!(l.router().leader(), Some(2));
-    assert!(timer.sleeps.borrow().is_empty(), "a member hint is followed at once");
+    assert!(
+        timer.sleeps.borrow().is_empty(),
+        "a member hint is followed at once"
+    );
     assert_eq!(
         written(&mut l),
         std::format!("stable-ref\nclient-1\n_\nl\nk\n2 5\n")
@@ -299,7 +327,10 @@ fn a_renew_the_server_refuses_is_lease_lost_never_a_reacquire() {
         let mut lease = block(l.acquire(&spec, Duration::ZERO)).unwrap().unwrap();
         let err = block(l.renew(&mut lease)).unwrap_err();
         assert!(matches!(err, Error::LeaseLost), "{reply}: {err:?}");
-        assert!(!written(&mut l).contains("\nl\nk\n0 5\nn\nk\n") || written(&mut l).matches("l\nk").count() == 1);
+        assert!(
+            !written(&mut l).contains("\nl\nk\n0 5\nn\nk\n")
+                || written(&mut l).matches("l\nk").count() == 1
+        );
     }
 }
 
@@ -369,10 +400,7 @@ fn a_wait_cut_by_a_dead_leader_is_resent_with_what_is_left_of_its_timeout() {
     let spec = LockSpec::lock("k");
     let lease = block(l.acquire(&spec, Duration::from_secs(10))).unwrap();
     assert!(lease.is_some());
-    assert_eq!(
-        written(&mut l),
-        "stable-ref\nclient-1\n_\nl\nk\n7\n"
-    );
+    assert_eq!(written(&mut l), "stable-ref\nclient-1\n_\nl\nk\n7\n");
 }
 
 #[test]

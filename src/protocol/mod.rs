@@ -10,12 +10,12 @@ mod request;
 mod token;
 pub mod validate;
 
+pub use fence::Fence;
 pub use reply::{
     Expect, Grant, ProtocolError, Reply, Signal, Status, is_push, parse_push, parse_reply,
     parse_u64, trim_cr,
 };
 pub(crate) use request::ARG_SCRATCH;
 pub use request::{BufferTooSmall, EncodeError, Kind, Request, Secret};
-pub use fence::Fence;
 pub use token::{BadToken, TOKEN_LEN, Token};
 pub use validate::{Arg, InvalidArgument, Rule};

@@ -309,7 +309,18 @@ impl ClusterLock {
             (self.key.clone(), self.kind, self.options, shared.clone());
         std::thread::Builder::new()
             .name(std::format!("dflockd-cluster-renew-{}", self.key))
-            .spawn(move || run(inner, key, kind, options, timeout, reply_tx, release_rx, task_shared))
+            .spawn(move || {
+                run(
+                    inner,
+                    key,
+                    kind,
+                    options,
+                    timeout,
+                    reply_tx,
+                    release_rx,
+                    task_shared,
+                )
+            })
             .map_err(Error::Io)?;
         let Ok(granted) = reply_rx.recv() else {
             return Err(Error::Disconnected);
@@ -344,12 +355,18 @@ struct Shared {
 
 impl Shared {
     fn set(&self, s: State) {
-        *self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = s;
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = s;
         self.changed.notify_all();
     }
 
     fn get(&self) -> State {
-        *self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -394,7 +411,9 @@ fn run(
     loop {
         // Check for a release before every renew, even when renews come
         // back to back.
-        let wait = lease.next_renew_at().saturating_duration_since(StdTimer.now());
+        let wait = lease
+            .next_renew_at()
+            .saturating_duration_since(StdTimer.now());
         match release_rx.recv_timeout(wait) {
             Ok(reply) => {
                 let out = inner.control(|lane| block_on(lane.release(lease)));

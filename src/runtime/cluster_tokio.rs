@@ -566,4 +566,3 @@ impl ClusterGuard {
         outcome.await.unwrap_or(Err(Error::LeaseLost))
     }
 }
-

@@ -119,6 +119,7 @@
 //!   closes it.
 #![deny(missing_docs)]
 
+mod cluster;
 mod config;
 mod conn;
 mod latch;
@@ -136,6 +137,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use cluster::{Hint, TestCluster, TestClusterBuilder};
 pub use config::Config;
 pub use real::{Generation, REAL_SERVER_ENV};
 pub use stats::{IdleInfo, LockInfo, SemaphoreInfo, SignalChannelInfo, Stats};
