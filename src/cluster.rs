@@ -630,10 +630,11 @@ where
     /// Makes sure the lane is connected to `member`, dialling it and
     /// sending `auth` and `stable-ref` if not.
     async fn ensure(&mut self, member: usize) -> Res<(), C> {
-        if let Some((at, conn)) = &self.conn {
-            if *at == member && conn.is_usable() {
-                return Ok(());
-            }
+        if let Some((at, conn)) = &self.conn
+            && *at == member
+            && conn.is_usable()
+        {
+            return Ok(());
         }
         self.conn = None;
         self.connects = self.connects.saturating_add(1);

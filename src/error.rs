@@ -38,6 +38,11 @@ fn status_text(s: &str) -> StatusText {
 
 /// An error status sent by the server (other than `error_auth`, which is
 /// [`Error::Auth`]).
+///
+/// About 290 bytes, because [`NotLeader`](Self::NotLeader) keeps a whole
+/// leader address (up to [`MAX_LEADER_ADDR`] bytes) without a heap. Futures
+/// that hold an error across an await grow by that much (measured:
+/// `Lease::hold` and `SignalConn::next`, +200 bytes each).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
@@ -122,7 +127,8 @@ impl core::error::Error for ServerError {}
 /// Everything that can go wrong on a connection.
 ///
 /// `E` is the transport's error type. [`Error::is_recoverable`] tells
-/// whether the connection may be used again.
+/// whether the connection may be used again. Its size is dominated by
+/// [`ServerError`]'s whole leader address (see there).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error<E> {

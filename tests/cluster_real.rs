@@ -462,11 +462,11 @@ fn blocking_client_keeps_a_lease_across_a_leader_crash() {
     cluster.kill(leader);
     let end = Instant::now() + Duration::from_secs(12);
     loop {
-        if let Some(r) = guard.last_renewal() {
-            if r.member != cluster.addr(leader) {
-                assert_eq!(r.fence, fence);
-                break;
-            }
+        if let Some(r) = guard.last_renewal()
+            && r.member != cluster.addr(leader)
+        {
+            assert_eq!(r.fence, fence);
+            break;
         }
         assert!(!guard.wait_lost_timeout(Duration::from_millis(50)), "lost");
         assert!(Instant::now() < end, "no renew on the new leader");

@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
-use std::vec::Vec;
 
 use super::blocking::{self, BlockingTransport, HostStream, StdTimer, block_on};
 use super::cluster_common::{
@@ -217,8 +216,7 @@ impl ClusterClient {
     /// `stats` JSON from a member (after [`barrier`](Self::barrier): the
     /// leader). At most 256 KiB.
     pub fn stats(&self) -> Result<String> {
-        let mut buf = Vec::new();
-        buf.resize(STATS_BUF, 0u8);
+        let mut buf = std::vec![0u8; STATS_BUF];
         self.0
             .control(|lane| block_on(lane.stats(&mut buf)).map(owned_stats))
     }

@@ -35,7 +35,6 @@ use std::string::String;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use std::vec::Vec;
 
 use tokio::sync::{Mutex, oneshot, watch};
 
@@ -218,8 +217,7 @@ impl ClusterClient {
     pub async fn stats(&self) -> Result<String> {
         let mut lane = self.0.control.lock().await;
         self.0.share_in(lane.router_mut());
-        let mut buf = Vec::new();
-        buf.resize(STATS_BUF, 0u8);
+        let mut buf = std::vec![0u8; STATS_BUF];
         let out = lane.stats(&mut buf).await.map(owned_stats);
         self.0.share_out(lane.router());
         out

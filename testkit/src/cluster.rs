@@ -383,10 +383,10 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         for n in &self.nodes {
-            if let Ok(mut g) = n.lock() {
-                if let Some(mut set) = g.take() {
-                    set.abort_all();
-                }
+            if let Ok(mut g) = n.lock()
+                && let Some(mut set) = g.take()
+            {
+                set.abort_all();
             }
         }
     }
