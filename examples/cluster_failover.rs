@@ -77,7 +77,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let Some(old) = cluster.leader() else { continue };
+                let Some(old) = cluster.leader() else {
+                    continue;
+                };
                 cluster.stop_node(old);
                 println!("  (testkit: node {} crashed)", cluster.addr(old));
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -127,5 +129,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("cluster_failover: held across {changes} leader changes, fence {fence}, lost {lost}");
     drop(local);
-    if lost == 0 { Ok(()) } else { Err("lease lost".into()) }
+    if lost == 0 {
+        Ok(())
+    } else {
+        Err("lease lost".into())
+    }
 }

@@ -475,3 +475,56 @@ fn blocking_client_keeps_a_lease_across_a_leader_crash() {
     assert!(other.lock("blocking-held").try_acquire().unwrap().is_none());
     guard.release().unwrap();
 }
+
+/// On v1.x servers tokens are random: `fence()` returns a number that
+/// carries no order (documented on `Fence`). 24 grants in a row would be
+/// increasing by chance with probability 1/24!, about 1e-24.
+#[test]
+fn v1_fences_carry_no_order() {
+    use dflockd_client::Kind;
+    use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions};
+    let bin = std::env::var_os("DFLOCKD_V1_SERVER").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/dflockd-servers/dflockd-v1.14-signals")
+        },
+        PathBuf::from,
+    );
+    if !bin.is_file() {
+        println!("SKIP-V1: no dflockd-v1.14-signals binary (set DFLOCKD_V1_SERVER)");
+        return;
+    }
+    let port = free_port();
+    let mut child = Command::new(&bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        match BlockingConnection::<256, 0>::connect(addr.as_str(), &ConnectOptions::default()) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < end, "v1 server did not start: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    let mut fences = Vec::new();
+    for _ in 0..24 {
+        let g = conn
+            .acquire(Kind::Lock, "v1-fence", 0, None)
+            .unwrap()
+            .unwrap();
+        fences.push(g.token.fence());
+        conn.release(Kind::Lock, "v1-fence", &g.token).unwrap();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !fences.windows(2).all(|w| w[0] < w[1]),
+        "v1 fences looked ordered: {fences:?}"
+    );
+}
