@@ -18,7 +18,10 @@ pub enum Kind {
     /// A counting semaphore with `limit` concurrent holders
     /// (`sl`, `sr`, `sn`, `se`, `sw`).
     Semaphore {
-        /// How many holders the semaphore admits at once (> 0).
+        /// How many holders the semaphore admits at once: greater than 0 and
+        /// at most [`MAX_SEMAPHORE_LIMIT`](super::validate::MAX_SEMAPHORE_LIMIT)
+        /// (1<<20; v2 servers answer a larger limit with a bare `error`, so
+        /// the client refuses it before sending).
         limit: u32,
     },
 }

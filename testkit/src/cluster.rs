@@ -1,32 +1,4 @@
-//! Cluster mode: an in-process stand-in for a dflockd v2 Raft cluster, for
-//! fast tests of cluster clients. The real `v2-cluster` server stays the
-//! judge (`scripts/cluster-test` in the client repository); this models
-//! only what a client sees:
-//!
-//! * N nodes, each its own loopback listener, sharing one lock state (as
-//!   the replicated state machine would). One node is the leader, or none.
-//! * A follower answers every write (`l r n e w sl sr sn se sw barrier`)
-//!   with `error_not_leader <leader addr>`, or a bare `error_not_leader`
-//!   when it knows no leader. Its hint can be set stale on purpose
-//!   ([`TestCluster::set_hint`]). `ping`, `stats`, `auth`, `stable-ref`
-//!   work on every node; `stats` has a `cluster` object.
-//! * `barrier` → `ok` on the leader.
-//! * `stable-ref <ref>` once per connection (again → `error`); with an
-//!   orphan TTL, a disconnected client's locks and queue places are kept
-//!   that long and a connection presenting the same ref takes them back
-//!   (acquire/enqueue re-attach, renew rebinds). Release and renew need
-//!   only the token.
-//! * Tokens carry a fencing counter from 1 in their first 16 hex digits,
-//!   one step per grant, across leader changes.
-//! * [`TestCluster::stop_node`] is a crash: the node's connections are cut
-//!   and nothing is cleaned up (the state survives, as it does in the
-//!   replicated log); [`TestCluster::set_leader`] is an election.
-//!
-//! Differences from the real cluster, on purpose: no Raft (leadership
-//! changes only when the test says so), no persistence, the orphan
-//! re-attach does not check the owner's process tag, lock and semaphore
-//! limits are not checked against `--max-locks`/`--max-waiters`, and the
-//! semaphore limit cap is 1<<20 as on v2.
+//! Cluster mode: see [`TestCluster`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -230,7 +202,37 @@ impl TestClusterBuilder {
     }
 }
 
-/// A running stand-in cluster; every node stops when it is dropped.
+/// An in-process stand-in for a dflockd v2 Raft cluster (cluster mode), for
+/// fast tests of cluster clients. The real `v2-cluster` server stays the
+/// judge (`scripts/cluster-test` in the client repository); this models
+/// only what a client sees:
+///
+/// * N nodes, each its own loopback listener, sharing one lock state (as
+///   the replicated state machine would). One node is the leader, or none.
+/// * A follower answers every write (`l r n e w sl sr sn se sw barrier`)
+///   with `error_not_leader <leader addr>`, or a bare `error_not_leader`
+///   when it knows no leader. Its hint can be set stale on purpose
+///   ([`TestCluster::set_hint`]). `ping`, `stats`, `auth`, `stable-ref`
+///   work on every node; `stats` has a `cluster` object.
+/// * `barrier` → `ok` on the leader.
+/// * `stable-ref <ref>` once per connection (again → `error`); with an
+///   orphan TTL, a disconnected client's locks and queue places are kept
+///   that long and a connection presenting the same ref takes them back
+///   (acquire/enqueue re-attach, renew rebinds). Release and renew need
+///   only the token.
+/// * Tokens carry a fencing counter from 1 in their first 16 hex digits,
+///   one step per grant, across leader changes.
+/// * [`TestCluster::stop_node`] is a crash: the node's connections are cut
+///   and nothing is cleaned up (the state survives, as it does in the
+///   replicated log); [`TestCluster::set_leader`] is an election.
+///
+/// Differences from the real cluster, on purpose: no Raft (leadership
+/// changes only when the test says so), no persistence, the orphan
+/// re-attach does not check the owner's process tag, lock and semaphore
+/// limits are not checked against `--max-locks`/`--max-waiters`, and the
+/// semaphore limit cap is 1<<20 as on v2.
+///
+/// Every node stops when the `TestCluster` is dropped.
 pub struct TestCluster {
     shared: Arc<Shared>,
     nodes: Vec<Mutex<Option<JoinSet<()>>>>,

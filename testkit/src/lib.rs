@@ -27,6 +27,14 @@
 //! # let _ = addr; Ok(()) }
 //! ```
 //!
+//! # Cluster mode
+//!
+//! [`TestCluster`] stands in for a dflockd v2 Raft cluster: N loopback
+//! nodes sharing one lock state, followers answering writes with
+//! `error_not_leader <leader>`, `barrier`, `stable-ref` with orphan
+//! re-attach, a fencing counter from 1, and crashes and elections on
+//! command. See its docs for what it models and what it does not.
+//!
 //! # From a plain (blocking) `#[test]`
 //!
 //! [`TestServerBuilder::start_blocking`] runs the server on its own tokio
