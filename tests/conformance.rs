@@ -92,7 +92,7 @@ impl Target {
         cfg: impl FnOnce(TestServerBuilder) -> TestServerBuilder,
     ) -> Option<Target> {
         if fixed_server().is_some() {
-            println!("skipped against DFLOCKD_ADDR: needs {why}");
+            println!("skipped {} against DFLOCKD_ADDR: needs {why}", test_name());
             return None;
         }
         Some(Self::with(cfg).await)
@@ -121,7 +121,8 @@ impl Target {
     fn has(&self, feature: &str, present: bool) -> bool {
         if !present {
             println!(
-                "skipped against {}: no {feature} in this protocol generation",
+                "skipped {} against {}: no {feature} in this protocol generation",
+                test_name(),
                 self.generation.name()
             );
         }
@@ -163,6 +164,11 @@ impl Target {
         .await
         .unwrap_or_else(|_| panic!("{key} never had {n} waiters"));
     }
+}
+
+/// The running test's name (libtest names each test's thread after it).
+fn test_name() -> String {
+    std::thread::current().name().unwrap_or("?").to_owned()
 }
 
 /// A key unique to this run, so a shared real server sees no collisions.
