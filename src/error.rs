@@ -12,20 +12,108 @@ pub const STATUS_TEXT_CAP: usize = 64;
 pub type StatusText = heapless::String<STATUS_TEXT_CAP>;
 
 /// Longest leader address an `error_not_leader <host:port>` reply can
-/// carry: a 253-byte DNS name, `:` and a 5-digit port (259 bytes; 6 more
-/// than the name for the separator and the port, with room for IPv6
-/// brackets counted in the name). [`ServerError::NotLeader`] keeps all of it.
+/// carry: a 253-byte DNS name, `:` and a 5-digit port (259 bytes: the name
+/// and 6 more). [`ServerError::NotLeader`] keeps all of it.
 pub const MAX_LEADER_ADDR: usize = 253 + 6;
 
-/// The leader address of an `error_not_leader` reply, kept whole.
-pub type LeaderAddr = heapless::String<MAX_LEADER_ADDR>;
+#[cfg(any(
+    feature = "std",
+    test,
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
+type LeaderRepr = std::boxed::Box<str>;
+#[cfg(not(any(
+    feature = "std",
+    test,
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+)))]
+type LeaderRepr = heapless::String<MAX_LEADER_ADDR>;
+
+#[cfg(any(
+    feature = "std",
+    test,
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
+fn leader_repr(s: &str) -> LeaderRepr {
+    LeaderRepr::from(s)
+}
+
+#[cfg(not(any(
+    feature = "std",
+    test,
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+)))]
+fn leader_repr(s: &str) -> LeaderRepr {
+    // `s` is at most MAX_LEADER_ADDR bytes, the capacity.
+    LeaderRepr::try_from(s).unwrap_or_default()
+}
+
+/// The leader address of an `error_not_leader <host:port>` reply, kept
+/// whole (up to [`MAX_LEADER_ADDR`] bytes; longer text is cut at a
+/// character boundary).
+///
+/// Where `std` is linked (features `std`, `tokio`, WASI) it is a boxed
+/// string, so [`Error`] stays small; on `no_std` it is an inline
+/// 259-byte buffer (no heap), which makes `Error` about 290 bytes there.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct LeaderAddr(LeaderRepr);
+
+impl LeaderAddr {
+    /// Keeps `s` (cut to [`MAX_LEADER_ADDR`] bytes at a character boundary).
+    pub fn new(s: &str) -> Self {
+        let mut end = s.len().min(MAX_LEADER_ADDR);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self(leader_repr(&s[..end]))
+    }
+
+    /// The address as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl core::ops::Deref for LeaderAddr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for LeaderAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for LeaderAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for LeaderAddr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for LeaderAddr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for LeaderAddr {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=str}", self.as_str())
+    }
+}
 
 fn leader_addr(s: &str) -> LeaderAddr {
-    let mut end = s.len().min(MAX_LEADER_ADDR);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    LeaderAddr::try_from(&s[..end]).unwrap_or_default()
+    LeaderAddr::new(s)
 }
 
 fn status_text(s: &str) -> StatusText {
@@ -39,10 +127,8 @@ fn status_text(s: &str) -> StatusText {
 /// An error status sent by the server (other than `error_auth`, which is
 /// [`Error::Auth`]).
 ///
-/// About 290 bytes, because [`NotLeader`](Self::NotLeader) keeps a whole
-/// leader address (up to [`MAX_LEADER_ADDR`] bytes) without a heap. Futures
-/// that hold an error across an await grow by that much (measured:
-/// `Lease::hold` and `SignalConn::next`, +200 bytes each).
+/// On `no_std` about 290 bytes, because [`NotLeader`](Self::NotLeader)
+/// keeps a whole leader address without a heap (see [`LeaderAddr`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
@@ -127,8 +213,8 @@ impl core::error::Error for ServerError {}
 /// Everything that can go wrong on a connection.
 ///
 /// `E` is the transport's error type. [`Error::is_recoverable`] tells
-/// whether the connection may be used again. Its size is dominated by
-/// [`ServerError`]'s whole leader address (see there).
+/// whether the connection may be used again. On `no_std` its size is
+/// dominated by [`ServerError`]'s whole leader address (see [`LeaderAddr`]).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error<E> {
