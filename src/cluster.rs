@@ -20,6 +20,13 @@
 //!   (acquire, renew, release, two-phase), [`barrier`](ClusterConn::barrier),
 //!   [`ping`](ClusterConn::ping) and [`stats`](ClusterConn::stats).
 //!
+//! On firmware or WASI, implement [`Connector`] over your transport (for
+//! example `runtime::embassy::connect` into a socket you own, or
+//! `runtime::wasi::connect_stream`) and drive a `ClusterConn` per lane
+//! yourself, renewing with [`ClusterConn::renew`] when
+//! [`Lease::next_renew_at`] comes. The core needs no allocator and no
+//! threads for this.
+//!
 //! The host APIs (`runtime::cluster_tokio`, `runtime::cluster_blocking`)
 //! run two `ClusterConn`s per client: one lane for acquire/enqueue/wait,
 //! which may block on the server, and one for renew/release/barrier, so a

@@ -211,3 +211,37 @@ fn blocking_client_follows_redirects_and_barriers() {
     g.release().unwrap();
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renew_never_waits_behind_a_blocked_acquire() {
+    let cluster = TestCluster::builder().start().await.unwrap();
+    let other = client(&cluster);
+    let _blocker = other.lock("busy").try_acquire().await.unwrap().unwrap();
+    let c = client(&cluster);
+    let mut held = c
+        .lock("mine")
+        .lease_ttl(Duration::from_secs(1))
+        .acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    // This client's acquire lane now blocks on the server for 4 s ...
+    let blocked = tokio::spawn({
+        let l = c.lock("busy");
+        async move { l.acquire_within(Duration::from_secs(4)).await }
+    });
+    // ... while its 1 s lease keeps being renewed on the control lane.
+    let started = Instant::now();
+    let mut renewals = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let r = tokio::time::timeout(Duration::from_secs(1), held.next_renewal())
+            .await
+            .expect("a renew within the lease while the acquire blocks")
+            .expect("held");
+        renewals = r.count;
+    }
+    assert!(renewals >= 4, "{renewals} renewals in 3 s");
+    assert!(!blocked.is_finished(), "the acquire is still blocked");
+    assert!(blocked.await.unwrap().unwrap().is_none());
+    held.release().await.unwrap();
+}
