@@ -751,6 +751,7 @@ where
         spec: &LockSpec<'k>,
         timeout: Duration,
     ) -> Res<Option<Lease<'k>>, C> {
+        check(spec)?;
         let deadline = add(self.timer.now(), timeout);
         match self.run(true, &mut Op::Acquire(spec, deadline)).await? {
             Out::Lease(l) => Ok(l),
@@ -762,6 +763,7 @@ where
     /// [`EnqueuedLease::Queued`]: then [`wait`](Self::wait) on this lane.
     /// Not cancel-safe (see [`acquire`](Self::acquire)).
     pub async fn enqueue<'k>(&mut self, spec: &LockSpec<'k>) -> Res<EnqueuedLease<'k>, C> {
+        check(spec)?;
         match self.run(true, &mut Op::Enqueue(spec)).await? {
             Out::Enqueued(e) => Ok(e),
             _ => Err(unexpected()),
@@ -777,6 +779,7 @@ where
         spec: &LockSpec<'k>,
         timeout: Duration,
     ) -> Res<Option<Lease<'k>>, C> {
+        check(spec)?;
         let deadline = add(self.timer.now(), timeout);
         match self.run(true, &mut Op::Wait(spec, deadline)).await? {
             Out::Lease(l) => Ok(l),
@@ -841,6 +844,20 @@ where
     pub fn connected_addr(&self) -> Option<&str> {
         self.connected_to().map(|i| self.members.member(i))
     }
+}
+
+/// Checks a lock's key, kind and lease before anything is dialled.
+fn check(spec: &LockSpec<'_>) -> Result<(), InvalidArgument> {
+    let lease = spec
+        .options()
+        .lease_ttl
+        .map(|d| (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1));
+    Request::Enqueue {
+        kind: spec.kind(),
+        key: spec.key(),
+        lease,
+    }
+    .validate()
 }
 
 fn unexpected<E>() -> Error<E> {

@@ -528,3 +528,34 @@ fn v1_fences_carry_no_order() {
         "v1 fences looked ordered: {fences:?}"
     );
 }
+
+/// Issue 12 defect 8: v2 refuses semaphore limits above 1<<20 with a bare
+/// `error`; the client refuses them before sending, naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_limits_above_the_v2_cap_are_refused_before_sending() {
+    use dflockd_client::protocol::validate::MAX_SEMAPHORE_LIMIT;
+    let cluster = need_cluster!(0);
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    let over = MAX_SEMAPHORE_LIMIT + 1;
+    assert_eq!(
+        cluster
+            .raw(leader, &format!("sl\ncap\n0 {over}\n"))
+            .as_deref(),
+        Some("error"),
+        "what the server does"
+    );
+    let c = client(cluster.members());
+    let err = c.semaphore("cap", over).try_acquire().await.unwrap_err();
+    assert_eq!(err.to_string(), "invalid limit: larger than 1048576");
+    assert_eq!(c.dials(), 0, "refused before connecting");
+    let at_cap = c
+        .semaphore("cap", MAX_SEMAPHORE_LIMIT)
+        .try_acquire()
+        .await
+        .unwrap();
+    at_cap
+        .expect("the cap itself is accepted")
+        .release()
+        .await
+        .unwrap();
+}

@@ -433,3 +433,26 @@ fn the_longest_not_leader_reply_fits_the_cluster_line_buffer() {
         Connection::new(Scripted::new(line));
     assert!(matches!(block(small.ping()), Err(Error::LineTooLong)));
 }
+
+#[test]
+fn bad_arguments_are_refused_before_dialling() {
+    let c = ScriptConnector::default();
+    let timer = FakeTimer::default();
+    let mut l = lane(&c, &timer);
+    let spec = LockSpec::lock("a key");
+    assert!(matches!(
+        block(l.acquire(&spec, Duration::ZERO)),
+        Err(Error::InvalidArgument(_))
+    ));
+    let spec = LockSpec::new(
+        "k",
+        Kind::Semaphore {
+            limit: (1 << 20) + 1,
+        },
+    );
+    assert!(matches!(
+        block(l.enqueue(&spec)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(l.connects(), 0);
+}
