@@ -12,7 +12,16 @@ use crate::protocol::{
 /// Result type of connection methods.
 pub type Result<T, E> = core::result::Result<T, Error<E>>;
 
-/// Smallest line buffer a [`Connection`] accepts: room for any lock reply.
+/// Smallest line buffer a [`Connection`] accepts: room for any lock reply
+/// (the longest is `ok <32-char token> <20-digit lease>`, 56 bytes).
+///
+/// The longest status a v2 cluster follower sends is
+/// `error_not_leader <host:port>` with up to
+/// [`MAX_LEADER_ADDR`](crate::MAX_LEADER_ADDR) bytes of address: 278 bytes
+/// with its line end `\r\n`. A connection that may talk to a cluster follower
+/// needs a line buffer of at least
+/// [`cluster::CLUSTER_MIN_LINE_BUF`](crate::cluster::CLUSTER_MIN_LINE_BUF);
+/// with less, such a reply is [`Error::LineTooLong`].
 pub const MIN_LINE_BUF: usize = 64;
 
 /// What `enqueue` got: the lease at once, or a place in the queue.

@@ -4,12 +4,117 @@ use core::fmt;
 
 use crate::protocol::{InvalidArgument, ProtocolError, Status};
 
-/// Longest status text kept by [`ServerError::Unknown`] and
-/// [`ServerError::NotLeader`]; longer text is cut at a character boundary.
+/// Longest status text kept by [`ServerError::Unknown`]; longer text is cut
+/// at a character boundary.
 pub const STATUS_TEXT_CAP: usize = 64;
 
 /// Owned copy of status text, cut to [`STATUS_TEXT_CAP`] bytes.
 pub type StatusText = heapless::String<STATUS_TEXT_CAP>;
+
+/// Longest leader address an `error_not_leader <host:port>` reply can
+/// carry: a 253-byte DNS name, `:` and a 5-digit port (259 bytes: the name
+/// and 6 more). [`ServerError::NotLeader`] keeps all of it.
+pub const MAX_LEADER_ADDR: usize = 253 + 6;
+
+#[cfg(any(
+    feature = "std",
+    test,
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
+type LeaderRepr = std::boxed::Box<str>;
+#[cfg(not(any(
+    feature = "std",
+    test,
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+)))]
+type LeaderRepr = heapless::String<MAX_LEADER_ADDR>;
+
+#[cfg(any(
+    feature = "std",
+    test,
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
+fn leader_repr(s: &str) -> LeaderRepr {
+    LeaderRepr::from(s)
+}
+
+#[cfg(not(any(
+    feature = "std",
+    test,
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+)))]
+fn leader_repr(s: &str) -> LeaderRepr {
+    // `s` is at most MAX_LEADER_ADDR bytes, the capacity.
+    LeaderRepr::try_from(s).unwrap_or_default()
+}
+
+/// The leader address of an `error_not_leader <host:port>` reply, kept
+/// whole (up to [`MAX_LEADER_ADDR`] bytes; longer text is cut at a
+/// character boundary).
+///
+/// Where `std` is linked (features `std`, `tokio`, WASI) it is a boxed
+/// string, so [`Error`] stays small; on `no_std` it is an inline
+/// 259-byte buffer (no heap), which makes `Error` about 290 bytes there.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct LeaderAddr(LeaderRepr);
+
+impl LeaderAddr {
+    /// Keeps `s` (cut to [`MAX_LEADER_ADDR`] bytes at a character boundary).
+    pub fn new(s: &str) -> Self {
+        let mut end = s.len().min(MAX_LEADER_ADDR);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self(leader_repr(&s[..end]))
+    }
+
+    /// The address as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl core::ops::Deref for LeaderAddr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for LeaderAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for LeaderAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for LeaderAddr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for LeaderAddr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for LeaderAddr {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=str}", self.as_str())
+    }
+}
+
+fn leader_addr(s: &str) -> LeaderAddr {
+    LeaderAddr::new(s)
+}
 
 fn status_text(s: &str) -> StatusText {
     let mut end = s.len().min(STATUS_TEXT_CAP);
@@ -21,6 +126,9 @@ fn status_text(s: &str) -> StatusText {
 
 /// An error status sent by the server (other than `error_auth`, which is
 /// [`Error::Auth`]).
+///
+/// On `no_std` about 290 bytes, because [`NotLeader`](Self::NotLeader)
+/// keeps a whole leader address without a heap (see [`LeaderAddr`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
@@ -45,8 +153,9 @@ pub enum ServerError {
     LeaseExpired,
     /// `error_draining`: the server is shutting down.
     Draining,
-    /// `error_not_leader`: a cluster follower; the leader's address if given.
-    NotLeader(Option<StatusText>),
+    /// `error_not_leader`: a cluster follower; the leader's address if given
+    /// (a hint: it may be stale), kept whole up to [`MAX_LEADER_ADDR`] bytes.
+    NotLeader(Option<LeaderAddr>),
     /// A status this client does not know, kept verbatim (up to 64 bytes).
     Unknown(StatusText),
 }
@@ -64,7 +173,7 @@ impl ServerError {
             Status::AlreadyEnqueued => ServerError::AlreadyEnqueued,
             Status::LeaseExpired => ServerError::LeaseExpired,
             Status::Draining => ServerError::Draining,
-            Status::NotLeader(addr) => ServerError::NotLeader(addr.map(status_text)),
+            Status::NotLeader(addr) => ServerError::NotLeader(addr.map(leader_addr)),
             Status::Auth => ServerError::Unknown(status_text("error_auth")),
             Status::Unknown(s) => ServerError::Unknown(status_text(s)),
         }
@@ -145,7 +254,8 @@ impl From<ConfigError> for std::io::Error {
 /// Everything that can go wrong on a connection.
 ///
 /// `E` is the transport's error type. [`Error::is_recoverable`] tells
-/// whether the connection may be used again.
+/// whether the connection may be used again. On `no_std` its size is
+/// dominated by [`ServerError`]'s whole leader address (see [`LeaderAddr`]).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error<E> {
@@ -174,6 +284,13 @@ pub enum Error<E> {
     Unusable,
     /// A held lease was lost: a renew failed or its deadline passed.
     LeaseLost,
+    /// A cluster client found no leader within its redirect budget: every
+    /// attempt was redirected (`error_not_leader`) or failed to connect.
+    /// `attempts` counts the requests and connects it made.
+    NoLeader {
+        /// Connection attempts and requests made before giving up.
+        attempts: u32,
+    },
 }
 
 impl<E> Error<E> {
@@ -198,7 +315,8 @@ impl<E> Error<E> {
             | Error::Protocol(_)
             | Error::Auth
             | Error::Timeout
-            | Error::Unusable => false,
+            | Error::Unusable
+            | Error::NoLeader { .. } => false,
         }
     }
 
@@ -219,6 +337,7 @@ impl<E> Error<E> {
             Error::Timeout => Error::Timeout,
             Error::Unusable => Error::Unusable,
             Error::LeaseLost => Error::LeaseLost,
+            Error::NoLeader { attempts } => Error::NoLeader { attempts },
         }
     }
 }
@@ -265,6 +384,9 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::Timeout => f.write_str("timed out waiting for the server"),
             Error::Unusable => f.write_str("connection is unusable after an earlier failure"),
             Error::LeaseLost => f.write_str("lease lost: renew failed or deadline passed"),
+            Error::NoLeader { attempts } => {
+                write!(f, "no cluster leader found after {attempts} attempts")
+            }
         }
     }
 }
@@ -295,6 +417,7 @@ impl<E: embedded_io_async::Error> defmt::Format for Error<E> {
             Error::Timeout => defmt::write!(f, "Timeout"),
             Error::Unusable => defmt::write!(f, "Unusable"),
             Error::LeaseLost => defmt::write!(f, "LeaseLost"),
+            Error::NoLeader { attempts } => defmt::write!(f, "NoLeader({=u32})", attempts),
         }
     }
 }
@@ -316,6 +439,22 @@ mod tests {
         assert!(long.starts_with(t.as_str()));
     }
 
+    /// Issue 12 defect 6: the leader address of `error_not_leader` was cut
+    /// to 64 bytes; a 253-byte host name and a port must survive whole.
+    #[test]
+    fn not_leader_keeps_the_whole_address() {
+        let host = std::format!("{}.example.com", "a".repeat(241));
+        assert_eq!(host.len(), 253);
+        let addr = std::format!("{host}:65535");
+        assert_eq!(addr.len(), MAX_LEADER_ADDR);
+        let ServerError::NotLeader(Some(kept)) =
+            ServerError::from_status(Status::NotLeader(Some(&addr)))
+        else {
+            panic!()
+        };
+        assert_eq!(kept.as_str(), addr);
+    }
+
     #[test]
     fn recoverability() {
         type E = Error<()>;
@@ -330,7 +469,7 @@ mod tests {
 
     #[test]
     fn display() {
-        let e: Error<ScriptError> = Error::Server(ServerError::NotLeader(Some(status_text("h:1"))));
+        let e: Error<ScriptError> = Error::Server(ServerError::NotLeader(Some(leader_addr("h:1"))));
         assert_eq!(
             e.to_string(),
             "server is not the cluster leader; leader is h:1"

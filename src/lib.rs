@@ -55,6 +55,7 @@ extern crate std;
 #[macro_use]
 mod fmt;
 
+pub mod cluster;
 mod conn;
 mod error;
 pub mod lock;
@@ -71,8 +72,10 @@ pub mod time;
 pub mod tls;
 
 pub use conn::{Connection, Enqueued, MIN_LINE_BUF, Result};
-pub use error::{ConfigError, Error, STATUS_TEXT_CAP, ServerError, StatusText};
-pub use protocol::{Grant, InvalidArgument, Kind, Signal, Token};
+pub use error::{
+    ConfigError, Error, LeaderAddr, MAX_LEADER_ADDR, STATUS_TEXT_CAP, ServerError, StatusText,
+};
+pub use protocol::{Fence, Grant, InvalidArgument, Kind, Signal, Token};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

@@ -594,8 +594,9 @@ impl<'k> Lease<'k> {
         &self.token
     }
 
-    /// The fencing value of the token (see [`Token::fence`]).
-    pub fn fence(&self) -> u64 {
+    /// The fencing value of the token (see [`Fence`](crate::Fence): ordered
+    /// on v2 servers, meaningless on v1.x).
+    pub fn fence(&self) -> crate::Fence {
         self.token.fence()
     }
 

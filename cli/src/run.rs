@@ -270,7 +270,11 @@ fn fence_of(target: &Target, addr: &str, guard: &LeaseGuard) -> Option<u64> {
     match generation {
         Ok(g) => {
             log::debug!("{addr} speaks {}", g.describe());
-            if g.has_fences() { guard.fence() } else { None }
+            if g.has_fences() {
+                guard.fence().map(u64::from)
+            } else {
+                None
+            }
         }
         Err(e) => {
             log::debug!("generation probe of {addr} failed: {}", exit::describe(&e));

@@ -20,6 +20,14 @@ pub struct Grant {
     pub lease: u64,
 }
 
+impl Grant {
+    /// The grant's fencing value (see [`Fence`](super::Fence): ordered on
+    /// v2 servers, meaningless on v1.x).
+    pub fn fence(&self) -> super::Fence {
+        self.token.fence()
+    }
+}
+
 /// The reply shape a request expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

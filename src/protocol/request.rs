@@ -18,7 +18,10 @@ pub enum Kind {
     /// A counting semaphore with `limit` concurrent holders
     /// (`sl`, `sr`, `sn`, `se`, `sw`).
     Semaphore {
-        /// How many holders the semaphore admits at once (> 0).
+        /// How many holders the semaphore admits at once: greater than 0 and
+        /// at most [`MAX_SEMAPHORE_LIMIT`](super::validate::MAX_SEMAPHORE_LIMIT)
+        /// (1<<20; v2 servers answer a larger limit with a bare `error`, so
+        /// the client refuses it before sending).
         limit: u32,
     },
 }
@@ -103,6 +106,16 @@ pub enum Request<'a> {
     Stats,
     /// `ping`: keep-alive (v1.14+).
     Ping,
+    /// `barrier`: on a v2 cluster leader, `ok` once a no-op has been
+    /// applied (a linearizable-read barrier); `error_not_leader` elsewhere.
+    Barrier,
+    /// `stable-ref`: names this client's identity on a v2 server (once per
+    /// connection) so that `--orphan-ttl` can hand its locks and queue
+    /// places to a later connection presenting the same ref.
+    StableRef {
+        /// The ref: 1 to 64 bytes of printable ASCII.
+        reference: &'a str,
+    },
     /// `listen`: subscribe to a pattern, optionally in a queue group.
     Listen {
         /// The pattern (`*` and `>` wildcards allowed).
@@ -240,7 +253,8 @@ impl<'a> Request<'a> {
                 kind.validate()?;
                 validate::timeout(timeout)
             }
-            Request::Stats | Request::Ping => Ok(()),
+            Request::Stats | Request::Ping | Request::Barrier => Ok(()),
+            Request::StableRef { reference } => validate::stable_ref(reference),
             Request::Listen { pattern, group } | Request::Unlisten { pattern, group } => {
                 validate::pattern(pattern)?;
                 group.map_or(Ok(()), validate::group)
@@ -275,6 +289,8 @@ impl<'a> Request<'a> {
             Request::Wait { kind, .. } => kind.cmd("w", "sw"),
             Request::Stats => "stats",
             Request::Ping => "ping",
+            Request::Barrier => "barrier",
+            Request::StableRef { .. } => "stable-ref",
             Request::Listen { .. } => "listen",
             Request::Unlisten { .. } => "unlisten",
             Request::Signal { .. } => "signal",
@@ -284,7 +300,8 @@ impl<'a> Request<'a> {
     /// The key line (without its newline); `_` when the command takes none.
     pub fn key(&self) -> &'a str {
         match *self {
-            Request::Auth { .. } | Request::Stats | Request::Ping => "_",
+            Request::Auth { .. } | Request::Stats | Request::Ping | Request::Barrier => "_",
+            Request::StableRef { reference } => reference,
             Request::Acquire { key, .. }
             | Request::Release { key, .. }
             | Request::Renew { key, .. }
@@ -330,7 +347,7 @@ impl<'a> Request<'a> {
             } => w.num(limit.into()).opt(lease).done(),
             Request::Wait { timeout, .. } => w.num(timeout).done(),
             Request::Stats => b"",
-            Request::Ping => b"_",
+            Request::Ping | Request::Barrier | Request::StableRef { .. } => b"_",
             Request::Listen { group, .. } | Request::Unlisten { group, .. } => {
                 group.map_or("", validate::trim_group).as_bytes()
             }
@@ -591,12 +608,14 @@ mod tests {
         let max = crate::protocol::validate::MAX_SECONDS;
         assert_eq!(
             enc(Request::Acquire {
-                kind: Kind::Semaphore { limit: u32::MAX },
+                kind: Kind::Semaphore {
+                    limit: crate::protocol::validate::MAX_SEMAPHORE_LIMIT
+                },
                 key: "k",
                 timeout: max,
                 lease: Some(max)
             }),
-            "sl\nk\n9223372036 4294967295 9223372036\n"
+            "sl\nk\n9223372036 1048576 9223372036\n"
         );
         assert_eq!(
             enc(Request::Renew {

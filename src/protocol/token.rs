@@ -2,6 +2,8 @@
 
 use core::fmt;
 
+use super::fence::Fence;
+
 /// Length of a lease token in characters.
 pub const TOKEN_LEN: usize = 32;
 
@@ -56,12 +58,14 @@ impl Token {
     /// The fencing value: the first 16 hex digits as a big-endian `u64`.
     ///
     /// On v2 servers it strictly increases with every grant, so a resource
-    /// can reject writes carrying an older fence. Older servers issue random
-    /// tokens, whose fence values carry no order.
-    pub fn fence(&self) -> u64 {
-        self.bytes[..16]
-            .iter()
-            .fold(0u64, |acc, &b| (acc << 4) | u64::from(hex_value(b)))
+    /// can reject writes carrying an older fence. v1.x servers issue random
+    /// tokens, whose fence values mean nothing (see [`Fence`]).
+    pub fn fence(&self) -> Fence {
+        Fence::new(
+            self.bytes[..16]
+                .iter()
+                .fold(0u64, |acc, &b| (acc << 4) | u64::from(hex_value(b))),
+        )
     }
 }
 

@@ -41,6 +41,10 @@ pub enum Arg {
     Lease,
     /// A semaphore limit.
     Limit,
+    /// A cluster client's stable ref (`stable-ref`).
+    StableRef,
+    /// A cluster client's member list.
+    Members,
 }
 
 impl Arg {
@@ -55,6 +59,8 @@ impl Arg {
             Arg::Timeout => "timeout",
             Arg::Lease => "lease",
             Arg::Limit => "limit",
+            Arg::StableRef => "stable ref",
+            Arg::Members => "cluster members",
         }
     }
 }
@@ -88,6 +94,11 @@ pub enum Rule {
     Wildcard,
     /// A wildcard is not a whole dot-separated token, or `>` is not last.
     BadWildcard,
+    /// A byte outside printable ASCII (0x20..=0x7e).
+    NotPrintable,
+    /// Leading or trailing spaces (the server trims them, so they would
+    /// silently name another identity).
+    SurroundingSpace,
 }
 
 /// An argument rejected before anything was sent: names the argument and the rule.
@@ -121,6 +132,10 @@ impl fmt::Display for InvalidArgument {
             Rule::Zero => write!(f, "invalid {arg}: must be greater than zero"),
             Rule::Wildcard => {
                 write!(f, "invalid {arg}: must be literal (no `*` or `>` wildcard)")
+            }
+            Rule::NotPrintable => write!(f, "invalid {arg}: only printable ASCII is allowed"),
+            Rule::SurroundingSpace => {
+                write!(f, "invalid {arg}: must not start or end with a space")
             }
             Rule::BadWildcard => write!(
                 f,
@@ -306,10 +321,50 @@ pub fn lease(secs: u64) -> Result {
     Ok(())
 }
 
-/// A semaphore limit: greater than zero.
+/// Largest semaphore limit: 1<<20 (1 048 576), the cap of dflockd v2, which
+/// answers a larger limit with a bare `error`. Older servers accept larger
+/// limits, but a limit that only some server generations accept would
+/// break when the fleet is upgraded, so the client refuses it for all.
+pub const MAX_SEMAPHORE_LIMIT: u32 = 1 << 20;
+
+/// A semaphore limit: greater than zero and at most
+/// [`MAX_SEMAPHORE_LIMIT`].
 pub fn limit(limit: u32) -> Result {
     if limit == 0 {
         return Err(InvalidArgument::new(Arg::Limit, Rule::Zero));
+    }
+    if limit > MAX_SEMAPHORE_LIMIT {
+        return Err(InvalidArgument::new(
+            Arg::Limit,
+            Rule::TooLarge {
+                max: MAX_SEMAPHORE_LIMIT as u64,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Longest stable ref a v2 server accepts, in bytes.
+pub const MAX_STABLE_REF: usize = 64;
+
+/// A stable ref (`stable-ref`): 1 to [`MAX_STABLE_REF`] bytes of printable
+/// ASCII (0x20..=0x7e), as the v2 server checks it, and no leading or
+/// trailing space (the server trims them).
+pub fn stable_ref(r: &str) -> Result {
+    let err = |rule| Err(InvalidArgument::new(Arg::StableRef, rule));
+    if r.is_empty() {
+        return err(Rule::Empty);
+    }
+    if r.len() > MAX_STABLE_REF {
+        return err(Rule::TooLong {
+            max: MAX_STABLE_REF,
+        });
+    }
+    if !r.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return err(Rule::NotPrintable);
+    }
+    if r.starts_with(' ') || r.ends_with(' ') {
+        return err(Rule::SurroundingSpace);
     }
     Ok(())
 }
@@ -431,6 +486,24 @@ mod tests {
         );
         assert_eq!(rule(limit(0)), Rule::Zero);
         assert!(limit(1).is_ok());
+        // Defect: v2 refuses limits above 1<<20 with a bare `error`; the
+        // client refuses them before sending, naming the limit.
+        assert!(limit(MAX_SEMAPHORE_LIMIT).is_ok());
+        assert_eq!(
+            rule(limit(MAX_SEMAPHORE_LIMIT + 1)),
+            Rule::TooLarge { max: 1 << 20 }
+        );
+        assert_eq!(
+            std::string::ToString::to_string(&limit(MAX_SEMAPHORE_LIMIT + 1).unwrap_err()),
+            "invalid limit: larger than 1048576"
+        );
+        assert!(stable_ref("client-7 a").is_ok());
+        assert!(stable_ref(&"r".repeat(64)).is_ok());
+        assert_eq!(rule(stable_ref("")), Rule::Empty);
+        assert_eq!(rule(stable_ref(&"r".repeat(65))), Rule::TooLong { max: 64 });
+        assert_eq!(rule(stable_ref("a\tb")), Rule::NotPrintable);
+        assert_eq!(rule(stable_ref("é")), Rule::NotPrintable);
+        assert_eq!(rule(stable_ref(" a")), Rule::SurroundingSpace);
     }
 
     #[test]

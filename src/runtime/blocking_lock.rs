@@ -468,7 +468,7 @@ impl LeaseGuard {
 
     /// The fencing value of the token (see [`Token::fence`]), or `None`
     /// once the lease is lost.
-    pub fn fence(&self) -> Option<u64> {
+    pub fn fence(&self) -> Option<crate::Fence> {
         self.token().map(|t| t.fence())
     }
 

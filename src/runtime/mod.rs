@@ -6,6 +6,12 @@
 pub mod blocking;
 #[cfg(feature = "std")]
 pub mod blocking_lock;
+#[cfg(feature = "std")]
+pub mod cluster_blocking;
+#[cfg(feature = "std")]
+mod cluster_common;
+#[cfg(feature = "tokio")]
+pub mod cluster_tokio;
 #[cfg(feature = "embassy-time")]
 pub mod embassy;
 #[cfg(feature = "std")]
@@ -21,6 +27,8 @@ pub mod tokio_lock;
 #[cfg(all(feature = "wasi", target_os = "wasi", target_env = "p2"))]
 pub mod wasi;
 
+#[cfg(feature = "std")]
+pub use cluster_common::{ClusterBuilder, Renewal};
 #[cfg(feature = "std")]
 pub use lock_builder::{DEFAULT_SERVER, LockBuilder};
 

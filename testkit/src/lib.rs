@@ -27,6 +27,14 @@
 //! # let _ = addr; Ok(()) }
 //! ```
 //!
+//! # Cluster mode
+//!
+//! [`TestCluster`] stands in for a dflockd v2 Raft cluster: N loopback
+//! nodes sharing one lock state, followers answering writes with
+//! `error_not_leader <leader>`, `barrier`, `stable-ref` with orphan
+//! re-attach, a fencing counter from 1, and crashes and elections on
+//! command. See its docs for what it models and what it does not.
+//!
 //! # From a plain (blocking) `#[test]`
 //!
 //! [`TestServerBuilder::start_blocking`] runs the server on its own tokio
@@ -149,6 +157,7 @@
 //!   closes it.
 #![deny(missing_docs)]
 
+mod cluster;
 mod config;
 mod conn;
 mod latch;
@@ -167,6 +176,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use cluster::{Hint, TestCluster, TestClusterBuilder};
 pub use config::Config;
 pub use proxy::{FaultProxy, FaultProxyBuilder};
 pub use real::{Generation, REAL_SERVER_ENV};
