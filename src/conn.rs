@@ -160,7 +160,7 @@ fn find_newline(bytes: &[u8]) -> Option<usize> {
 /// What a typed command's reply carried, by reply shape (the table in
 /// [`Connection::exchange`]): owned, so it outlives the line buffer.
 #[derive(Debug, Clone, Copy)]
-enum Value {
+pub(crate) enum Value {
     /// `ok`.
     Unit,
     /// `ok <token> <lease>`, or `timeout` (`None`).
@@ -173,8 +173,14 @@ enum Value {
 
 /// The output a typed command picks out of a [`Value`]; any other shape is
 /// [`ProtocolError::Unexpected`].
-trait FromValue: Sized {
+pub(crate) trait FromValue: Sized {
     fn from_value(value: Value) -> Option<Self>;
+
+    /// The output of a request's result; any other shape is
+    /// [`ProtocolError::Unexpected`].
+    fn pick<E>(result: Result<Value, E>) -> Result<Self, E> {
+        result.and_then(|v| Self::from_value(v).ok_or(Error::Protocol(ProtocolError::Unexpected)))
+    }
 }
 
 impl FromValue for () {
@@ -229,9 +235,7 @@ where
         // SAFETY: `fut` is structurally pinned: never moved out of `self`;
         // `Call` has no Drop impl and is `Unpin` only when `F` is.
         let fut = unsafe { self.map_unchecked_mut(|s| &mut s.fut) };
-        fut.poll(cx).map(|r| {
-            r.and_then(|v| O::from_value(v).ok_or(Error::Protocol(ProtocolError::Unexpected)))
-        })
+        fut.poll(cx).map(O::pick)
     }
 }
 
@@ -464,7 +468,11 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// picks its output out of the value, so the whole request path is one
     /// state machine per connection type instead of one per command and
     /// call site.
-    async fn exchange(&mut self, req: Request<'_>, expect: Expect) -> Result<Value, T::Error> {
+    pub(crate) async fn exchange(
+        &mut self,
+        req: Request<'_>,
+        expect: Expect,
+    ) -> Result<Value, T::Error> {
         match self.request(&req, expect).await? {
             Reply::Ok => Ok(Value::Unit),
             Reply::Granted(g) => Ok(Value::Grant(Some(g))),
