@@ -947,10 +947,11 @@ async fn closed<T: Read + Write, const N: usize, const P: usize>(conn: &mut Conn
     if P != 0 {
         return core::future::pending().await;
     }
-    // With no push queue every push is dropped, so `next_signal` only
+    // With no push queue every push is dropped, so `wait_signal` only
     // returns on an error: EOF, a transport error, or an unsolicited line
-    // such as the server's idle-timeout `error`.
-    while conn.next_signal().await.is_ok() {}
+    // such as the server's idle-timeout `error`. (Not `next_signal`: it
+    // would link the push decoding for nothing.)
+    while conn.wait_signal().await.is_ok() {}
 }
 
 #[cfg(test)]
