@@ -1,6 +1,11 @@
 //! The connection layer: one transport, one line buffer, one request in
 //! flight, and `sig` pushes kept apart from replies.
 
+use core::future::Future;
+use core::marker::PhantomData;
+use core::pin::Pin;
+use core::task::{Context, Poll};
+
 use embedded_io_async::{Read, Write};
 
 use crate::error::{Error, ServerError};
@@ -159,6 +164,88 @@ fn shift_to_front(buf: &mut [u8], from: usize, to: usize) {
 
 fn find_newline(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
+}
+
+/// What a typed command's reply carried, by reply shape (the table in
+/// [`Connection::exchange`]): owned, so it outlives the line buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Value {
+    /// `ok`.
+    Unit,
+    /// `ok <token> <lease>`, or `timeout` (`None`).
+    Grant(Option<Grant>),
+    /// `acquired <token> <lease>` or `queued`.
+    Enqueued(Enqueued),
+    /// `ok <n>`: seconds remaining, or deliveries.
+    Number(u64),
+}
+
+/// The output a typed command picks out of a [`Value`]; any other shape is
+/// [`ProtocolError::Unexpected`].
+pub(crate) trait FromValue: Sized {
+    fn from_value(value: Value) -> Option<Self>;
+
+    /// The output of a request's result; any other shape is
+    /// [`ProtocolError::Unexpected`].
+    fn pick<E>(result: Result<Value, E>) -> Result<Self, E> {
+        result.and_then(|v| Self::from_value(v).ok_or(Error::Protocol(ProtocolError::Unexpected)))
+    }
+}
+
+impl FromValue for () {
+    fn from_value(value: Value) -> Option<Self> {
+        matches!(value, Value::Unit).then_some(())
+    }
+}
+
+impl FromValue for Option<Grant> {
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::Grant(g) => Some(g),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for Enqueued {
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::Enqueued(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for u64 {
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::Number(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// The future of every typed command: the shared request future and a
+/// by-type pick of its output. Hand-written, so a command adds no state
+/// machine of its own.
+struct Call<F, O> {
+    fut: F,
+    out: PhantomData<fn() -> O>,
+}
+
+impl<F, O, E> Future for Call<F, O>
+where
+    F: Future<Output = Result<Value, E>>,
+    O: FromValue,
+{
+    type Output = Result<O, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `fut` is structurally pinned: never moved out of `self`;
+        // `Call` has no Drop impl and is `Unpin` only when `F` is.
+        let fut = unsafe { self.map_unchecked_mut(|s| &mut s.fut) };
+        fut.poll(cx).map(O::pick)
+    }
 }
 
 impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
@@ -334,17 +421,23 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
             self.start = 0;
             self.end = 0;
         }
-        let tail = &mut self.buf[self.end..];
-        match req.encode_unchecked(tail) {
-            Ok(n) => self.io.write_all(&tail[..n]).await.map_err(Error::Io)?,
-            Err(_) => {
-                let mut scratch = [0u8; crate::protocol::ARG_SCRATCH];
-                let arg = req.arg(&mut scratch);
-                for part in [req.command().as_bytes(), req.key().as_bytes(), arg] {
-                    self.io.write_all(part).await.map_err(Error::Io)?;
-                    self.io.write_all(b"\n").await.map_err(Error::Io)?;
-                }
-            }
+        // One `write_all` await point for both paths (each await point would
+        // inline another copy of the transport's write): the whole request
+        // from the buffer's free tail, or its lines piece by piece when it
+        // does not fit (a long signal payload or token).
+        let end = self.end;
+        let fits = req.encode_unchecked(&mut self.buf[end..]).ok();
+        let mut scratch = [0u8; crate::protocol::ARG_SCRATCH];
+        let pieces = if fits.is_some() { 1 } else { 6 };
+        for i in 0..pieces {
+            let part: &[u8] = match (fits, i) {
+                (Some(n), _) => &self.buf[end..end + n],
+                (None, 0) => req.command().as_bytes(),
+                (None, 2) => req.key().as_bytes(),
+                (None, 4) => req.arg(&mut scratch),
+                _ => b"\n",
+            };
+            self.io.write_all(part).await.map_err(Error::Io)?;
         }
         self.io.flush().await.map_err(Error::Io)
     }
@@ -377,34 +470,40 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         Ok(reply)
     }
 
-    /// Like [`request`](Self::request), with error statuses turned into `Err`.
-    async fn call(&mut self, req: &Request<'_>, expect: Expect) -> Result<Reply<'_>, T::Error> {
-        match self.request(req, expect).await? {
+    /// The one request state machine behind every typed command: sends
+    /// `req`, reads its reply line, parses it for `expect` and turns it into
+    /// an owned [`Value`] (error statuses become `Err`). Each typed method
+    /// wraps this future in a [`Call`], a small hand-written future that
+    /// picks its output out of the value, so the whole request path is one
+    /// state machine per connection type instead of one per command and
+    /// call site.
+    pub(crate) async fn exchange(
+        &mut self,
+        req: Request<'_>,
+        expect: Expect,
+    ) -> Result<Value, T::Error> {
+        match self.request(&req, expect).await? {
+            Reply::Ok => Ok(Value::Unit),
+            Reply::Granted(g) => Ok(Value::Grant(Some(g))),
+            Reply::Timeout => Ok(Value::Grant(None)),
+            Reply::Acquired(g) => Ok(Value::Enqueued(Enqueued::Acquired(g))),
+            Reply::Queued => Ok(Value::Enqueued(Enqueued::Queued)),
+            Reply::Remaining(n) | Reply::Count(n) => Ok(Value::Number(n)),
             Reply::Status(Status::Auth) => Err(Error::Auth),
             Reply::Status(status) => Err(Error::Server(ServerError::from_status(status))),
-            reply => Ok(reply),
+            Reply::Stats(_) => Err(Error::Protocol(ProtocolError::Unexpected)),
         }
     }
 
-    async fn call_ok(&mut self, req: &Request<'_>) -> Result<(), T::Error> {
-        match self.call(req, Expect::Ok).await? {
-            Reply::Ok => Ok(()),
-            _ => Err(Error::Protocol(ProtocolError::Unexpected)),
-        }
-    }
-
-    async fn call_grant(&mut self, req: &Request<'_>) -> Result<Option<Grant>, T::Error> {
-        match self.call(req, Expect::Grant).await? {
-            Reply::Granted(g) => Ok(Some(g)),
-            Reply::Timeout => Ok(None),
-            _ => Err(Error::Protocol(ProtocolError::Unexpected)),
-        }
-    }
-
-    async fn call_u64(&mut self, req: &Request<'_>, expect: Expect) -> Result<u64, T::Error> {
-        match self.call(req, expect).await? {
-            Reply::Remaining(n) | Reply::Count(n) => Ok(n),
-            _ => Err(Error::Protocol(ProtocolError::Unexpected)),
+    /// A typed command: the shared request future, its output picked by `O`.
+    fn call<'c, O: FromValue>(
+        &'c mut self,
+        req: Request<'c>,
+        expect: Expect,
+    ) -> Call<impl Future<Output = Result<Value, T::Error>> + 'c, O> {
+        Call {
+            fut: self.exchange(req, expect),
+            out: PhantomData,
         }
     }
 
@@ -417,11 +516,16 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// connection. A token over 256 bytes needs a server with 64 KiB auth
     /// lines (v1.15+, v2); older ones answer `error` and close, which leaves
     /// this connection unusable. The token is never logged. Not cancel-safe.
-    pub async fn auth(&mut self, token: &str) -> Result<(), T::Error> {
-        self.call_ok(&Request::Auth {
-            token: Secret(token),
-        })
-        .await
+    pub fn auth<'c>(
+        &'c mut self,
+        token: &'c str,
+    ) -> impl Future<Output = Result<(), T::Error>> + 'c {
+        self.call(
+            Request::Auth {
+                token: Secret(token),
+            },
+            Expect::Ok,
+        )
     }
 
     /// `l` / `sl`: acquires, letting the server block up to `timeout`
@@ -431,45 +535,47 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// `Ok(None)` when the timeout passed without a grant. Not cancel-safe:
     /// a dropped future may leave a grant on the server, held until the
     /// connection closes or the lease expires.
-    pub async fn acquire(
-        &mut self,
+    pub fn acquire<'c>(
+        &'c mut self,
         kind: Kind,
-        key: &str,
+        key: &'c str,
         timeout: u64,
         lease: Option<u64>,
-    ) -> Result<Option<Grant>, T::Error> {
-        self.call_grant(&Request::Acquire {
-            kind,
-            key,
-            timeout,
-            lease,
-        })
-        .await
+    ) -> impl Future<Output = Result<Option<Grant>, T::Error>> + 'c {
+        self.call(
+            Request::Acquire {
+                kind,
+                key,
+                timeout,
+                lease,
+            },
+            Expect::Grant,
+        )
     }
 
     /// `r` / `sr`: releases a held lease. [`ServerError::Error`] when this
     /// token does not hold the key (e.g. the lease expired). Not cancel-safe.
-    pub async fn release(
-        &mut self,
+    pub fn release<'c>(
+        &'c mut self,
         kind: Kind,
-        key: &str,
-        token: &crate::Token,
-    ) -> Result<(), T::Error> {
-        self.call_ok(&Request::Release { kind, key, token }).await
+        key: &'c str,
+        token: &'c crate::Token,
+    ) -> impl Future<Output = Result<(), T::Error>> + 'c {
+        self.call(Request::Release { kind, key, token }, Expect::Ok)
     }
 
     /// `n` / `sn`: renews a held lease, optionally with a new TTL. Returns
     /// the seconds remaining. [`ServerError::Error`] when the lease is no
     /// longer held (leases are never resurrected). Not cancel-safe.
-    pub async fn renew(
-        &mut self,
+    pub fn renew<'c>(
+        &'c mut self,
         kind: Kind,
-        key: &str,
-        token: &crate::Token,
+        key: &'c str,
+        token: &'c crate::Token,
         lease: Option<u64>,
-    ) -> Result<u64, T::Error> {
-        self.call_u64(
-            &Request::Renew {
+    ) -> impl Future<Output = Result<u64, T::Error>> + 'c {
+        self.call(
+            Request::Renew {
                 kind,
                 key,
                 token,
@@ -477,46 +583,38 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
             },
             Expect::Remaining,
         )
-        .await
     }
 
     /// `e` / `se`: joins the key's queue without blocking (two-phase, first
     /// half). Either the lease at once or [`Enqueued::Queued`]; then run
     /// your code and collect the grant with [`wait`](Self::wait) on this
     /// same connection. Not cancel-safe.
-    pub async fn enqueue(
-        &mut self,
+    pub fn enqueue<'c>(
+        &'c mut self,
         kind: Kind,
-        key: &str,
+        key: &'c str,
         lease: Option<u64>,
-    ) -> Result<Enqueued, T::Error> {
-        match self
-            .call(&Request::Enqueue { kind, key, lease }, Expect::Enqueue)
-            .await?
-        {
-            Reply::Acquired(g) => Ok(Enqueued::Acquired(g)),
-            Reply::Queued => Ok(Enqueued::Queued),
-            _ => Err(Error::Protocol(ProtocolError::Unexpected)),
-        }
+    ) -> impl Future<Output = Result<Enqueued, T::Error>> + 'c {
+        self.call(Request::Enqueue { kind, key, lease }, Expect::Enqueue)
     }
 
     /// `w` / `sw`: waits up to `timeout` seconds for the grant of an earlier
     /// [`enqueue`](Self::enqueue) (two-phase, second half). `Ok(None)` on
     /// timeout, after which the server has forgotten the waiter. The lease
     /// starts when `wait` returns. Not cancel-safe.
-    pub async fn wait(
-        &mut self,
+    pub fn wait<'c>(
+        &'c mut self,
         kind: Kind,
-        key: &str,
+        key: &'c str,
         timeout: u64,
-    ) -> Result<Option<Grant>, T::Error> {
-        self.call_grant(&Request::Wait { kind, key, timeout }).await
+    ) -> impl Future<Output = Result<Option<Grant>, T::Error>> + 'c {
+        self.call(Request::Wait { kind, key, timeout }, Expect::Grant)
     }
 
     /// `ping`: a keep-alive that resets the server's idle read timeout
     /// (v1.14+; older servers answer `error`). Not cancel-safe.
-    pub async fn ping(&mut self) -> Result<(), T::Error> {
-        self.call_ok(&Request::Ping).await
+    pub fn ping(&mut self) -> impl Future<Output = Result<(), T::Error>> + '_ {
+        self.call(Request::Ping, Expect::Ok)
     }
 
     /// `listen`: subscribes to `pattern` (`*` one token, `>` the rest),
@@ -524,14 +622,22 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// [`next_signal`](Self::next_signal). The group is sent trimmed of
     /// surrounding whitespace, as the server trims it (`"g "` is `"g"`).
     /// Not cancel-safe.
-    pub async fn listen(&mut self, pattern: &str, group: Option<&str>) -> Result<(), T::Error> {
-        self.call_ok(&Request::Listen { pattern, group }).await
+    pub fn listen<'c>(
+        &'c mut self,
+        pattern: &'c str,
+        group: Option<&'c str>,
+    ) -> impl Future<Output = Result<(), T::Error>> + 'c {
+        self.call(Request::Listen { pattern, group }, Expect::Ok)
     }
 
     /// `unlisten`: drops the subscription made with the same pattern and
     /// group (`ok` also when there was none). Not cancel-safe.
-    pub async fn unlisten(&mut self, pattern: &str, group: Option<&str>) -> Result<(), T::Error> {
-        self.call_ok(&Request::Unlisten { pattern, group }).await
+    pub fn unlisten<'c>(
+        &'c mut self,
+        pattern: &'c str,
+        group: Option<&'c str>,
+    ) -> impl Future<Output = Result<(), T::Error>> + 'c {
+        self.call(Request::Unlisten { pattern, group }, Expect::Ok)
     }
 
     /// `signal`: publishes `payload` on the literal `channel` and returns
@@ -543,9 +649,12 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// v1.14 and v2 (which has no signals) answer `error` and close the
     /// connection, which is then unusable ([`Error::Unusable`] for every
     /// later call).
-    pub async fn emit(&mut self, channel: &str, payload: &str) -> Result<u64, T::Error> {
-        self.call_u64(&Request::Signal { channel, payload }, Expect::Count)
-            .await
+    pub fn emit<'c>(
+        &'c mut self,
+        channel: &'c str,
+        payload: &'c str,
+    ) -> impl Future<Output = Result<u64, T::Error>> + 'c {
+        self.call(Request::Signal { channel, payload }, Expect::Count)
     }
 
     /// `stats`: reads the server's statistics JSON into `out` and returns it.

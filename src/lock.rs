@@ -48,10 +48,10 @@ use core::time::Duration;
 use embassy_futures::select::{Either, Either3, select, select3};
 use embedded_io_async::{Read, Write};
 
-use crate::conn::{Connection, Enqueued, Result};
+use crate::conn::{Connection, Enqueued, FromValue, Result, Value};
 use crate::error::{Error, ServerError};
-use crate::protocol::{Grant, Kind, Token};
-use crate::time::{Instant, Timer, with_deadline};
+use crate::protocol::{Expect, Grant, Kind, Request, Token};
+use crate::time::{Elapsed, Instant, Timer, with_deadline};
 
 /// Default acquire timeout: 10 s, as the other dflockd clients.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,6 +79,27 @@ fn secs_ceil(d: Duration) -> u64 {
 
 fn add_ms(t: Instant, ms: u64) -> Instant {
     Instant::from_millis(t.as_millis().saturating_add(ms))
+}
+
+/// The one future behind every lock request (acquire, enqueue, wait, renew,
+/// release): the connection's shared request future under a deadline. One
+/// type for all of them, so its `poll` exists once per connection and timer
+/// type rather than once per command; the callers map its [`Value`] with
+/// plain functions.
+fn timed<'c, T: Read + Write, C: Timer, const N: usize, const P: usize>(
+    conn: &'c mut Connection<T, N, P>,
+    timer: &'c C,
+    limit: Instant,
+    req: Request<'c>,
+    expect: Expect,
+) -> impl Future<Output = core::result::Result<Result<Value, T::Error>, Elapsed>> + 'c {
+    with_deadline(timer, limit, conn.exchange(req, expect))
+}
+
+/// The limit of a blocking request: the server may block `secs`, then the
+/// reply timeout.
+fn blocking_limit(sent: Instant, secs: u64, io_timeout: Duration) -> Instant {
+    add_ms(sent, secs.saturating_mul(1000)) + io_timeout
 }
 
 // ---- randomness -----------------------------------------------------------
@@ -376,24 +397,23 @@ impl<'k> LockSpec<'k> {
     /// Not cancel-safe: if the future is dropped, the connection is
     /// unusable and may hold a grant on the server; close it (the server
     /// releases everything a closed connection held).
-    pub async fn acquire<T: Read + Write, C: Timer, const N: usize, const P: usize>(
+    pub fn acquire<T: Read + Write, C: Timer, const N: usize, const P: usize>(
         &self,
         conn: &mut Connection<T, N, P>,
         timer: &C,
-    ) -> Result<Option<Lease<'k>>, T::Error> {
+    ) -> impl Future<Output = Result<Option<Lease<'k>>, T::Error>> {
         self.acquire_within(conn, timer, self.options.acquire_timeout)
-            .await
     }
 
     /// Tries once, without blocking on the server (timeout 0).
     ///
     /// Not cancel-safe; see [`acquire`](Self::acquire).
-    pub async fn try_acquire<T: Read + Write, C: Timer, const N: usize, const P: usize>(
+    pub fn try_acquire<T: Read + Write, C: Timer, const N: usize, const P: usize>(
         &self,
         conn: &mut Connection<T, N, P>,
         timer: &C,
-    ) -> Result<Option<Lease<'k>>, T::Error> {
-        self.acquire_within(conn, timer, Duration::ZERO).await
+    ) -> impl Future<Output = Result<Option<Lease<'k>>, T::Error>> {
+        self.acquire_within(conn, timer, Duration::ZERO)
     }
 
     /// [`acquire`](Self::acquire) with another timeout.
@@ -407,12 +427,15 @@ impl<'k> LockSpec<'k> {
     ) -> Result<Option<Lease<'k>>, T::Error> {
         let secs = secs_ceil(timeout);
         let sent = timer.now();
-        let limit = add_ms(sent, secs.saturating_mul(1000)) + self.options.io_timeout;
-        let lease = self.options.lease_secs();
-        match with_deadline(timer, limit, conn.acquire(self.kind, self.key, secs, lease)).await {
-            Err(_) => Err(Error::Timeout),
-            Ok(reply) => Ok(reply?.map(|g| Lease::from_grant(self, g, sent, timer.now()))),
-        }
+        let limit = blocking_limit(sent, secs, self.options.io_timeout);
+        let req = Request::Acquire {
+            kind: self.kind,
+            key: self.key,
+            timeout: secs,
+            lease: self.options.lease_secs(),
+        };
+        let reply = timed(conn, timer, limit, req, Expect::Grant).await;
+        self.granted(reply, sent, timer)
     }
 
     /// Two-phase, first half: joins the queue without blocking. Either the
@@ -429,10 +452,14 @@ impl<'k> LockSpec<'k> {
     ) -> Result<EnqueuedLease<'k>, T::Error> {
         let sent = timer.now();
         let limit = sent + self.options.io_timeout;
-        let lease = self.options.lease_secs();
-        match with_deadline(timer, limit, conn.enqueue(self.kind, self.key, lease)).await {
+        let req = Request::Enqueue {
+            kind: self.kind,
+            key: self.key,
+            lease: self.options.lease_secs(),
+        };
+        match timed(conn, timer, limit, req, Expect::Enqueue).await {
             Err(_) => Err(Error::Timeout),
-            Ok(reply) => Ok(match reply? {
+            Ok(reply) => Ok(match Enqueued::pick(reply)? {
                 Enqueued::Acquired(g) => {
                     EnqueuedLease::Acquired(Lease::from_grant(self, g, sent, timer.now()))
                 }
@@ -447,13 +474,12 @@ impl<'k> LockSpec<'k> {
     ///
     /// Not cancel-safe: if the future is dropped, the connection is
     /// unusable and may hold a grant; close it.
-    pub async fn wait<T: Read + Write, C: Timer, const N: usize, const P: usize>(
+    pub fn wait<T: Read + Write, C: Timer, const N: usize, const P: usize>(
         &self,
         conn: &mut Connection<T, N, P>,
         timer: &C,
-    ) -> Result<Option<Lease<'k>>, T::Error> {
+    ) -> impl Future<Output = Result<Option<Lease<'k>>, T::Error>> {
         self.wait_within(conn, timer, self.options.acquire_timeout)
-            .await
     }
 
     /// [`wait`](Self::wait) with another timeout.
@@ -467,10 +493,27 @@ impl<'k> LockSpec<'k> {
     ) -> Result<Option<Lease<'k>>, T::Error> {
         let secs = secs_ceil(timeout);
         let sent = timer.now();
-        let limit = add_ms(sent, secs.saturating_mul(1000)) + self.options.io_timeout;
-        match with_deadline(timer, limit, conn.wait(self.kind, self.key, secs)).await {
+        let limit = blocking_limit(sent, secs, self.options.io_timeout);
+        let req = Request::Wait {
+            kind: self.kind,
+            key: self.key,
+            timeout: secs,
+        };
+        let reply = timed(conn, timer, limit, req, Expect::Grant).await;
+        self.granted(reply, sent, timer)
+    }
+
+    /// The lease of an acquire's or wait's reply (shared by both).
+    fn granted<E, C: Timer>(
+        &self,
+        reply: core::result::Result<Result<Value, E>, Elapsed>,
+        sent: Instant,
+        timer: &C,
+    ) -> Result<Option<Lease<'k>>, E> {
+        match reply {
             Err(_) => Err(Error::Timeout),
-            Ok(reply) => Ok(reply?.map(|g| Lease::from_grant(self, g, sent, timer.now()))),
+            Ok(reply) => Ok(<Option<Grant>>::pick(reply)?
+                .map(|g| Lease::from_grant(self, g, sent, timer.now()))),
         }
     }
 }
@@ -689,19 +732,55 @@ impl<'k> Lease<'k> {
         rng: &mut impl Rng,
     ) -> Result<(), T::Error> {
         let sent = timer.now();
+        let limit = self.renew_limit(sent)?;
+        let token = self.token;
+        let reply = timed(
+            conn,
+            timer,
+            limit,
+            self.renew_request(&token),
+            Expect::Remaining,
+        )
+        .await;
+        self.renewed(reply, sent, limit, timer.now(), rng)
+    }
+
+    /// Starts a renew sent at `sent`: its reply limit (the reply timeout,
+    /// at most the deadline), or [`Error::LeaseLost`] when the deadline has
+    /// passed.
+    fn renew_limit<E>(&mut self, sent: Instant) -> Result<Instant, E> {
         if sent >= self.deadline {
             return Err(Error::LeaseLost);
         }
-        let limit = add_ms(sent, self.io_ms).min(self.deadline);
         self.last_sent = sent;
-        let reply = with_deadline(
-            timer,
-            limit,
-            conn.renew(self.kind, self.key, &self.token, self.request_secs),
-        )
-        .await;
-        let received = timer.now();
-        match reply {
+        Ok(add_ms(sent, self.io_ms).min(self.deadline))
+    }
+
+    /// The renew request, with the token borrowed from a copy (so that the
+    /// request future does not borrow the lease).
+    fn renew_request<'t>(&self, token: &'t Token) -> Request<'t>
+    where
+        'k: 't,
+    {
+        Request::Renew {
+            kind: self.kind,
+            key: self.key,
+            token,
+            lease: self.request_secs,
+        }
+    }
+
+    /// Applies a renew's reply: the new TTL, deadline, round trip and
+    /// schedule, or the error (see [`renew_with_rng`](Self::renew_with_rng)).
+    fn renewed<E>(
+        &mut self,
+        reply: core::result::Result<Result<Value, E>, Elapsed>,
+        sent: Instant,
+        limit: Instant,
+        received: Instant,
+        rng: &mut impl Rng,
+    ) -> Result<(), E> {
+        match reply.map(u64::pick) {
             Ok(Ok(remaining)) => {
                 self.rtt_ms = received.as_millis().saturating_sub(sent.as_millis());
                 self.ttl_ms = remaining.saturating_mul(1000);
@@ -745,7 +824,15 @@ impl<'k> Lease<'k> {
             return Err(Error::LeaseLost);
         }
         let limit = add_ms(now, self.io_ms).min(self.deadline);
-        match with_deadline(timer, limit, conn.release(self.kind, self.key, &self.token)).await {
+        let req = Request::Release {
+            kind: self.kind,
+            key: self.key,
+            token: &self.token,
+        };
+        match timed(conn, timer, limit, req, Expect::Ok)
+            .await
+            .map(<()>::pick)
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(Error::Server(ServerError::Error | ServerError::LeaseExpired))) => {
                 Err(Error::LeaseLost)
@@ -826,17 +913,30 @@ impl<'k> Lease<'k> {
                     }
                 }
             }
-            let mut renew = pin!(self.renew_with_rng(conn, timer, &mut *rng));
-            match select(fut.as_mut(), renew.as_mut()).await {
-                Either::First(out) => {
-                    let _ = renew.await;
-                    return Ok(out);
-                }
-                Either::Second(Ok(())) => {}
-                Either::Second(Err(_)) => {
-                    warn!("lease lost: renew failed");
-                    return Err(Error::LeaseLost);
-                }
+            // The renew inline (the shared lock-request future, not a
+            // nested `renew_with_rng` state machine).
+            let sent = timer.now();
+            let Ok(limit) = self.renew_limit::<T::Error>(sent) else {
+                warn!("lease lost: renew failed");
+                return Err(Error::LeaseLost);
+            };
+            let token = self.token;
+            let req = self.renew_request(&token);
+            let mut renew = pin!(timed(&mut *conn, timer, limit, req, Expect::Remaining));
+            // The renew is polled first, so that its send and receive
+            // times are taken before the caller's future runs in the same
+            // poll (the round trip is not inflated by the caller's work).
+            let (out, reply) = match select(renew.as_mut(), fut.as_mut()).await {
+                Either::First(reply) => (None, reply),
+                Either::Second(out) => (Some(out), renew.await),
+            };
+            let renewed = self.renewed(reply, sent, limit, timer.now(), &mut *rng);
+            if let Some(out) = out {
+                return Ok(out);
+            }
+            if renewed.is_err() {
+                warn!("lease lost: renew failed");
+                return Err(Error::LeaseLost);
             }
         }
     }
@@ -848,10 +948,11 @@ async fn closed<T: Read + Write, const N: usize, const P: usize>(conn: &mut Conn
     if P != 0 {
         return core::future::pending().await;
     }
-    // With no push queue every push is dropped, so `next_signal` only
+    // With no push queue every push is dropped, so `wait_signal` only
     // returns on an error: EOF, a transport error, or an unsolicited line
-    // such as the server's idle-timeout `error`.
-    while conn.next_signal().await.is_ok() {}
+    // such as the server's idle-timeout `error`. (Not `next_signal`: it
+    // would link the push decoding for nothing.)
+    while conn.wait_signal().await.is_ok() {}
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! * No embassy-net, no executor, no allocator: `embassy_futures::block_on`
 //!   in `main` drives one future over a polled USART (the transport: any
 //!   `embedded_io_async` byte stream works) and a timer on the DWT cycle
-//!   counter.
+//!   counter (on thumbv6m, which has none: a SysTick millisecond count).
 //! * `client` (default): takes the lock `site/pump` with a 10 s lease
 //!   (`LockSpec::acquire`), runs the pump for 25 s while `Lease::hold`
 //!   renews the lease on the same connection, and releases it.
@@ -28,7 +28,10 @@ use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{AtomicU32, Ordering};
 use core::task::Poll;
 
-use cortex_m::peripheral::{DCB, DWT};
+#[cfg(not(armv6m))]
+use cortex_m::peripheral::DWT;
+#[cfg(armv6m)]
+use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::entry;
 #[cfg(feature = "defmt")]
 use defmt_rtt as _;
@@ -52,7 +55,7 @@ const FAILED: u32 = 3;
 #[entry]
 fn main() -> ! {
     let mut cp = cortex_m::Peripherals::take().unwrap();
-    let timer = CycleTimer::new(&mut cp.DCB, &mut cp.DWT);
+    let timer = CycleTimer::new(&mut cp);
     // SAFETY: USART3's registers are used by nothing else.
     let uart = unsafe { Uart::new(USART3) };
     OUTCOME.store(block_on(run(uart, &timer)), Ordering::Relaxed);
@@ -272,7 +275,21 @@ impl Write for Uart {
     }
 }
 
-// ---- the timer: the DWT cycle counter ---------------------------------------
+// ---- the timer: the DWT cycle counter (SysTick on thumbv6m) -----------------
+
+/// Milliseconds counted by the SysTick handler (thumbv6m only; a load and
+/// a store, as Cortex-M0+ has no atomic read-modify-write).
+#[cfg(armv6m)]
+static MILLIS: AtomicU32 = AtomicU32::new(0);
+
+#[cfg(armv6m)]
+#[cortex_m_rt::exception]
+fn SysTick() {
+    MILLIS.store(
+        MILLIS.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
+}
 
 /// Milliseconds from the DWT cycle counter, widened to 64 bits (read at
 /// least once per wrap, 268 s at 16 MHz: the busy loop of `block_on` does).
@@ -283,22 +300,53 @@ struct CycleTimer {
 }
 
 impl CycleTimer {
-    fn new(dcb: &mut DCB, dwt: &mut DWT) -> Self {
-        dcb.enable_trace();
-        dwt.enable_cycle_counter();
+    #[cfg(not(armv6m))]
+    fn new(cp: &mut cortex_m::Peripherals) -> Self {
+        cp.DCB.enable_trace();
+        cp.DWT.enable_cycle_counter();
         Self {
             last: Cell::new(DWT::cycle_count()),
             wraps: Cell::new(0),
         }
     }
 
+    /// Cortex-M0+ (no cycle counter): SysTick interrupts every millisecond.
+    #[cfg(armv6m)]
+    fn new(cp: &mut cortex_m::Peripherals) -> Self {
+        cp.SYST.set_clock_source(SystClkSource::Core);
+        cp.SYST.set_reload(CYCLES_PER_MS as u32 - 1);
+        cp.SYST.clear_current();
+        cp.SYST.enable_interrupt();
+        cp.SYST.enable_counter();
+        Self {
+            last: Cell::new(0),
+            wraps: Cell::new(0),
+        }
+    }
+
+    /// Cycles (milliseconds on thumbv6m) since boot, 32 bits.
+    #[cfg(not(armv6m))]
+    fn ticks() -> u32 {
+        DWT::cycle_count()
+    }
+
+    #[cfg(armv6m)]
+    fn ticks() -> u32 {
+        MILLIS.load(Ordering::Relaxed)
+    }
+
     fn now_ms(&self) -> u64 {
-        let now = DWT::cycle_count();
+        let now = Self::ticks();
         if now < self.last.get() {
             self.wraps.set(self.wraps.get().wrapping_add(1));
         }
         self.last.set(now);
-        ((u64::from(self.wraps.get()) << 32) | u64::from(now)) / CYCLES_PER_MS
+        let ticks = (u64::from(self.wraps.get()) << 32) | u64::from(now);
+        if cfg!(armv6m) {
+            ticks
+        } else {
+            ticks / CYCLES_PER_MS
+        }
     }
 
     fn sleep_until_ms(&self, deadline: u64) -> impl Future<Output = ()> {
