@@ -66,8 +66,14 @@ pub enum Rule {
     Blank,
     /// The argument contains a space, tab, CR or LF.
     Whitespace,
-    /// The argument contains CR or LF.
+    /// The argument contains a line feed (an auth token: CR or LF), which
+    /// would end the request line early.
     LineBreak,
+    /// The argument begins or ends with whitespace, which the server trims
+    /// (auth token, queue group): the server would see another value.
+    Untrimmed,
+    /// The payload ends with a carriage return, which the server strips.
+    TrailingCr,
     /// The argument is longer than `max` bytes.
     TooLong {
         /// The largest accepted length in bytes.
@@ -111,7 +117,14 @@ impl fmt::Display for InvalidArgument {
             Rule::Whitespace => {
                 write!(f, "invalid {arg}: must not contain space, tab, CR or LF")
             }
-            Rule::LineBreak => write!(f, "invalid {arg}: must not contain CR or LF"),
+            Rule::LineBreak if matches!(self.arg, Arg::AuthToken) => {
+                write!(f, "invalid {arg}: must not contain CR or LF")
+            }
+            Rule::LineBreak => write!(f, "invalid {arg}: must not contain LF"),
+            Rule::Untrimmed => {
+                write!(f, "invalid {arg}: must not begin or end with whitespace")
+            }
+            Rule::TrailingCr => write!(f, "invalid {arg}: must not end with CR"),
             Rule::TooLong { max } => write!(f, "invalid {arg}: longer than {max} bytes"),
             Rule::TooLarge { max } => write!(f, "invalid {arg}: larger than {max}"),
             Rule::Zero => write!(f, "invalid {arg}: must be greater than zero"),
@@ -200,7 +213,15 @@ pub fn channel(channel: &str) -> Result {
     Ok(())
 }
 
-/// An authentication token: non-empty, no whitespace, within the 64 KiB line.
+/// Does `s` begin or end with whitespace (which the server's
+/// `strings.TrimSpace` would remove)?
+fn untrimmed(s: &str) -> bool {
+    s.starts_with(is_space) || s.ends_with(is_space)
+}
+
+/// An authentication token: non-empty, within the 64 KiB line, no CR or LF
+/// (a server token never holds one), no whitespace at either end (the
+/// server trims it). Inner spaces are part of the token, as on the server.
 pub fn auth_token(token: &str) -> Result {
     if token.is_empty() {
         return Err(InvalidArgument::new(Arg::AuthToken, Rule::Empty));
@@ -211,13 +232,18 @@ pub fn auth_token(token: &str) -> Result {
             Rule::TooLong { max: MAX_LONG_LINE },
         ));
     }
-    if token.chars().any(is_space) {
-        return Err(InvalidArgument::new(Arg::AuthToken, Rule::Whitespace));
+    if token.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err(InvalidArgument::new(Arg::AuthToken, Rule::LineBreak));
+    }
+    if untrimmed(token) {
+        return Err(InvalidArgument::new(Arg::AuthToken, Rule::Untrimmed));
     }
     Ok(())
 }
 
-/// A queue group: non-blank, no CR or LF, at most 256 bytes.
+/// A queue group: at most 256 bytes, no LF, not blank, no whitespace at
+/// either end (the server trims the line, so " g" would join group "g").
+/// Inner whitespace and CR are part of the name, as on the server.
 pub fn group(group: &str) -> Result {
     if group.is_empty() {
         return Err(InvalidArgument::new(Arg::Group, Rule::Empty));
@@ -228,11 +254,14 @@ pub fn group(group: &str) -> Result {
             Rule::TooLong { max: MAX_GROUP_LEN },
         ));
     }
-    if group.bytes().any(|b| b == b'\r' || b == b'\n') {
+    if group.bytes().any(|b| b == b'\n') {
         return Err(InvalidArgument::new(Arg::Group, Rule::LineBreak));
     }
     if is_blank(group) {
         return Err(InvalidArgument::new(Arg::Group, Rule::Blank));
+    }
+    if untrimmed(group) {
+        return Err(InvalidArgument::new(Arg::Group, Rule::Untrimmed));
     }
     Ok(())
 }
@@ -243,8 +272,9 @@ pub const fn max_payload_len(channel: &str) -> usize {
     MAX_LONG_LINE.saturating_sub(5 + channel.len())
 }
 
-/// A signal payload for `channel`: not blank, no CR or LF, at most
-/// `65536 - 5 - channel.len()` bytes.
+/// A signal payload for `channel`: not blank, no LF, not ending in CR (the
+/// server strips it), at most `65536 - 5 - channel.len()` bytes. Other
+/// whitespace, also at the ends, and a CR inside are delivered unchanged.
 pub fn payload(channel: &str, payload: &str) -> Result {
     if payload.is_empty() {
         return Err(InvalidArgument::new(Arg::Payload, Rule::Empty));
@@ -253,11 +283,14 @@ pub fn payload(channel: &str, payload: &str) -> Result {
     if payload.len() > max {
         return Err(InvalidArgument::new(Arg::Payload, Rule::TooLong { max }));
     }
-    if payload.bytes().any(|b| b == b'\r' || b == b'\n') {
+    if payload.bytes().any(|b| b == b'\n') {
         return Err(InvalidArgument::new(Arg::Payload, Rule::LineBreak));
     }
     if is_blank(payload) {
         return Err(InvalidArgument::new(Arg::Payload, Rule::Blank));
+    }
+    if payload.ends_with('\r') {
+        return Err(InvalidArgument::new(Arg::Payload, Rule::TrailingCr));
     }
     Ok(())
 }
@@ -342,9 +375,13 @@ mod tests {
     #[test]
     fn auth_tokens() {
         assert!(auth_token("s3cret").is_ok());
+        // The server takes inner whitespace (its token may hold spaces).
+        assert!(auth_token("a b\tc").is_ok());
         assert_eq!(rule(auth_token("")), Rule::Empty);
-        assert_eq!(rule(auth_token("a b")), Rule::Whitespace);
-        assert_eq!(rule(auth_token("ab\n")), Rule::Whitespace);
+        assert_eq!(rule(auth_token(" ab")), Rule::Untrimmed);
+        assert_eq!(rule(auth_token("ab\u{3000}")), Rule::Untrimmed);
+        assert_eq!(rule(auth_token("ab\n")), Rule::LineBreak);
+        assert_eq!(rule(auth_token("a\rb")), Rule::LineBreak);
         assert_eq!(
             rule(auth_token(&"x".repeat(MAX_LONG_LINE + 1))),
             Rule::TooLong { max: MAX_LONG_LINE }
@@ -355,9 +392,12 @@ mod tests {
     fn groups() {
         assert!(group("workers").is_ok());
         assert!(group("two words").is_ok());
+        assert!(group("a\rb").is_ok());
         assert_eq!(rule(group("")), Rule::Empty);
         assert_eq!(rule(group("   ")), Rule::Blank);
         assert_eq!(rule(group("a\nb")), Rule::LineBreak);
+        assert_eq!(rule(group(" g")), Rule::Untrimmed);
+        assert_eq!(rule(group("g\r")), Rule::Untrimmed);
         assert_eq!(rule(group(&"g".repeat(257))), Rule::TooLong { max: 256 });
     }
 
@@ -368,6 +408,8 @@ mod tests {
         assert_eq!(rule(payload("c", "")), Rule::Empty);
         assert_eq!(rule(payload("c", " \t ")), Rule::Blank);
         assert_eq!(rule(payload("c", "a\r\nb")), Rule::LineBreak);
+        assert!(payload("c", " a\rb ").is_ok());
+        assert_eq!(rule(payload("c", "ab\r")), Rule::TrailingCr);
         let max = 65536 - 5 - 3;
         assert_eq!(max_payload_len("abc"), max);
         assert!(payload("abc", &"p".repeat(max)).is_ok());
@@ -383,7 +425,7 @@ mod tests {
             assert_eq!(is_space(c), c.is_whitespace(), "{:?}", c);
         }
         assert_eq!(rule(payload("c", "\u{3000}\u{A0}")), Rule::Blank);
-        assert_eq!(rule(auth_token("a\u{2003}b")), Rule::Whitespace);
+        assert_eq!(rule(auth_token("a\u{2003}")), Rule::Untrimmed);
     }
 
     #[test]
