@@ -12,8 +12,10 @@
 //! nothing is allocated and the connection's size is its buffers plus a few
 //! words, whatever the input.
 
-use dflockd_client::protocol::{Expect, Kind, ProtocolError, Reply, Request, Status, Token, parse_reply};
 use dflockd_client::Connection;
+use dflockd_client::protocol::{
+    Expect, Kind, ProtocolError, Reply, Request, Status, Token, parse_reply,
+};
 use embassy_futures::block_on;
 
 use super::wire::{Model, Next, Outcome, Wire};
@@ -83,18 +85,38 @@ pub mod op {
 fn request(op: u8, token: &Token) -> (Request<'_>, Expect) {
     match op {
         op::ACQUIRE => (
-            Request::Acquire { kind: Kind::Lock, key: "k", timeout: 1, lease: Some(9) },
+            Request::Acquire {
+                kind: Kind::Lock,
+                key: "k",
+                timeout: 1,
+                lease: Some(9),
+            },
             Expect::Grant,
         ),
         op::ENQUEUE => (
-            Request::Enqueue { kind: Kind::Semaphore { limit: 2 }, key: "k", lease: None },
+            Request::Enqueue {
+                kind: Kind::Semaphore { limit: 2 },
+                key: "k",
+                lease: None,
+            },
             Expect::Enqueue,
         ),
         op::RENEW => (
-            Request::Renew { kind: Kind::Lock, key: "k", token, lease: None },
+            Request::Renew {
+                kind: Kind::Lock,
+                key: "k",
+                token,
+                lease: None,
+            },
             Expect::Remaining,
         ),
-        op::EMIT => (Request::Signal { channel: "c.d", payload: "p q" }, Expect::Count),
+        op::EMIT => (
+            Request::Signal {
+                channel: "c.d",
+                payload: "p q",
+            },
+            Expect::Count,
+        ),
         _ => (Request::Ping, Expect::Ok),
     }
 }
@@ -246,7 +268,11 @@ fn drive<const N: usize, const P: usize>(input: &Input<'_>) {
                     Ok(sig) => Outcome::signal(&sig),
                     Err(e) => Outcome::from_error(&e),
                 };
-                assert_eq!(conn.transport_mut().take_written(), b"", "next_signal wrote");
+                assert_eq!(
+                    conn.transport_mut().take_written(),
+                    b"",
+                    "next_signal wrote"
+                );
                 (got, model_next_signal(&mut model))
             }
             op::TRY_SIGNAL => {
@@ -254,9 +280,9 @@ fn drive<const N: usize, const P: usize>(input: &Input<'_>) {
                     .map(|s| Outcome::signal(&s));
                 (
                     got.unwrap_or(Outcome::Other("none".into())),
-                    model
-                        .pop()
-                        .map_or(Outcome::Other("none".into()), |(c, p)| Outcome::Signal(c, p)),
+                    model.pop().map_or(Outcome::Other("none".into()), |(c, p)| {
+                        Outcome::Signal(c, p)
+                    }),
                 )
             }
             code => {
@@ -275,8 +301,16 @@ fn drive<const N: usize, const P: usize>(input: &Input<'_>) {
             "op {i} ({byte}) on {:?}",
             String::from_utf8_lossy(input.stream)
         );
-        assert_eq!(conn.dropped_signals(), model.dropped, "dropped after op {i}");
-        assert_eq!(conn.queued_signals(), model.queue.len(), "queued after op {i}");
+        assert_eq!(
+            conn.dropped_signals(),
+            model.dropped,
+            "dropped after op {i}"
+        );
+        assert_eq!(
+            conn.queued_signals(),
+            model.queue.len(),
+            "queued after op {i}"
+        );
     }
     assert_eq!(conn.is_usable(), !model.poisoned, "usability at the end");
     // What is left in the queue comes out in order, then nothing.

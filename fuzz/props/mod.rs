@@ -12,11 +12,14 @@ pub mod server_model;
 pub mod signal_push;
 pub mod testkit_request;
 pub mod tls_handshake;
-pub mod wire;
 pub mod validate_args;
+pub mod wire;
+
+/// A target's property check: panics when a property fails.
+pub type Check = fn(&[u8]);
 
 /// Every target: its name (as in `fuzz/Cargo.toml`) and its property check.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("reply_parser", reply_parser::run),
     ("line_reader", line_reader::run),
     ("signal_push", signal_push::run),

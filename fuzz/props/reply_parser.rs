@@ -58,7 +58,11 @@ fn check_reply(line: &[u8], expect: Expect) {
         return;
     }
     if is_push(line) {
-        assert_eq!(parsed, Err(ProtocolError::Unexpected), "push as reply {line:?}");
+        assert_eq!(
+            parsed,
+            Err(ProtocolError::Unexpected),
+            "push as reply {line:?}"
+        );
     }
     let Ok(reply) = parsed else { return };
     let text = text.unwrap_or_default();
@@ -123,7 +127,9 @@ fn check_u64(bytes: &[u8]) {
     let model = if bytes.is_empty() || bytes.len() > 20 || !bytes.iter().all(u8::is_ascii_digit) {
         None
     } else {
-        std::str::from_utf8(bytes).ok().and_then(|s| s.parse::<u64>().ok())
+        std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
     };
     assert_eq!(parse_u64(bytes).ok(), model, "{bytes:?}");
 }

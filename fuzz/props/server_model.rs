@@ -34,14 +34,47 @@ pub enum Request {
     Auth(String),
     Ping,
     Stats,
-    Acquire { space: Space, key: String, timeout: Duration, lease: Duration, limit: usize },
-    Release { space: Space, key: String, token: String },
-    Renew { space: Space, key: String, token: String, lease: Duration },
-    Enqueue { space: Space, key: String, lease: Duration, limit: usize },
-    Wait { space: Space, key: String, timeout: Duration },
-    Listen { pattern: String, group: String },
-    Unlisten { pattern: String, group: String },
-    Signal { channel: String, payload: String },
+    Acquire {
+        space: Space,
+        key: String,
+        timeout: Duration,
+        lease: Duration,
+        limit: usize,
+    },
+    Release {
+        space: Space,
+        key: String,
+        token: String,
+    },
+    Renew {
+        space: Space,
+        key: String,
+        token: String,
+        lease: Duration,
+    },
+    Enqueue {
+        space: Space,
+        key: String,
+        lease: Duration,
+        limit: usize,
+    },
+    Wait {
+        space: Space,
+        key: String,
+        timeout: Duration,
+    },
+    Listen {
+        pattern: String,
+        group: String,
+    },
+    Unlisten {
+        pattern: String,
+        group: String,
+    },
+    Signal {
+        channel: String,
+        payload: String,
+    },
 }
 
 /// One request framed from the start of a buffer.
@@ -94,21 +127,28 @@ fn parse_int(s: &str) -> Option<i64> {
 /// `parseSecondsArg`.
 fn seconds(s: &str, min: i64) -> Option<Duration> {
     let n = parse_int(s)?;
-    (min..=MAX_SECONDS).contains(&n).then(|| Duration::from_secs(n.unsigned_abs()))
+    (min..=MAX_SECONDS)
+        .contains(&n)
+        .then(|| Duration::from_secs(n.unsigned_abs()))
 }
 
 /// `validateKey`.
 fn key_ok(key: &[u8]) -> bool {
-    !key.is_empty() && !key.iter().any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    !key.is_empty()
+        && !key
+            .iter()
+            .any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
 /// `signal.ValidatePattern`.
 pub fn pattern_ok(pattern: &str) -> bool {
     let tokens: Vec<&str> = pattern.split('.').collect();
+    let last = tokens.len() - 1;
     tokens.iter().enumerate().all(|(i, t)| {
-        !(*t == ">" && i != tokens.len() - 1)
-            && !(t.contains('*') && *t != "*")
-            && !(t.contains('>') && *t != ">")
+        let gt_not_last = *t == ">" && i != last;
+        let star_in_token = t.contains('*') && *t != "*";
+        let gt_in_token = t.contains('>') && *t != ">";
+        !(gt_not_last || star_in_token || gt_in_token)
     })
 }
 
@@ -171,7 +211,11 @@ fn parse(cmd: &[u8], key: &[u8], arg: &[u8]) -> Result<Request, bool> {
         None => Some(DEFAULT_LEASE),
         Some(s) => seconds(s, 1),
     };
-    let limit = |s: &str| parse_int(s).filter(|&n| n > 0).and_then(|n| usize::try_from(n).ok());
+    let limit = |s: &str| {
+        parse_int(s)
+            .filter(|&n| n > 0)
+            .and_then(|n| usize::try_from(n).ok())
+    };
     let req = match cmd {
         b"l" | b"sl" => {
             let sem = cmd == b"sl";
@@ -180,11 +224,19 @@ fn parse(cmd: &[u8], key: &[u8], arg: &[u8]) -> Result<Request, bool> {
                 return fail;
             }
             let timeout = seconds(parts[0], 0);
-            let (lim, l) = if sem { (limit(parts[1]), parts.get(2)) } else { (Some(1), parts.get(1)) };
+            let (lim, l) = if sem {
+                (limit(parts[1]), parts.get(2))
+            } else {
+                (Some(1), parts.get(1))
+            };
             match (timeout, lim, lease(l)) {
-                (Some(timeout), Some(limit), Some(lease)) => {
-                    Request::Acquire { space, key, timeout, lease, limit }
-                }
+                (Some(timeout), Some(limit), Some(lease)) => Request::Acquire {
+                    space,
+                    key,
+                    timeout,
+                    lease,
+                    limit,
+                },
                 _ => return fail,
             }
         }
@@ -192,21 +244,39 @@ fn parse(cmd: &[u8], key: &[u8], arg: &[u8]) -> Result<Request, bool> {
             if stripped.is_empty() {
                 return fail;
             }
-            Request::Release { space, key, token: stripped.to_owned() }
+            Request::Release {
+                space,
+                key,
+                token: stripped.to_owned(),
+            }
         }
         b"n" | b"sn" => {
             if !(1..=2).contains(&parts.len()) {
                 return fail;
             }
             match lease(parts.get(1)) {
-                Some(lease) => Request::Renew { space, key, token: parts[0].to_owned(), lease },
+                Some(lease) => Request::Renew {
+                    space,
+                    key,
+                    token: parts[0].to_owned(),
+                    lease,
+                },
                 None => return fail,
             }
         }
         b"e" => {
-            let l = if stripped.is_empty() { Some(DEFAULT_LEASE) } else { seconds(stripped, 1) };
+            let l = if stripped.is_empty() {
+                Some(DEFAULT_LEASE)
+            } else {
+                seconds(stripped, 1)
+            };
             match l {
-                Some(lease) => Request::Enqueue { space, key, lease, limit: 1 },
+                Some(lease) => Request::Enqueue {
+                    space,
+                    key,
+                    lease,
+                    limit: 1,
+                },
                 None => return fail,
             }
         }
@@ -215,12 +285,21 @@ fn parse(cmd: &[u8], key: &[u8], arg: &[u8]) -> Result<Request, bool> {
                 return fail;
             }
             match (limit(parts[0]), lease(parts.get(1))) {
-                (Some(limit), Some(lease)) => Request::Enqueue { space, key, lease, limit },
+                (Some(limit), Some(lease)) => Request::Enqueue {
+                    space,
+                    key,
+                    lease,
+                    limit,
+                },
                 _ => return fail,
             }
         }
         b"w" | b"sw" => match seconds(stripped, 0) {
-            Some(timeout) if !stripped.is_empty() => Request::Wait { space, key, timeout },
+            Some(timeout) if !stripped.is_empty() => Request::Wait {
+                space,
+                key,
+                timeout,
+            },
             _ => return fail,
         },
         b"listen" | b"unlisten" => {
@@ -229,9 +308,15 @@ fn parse(cmd: &[u8], key: &[u8], arg: &[u8]) -> Result<Request, bool> {
             }
             let group = stripped.to_owned();
             if cmd == b"listen" {
-                Request::Listen { pattern: key, group }
+                Request::Listen {
+                    pattern: key,
+                    group,
+                }
             } else {
-                Request::Unlisten { pattern: key, group }
+                Request::Unlisten {
+                    pattern: key,
+                    group,
+                }
             }
         }
         _ => {
@@ -240,7 +325,10 @@ fn parse(cmd: &[u8], key: &[u8], arg: &[u8]) -> Result<Request, bool> {
             if stripped.is_empty() || key.contains(['*', '>']) || arg.len() as i64 > max {
                 return fail;
             }
-            Request::Signal { channel: key, payload: arg }
+            Request::Signal {
+                channel: key,
+                payload: arg,
+            }
         }
     };
     Ok(req)

@@ -26,7 +26,10 @@ pub fn run(data: &[u8]) {
             (Frame::Incomplete, Framed::Incomplete) | (Frame::TooLong, Framed::TooLong) => return,
             (
                 Frame::Done { consumed, request },
-                Framed::Done { consumed: kit_consumed, request: kit_request },
+                Framed::Done {
+                    consumed: kit_consumed,
+                    request: kit_request,
+                },
             ) => {
                 assert_eq!(consumed, kit_consumed, "framing of {rest:?}");
                 match request {

@@ -56,7 +56,10 @@ pub fn run(data: &[u8]) {
         None => (0, &[][..]),
     };
     let verify = if config & 1 == 0 {
-        TlsVerify::Ca { ca_der: CA_DER, server_name: "dflockd.test" }
+        TlsVerify::Ca {
+            ca_der: CA_DER,
+            server_name: "dflockd.test",
+        }
     } else {
         TlsVerify::Insecure
     };

@@ -40,7 +40,12 @@ fn expected(req: &Request<'_>) -> Server {
     };
     match *req {
         Request::Auth { token } => Server::Auth(token.0.to_owned()),
-        Request::Acquire { kind, key, timeout, lease: l } => Server::Acquire {
+        Request::Acquire {
+            kind,
+            key,
+            timeout,
+            lease: l,
+        } => Server::Acquire {
             space: space(kind),
             key: key.into(),
             timeout: secs(timeout),
@@ -52,13 +57,22 @@ fn expected(req: &Request<'_>) -> Server {
             key: key.into(),
             token: token.as_str().into(),
         },
-        Request::Renew { kind, key, token, lease: l } => Server::Renew {
+        Request::Renew {
+            kind,
+            key,
+            token,
+            lease: l,
+        } => Server::Renew {
             space: space(kind),
             key: key.into(),
             token: token.as_str().into(),
             lease: lease(l),
         },
-        Request::Enqueue { kind, key, lease: l } => Server::Enqueue {
+        Request::Enqueue {
+            kind,
+            key,
+            lease: l,
+        } => Server::Enqueue {
             space: space(kind),
             key: key.into(),
             lease: lease(l),
@@ -93,7 +107,12 @@ fn lines(req: &Request<'_>) -> Vec<u8> {
     let mut nums: Vec<String> = Vec::new();
     let text: String = match *req {
         Request::Auth { token } => token.0.into(),
-        Request::Acquire { kind, timeout, lease, .. } => {
+        Request::Acquire {
+            kind,
+            timeout,
+            lease,
+            ..
+        } => {
             nums.push(timeout.to_string());
             if let Kind::Semaphore { limit } = kind {
                 nums.push(limit.to_string());
@@ -169,7 +188,9 @@ pub fn run(data: &[u8]) {
     };
     let f: Vec<&str> = arg.split(' ').collect();
     let token = Token::parse(TOKEN.as_bytes()).unwrap_or_else(|_| unreachable!());
-    let sem = |i| Kind::Semaphore { limit: num(&f, i).unwrap_or(0) };
+    let sem = |i| Kind::Semaphore {
+        limit: num(&f, i).unwrap_or(0),
+    };
     let one = Kind::Semaphore { limit: 1 };
     let timeout = num(&f, 0).unwrap_or(0);
     let req = match cmd {
@@ -179,23 +200,76 @@ pub fn run(data: &[u8]) {
         b"listen" | b"unlisten" => {
             let group = (!arg.is_empty()).then_some(arg);
             if cmd == b"listen" {
-                Request::Listen { pattern: key, group }
+                Request::Listen {
+                    pattern: key,
+                    group,
+                }
             } else {
-                Request::Unlisten { pattern: key, group }
+                Request::Unlisten {
+                    pattern: key,
+                    group,
+                }
             }
         }
-        b"signal" => Request::Signal { channel: key, payload: arg },
-        b"sl" => Request::Acquire { kind: sem(1), key, timeout, lease: num(&f, 2) },
-        b"r" => Request::Release { kind: Kind::Lock, key, token: &token },
+        b"signal" => Request::Signal {
+            channel: key,
+            payload: arg,
+        },
+        b"sl" => Request::Acquire {
+            kind: sem(1),
+            key,
+            timeout,
+            lease: num(&f, 2),
+        },
+        b"r" => Request::Release {
+            kind: Kind::Lock,
+            key,
+            token: &token,
+        },
         // The limit is not sent with sr, sn and sw: keep it valid.
-        b"sr" => Request::Release { kind: one, key, token: &token },
-        b"n" => Request::Renew { kind: Kind::Lock, key, token: &token, lease: num(&f, 1) },
-        b"sn" => Request::Renew { kind: one, key, token: &token, lease: num(&f, 1) },
-        b"e" => Request::Enqueue { kind: Kind::Lock, key, lease: num(&f, 0) },
-        b"se" => Request::Enqueue { kind: sem(0), key, lease: num(&f, 1) },
-        b"w" => Request::Wait { kind: Kind::Lock, key, timeout },
-        b"sw" => Request::Wait { kind: one, key, timeout },
-        _ => Request::Acquire { kind: Kind::Lock, key, timeout, lease: num(&f, 1) },
+        b"sr" => Request::Release {
+            kind: one,
+            key,
+            token: &token,
+        },
+        b"n" => Request::Renew {
+            kind: Kind::Lock,
+            key,
+            token: &token,
+            lease: num(&f, 1),
+        },
+        b"sn" => Request::Renew {
+            kind: one,
+            key,
+            token: &token,
+            lease: num(&f, 1),
+        },
+        b"e" => Request::Enqueue {
+            kind: Kind::Lock,
+            key,
+            lease: num(&f, 0),
+        },
+        b"se" => Request::Enqueue {
+            kind: sem(0),
+            key,
+            lease: num(&f, 1),
+        },
+        b"w" => Request::Wait {
+            kind: Kind::Lock,
+            key,
+            timeout,
+        },
+        b"sw" => Request::Wait {
+            kind: one,
+            key,
+            timeout,
+        },
+        _ => Request::Acquire {
+            kind: Kind::Lock,
+            key,
+            timeout,
+            lease: num(&f, 1),
+        },
     };
     check(&req);
 }

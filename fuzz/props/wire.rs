@@ -65,7 +65,11 @@ impl embedded_io_async::Read for Wire<'_> {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, WireError> {
         let left = &self.input[self.pos..];
         if left.is_empty() {
-            return if self.fail_at_end { Err(WireError) } else { Ok(0) };
+            return if self.fail_at_end {
+                Err(WireError)
+            } else {
+                Ok(0)
+            };
         }
         let chunk = match self.chunks {
             [] => usize::MAX,

@@ -388,7 +388,10 @@ mod tests {
         let payload = "p".repeat(MAX_LONG_LINE);
         assert!(matches!(
             frame(format!("signal\nc\n{payload}\n").as_bytes(), D),
-            Frame::Done { request: Err(()), .. }
+            Frame::Done {
+                request: Err(()),
+                ..
+            }
         ));
         let payload = "p".repeat(MAX_LONG_LINE + 1);
         assert_eq!(
