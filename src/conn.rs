@@ -223,12 +223,14 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     }
 
     /// Reads until a whole line is buffered and consumes it, returning its
-    /// range (without `\n`). Push lines longer than the buffer are skipped
-    /// and counted dropped; any other over-long line is `LineTooLong`.
+    /// range (without `\n`). A push line longer than the buffer is skipped,
+    /// counted dropped and reported as `None` (never followed into the next
+    /// line: a caller that saw a push coming must not get the line after
+    /// it); any other over-long line is `LineTooLong`.
     ///
     /// Cancel-safe if the transport's read is: state only changes after a
     /// read completed.
-    async fn read_line(&mut self) -> Result<(usize, usize), T::Error> {
+    async fn read_line(&mut self) -> Result<Option<(usize, usize)>, T::Error> {
         let mut scanned = self.start;
         loop {
             if let Some(pos) = find_newline(&self.buf[scanned..self.end]) {
@@ -242,10 +244,9 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
                         "signal dropped: push line longer than the {} byte buffer",
                         N
                     );
-                    scanned = self.start;
-                    continue;
+                    return Ok(None);
                 }
-                return Ok((line_start, nl));
+                return Ok(Some((line_start, nl)));
             }
             if self.discarding {
                 self.start = self.end;
@@ -282,7 +283,9 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// Reads the next reply line, queueing pushes that come first.
     async fn read_reply_line(&mut self) -> Result<(usize, usize), T::Error> {
         loop {
-            let (s, e) = self.read_line().await?;
+            let Some((s, e)) = self.read_line().await? else {
+                continue;
+            };
             if is_push(&self.buf[s..e]) {
                 self.accept_push(s, e);
                 continue;
@@ -521,8 +524,11 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
             if !is_push(&self.buf[self.start..self.end]) {
                 break;
             }
-            let (s, e) = self.read_line().await?;
-            self.accept_push(s, e);
+            // This push line only: an over-long one is dropped, and the
+            // reply after it is streamed below, whatever its length.
+            if let Some((s, e)) = self.read_line().await? {
+                self.accept_push(s, e);
+            }
         }
         // Stream the reply line into `out`.
         let mut len = 0;
@@ -593,7 +599,9 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
             return Err(Error::Unusable);
         }
         while self.pushes.len == 0 {
-            let (s, e) = self.read_line().await?;
+            let Some((s, e)) = self.read_line().await? else {
+                continue;
+            };
             if !is_push(&self.buf[s..e]) {
                 self.poisoned = true;
                 return Err(Error::Protocol(ProtocolError::Unsolicited));

@@ -367,6 +367,23 @@ fn stats_into_caller_buffer() {
     assert!(!c.is_usable());
 }
 
+/// Found by the `line_reader` fuzz target: an over-long push before the
+/// stats reply made `stats` take the reply for a malformed push and return
+/// the line after it.
+#[test]
+fn stats_after_an_over_long_push_reads_its_own_reply() {
+    let long = "x".repeat(100);
+    let input = std::format!("sig a {long}\nok {{\"n\":1}}\nok {{\"n\":2}}\n");
+    for chunk in [1, 7, usize::MAX] {
+        let mut c: Conn<64, 64> = Connection::new(Scripted::new(input.as_bytes()));
+        c.transport_mut().read_chunk = chunk;
+        let mut out = [0u8; 64];
+        assert_eq!(block_on(c.stats(&mut out)).unwrap(), "{\"n\":1}", "chunk {chunk}");
+        assert_eq!(c.dropped_signals(), 1);
+        assert_eq!(block_on(c.stats(&mut out)).unwrap(), "{\"n\":2}");
+    }
+}
+
 #[test]
 fn stats_error_status() {
     let mut c = conn("error\n");
