@@ -552,9 +552,9 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
             self.compact();
             self.fill().await?;
         }
-        let line = trim_cr(&out[..len]);
-        let line_len = line.len();
-        let reply = parse_reply(&out[..line_len], Expect::Stats)?;
+        // parse_reply strips the one trailing CR itself.
+        let line_len = trim_cr(&out[..len]).len();
+        let reply = parse_reply(&out[..len], Expect::Stats)?;
         self.poisoned = matches!(reply, Reply::Status(Status::Auth | Status::Draining));
         let json_start = match reply {
             Reply::Stats(json) => line_len - json.len(),

@@ -378,10 +378,22 @@ fn stats_after_an_over_long_push_reads_its_own_reply() {
         let mut c: Conn<64, 64> = Connection::new(Scripted::new(input.as_bytes()));
         c.transport_mut().read_chunk = chunk;
         let mut out = [0u8; 64];
-        assert_eq!(block_on(c.stats(&mut out)).unwrap(), "{\"n\":1}", "chunk {chunk}");
+        assert_eq!(
+            block_on(c.stats(&mut out)).unwrap(),
+            "{\"n\":1}",
+            "chunk {chunk}"
+        );
         assert_eq!(c.dropped_signals(), 1);
         assert_eq!(block_on(c.stats(&mut out)).unwrap(), "{\"n\":2}");
     }
+}
+
+/// Found by the `line_reader` fuzz target: a CR was stripped twice.
+#[test]
+fn stats_strips_exactly_one_cr() {
+    let mut c = conn("ok {}\r\r\n");
+    let mut out = [0u8; 64];
+    assert_eq!(block_on(c.stats(&mut out)).unwrap(), "{}\r");
 }
 
 #[test]
