@@ -175,7 +175,8 @@ pub struct Model<'a> {
 pub enum Next<'a> {
     /// A whole line (without `\n`).
     Line(&'a [u8]),
-    /// The stream ends after these bytes, which have no `\n`.
+    /// The stream ends after these bytes, which have no `\n` (they stay:
+    /// the next read finds them again).
     End(&'a [u8]),
 }
 
@@ -202,7 +203,9 @@ impl<'a> Model<'a> {
                 self.rest = &self.rest[i + 1..];
                 Next::Line(line)
             }
-            None => Next::End(std::mem::take(&mut self.rest)),
+            // A partial line stays buffered in the connection: every later
+            // read finds it again.
+            None => Next::End(self.rest),
         }
     }
 
