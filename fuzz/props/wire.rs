@@ -220,10 +220,10 @@ impl<'a> Model<'a> {
 
     /// A push line that fit the buffer: queued, or counted dropped.
     pub fn push(&mut self, line: &[u8]) {
-        let line = trim_cr(line);
         match parse_push(line) {
             Ok(sig) => {
-                let need = line.len(); // 4 length bytes + the body after "sig "
+                // 4 length bytes + the body after "sig " (one CR stripped).
+                let need = trim_cr(line).len();
                 if self.queue_bytes + need <= self.p {
                     self.queue_bytes += need;
                     self.queue

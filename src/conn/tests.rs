@@ -396,6 +396,18 @@ fn stats_strips_exactly_one_cr() {
     assert_eq!(block_on(c.stats(&mut out)).unwrap(), "{}\r");
 }
 
+/// Found by the `line_reader` fuzz target: a push was checked with two
+/// CRs stripped but queued with one.
+#[test]
+fn push_with_two_trailing_crs_is_what_parse_push_makes_of_it() {
+    let mut c: Conn<64, 64> = Connection::new(Scripted::new(&b"sig c x\r\r\nsig c \r\r\n"[..]));
+    let sig = block_on(c.next_signal()).unwrap();
+    assert_eq!((sig.channel, sig.payload), ("c", "x\r"));
+    let sig = block_on(c.next_signal()).unwrap();
+    assert_eq!((sig.channel, sig.payload), ("c", "\r"));
+    assert_eq!(c.dropped_signals(), 0);
+}
+
 #[test]
 fn stats_error_status() {
     let mut c = conn("error\n");
