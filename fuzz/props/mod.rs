@@ -6,6 +6,11 @@
 //! fails: a panic is a crash for libFuzzer and a failure for the test.
 
 pub mod alloc;
+/// The testkit's request parser, compiled in from its source (std only), so
+/// the fuzz build needs none of the testkit's server dependencies.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../testkit/src/protocol.rs"]
+pub mod kit_protocol;
 pub mod line_reader;
 pub mod reply_parser;
 pub mod server_model;

@@ -11,16 +11,22 @@
 //! gets `error` from the testkit (the Go server would take the bytes; no
 //! client of ours can send them).
 
-use dflockd_testkit::fuzzing::{self, Framed};
+use std::time::Duration;
 
+use super::kit_protocol::{self, Frame as Framed};
 use super::server_model::{self, Frame};
+
+/// The testkit's framing of one request, with the request in `Debug` form.
+fn kit_frame(buf: &[u8]) -> Framed {
+    kit_protocol::frame(buf, Duration::from_secs(33))
+}
 
 /// The target.
 pub fn run(data: &[u8]) {
     let mut pos = 0;
     loop {
         let rest = &data[pos..];
-        let kit = fuzzing::frame(rest);
+        let kit = kit_frame(rest);
         let real = server_model::frame(rest);
         match (&real, &kit) {
             (Frame::Incomplete, Framed::Incomplete) | (Frame::TooLong, Framed::TooLong) => return,
@@ -35,13 +41,12 @@ pub fn run(data: &[u8]) {
                 match request {
                     Ok(r) => assert_eq!(
                         Some(format!("{r:?}")),
-                        *kit_request,
+                        kit_request.as_ref().ok().map(|k| format!("{k:?}")),
                         "the server accepts {:?}",
                         String::from_utf8_lossy(&rest[..*consumed])
                     ),
-                    Err(_) => assert_eq!(
-                        None,
-                        *kit_request,
+                    Err(_) => assert!(
+                        kit_request.is_err(),
                         "the server answers error to {:?}",
                         String::from_utf8_lossy(&rest[..*consumed])
                     ),

@@ -133,42 +133,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Not an API: the request parser, exposed for `fuzz/` (the testkit is an
-/// oracle and must not panic on any bytes). May change at any time.
-#[doc(hidden)]
-pub mod fuzzing {
-    use std::time::Duration;
-
-    /// One request framed from the start of a buffer.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub enum Framed {
-        /// More bytes are needed.
-        Incomplete,
-        /// A line exceeded its cap: the server answers `error` and closes.
-        TooLong,
-        /// Three lines (`consumed` bytes) were read; `None` = `error`.
-        Done {
-            /// Bytes consumed.
-            consumed: usize,
-            /// The request as parsed, or `None` when the server answers `error`.
-            request: Option<String>,
-        },
-    }
-
-    /// Frames one request from the start of `buf` (default lease 33 s); the
-    /// request comes back in its `Debug` form.
-    pub fn frame(buf: &[u8]) -> Framed {
-        match crate::protocol::frame(buf, Duration::from_secs(33)) {
-            crate::protocol::Frame::Incomplete => Framed::Incomplete,
-            crate::protocol::Frame::TooLong => Framed::TooLong,
-            crate::protocol::Frame::Done { consumed, request } => Framed::Done {
-                consumed,
-                request: request.ok().map(|r| format!("{r:?}")),
-            },
-        }
-    }
-}
-
 pub use config::Config;
 pub use stats::{IdleInfo, LockInfo, SemaphoreInfo, SignalChannelInfo, Stats};
 
