@@ -101,6 +101,47 @@ impl fmt::Display for ServerError {
 
 impl core::error::Error for ServerError {}
 
+/// A configuration mistake caught before anything was sent or connected:
+/// which option, and the rule it broke. Host adapters return it as
+/// [`Error::Config`] (a signal option out of range, a routing strategy
+/// returning an index outside the server list, a TLS server name that is
+/// neither a DNS name nor an IP address, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The option, as its builder method or field is named (`heartbeat`,
+    /// `strategy`, `server_name`, ...).
+    pub option: &'static str,
+    /// The rule it broke, as a sentence fragment (`must be non-zero`).
+    pub rule: &'static str,
+}
+
+impl ConfigError {
+    /// `option` broke `rule`.
+    pub const fn new(option: &'static str, rule: &'static str) -> Self {
+        Self { option, rule }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid option `{}`: {}", self.option, self.rule)
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
+/// For callers that return `std::io::Result`: an
+/// [`InvalidInput`](std::io::ErrorKind::InvalidInput) error carrying the
+/// [`ConfigError`].
+#[cfg(feature = "std")]
+impl From<ConfigError> for std::io::Error {
+    fn from(e: ConfigError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+    }
+}
+
 /// Everything that can go wrong on a connection.
 ///
 /// `E` is the transport's error type. [`Error::is_recoverable`] tells
@@ -118,6 +159,8 @@ pub enum Error<E> {
     Protocol(ProtocolError),
     /// An argument was rejected before anything was sent.
     InvalidArgument(InvalidArgument),
+    /// An option of a host adapter was rejected before connecting.
+    Config(ConfigError),
     /// The server answered with an error status.
     Server(ServerError),
     /// Authentication required or failed (`error_auth`); the server closes
@@ -141,7 +184,7 @@ impl<E> Error<E> {
     /// the transport, framing or server session is gone: reconnect.
     pub fn is_recoverable(&self) -> bool {
         match self {
-            Error::InvalidArgument(_) | Error::LeaseLost => true,
+            Error::InvalidArgument(_) | Error::Config(_) | Error::LeaseLost => true,
             Error::Server(e) => !matches!(e, ServerError::Draining),
             Error::Io(_)
             | Error::Disconnected
@@ -164,6 +207,7 @@ impl<E> Error<E> {
             Error::LineTooLong => Error::LineTooLong,
             Error::Protocol(p) => Error::Protocol(p),
             Error::InvalidArgument(a) => Error::InvalidArgument(a),
+            Error::Config(c) => Error::Config(c),
             Error::Server(s) => Error::Server(s),
             Error::Auth => Error::Auth,
             Error::Timeout => Error::Timeout,
@@ -179,6 +223,12 @@ impl<E> From<InvalidArgument> for Error<E> {
     }
 }
 
+impl<E> From<ConfigError> for Error<E> {
+    fn from(e: ConfigError) -> Self {
+        Error::Config(e)
+    }
+}
+
 impl<E> From<ProtocolError> for Error<E> {
     fn from(e: ProtocolError) -> Self {
         Error::Protocol(e)
@@ -191,14 +241,19 @@ impl<E> From<ServerError> for Error<E> {
     }
 }
 
-impl<E: fmt::Debug> fmt::Display for Error<E> {
+/// Shows the transport error by its own `Display` (e.g. `transport error:
+/// Connection refused (os error 111)`), so `E` must implement `Display`:
+/// every transport of this crate does (`std::io::Error`, embassy-net's and
+/// embedded-tls' errors).
+impl<E: fmt::Display> fmt::Display for Error<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io(e) => write!(f, "transport error: {e:?}"),
+            Error::Io(e) => write!(f, "transport error: {e}"),
             Error::Disconnected => f.write_str("server closed the connection"),
             Error::LineTooLong => f.write_str("reply longer than the line buffer"),
             Error::Protocol(e) => write!(f, "protocol error: {e}"),
             Error::InvalidArgument(e) => e.fmt(f),
+            Error::Config(e) => e.fmt(f),
             Error::Server(e) => e.fmt(f),
             Error::Auth => f.write_str("authentication failed (error_auth)"),
             Error::Timeout => f.write_str("timed out waiting for the server"),
@@ -208,7 +263,16 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
     }
 }
 
-impl<E: fmt::Debug> core::error::Error for Error<E> {}
+/// `source()` is the transport error of [`Error::Io`]; the other variants
+/// have none (the ones that wrap a value already show it in full).
+impl<E: core::error::Error + 'static> core::error::Error for Error<E> {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 #[cfg(feature = "defmt")]
 impl<E: embedded_io_async::Error> defmt::Format for Error<E> {
@@ -219,6 +283,7 @@ impl<E: embedded_io_async::Error> defmt::Format for Error<E> {
             Error::LineTooLong => defmt::write!(f, "LineTooLong"),
             Error::Protocol(e) => defmt::write!(f, "Protocol({})", e),
             Error::InvalidArgument(e) => defmt::write!(f, "InvalidArgument({})", e),
+            Error::Config(e) => defmt::write!(f, "Config({})", e),
             Error::Server(e) => defmt::write!(f, "Server({})", e),
             Error::Auth => defmt::write!(f, "Auth"),
             Error::Timeout => defmt::write!(f, "Timeout"),
@@ -232,6 +297,7 @@ impl<E: embedded_io_async::Error> defmt::Format for Error<E> {
 mod tests {
     extern crate std;
     use super::*;
+    use crate::testing::ScriptError;
     use std::string::ToString;
 
     #[test]
@@ -247,6 +313,7 @@ mod tests {
     #[test]
     fn recoverability() {
         type E = Error<()>;
+        assert!(E::Config(ConfigError::new("o", "r")).is_recoverable());
         assert!(E::Server(ServerError::Error).is_recoverable());
         assert!(!E::Server(ServerError::Draining).is_recoverable());
         assert!(!E::Disconnected.is_recoverable());
@@ -257,10 +324,22 @@ mod tests {
 
     #[test]
     fn display() {
-        let e: Error<()> = Error::Server(ServerError::NotLeader(Some(status_text("h:1"))));
+        let e: Error<ScriptError> = Error::Server(ServerError::NotLeader(Some(status_text("h:1"))));
         assert_eq!(
             e.to_string(),
             "server is not the cluster leader; leader is h:1"
         );
+        let e: Error<ScriptError> = ConfigError::new("queue", "must be at least 1").into();
+        assert_eq!(e.to_string(), "invalid option `queue`: must be at least 1");
+    }
+
+    #[test]
+    fn transport_error_is_shown_by_display_and_is_the_source() {
+        use core::error::Error as _;
+        let e: Error<ScriptError> = Error::Io(ScriptError);
+        assert_eq!(e.to_string(), "transport error: scripted transport error");
+        let source = e.source().map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("scripted transport error"));
+        assert!(Error::<ScriptError>::Timeout.source().is_none());
     }
 }

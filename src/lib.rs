@@ -13,19 +13,29 @@
 //!   queue with a drop counter, and a `ping` heartbeat.
 //! * [`time`] is the time boundary: a [`Timer`](time::Timer) the caller
 //!   supplies.
-//! * [`runtime`] holds the feature-gated host adapters (`tokio`, `std`).
+//! * [`runtime`] holds the feature-gated adapters (`tokio`, `std`, `rustls`,
+//!   `wasi`, `embassy-time`, `embassy-net`).
 //!
 //! # Features
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | *(none)* | the `no_std` core: protocol, connection, time boundary |
-//! | `std` | blocking transport over `std::net::TcpStream` ([`runtime::blocking`]) |
-//! | `tokio` | tokio transport and timer ([`runtime::tokio`]) |
+//! | *(none)* | the `no_std` core: protocol, connection, locks, signals, routing, time boundary |
+//! | `std` | blocking transport over `std::net::TcpStream` ([`runtime::blocking`]), blocking locks and signals |
+//! | `tokio` | tokio transport and timer ([`runtime::tokio`]), tokio locks and signals (implies `std`) |
+//! | `tls` | TLS 1.3 over any transport with embedded-tls ([`tls`]; `no_std`, heap-free, verifies against a CA by default) |
+//! | `rustls` | host TLS with rustls (ring) and full X.509 validation ([`runtime::tls_rustls`]) for tokio and blocking (implies `std`) |
+//! | `webpki-roots` | Mozilla's root certificates for `rustls` (`RustlsConnector::webpki_roots`) |
+//! | `embassy-time` | embassy-time as the core's timer (`runtime::embassy::EmbassyTimer`; firmware, or a host with embassy-time's std driver; not wasm) |
+//! | `embassy-net` | an embassy-net TCP connect with a dial timeout (`runtime::embassy::connect`; implies `embassy-time`) |
 //! | `wasi` | WASI 0.2 transport, timer, connect and RNG over wstd (`runtime::wasi`; wasm32-wasip2 only, rustc 1.91+) |
 //! | `serde` | a typed [`stats::Stats`] struct parsed from the stats JSON (host only) |
 //! | `log` | log through the `log` crate |
 //! | `defmt` | log through `defmt` and derive `defmt::Format` (firmware) |
+//! | `testing` | in-memory transports for tests, fuzzing and benchmarks (`testing::Scripted`, `testing::Responder`; implies `std`) |
+//!
+//! `tests/feature_table.rs` checks that every Cargo feature has a row here
+//! and in the README.
 //!
 //! `log` and `defmt` are mutually exclusive. Default features pull no std,
 //! tokio or defmt into a firmware build.
@@ -54,14 +64,14 @@ pub mod runtime;
 pub mod signal;
 #[cfg(feature = "serde")]
 pub mod stats;
-#[cfg(any(feature = "std", test))]
+#[cfg(any(feature = "testing", test))]
 pub mod testing;
 pub mod time;
 #[cfg(feature = "tls")]
 pub mod tls;
 
 pub use conn::{Connection, Enqueued, MIN_LINE_BUF, Result};
-pub use error::{Error, STATUS_TEXT_CAP, ServerError, StatusText};
+pub use error::{ConfigError, Error, STATUS_TEXT_CAP, ServerError, StatusText};
 pub use protocol::{Grant, InvalidArgument, Kind, Signal, Token};
 
 /// The README's examples, compiled as doctests.

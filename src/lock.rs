@@ -718,8 +718,9 @@ impl<'k> Lease<'k> {
     /// Releases the lease.
     ///
     /// [`Error::LeaseLost`] when the server says this token does not hold
-    /// the key (it expired); [`Error::Timeout`] when no reply came within
-    /// the reply timeout.
+    /// the key (it expired), or the deadline passed before or during the
+    /// release (the wait is bounded by the time left on the lease);
+    /// [`Error::Timeout`] when no reply came within the reply timeout.
     ///
     /// Not cancel-safe: a dropped future leaves the connection unusable
     /// (close it: the server then releases the lease).
@@ -728,11 +729,17 @@ impl<'k> Lease<'k> {
         conn: &mut Connection<T, N, P>,
         timer: &C,
     ) -> Result<(), T::Error> {
-        let limit = add_ms(timer.now(), self.io_ms);
+        // Nothing to release after the deadline: bounded by it too.
+        let now = timer.now();
+        if now >= self.deadline {
+            return Err(Error::LeaseLost);
+        }
+        let limit = add_ms(now, self.io_ms).min(self.deadline);
         match with_deadline(timer, limit, conn.release(self.kind, self.key, &self.token)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(Error::Server(ServerError::Error))) => Err(Error::LeaseLost),
             Ok(Err(e)) => Err(e),
+            Err(_) if limit == self.deadline => Err(Error::LeaseLost),
             Err(_) => Err(Error::Timeout),
         }
     }

@@ -1,4 +1,5 @@
-//! In-memory transports for tests, fuzzing and benchmarks (`std` feature).
+//! In-memory transports for tests, fuzzing and benchmarks (feature
+//! `testing`, which implies `std`).
 
 use std::vec::Vec;
 

@@ -112,7 +112,7 @@ fn host_stream_cycles_allocate_nothing() {
 
     let tcp = std::net::TcpStream::connect(addr).unwrap();
     let mut conn = BlockingConnection::<256, 0, BlockingHost>::from_transport(
-        BlockingHost::from(StdStream(tcp)),
+        BlockingHost::from(StdStream::new(tcp)),
         std::time::Duration::from_secs(10),
     );
     let allocs = blocking_cycles(&mut conn, "alloc-host-blocking");

@@ -1,18 +1,23 @@
 //! Conformance suite: every row of PROTOCOL.md's command table, FIFO,
 //! semaphores, leases, two-phase, disconnect, auth, stats and signals.
 //!
-//! Runs against the in-process testkit by default, and against any real
-//! dflockd when `DFLOCKD_ADDR=host:port` is set (plus `DFLOCKD_AUTH_TOKEN`
-//! when that server needs auth):
+//! Runs against the in-process testkit by default; against a real dflockd
+//! binary, started per test with the settings the test needs, when
+//! `DFLOCKD_REAL_SERVER=/path/to/dflockd` is set (see `scripts/real-servers`);
+//! and against any running dflockd when `DFLOCKD_ADDR=host:port` is set
+//! (plus `DFLOCKD_AUTH_TOKEN` when that server needs auth, and optionally
+//! `DFLOCKD_SERVER_NAME=v1.10.0|v1.14-signals|v2-cluster`, else probed):
 //!
 //! ```sh
 //! cargo test --test conformance
+//! DFLOCKD_REAL_SERVER=target/dflockd-servers/dflockd-v1.14-signals cargo test --test conformance
 //! DFLOCKD_ADDR=127.0.0.1:6388 cargo test --test conformance
 //! ```
 //!
-//! Tests that need server settings a real server may lack (a short lease
-//! TTL default, `--max-locks`, an auth token, draining) print why they skip,
-//! and only when `DFLOCKD_ADDR` is set.
+//! A test skips with a printed reason only where the server lacks what it
+//! checks: a feature of a later protocol generation (signals, ping), or,
+//! against a fixed `DFLOCKD_ADDR` server, a setting it cannot be started with
+//! (a short lease TTL default, `--max-locks`, an auth token, draining).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +27,7 @@ use dflockd_client::runtime::AuthToken;
 use dflockd_client::runtime::tokio::{ConnectOptions, TokioConnection, connect};
 use dflockd_client::stats::Stats;
 use dflockd_client::{Enqueued, Error, Kind, ServerError};
-use dflockd_testkit::{TestServer, TestServerBuilder};
+use dflockd_testkit::{Generation, TestServer, TestServerBuilder};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -32,14 +37,16 @@ type Conn = TokioConnection<4096, 16384>;
 /// Generous bound on anything that should happen promptly.
 const PROMPT: Duration = Duration::from_secs(15);
 
-/// The server under test: a real one from `DFLOCKD_ADDR`, or a testkit.
+/// The server under test: a fixed one from `DFLOCKD_ADDR`, or a
+/// [`TestServer`] (the testkit, or the real binary of `DFLOCKD_REAL_SERVER`).
 struct Target {
     addr: String,
     token: Option<String>,
+    generation: Generation,
     _server: Option<TestServer>,
 }
 
-fn real_server() -> Option<String> {
+fn fixed_server() -> Option<String> {
     std::env::var("DFLOCKD_ADDR").ok().filter(|a| !a.is_empty())
 }
 
@@ -48,40 +55,79 @@ impl Target {
         Self::with(|b| b).await
     }
 
-    /// A target whose testkit is configured by `cfg` (ignored for a real server).
+    /// A target whose server is configured by `cfg` (ignored for a fixed
+    /// `DFLOCKD_ADDR` server).
     async fn with(cfg: impl FnOnce(TestServerBuilder) -> TestServerBuilder) -> Target {
-        match real_server() {
-            Some(addr) => Target {
-                addr,
-                token: std::env::var("DFLOCKD_AUTH_TOKEN").ok(),
-                _server: None,
-            },
+        match fixed_server() {
+            Some(addr) => {
+                let token = std::env::var("DFLOCKD_AUTH_TOKEN").ok();
+                let mut t = Target {
+                    addr,
+                    token,
+                    generation: Generation::Testkit,
+                    _server: None,
+                };
+                t.generation = t.probe_generation().await;
+                t
+            }
             None => {
                 let server = cfg(TestServer::builder())
                     .start()
                     .await
-                    .expect("start testkit");
+                    .expect("start the server under test");
                 Target {
                     addr: server.addr().to_string(),
                     token: server.config().auth_token.clone(),
+                    generation: server.generation(),
                     _server: Some(server),
                 }
             }
         }
     }
 
-    /// A target that must be our testkit (a real server lacks the setting).
-    async fn testkit_only(
+    /// A target that needs server settings, which a fixed `DFLOCKD_ADDR`
+    /// server may not have: skipped there, with the reason printed.
+    async fn configured(
         why: &str,
         cfg: impl FnOnce(TestServerBuilder) -> TestServerBuilder,
     ) -> Option<Target> {
-        if real_server().is_some() {
-            println!("skipped against DFLOCKD_ADDR: needs {why}");
+        if fixed_server().is_some() {
+            println!("skipped {} against DFLOCKD_ADDR: needs {why}", test_name());
             return None;
         }
         Some(Self::with(cfg).await)
     }
 
+    /// The generation of a fixed server: `DFLOCKD_SERVER_NAME`, else probed
+    /// (no `ping` before v1.14; no signals on v2).
+    async fn probe_generation(&self) -> Generation {
+        if let Some(g) = std::env::var("DFLOCKD_SERVER_NAME")
+            .ok()
+            .and_then(|n| Generation::from_version(&n))
+        {
+            return g;
+        }
+        let mut c = self.conn().await;
+        if c.ping().await.is_err() {
+            return Generation::V1_10;
+        }
+        match c.listen(&key("probe"), None).await {
+            Ok(()) => Generation::V1_14,
+            Err(_) => Generation::V2,
+        }
+    }
+
+    /// False (and prints why) when the server lacks `feature`.
+    fn has(&self, feature: &str, present: bool) -> bool {
+        if !present {
+            println!(
+                "skipped {} against {}: no {feature} in this protocol generation",
+                test_name(),
+                self.generation.name()
+            );
+        }
+        present
+    }
     async fn conn(&self) -> Conn {
         let opts = ConnectOptions {
             auth_token: self.token.as_deref().map(AuthToken::from),
@@ -118,6 +164,11 @@ impl Target {
         .await
         .unwrap_or_else(|_| panic!("{key} never had {n} waiters"));
     }
+}
+
+/// The running test's name (libtest names each test's thread after it).
+fn test_name() -> String {
+    std::thread::current().name().unwrap_or("?").to_owned()
 }
 
 /// A key unique to this run, so a shared real server sees no collisions.
@@ -368,7 +419,7 @@ async fn lease_expiry_hands_over_and_renew_after_expiry_fails() {
 
 #[tokio::test]
 async fn default_lease_ttl_applies() {
-    let Some(t) = Target::testkit_only("a known --default-lease-ttl", |b| {
+    let Some(t) = Target::configured("a known --default-lease-ttl", |b| {
         b.default_lease_ttl(Duration::from_secs(9))
     })
     .await
@@ -496,7 +547,7 @@ async fn disconnect_releases_held_locks() {
 
 #[tokio::test]
 async fn no_auto_release_keeps_the_lock_until_its_lease_ends() {
-    let Some(t) = Target::testkit_only("--no-auto-release-on-disconnect", |b| {
+    let Some(t) = Target::configured("--no-auto-release-on-disconnect", |b| {
         b.auto_release_on_disconnect(false)
     })
     .await
@@ -524,7 +575,7 @@ async fn no_auto_release_keeps_the_lock_until_its_lease_ends() {
 
 #[tokio::test]
 async fn max_locks_and_max_waiters() {
-    let Some(t) = Target::testkit_only("--max-locks and --max-waiters", |b| {
+    let Some(t) = Target::configured("--max-locks and --max-waiters", |b| {
         b.max_locks(2).max_waiters(1)
     })
     .await
@@ -555,7 +606,7 @@ async fn max_locks_and_max_waiters() {
 // ---- auth --------------------------------------------------------------------
 
 async fn auth_target() -> Option<Target> {
-    if real_server().is_some() {
+    if fixed_server().is_some() {
         if std::env::var("DFLOCKD_AUTH_TOKEN").is_err() {
             println!("skipped against DFLOCKD_ADDR: needs DFLOCKD_AUTH_TOKEN");
             return None;
@@ -607,7 +658,7 @@ async fn auth_success_and_failure() {
 
 #[tokio::test]
 async fn auth_without_server_token_is_error() {
-    let Some(t) = Target::testkit_only("a server without --auth-token", |b| b).await else {
+    let Some(t) = Target::configured("a server without --auth-token", |b| b).await else {
         return;
     };
     let mut a = t.conn().await;
@@ -661,14 +712,11 @@ async fn stats_shape() {
 #[tokio::test]
 async fn ping_is_ok() {
     let t = Target::new().await;
-    let mut a = t.conn().await;
-    match a.ping().await {
-        Ok(()) => {}
-        Err(Error::Server(ServerError::Error)) if real_server().is_some() => {
-            println!("skipped against DFLOCKD_ADDR: server predates ping (v1.14)");
-        }
-        Err(e) => panic!("ping: {e:?}"),
+    if !t.has("ping", t.generation.has_ping()) {
+        return;
     }
+    let mut a = t.conn().await;
+    a.ping().await.expect("ping");
 }
 
 async fn raw_exchange(addr: &str, request: &[u8]) -> (String, bool) {
@@ -691,7 +739,7 @@ async fn raw_exchange(addr: &str, request: &[u8]) -> (String, bool) {
 
 #[tokio::test]
 async fn malformed_requests_get_error() {
-    let Some(t) = Target::testkit_only("no auth token (raw requests)", |b| b).await else {
+    let Some(t) = Target::configured("no auth token (raw requests)", |b| b).await else {
         return;
     };
     for req in [
@@ -720,7 +768,7 @@ async fn malformed_requests_get_error() {
 
 #[tokio::test]
 async fn idle_read_timeout_writes_error_and_closes() {
-    let Some(t) = Target::testkit_only("a short --read-timeout", |b| {
+    let Some(t) = Target::configured("a short --read-timeout", |b| {
         b.read_timeout(Duration::from_secs(1))
     })
     .await
@@ -748,9 +796,12 @@ async fn idle_read_timeout_writes_error_and_closes() {
 
 #[tokio::test]
 async fn draining_server_answers_error_draining() {
-    let Some(t) = Target::testkit_only("a graceful shutdown", |b| b).await else {
+    let Some(t) = Target::configured("a graceful shutdown", |b| b).await else {
         return;
     };
+    if !t.has("error_draining", t.generation.has_draining()) {
+        return;
+    }
     let mut a = t.conn().await;
     a.ping().await.unwrap();
     let server = t._server.as_ref().unwrap();
@@ -766,15 +817,12 @@ type SigConn = TokioConnection<4096, 16384>;
 
 /// Subscribes, or skips on servers without signals (v2).
 async fn listener(t: &Target, pattern: &str, group: Option<&str>) -> Option<SigConn> {
-    let mut c = t.conn().await;
-    match c.listen(pattern, group).await {
-        Ok(()) => Some(c),
-        Err(Error::Server(ServerError::Error)) if real_server().is_some() => {
-            println!("skipped against DFLOCKD_ADDR: server has no signals (v2)");
-            None
-        }
-        Err(e) => panic!("listen: {e:?}"),
+    if !t.has("signals", t.generation.has_signals()) {
+        return None;
     }
+    let mut c = t.conn().await;
+    c.listen(pattern, group).await.expect("listen");
+    Some(c)
 }
 
 async fn next(c: &mut SigConn) -> (String, String) {

@@ -62,7 +62,10 @@ fn acquire_release_and_fence() {
     assert!(lock.try_acquire().unwrap().is_none());
     guard.release().unwrap();
     let again = lock.try_acquire().unwrap().expect("free again");
-    assert!(again.fence().unwrap() > first);
+    if server.generation().has_fences() {
+        // Fences grow per grant on the testkit and v2; v1.x tokens are random.
+        assert!(again.fence().unwrap() > first);
+    }
     again.release().unwrap();
 }
 

@@ -61,7 +61,10 @@ async fn acquire_release_and_fence() {
     assert!(lock.try_acquire().await.unwrap().is_none());
     guard.release().await.unwrap();
     let again = lock.try_acquire().await.unwrap().expect("free again");
-    assert!(again.fence().unwrap() > first);
+    if server.generation().has_fences() {
+        // Fences grow per grant on the testkit and v2; v1.x tokens are random.
+        assert!(again.fence().unwrap() > first);
+    }
     again.release().await.unwrap();
 }
 

@@ -1,7 +1,6 @@
 //! Routing across several servers: the PROTOCOL.md vectors, and host locks
 //! landing on the server the strategy picks (three testkit servers).
 
-use std::io;
 use std::time::Duration;
 
 use dflockd_client::Error;
@@ -65,7 +64,7 @@ async fn tokio_locks_follow_the_default_strategy() {
         .strategy(|_: &str, s: &[&str]| s.len())
         .build();
     match bad.acquire().await {
-        Err(Error::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::InvalidInput),
+        Err(Error::Config(c)) => assert_eq!(c.option, "strategy", "{c}"),
         other => panic!("{other:?}"),
     }
     let first = tokio_lock::DistributedLock::builder("k")

@@ -263,7 +263,7 @@ async fn heartbeat_must_be_below_the_server_read_timeout() {
     let r = SignalConn::<256, 256>::connect(&server.addr().to_string(), &Default::default(), opts)
         .await;
     match r {
-        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput),
+        Err(Error::Config(c)) => assert_eq!(c.option, "heartbeat", "{c}"),
         other => panic!("{other:?}"),
     }
 }

@@ -125,7 +125,7 @@ fn blocking_lock_over_embedded_tls() {
     sock.set_write_timeout(Some(T)).unwrap();
     let mut b = bufs();
     let stream = block_on(tls::handshake(
-        StdStream(sock),
+        StdStream::new(sock),
         &mut b.read,
         &mut b.write,
         ca(&p.ca_der, SERVER_NAME),

@@ -211,7 +211,7 @@ async fn tls_per_server_takes_the_name_from_each_address() {
     // Per server: the host part of its address, `localhost`.
     let per_server = DistributedLock::builder("tls-names")
         .server(addr)
-        .tls_per_server(elsewhere)
+        .tls_per_server(elsewhere.clone())
         .build();
     per_server
         .acquire()
@@ -221,6 +221,17 @@ async fn tls_per_server_takes_the_name_from_each_address() {
         .release()
         .await
         .unwrap();
+
+    // A host part that is no server name is a configuration error, found
+    // before connecting.
+    let bad = DistributedLock::builder("tls-names")
+        .server(format!("not_a_name!:{}", server.addr().port()))
+        .tls_per_server(elsewhere)
+        .build();
+    match bad.acquire().await {
+        Err(Error::Config(c)) => assert_eq!(c.option, "servers", "{c}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 // ---- locks, blocking -----------------------------------------------------------

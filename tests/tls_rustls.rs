@@ -292,17 +292,13 @@ fn blocking_tls_client_against_plaintext_server_fails_cleanly() {
 
 #[test]
 fn connector_rejects_bad_input() {
-    assert_eq!(
-        RustlsConnector::from_ca_der(b"not a certificate", SERVER_NAME)
-            .unwrap_err()
-            .kind(),
-        io::ErrorKind::InvalidInput
-    );
+    let e = RustlsConnector::from_ca_der(b"not a certificate", SERVER_NAME).unwrap_err();
+    assert_eq!(e.option, "ca_der", "{e}");
     let p = pki();
+    let e = RustlsConnector::from_ca_der(&p.ca_der, "not a name!").unwrap_err();
+    assert_eq!(e.option, "server_name", "{e}");
     assert_eq!(
-        RustlsConnector::from_ca_der(&p.ca_der, "not a name!")
-            .unwrap_err()
-            .kind(),
-        io::ErrorKind::InvalidInput
+        e.to_string(),
+        "invalid option `server_name`: must be a DNS name or an IP address"
     );
 }

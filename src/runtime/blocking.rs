@@ -13,7 +13,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -61,8 +61,143 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
 
 /// The transport: a `std::net::TcpStream` behind the `embedded_io_async`
 /// traits. Its futures complete on their first poll (the IO blocks).
+///
+/// Reads and writes are bounded by the deadline last given to
+/// [`BlockingTransport::set_deadline`] (one deadline for a whole request,
+/// however the server spreads its bytes): on Unix each read first waits
+/// with `poll(2)` for the time left, and a write that would block (on a
+/// non-blocking socket, as this crate's own connections are) waits the
+/// same way. No socket option is changed per request.
 #[derive(Debug)]
-pub struct StdStream(pub TcpStream);
+pub struct StdStream(pub TcpStream, Option<std::time::Instant>);
+
+impl StdStream {
+    /// Wraps a connected socket (blocking or not), with no deadline.
+    pub fn new(tcp: TcpStream) -> Self {
+        Self(tcp, None)
+    }
+}
+
+impl From<TcpStream> for StdStream {
+    fn from(tcp: TcpStream) -> Self {
+        Self::new(tcp)
+    }
+}
+
+fn deadline_passed() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "request deadline passed")
+}
+
+/// Waits until `sock` is ready for `events` (`POLLIN`/`POLLOUT`) or
+/// `deadline` passed (`Ok(false)`). Error and hang-up count as ready: the
+/// following read or write reports them.
+#[cfg(unix)]
+fn poll_until(
+    sock: &TcpStream,
+    events: libc::c_short,
+    deadline: Option<std::time::Instant>,
+) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    loop {
+        let timeout_ms: libc::c_int = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                // Rounded up: poll(2) never wakes before the deadline.
+                let ms = left.as_micros().div_ceil(1000);
+                libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+            }
+        };
+        let mut pfd = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid, exclusively borrowed array of one
+        // pollfd for the duration of the call; the fd is owned by `sock`.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        match r {
+            r if r > 0 => return Ok(true),
+            // Timed out: the loop checks the clock again.
+            0 => {}
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Without `poll(2)`: a read timeout for the time left (rounded up by the
+/// OS), set before each read.
+#[cfg(not(unix))]
+fn poll_until(
+    sock: &TcpStream,
+    _events: i16,
+    deadline: Option<std::time::Instant>,
+) -> io::Result<bool> {
+    if let Some(d) = deadline {
+        let left = d.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        sock.set_read_timeout(Some(left))?;
+    }
+    Ok(true)
+}
+
+#[cfg(unix)]
+const POLLIN: i16 = libc::POLLIN;
+#[cfg(unix)]
+const POLLOUT: i16 = libc::POLLOUT;
+#[cfg(not(unix))]
+const POLLIN: i16 = 1;
+#[cfg(not(unix))]
+const POLLOUT: i16 = 4;
+
+/// `io::Read`/`io::Write` over a socket, bounded by a deadline.
+struct Bounded<'a>(&'a TcpStream, Option<std::time::Instant>);
+
+impl io::Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if !poll_until(self.0, POLLIN, self.1)? {
+                return Err(deadline_passed());
+            }
+            match io::Read::read(&mut &*self.0, buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A spurious wake-up (or a non-Unix read timeout).
+                Err(e) if is_timeout(&e) => {}
+                r => return r,
+            }
+        }
+    }
+}
+
+impl io::Write for Bounded<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match io::Write::write(&mut &*self.0, buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !poll_until(self.0, POLLOUT, self.1)? {
+                        return Err(deadline_passed());
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 impl embedded_io_async::ErrorType for StdStream {
     type Error = io::Error;
@@ -70,27 +205,17 @@ impl embedded_io_async::ErrorType for StdStream {
 
 impl embedded_io_async::Read for StdStream {
     async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.0.read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
+        io::Read::read(&mut Bounded(&self.0, self.1), buf)
     }
 }
 
 impl embedded_io_async::Write for StdStream {
     async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        loop {
-            match self.0.write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
+        io::Write::write(&mut Bounded(&self.0, self.1), buf)
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        Ok(())
     }
 }
 
@@ -103,6 +228,22 @@ pub trait BlockingTransport:
 {
     /// Bounds every following blocking read (`None` = no bound).
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+
+    /// Bounds every following read and write by one instant (`None` = no
+    /// bound): a request sent after this call ends with an
+    /// [`io::ErrorKind::TimedOut`] error at the deadline, however the peer
+    /// spreads its bytes. [`BlockingConnection`] calls it once per request.
+    ///
+    /// The default sets the read timeout to the time left, which bounds
+    /// each read rather than the request (and costs a syscall); this
+    /// crate's transports keep the deadline themselves and change no
+    /// socket option.
+    fn set_deadline(&mut self, deadline: Option<std::time::Instant>) -> io::Result<()> {
+        self.set_read_timeout(deadline.map(|d| {
+            d.saturating_duration_since(std::time::Instant::now())
+                .max(Duration::from_millis(1))
+        }))
+    }
 
     /// Waits up to `timeout` until a read would return data (or end of
     /// stream) without blocking, consuming nothing the connection needs.
@@ -122,16 +263,14 @@ impl BlockingTransport for StdStream {
         self.0.set_read_timeout(timeout)
     }
 
+    fn set_deadline(&mut self, deadline: Option<std::time::Instant>) -> io::Result<()> {
+        self.1 = deadline;
+        Ok(())
+    }
+
     fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
-        self.0
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        // Peek without consuming: a timeout here loses nothing.
-        let mut probe = [0u8; 1];
-        match self.0.peek(&mut probe) {
-            Ok(_) => Ok(true),
-            Err(e) if is_timeout(&e) => Ok(false),
-            Err(e) => Err(e),
-        }
+        // Consumes nothing: a timeout here loses nothing.
+        poll_until(&self.0, POLLIN, Some(std::time::Instant::now() + timeout))
     }
 }
 
@@ -140,8 +279,9 @@ impl BlockingTransport for StdStream {
 pub struct ConnectOptions {
     /// Gives up connecting to an address after this long. Default 10 s.
     pub connect_timeout: Duration,
-    /// Longest wait for a reply beyond the time the server may block on an
-    /// acquire or wait, and for any write. Default 10 s.
+    /// How long a whole request (its write and every read of its reply)
+    /// may take beyond the time the server may block on an acquire or wait.
+    /// Default 10 s.
     pub io_timeout: Duration,
     /// Sent with `auth` as the first request when set. Never logged.
     pub auth_token: Option<AuthToken>,
@@ -165,8 +305,10 @@ fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
 }
 
 /// A blocking connection: every method of [`Connection`], run to completion
-/// on the calling thread, with socket timeouts so that a dead or silent
-/// server gives [`Error::Timeout`] instead of a hang.
+/// on the calling thread, each request with one deadline (the reply
+/// timeout, plus the time the server may block on purpose) so that a dead,
+/// silent or trickling server gives [`Error::Timeout`] at that deadline
+/// instead of a hang. No socket option is changed per request.
 ///
 /// `T` is the transport: [`StdStream`] (plain TCP, the default) or, with
 /// the `rustls` feature, [`StdTlsStream`] (see
@@ -179,9 +321,6 @@ pub struct BlockingConnection<
 > {
     inner: Connection<T, N, P>,
     io_timeout: Duration,
-    /// The read timeout last set on the transport (`None` = unknown), so
-    /// back-to-back requests skip the `setsockopt` syscall.
-    read_timeout: Option<Duration>,
 }
 
 /// Result of blocking calls.
@@ -218,22 +357,33 @@ fn connect_tcp(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<TcpStr
     Ok(stream)
 }
 
+/// On Unix, puts a connected socket in non-blocking mode (once per
+/// connection): reads wait with `poll(2)` for the request's deadline, and a
+/// write that would block waits the same way instead of outliving it.
+fn nonblocking(tcp: TcpStream) -> Result<TcpStream> {
+    #[cfg(unix)]
+    tcp.set_nonblocking(true).map_err(Error::Io)?;
+    Ok(tcp)
+}
+
 impl<const N: usize, const P: usize> BlockingConnection<N, P> {
     /// Connects to `addr` (`host:port`; names are resolved, each address is
     /// tried in turn), sets `TCP_NODELAY` and authenticates when a token is
     /// given.
     pub fn connect(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<Self> {
-        let stream = connect_tcp(addr, opts)?;
-        let mut conn = Self::from_transport(StdStream(stream), opts.io_timeout);
+        let stream = nonblocking(connect_tcp(addr, opts)?)?;
+        let mut conn = Self::from_transport(StdStream::new(stream), opts.io_timeout);
         if let Some(token) = &opts.auth_token {
             conn.run(0, |c| c.auth(token.expose()))?;
         }
         Ok(conn)
     }
 
-    /// Wraps an already connected stream.
+    /// Wraps an already connected stream. Reads are bounded by each
+    /// request's deadline; writes too when the socket is non-blocking (a
+    /// blocking socket's write is bounded by its own write timeout).
     pub fn from_stream(stream: TcpStream, io_timeout: Duration) -> Self {
-        Self::from_transport(StdStream(stream), io_timeout)
+        Self::from_transport(StdStream::new(stream), io_timeout)
     }
 }
 
@@ -243,33 +393,25 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
         Self {
             inner: Connection::new(transport),
             io_timeout,
-            read_timeout: None,
         }
     }
 
     /// The async connection inside, for anything not wrapped here.
     pub fn get_mut(&mut self) -> &mut Connection<T, N, P> {
-        // The caller may change the transport's read timeout.
-        self.read_timeout = None;
         &mut self.inner
     }
 
-    /// Bounds the transport's reads by `wait`, skipping the syscall when it
-    /// is already set.
-    fn set_read_timeout(&mut self, wait: Duration) -> Result<()> {
-        if self.read_timeout != Some(wait) {
-            self.read_timeout = None;
-            self.inner
-                .transport_mut()
-                .set_read_timeout(Some(wait))
-                .map_err(Error::Io)?;
-            self.read_timeout = Some(wait);
-        }
-        Ok(())
+    /// Gives the next request one deadline, `wait` from now.
+    fn arm(&mut self, wait: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now().checked_add(wait);
+        self.inner
+            .transport_mut()
+            .set_deadline(deadline)
+            .map_err(Error::Io)
     }
 
-    /// Arms the read timeout for a request the server may hold for
-    /// `server_secs`, then runs it.
+    /// Gives a request the server may hold for `server_secs` one deadline
+    /// (the reply timeout beyond that), then runs it.
     fn run<'c, R, F>(
         &'c mut self,
         server_secs: u64,
@@ -281,7 +423,7 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
         let wait = self
             .io_timeout
             .saturating_add(Duration::from_secs(server_secs));
-        self.set_read_timeout(wait)?;
+        self.arm(wait)?;
         block_on(f(&mut self.inner)).map_err(timeout_kind)
     }
 
@@ -348,19 +490,16 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
     }
     /// Waits up to `timeout` for the next signal; `Ok(None)` when none came.
     pub fn next_signal(&mut self, timeout: Duration) -> Result<Option<Signal<'_>>> {
-        if self.inner.queued_signals() == 0 {
-            // wait_readable changes the read timeout.
-            self.read_timeout = None;
-            if !self
+        if self.inner.queued_signals() == 0
+            && !self
                 .inner
                 .transport_mut()
                 .wait_readable(timeout)
                 .map_err(Error::Io)?
-            {
-                return Ok(None);
-            }
+        {
+            return Ok(None);
         }
-        self.set_read_timeout(self.io_timeout)?;
+        self.arm(self.io_timeout)?;
         block_on(self.inner.next_signal())
             .map(Some)
             .map_err(timeout_kind)
@@ -377,7 +516,10 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
 /// A server that closes without `close_notify` reads as end of stream, so
 /// the connection reports [`Error::Disconnected`] as over plain TCP.
 #[cfg(feature = "rustls")]
-pub struct StdTlsStream(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
+pub struct StdTlsStream(
+    rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    Option<std::time::Instant>,
+);
 
 #[cfg(feature = "rustls")]
 impl core::fmt::Debug for StdTlsStream {
@@ -422,7 +564,9 @@ impl StdTlsStream {
             tcp.set_read_timeout(Some(left))?;
             conn.complete_io(&mut tcp)?;
         }
-        Ok(Self(rustls::StreamOwned::new(conn, tcp)))
+        #[cfg(unix)]
+        tcp.set_nonblocking(true)?;
+        Ok(Self(rustls::StreamOwned::new(conn, tcp), None))
     }
 
     /// The TCP socket underneath.
@@ -466,14 +610,31 @@ impl embedded_io_async::ErrorType for StdTlsStream {
 }
 
 #[cfg(feature = "rustls")]
+impl StdTlsStream {
+    /// Sends every TLS record rustls has queued, within the deadline.
+    fn push(&mut self) -> io::Result<()> {
+        while self.0.conn.wants_write() {
+            self.0.conn.write_tls(&mut Bounded(&self.0.sock, self.1))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "rustls")]
 impl embedded_io_async::Read for StdTlsStream {
     async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match self.0.read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            match io::Read::read(&mut self.0.conn.reader(), buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 r => return r,
             }
+            // Nothing decrypted yet: one more read from the socket, within
+            // the request's deadline.
+            if self.0.conn.read_tls(&mut Bounded(&self.0.sock, self.1))? == 0 {
+                return Ok(0);
+            }
+            self.0.conn.process_new_packets().map_err(tls_io_error)?;
         }
     }
 }
@@ -481,16 +642,13 @@ impl embedded_io_async::Read for StdTlsStream {
 #[cfg(feature = "rustls")]
 impl embedded_io_async::Write for StdTlsStream {
     async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        loop {
-            match self.0.write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
+        let n = io::Write::write(&mut self.0.conn.writer(), buf)?;
+        self.push()?;
+        Ok(n)
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.push()
     }
 }
 
@@ -500,6 +658,11 @@ impl BlockingTransport for StdTlsStream {
         self.0.sock.set_read_timeout(timeout)
     }
 
+    fn set_deadline(&mut self, deadline: Option<std::time::Instant>) -> io::Result<()> {
+        self.1 = deadline;
+        Ok(())
+    }
+
     fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
@@ -507,16 +670,14 @@ impl BlockingTransport for StdTlsStream {
             if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
                 return Ok(true);
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Ok(false);
-            }
-            self.0.sock.set_read_timeout(Some(left))?;
             // Buffered inside rustls: nothing is lost on a timeout.
-            match self.0.conn.read_tls(&mut self.0.sock) {
+            match self
+                .0
+                .conn
+                .read_tls(&mut Bounded(&self.0.sock, Some(deadline)))
+            {
                 Ok(0) => return Ok(true),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_timeout(&e) => return Ok(false),
                 Err(e) => return Err(e),
             }
@@ -607,7 +768,11 @@ impl HostStream {
     /// for (such as the server's idle-timeout `error`), without blocking
     /// and without losing anything a later read needs. TLS records that
     /// carry no data (session tickets) do not count.
+    ///
+    /// On Unix the sockets of [`open_host`] are non-blocking already, so
+    /// this is one syscall; elsewhere the socket is switched for the probe.
     pub(crate) fn peer_closed(&mut self) -> bool {
+        #[cfg(not(unix))]
         if self.tcp().set_nonblocking(true).is_err() {
             return false;
         }
@@ -622,7 +787,11 @@ impl HostStream {
             #[cfg(feature = "rustls")]
             Self::Tls(s) => s.peer_closed(),
         };
-        closed || self.tcp().set_nonblocking(false).is_err()
+        #[cfg(not(unix))]
+        if self.tcp().set_nonblocking(false).is_err() {
+            return true;
+        }
+        closed
     }
 }
 
@@ -680,6 +849,14 @@ impl BlockingTransport for HostStream {
         }
     }
 
+    fn set_deadline(&mut self, deadline: Option<std::time::Instant>) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.set_deadline(deadline),
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => s.set_deadline(deadline),
+        }
+    }
+
     fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
         match self {
             Self::Plain(s) => s.wait_readable(timeout),
@@ -703,7 +880,7 @@ pub(crate) fn open_host(
 ) -> Result<HostStream> {
     let tcp = connect_tcp(addr, opts)?;
     match tls {
-        None => Ok(HostStream::Plain(StdStream(tcp))),
+        None => Ok(HostStream::Plain(StdStream::new(nonblocking(tcp)?))),
         #[cfg(feature = "rustls")]
         Some(tls) => StdTlsStream::handshake(tcp, tls, opts.connect_timeout)
             .map(|s| HostStream::Tls(std::boxed::Box::new(s)))
@@ -740,6 +917,69 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
 fn epoch() -> std::time::Instant {
     static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
     *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+/// Watches a connection for the peer's hang-up without reading from it: a
+/// duplicate of the socket's descriptor, polled with a zero timeout
+/// (`POLLRDHUP | POLLHUP | POLLERR`, Linux). Lets a lease guard report a
+/// closed connection at the instant it is asked, whatever its renewal
+/// thread or task is doing. Elsewhere it sees nothing (the renewal side
+/// still notices the close).
+///
+/// Because the duplicate would keep the connection open, whoever owns the
+/// connection holds a [`HangUpCloser`]: dropping it shuts the socket down
+/// for both sides, so the server sees the close as before.
+#[derive(Debug)]
+pub(crate) struct HangUp(Option<TcpStream>);
+
+impl HangUp {
+    /// Duplicates the descriptor of `fd` (nothing to watch on failure).
+    #[cfg(unix)]
+    pub(crate) fn new(fd: std::os::fd::BorrowedFd<'_>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self(fd.try_clone_to_owned().ok().map(TcpStream::from)))
+    }
+
+    /// Nothing to watch off Unix.
+    #[cfg(not(unix))]
+    pub(crate) fn none() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self(None))
+    }
+
+    /// Whether the peer closed (or reset) the connection. One `poll(2)`.
+    pub(crate) fn seen(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        if let Some(sock) = &self.0 {
+            use std::os::fd::AsRawFd;
+            let mut pfd = libc::pollfd {
+                fd: sock.as_raw_fd(),
+                events: libc::POLLRDHUP,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, exclusively borrowed for the call;
+            // the descriptor is owned by `sock`.
+            let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+            return r > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
+        }
+        false
+    }
+}
+
+/// Shuts the watched socket down when dropped (see [`HangUp`]).
+#[derive(Debug)]
+pub(crate) struct HangUpCloser(pub(crate) std::sync::Arc<HangUp>);
+
+impl Drop for HangUpCloser {
+    fn drop(&mut self) {
+        if let Some(sock) = &self.0.0 {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The `std::time::Instant` of a [`StdTimer`] instant (which counts
+/// milliseconds, rounded down, from a process-wide epoch).
+pub(crate) fn std_instant(t: Instant) -> std::time::Instant {
+    epoch() + Duration::from_millis(t.as_millis())
 }
 
 /// [`Timer`] over `std::time::Instant`; `sleep_until` blocks the thread.

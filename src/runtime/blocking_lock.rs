@@ -30,7 +30,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::blocking::{BlockingTransport, ConnectOptions, HostConnection, StdTimer, block_on};
+use super::blocking::{
+    BlockingTransport, ConnectOptions, HangUp, HangUpCloser, HostConnection, StdTimer, block_on,
+    std_instant,
+};
 use super::lock_builder::{LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil};
 use crate::lock::Lease;
 use crate::time::{Instant, Timer};
@@ -44,7 +47,7 @@ type Conn = HostConnection<LINE, 0>;
 /// While waiting for the next renew, the renewal thread checks this often
 /// whether the connection was closed, so a cut connection is reported long
 /// before the lease deadline.
-const CLOSED_POLL: Duration = Duration::from_millis(250);
+const CLOSED_POLL: Duration = Duration::from_millis(50);
 
 fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
     match e {
@@ -296,20 +299,70 @@ enum State {
     Released,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Status {
+    state: State,
+    /// The conservative deadline of the lease: when the acquire or the last
+    /// successful renew was sent, plus the lease.
+    deadline: std::time::Instant,
+}
+
+impl Status {
+    /// Lost by the renewal thread's word or by the clock.
+    fn is_lost(&self, now: std::time::Instant) -> bool {
+        match self.state {
+            State::Lost => true,
+            State::Held => now >= self.deadline,
+            State::Released => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
-    state: Mutex<State>,
+    status: Mutex<Status>,
     changed: Condvar,
 }
 
 impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set(&self, state: State) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        self.lock().state = state;
         self.changed.notify_all();
     }
 
-    fn get(&self) -> State {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn set_deadline(&self, deadline: std::time::Instant) {
+        self.lock().deadline = deadline;
+        self.changed.notify_all();
+    }
+
+    fn get(&self) -> Status {
+        *self.lock()
+    }
+
+    /// Waits until the lease is lost (by the thread's word or the clock),
+    /// or `until`; whether it is lost.
+    fn wait_lost_until(&self, until: Option<std::time::Instant>) -> bool {
+        let mut status = self.lock();
+        loop {
+            let now = std::time::Instant::now();
+            if status.is_lost(now) {
+                return true;
+            }
+            if status.state != State::Held || until.is_some_and(|u| now >= u) {
+                return false;
+            }
+            // Wakes at the deadline at the latest: the clock decides then.
+            let wake = until.map_or(status.deadline, |u| u.min(status.deadline));
+            status = self
+                .changed
+                .wait_timeout(status, wake.saturating_duration_since(now))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 }
 
@@ -324,33 +377,59 @@ type ReleaseReply = mpsc::SyncSender<Result<()>>;
 ///   [`wait_lost`](Self::wait_lost) (blocking) report a renew that failed,
 ///   a connection that closed or a deadline that passed; from then on
 ///   [`token`](Self::token) is `None`.
+///
+/// The guard compares with the clock itself: from the lease's conservative
+/// [`deadline`](Self::deadline) on (when the acquire or the last
+/// successful renew was sent, plus the lease) it reports the lease lost,
+/// whatever the renewal thread is doing (a renew stuck on a dead network
+/// cannot keep it "held").
 #[derive(Debug)]
 pub struct LeaseGuard {
     settings: Arc<Settings>,
     token: Token,
     ttl: Duration,
     shared: Arc<Shared>,
+    /// The connection's hang-up, seen at once by `is_lost`.
+    hangup: Arc<HangUp>,
     release: Option<mpsc::Sender<ReleaseReply>>,
 }
 
 impl LeaseGuard {
     fn spawn(
-        conn: Conn,
+        mut conn: Conn,
         settings: Arc<Settings>,
         grant: Grant,
         sent: Instant,
         received: Instant,
     ) -> Result<Self> {
+        let deadline = {
+            let spec = settings.spec();
+            std_instant(Lease::from_grant(&spec, grant, sent, received).deadline())
+        };
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::Held),
+            status: Mutex::new(Status {
+                state: State::Held,
+                deadline,
+            }),
             changed: Condvar::new(),
         });
+        #[cfg(unix)]
+        let hangup = {
+            use std::os::fd::AsFd;
+            HangUp::new(conn.get_mut().transport_mut().tcp().as_fd())
+        };
+        #[cfg(not(unix))]
+        let hangup = HangUp::none();
+        let closer = HangUpCloser(hangup.clone());
         let (release, rx) = mpsc::channel();
         let thread_shared = shared.clone();
         let thread_settings = settings.clone();
         std::thread::Builder::new()
             .name("dflockd-lease".into())
             .spawn(move || {
+                // Shuts the socket down when the thread ends, whatever the
+                // guard's duplicate descriptor does.
+                let _closer = closer;
                 renew_loop(
                     conn,
                     &thread_settings,
@@ -367,6 +446,7 @@ impl LeaseGuard {
             token: grant.token,
             ttl: Duration::from_secs(grant.lease),
             shared,
+            hangup,
             release: Some(release),
         })
     }
@@ -397,38 +477,41 @@ impl LeaseGuard {
         self.ttl
     }
 
-    /// Whether the lease is known to be lost. Never blocks.
+    /// Whether the lease is known to be lost: the renewal thread gave up,
+    /// the clock passed the [`deadline`](Self::deadline), or (Linux) the
+    /// connection is closed — with the server's auto-release on disconnect
+    /// the lease may be someone else's already. Never blocks.
     pub fn is_lost(&self) -> bool {
-        self.shared.get() == State::Lost
+        let status = self.shared.get();
+        status.is_lost(std::time::Instant::now())
+            || (status.state == State::Held && self.hangup.seen())
     }
 
-    /// Blocks until the lease is lost. Never returns while it is held.
+    /// The lease's conservative deadline: when the acquire or the last
+    /// successful renew was sent, plus the lease. The server cannot have
+    /// expired the lease before it; from it on the guard reports the lease
+    /// lost unless a renew moved it.
+    pub fn deadline(&self) -> std::time::Instant {
+        self.shared.get().deadline
+    }
+
+    /// Blocks until the lease is lost (at the [`deadline`](Self::deadline)
+    /// at the latest, unless renewed). Never returns while it is held.
     pub fn wait_lost(&self) {
-        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        while *state == State::Held {
-            state = self
-                .shared
-                .changed
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
-        }
+        self.shared.wait_lost_until(None);
     }
 
     /// Blocks until the lease is lost or `timeout` passed; whether it is
     /// lost.
     pub fn wait_lost_timeout(&self, timeout: Duration) -> bool {
-        let state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (state, _) = self
-            .shared
-            .changed
-            .wait_timeout_while(state, timeout, |s| *s == State::Held)
-            .unwrap_or_else(|e| e.into_inner());
-        *state == State::Lost
+        self.shared
+            .wait_lost_until(std::time::Instant::now().checked_add(timeout))
     }
 
     /// Releases the lease and closes its connection; blocks until the
-    /// server answered (at most the reply timeout, plus a renew that may be
-    /// in flight).
+    /// server answered: at most the reply timeout or the time left on the
+    /// lease, whichever is shorter (after the deadline there is nothing to
+    /// release), plus a renew that may be in flight (bounded the same way).
     ///
     /// [`Error::LeaseLost`] when it was lost before; other errors as the
     /// release request reports them (the connection closes anyway, which
@@ -463,57 +546,80 @@ fn renew_loop(
     loop {
         let now = timer.now();
         let due = lease.next_renew_at();
-        if now < due {
-            match rx.recv_timeout(due.saturating_duration_since(now).min(CLOSED_POLL)) {
-                Ok(reply) => {
-                    let out = release(&mut conn, lease, settings);
-                    shared.set(State::Released);
-                    let _ = reply.send(out);
-                    return;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = release(&mut conn, lease, settings);
-                    shared.set(State::Released);
-                    return;
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    if is_closed(&mut conn) {
-                        warn!("lease on {} lost: connection closed", lease.key());
-                        shared.set(State::Lost);
-                        return;
-                    }
-                    continue;
-                }
+        // The release request is looked at before every renew, even when
+        // renews are due back to back (a round trip as long as the renew
+        // interval), so a release is never starved.
+        let wait = due.saturating_duration_since(now).min(CLOSED_POLL);
+        let request = if wait.is_zero() {
+            match rx.try_recv() {
+                Ok(reply) => Ok(reply),
+                Err(mpsc::TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
+                Err(mpsc::TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
             }
+        } else {
+            rx.recv_timeout(wait)
+        };
+        match request {
+            Ok(reply) => {
+                let out = release(&mut conn, lease, settings);
+                shared.set(State::Released);
+                let _ = reply.send(out);
+                return;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = release(&mut conn, lease, settings);
+                shared.set(State::Released);
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
         }
-        let left = lease.remaining(timer.now());
-        let wait = settings
-            .options
-            .io_timeout
-            .min(left)
-            .max(Duration::from_millis(1));
-        let renewed = conn
-            .get_mut()
-            .transport_mut()
-            .set_read_timeout(Some(wait))
-            .map_err(Error::Io)
+        if timer.now() < lease.next_renew_at() {
+            if is_closed(&mut conn) {
+                warn!("lease on {} lost: connection closed", lease.key());
+                shared.set(State::Lost);
+                return;
+            }
+            continue;
+        }
+        let renewed = bound(&mut conn, settings, &lease)
             .and_then(|()| block_on(lease.renew(conn.get_mut(), &timer)));
-        if renewed.is_err() {
-            warn!("lease on {} lost: renew failed", lease.key());
-            shared.set(State::Lost);
-            return;
+        match renewed {
+            Ok(()) => shared.set_deadline(std_instant(lease.deadline())),
+            Err(_) => {
+                warn!("lease on {} lost: renew failed", lease.key());
+                shared.set(State::Lost);
+                return;
+            }
         }
     }
 }
 
-fn release(conn: &mut Conn, lease: Lease<'_>, settings: &Settings) -> Result<()> {
+/// Gives the next request one deadline: the reply timeout or the lease's
+/// deadline, whichever comes first. `LeaseLost` when that has passed.
+fn bound(conn: &mut Conn, settings: &Settings, lease: &Lease<'_>) -> Result<()> {
+    let now = std::time::Instant::now();
+    let deadline = std_instant(lease.deadline());
+    if now >= deadline {
+        return Err(Error::LeaseLost);
+    }
+    let limit = now
+        .checked_add(settings.options.io_timeout)
+        .map_or(deadline, |l| l.min(deadline));
     conn.get_mut()
         .transport_mut()
-        .set_read_timeout(Some(
-            settings.options.io_timeout.max(Duration::from_millis(1)),
-        ))
-        .map_err(Error::Io)?;
-    block_on(lease.release(conn.get_mut(), &StdTimer)).map_err(timeout_kind)
+        .set_deadline(Some(limit))
+        .map_err(Error::Io)
+}
+
+fn release(conn: &mut Conn, lease: Lease<'_>, settings: &Settings) -> Result<()> {
+    bound(conn, settings, &lease)?;
+    match block_on(lease.release(conn.get_mut(), &StdTimer)).map_err(timeout_kind) {
+        // The lease ran out while the release was under way.
+        Err(_) if std::time::Instant::now() >= std_instant(lease.deadline()) => {
+            Err(Error::LeaseLost)
+        }
+        out => out,
+    }
 }
 
 /// Whether the server closed the connection (or sent something nobody

@@ -12,7 +12,7 @@ use super::blocking::HostTls;
 use super::{AuthToken, DEFAULT_CONNECT_TIMEOUT};
 use crate::lock::{Jitter, LockOptions, LockSpec, RenewRatio};
 use crate::routing::{Crc32Mod, RouteError, Strategy, route};
-use crate::{Error, Kind};
+use crate::{ConfigError, Error, Kind};
 
 /// The server used when none is given: `127.0.0.1:6388`.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:6388";
@@ -48,9 +48,12 @@ impl TlsSetting {
     #[cfg(feature = "rustls")]
     fn for_addr(&self, addr: &str) -> Result<HostTls, Error<io::Error>> {
         if self.name_per_server {
-            self.connector
-                .with_server_name(host_of(addr))
-                .map_err(Error::Io)
+            self.connector.with_server_name(host_of(addr)).map_err(|_| {
+                Error::Config(ConfigError::new(
+                    "servers",
+                    "each host must be a DNS name or an IP address (tls_per_server)",
+                ))
+            })
         } else {
             Ok(self.connector.clone())
         }
@@ -123,7 +126,13 @@ impl Settings {
 }
 
 fn route_error(e: RouteError) -> Error<io::Error> {
-    Error::Io(io::Error::new(io::ErrorKind::InvalidInput, e))
+    Error::Config(match e {
+        RouteError::NoServers => ConfigError::new("servers", "must not be empty"),
+        RouteError::OutOfRange { .. } => ConfigError::new(
+            "strategy",
+            "must return an index below the number of servers",
+        ),
+    })
 }
 
 /// Whole seconds, rounded up (the wire counts seconds).
@@ -194,7 +203,7 @@ impl<L: sealed::FromSettings> LockBuilder<L> {
 
     /// Sets the routing strategy (default [`Crc32Mod`], as the other
     /// clients). A closure `Fn(&str, &[&str]) -> usize` works; an index out
-    /// of range makes acquires fail with an `InvalidInput` IO error.
+    /// of range makes acquires fail with [`Error::Config`].
     pub fn strategy(mut self, strategy: impl Strategy + Send + Sync + 'static) -> Self {
         self.settings.strategy = Arc::new(strategy);
         self
@@ -304,7 +313,22 @@ impl<L: sealed::FromSettings> LockBuilder<L> {
 
 #[cfg(test)]
 mod tests {
-    use super::host_of;
+    use super::{RouteError, host_of, route_error};
+    use crate::Error;
+
+    #[test]
+    fn routing_mistakes_name_the_option() {
+        let option = |e| match route_error(e) {
+            Error::Config(c) => c.option,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(option(RouteError::NoServers), "servers");
+        let out = RouteError::OutOfRange {
+            index: 2,
+            servers: 2,
+        };
+        assert_eq!(option(out), "strategy");
+    }
 
     #[test]
     fn host_part_of_addresses() {

@@ -30,9 +30,10 @@
 //! [rustls]: https://docs.rs/rustls/0.23
 
 use std::borrow::ToOwned;
-use std::boxed::Box;
 use std::io;
 use std::sync::Arc;
+
+use crate::ConfigError;
 
 pub use rustls;
 pub use rustls::pki_types::{CertificateDer, ServerName};
@@ -55,12 +56,9 @@ impl core::fmt::Debug for RustlsConnector {
     }
 }
 
-fn invalid(msg: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, msg)
-}
-
-fn server_name(name: &str) -> io::Result<ServerName<'static>> {
-    ServerName::try_from(name.to_owned()).map_err(invalid)
+fn server_name(name: &str) -> Result<ServerName<'static>, ConfigError> {
+    ServerName::try_from(name.to_owned())
+        .map_err(|_| ConfigError::new("server_name", "must be a DNS name or an IP address"))
 }
 
 impl RustlsConnector {
@@ -68,32 +66,33 @@ impl RustlsConnector {
     /// system's, or webpki-roots), with the ring provider and rustls' safe
     /// default protocol versions.
     ///
-    /// `server_name` is a DNS name or an IP address. Fails with
-    /// [`io::ErrorKind::InvalidInput`] when it is neither.
-    pub fn new(roots: RootCertStore, server_name: &str) -> io::Result<Self> {
+    /// `server_name` is a DNS name or an IP address. Fails with a
+    /// [`ConfigError`] naming `server_name` when it is neither.
+    pub fn new(roots: RootCertStore, server_name: &str) -> Result<Self, ConfigError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(invalid)?
+            .map_err(|_| ConfigError::new("provider", "must support TLS 1.2 and TLS 1.3"))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         Self::with_config(Arc::new(config), server_name)
     }
 
     /// Verifies against one CA certificate (DER): the usual private-CA
-    /// deployment of dflockd.
-    pub fn from_ca_der(ca_der: &[u8], server_name: &str) -> io::Result<Self> {
+    /// deployment of dflockd. Fails with a [`ConfigError`] naming `ca_der`
+    /// when it is not one, or `server_name` as [`new`](Self::new).
+    pub fn from_ca_der(ca_der: &[u8], server_name: &str) -> Result<Self, ConfigError> {
         let mut roots = RootCertStore::empty();
         roots
             .add(CertificateDer::from(ca_der.to_vec()))
-            .map_err(invalid)?;
+            .map_err(|_| ConfigError::new("ca_der", "must be a DER-encoded X.509 certificate"))?;
         Self::new(roots, server_name)
     }
 
     /// Verifies against Mozilla's root certificates (the `webpki-roots`
     /// feature), for servers with a publicly trusted certificate.
     #[cfg(feature = "webpki-roots")]
-    pub fn webpki_roots(server_name: &str) -> io::Result<Self> {
+    pub fn webpki_roots(server_name: &str) -> Result<Self, ConfigError> {
         let roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -102,7 +101,7 @@ impl RustlsConnector {
 
     /// Uses a complete rustls client configuration as given (client
     /// certificates, custom verifiers, other providers).
-    pub fn with_config(config: Arc<ClientConfig>, server_name: &str) -> io::Result<Self> {
+    pub fn with_config(config: Arc<ClientConfig>, server_name: &str) -> Result<Self, ConfigError> {
         Ok(Self {
             config,
             server_name: self::server_name(server_name)?,
@@ -123,9 +122,9 @@ impl RustlsConnector {
     /// with another name: one connector per server of a cluster whose
     /// certificates carry different names.
     ///
-    /// Fails with [`io::ErrorKind::InvalidInput`] when `server_name` is
-    /// neither a DNS name nor an IP address.
-    pub fn with_server_name(&self, server_name: &str) -> io::Result<Self> {
+    /// Fails with a [`ConfigError`] naming `server_name` when it is neither
+    /// a DNS name nor an IP address.
+    pub fn with_server_name(&self, server_name: &str) -> Result<Self, ConfigError> {
         Self::with_config(self.config.clone(), server_name)
     }
 }

@@ -94,6 +94,11 @@ fn epoch() -> tokio::time::Instant {
     tokio::time::Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now))
 }
 
+/// The tokio instant of a [`TokioTimer`] instant.
+pub(crate) fn tokio_instant(t: Instant) -> tokio::time::Instant {
+    epoch() + Duration::from_millis(t.as_millis())
+}
+
 /// [`Timer`] over tokio's clock (honours tokio's paused test time).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TokioTimer;

@@ -36,12 +36,14 @@ use std::future::Future;
 use std::io;
 use std::string::String;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+use super::blocking::{HangUp, HangUpCloser};
 use super::lock_builder::{LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil};
-use super::tokio::{ConnectOptions, HostConnection, TokioTimer, connect_host};
+use super::tokio::{ConnectOptions, HostConnection, TokioTimer, connect_host, tokio_instant};
 use crate::lock::Lease;
 use crate::time::{Instant, Timer};
 use crate::{Enqueued, Error, Grant, Kind, Token};
@@ -319,13 +321,30 @@ type ReleaseReply = oneshot::Sender<Result<()>>;
 /// * [`lost`](Self::lost) completes when a renew failed, the connection
 ///   closed or the lease deadline passed; from then on
 ///   [`token`](Self::token) is `None`.
+///
+/// The guard compares with the clock itself: from the lease's conservative
+/// [`deadline`](Self::deadline) on (when the acquire or the last
+/// successful renew was sent, plus the lease) it reports the lease lost,
+/// whatever the renewal task is doing.
 #[derive(Debug)]
 pub struct LeaseGuard {
     settings: Arc<Settings>,
     token: Token,
     ttl: Duration,
     state: watch::Receiver<State>,
+    /// The lease's conservative deadline, in [`TokioTimer`] milliseconds.
+    deadline: Arc<AtomicU64>,
+    /// The connection's hang-up, seen at once by `is_lost`.
+    hangup: Arc<HangUp>,
     release: Option<oneshot::Sender<ReleaseReply>>,
+}
+
+/// Completes when the connection is closed or unusable (it keeps no
+/// pushes, so every push is dropped and only an error ends the loop: end
+/// of stream, a transport error, or an unsolicited line such as the
+/// server's idle-timeout `error`). Cancel-safe between lines.
+async fn closed(conn: &mut Conn) {
+    while conn.next_signal().await.is_ok() {}
 }
 
 impl LeaseGuard {
@@ -337,32 +356,87 @@ impl LeaseGuard {
         received: Instant,
     ) -> Self {
         let (state_tx, state) = watch::channel(State::Held);
-        let (release, release_rx) = oneshot::channel::<ReleaseReply>();
+        let (release, mut release_rx) = oneshot::channel::<ReleaseReply>();
+        let first = {
+            let spec = settings.spec();
+            Lease::from_grant(&spec, grant, sent, received).deadline()
+        };
+        let deadline = Arc::new(AtomicU64::new(first.as_millis()));
+        #[cfg(unix)]
+        let hangup = {
+            use std::os::fd::AsFd;
+            match conn.transport_mut() {
+                super::tokio::HostStream::Plain(s) => HangUp::new(s.inner().as_fd()),
+                #[cfg(feature = "rustls")]
+                super::tokio::HostStream::Tls(s) => HangUp::new(s.inner().get_ref().0.as_fd()),
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = HangUp::none();
+        let closer = HangUpCloser(hangup.clone());
+        let task_deadline = deadline.clone();
         let task_settings = settings.clone();
         tokio::spawn(async move {
+            // Shuts the socket down when the task ends or is dropped,
+            // whatever the guard's duplicate descriptor does.
+            let _closer = closer;
             let spec = task_settings.spec();
             let mut lease = Lease::from_grant(&spec, grant, sent, received);
-            match lease.hold(&mut conn, &TokioTimer, release_rx).await {
-                Ok(request) => {
+            loop {
+                let wake = lease.next_renew_at();
+                // The release request first, every time: renews due back
+                // to back never starve it.
+                let request = tokio::select! {
+                    biased;
+                    r = &mut release_rx => Some(r.ok()),
+                    () = TokioTimer.sleep_until(wake) => None,
+                    () = closed(&mut conn) => {
+                        warn!("lease on {} lost: connection closed", lease.key());
+                        state_tx.send_replace(State::Lost);
+                        return;
+                    }
+                };
+                if let Some(reply) = request {
+                    // Bounded by the reply timeout and the lease's deadline.
                     let out = lease.release(&mut conn, &TokioTimer).await;
                     state_tx.send_replace(State::Released);
-                    if let Ok(reply) = request {
+                    if let Some(reply) = reply {
                         let _ = reply.send(out);
                     }
+                    return;
                 }
-                Err(_) => {
-                    state_tx.send_replace(State::Lost);
+                match lease.renew(&mut conn, &TokioTimer).await {
+                    Ok(()) => task_deadline.store(lease.deadline().as_millis(), Ordering::SeqCst),
+                    Err(_) => {
+                        warn!("lease on {} lost: renew failed", lease.key());
+                        state_tx.send_replace(State::Lost);
+                        return;
+                    }
                 }
             }
-            // The connection closes here.
+            // The connection closes when the task ends.
         });
         LeaseGuard {
             settings,
             token: grant.token,
             ttl: Duration::from_secs(grant.lease),
             state,
+            deadline,
+            hangup,
             release: Some(release),
         }
+    }
+
+    fn deadline_at(&self) -> Instant {
+        Instant::from_millis(self.deadline.load(Ordering::SeqCst))
+    }
+
+    /// The lease's conservative deadline: when the acquire or the last
+    /// successful renew was sent, plus the lease. The server cannot have
+    /// expired the lease before it; from it on the guard reports the lease
+    /// lost unless a renew moved it.
+    pub fn deadline(&self) -> std::time::Instant {
+        tokio_instant(self.deadline_at()).into_std()
     }
 
     /// The key.
@@ -391,21 +465,38 @@ impl LeaseGuard {
         self.ttl
     }
 
-    /// Whether the lease is known to be lost (never blocks).
+    /// Whether the lease is known to be lost: the renewal task gave up,
+    /// the clock passed the [`deadline`](Self::deadline), or (Linux) the
+    /// connection is closed — with the server's auto-release on disconnect
+    /// the lease may be someone else's already (never blocks).
     pub fn is_lost(&self) -> bool {
         // A renewal task that is gone without releasing (runtime shut
         // down) counts as lost.
-        *self.state.borrow() != State::Held || self.state.has_changed().is_err()
+        *self.state.borrow() != State::Held
+            || self.state.has_changed().is_err()
+            || TokioTimer.now() >= self.deadline_at()
+            || self.hangup.seen()
     }
 
     /// Completes when the lease is lost: a renew failed, the connection
-    /// closed, or the deadline passed without a successful renew. Never
+    /// closed, or the deadline passed without a successful renew (at the
+    /// [`deadline`](Self::deadline) at the latest, by the clock). Never
     /// completes while the lease is held.
     ///
     /// Cancel-safe.
     pub async fn lost(&self) {
         let mut state = self.state.clone();
-        let _ = state.wait_for(|s| *s != State::Held).await;
+        loop {
+            let deadline = self.deadline_at();
+            tokio::select! {
+                _ = state.wait_for(|s| *s != State::Held) => return,
+                () = TokioTimer.sleep_until(deadline) => {}
+            }
+            // A renew may have moved the deadline meanwhile.
+            if TokioTimer.now() >= self.deadline_at() {
+                return;
+            }
+        }
     }
 
     /// Releases the lease and closes its connection.

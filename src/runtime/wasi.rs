@@ -34,23 +34,39 @@
 //!
 //! # Addresses
 //!
-//! wstd connects to IPv4 addresses only, and WASI has no resolver that std
-//! uses: give `a.b.c.d:port` (or `localhost:port`, mapped to 127.0.0.1).
-//! Anything else is [`io::ErrorKind::InvalidInput`] (IPv6 is
-//! [`io::ErrorKind::Unsupported`]).
+//! [`connect`] and [`connect_stream`] take `host:port`: an IPv4 address
+//! (`127.0.0.1:6388`), an IPv6 address in brackets (`[::1]:6388`),
+//! `localhost` (mapped to 127.0.0.1 without a lookup) or a DNS name
+//! (`dflockd.internal:6388`). A name is resolved through
+//! `wasi:sockets/ip-name-lookup`, which the host must allow
+//! (`wasmtime run -S allow-ip-name-lookup=y`; without it the lookup fails
+//! with an error naming the flag, see [`is_name_lookup_denied`] and
+//! [`NAME_LOOKUP_DENIED_HINT`]). Each address it yields (IPv4 and IPv6, at
+//! most [`MAX_ADDRESSES`], in the resolver's order) is tried in turn within
+//! the one connect timeout, each attempt getting an equal share of the
+//! time left, so an unreachable first address does not use it all up.
 
+use std::format;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::string::String;
 use std::sync::OnceLock;
+use std::vec;
+use std::vec::Vec;
 
 use core::future::Future;
 use core::time::Duration;
 
-use wstd::io::{AsyncRead, AsyncWrite};
+use wasip2::sockets::instance_network::instance_network;
+use wasip2::sockets::network::{
+    ErrorCode, IpAddress, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress,
+};
+use wasip2::sockets::tcp::{ShutdownType, TcpSocket};
+use wstd::io::{AsyncInputStream, AsyncOutputStream, AsyncPollable, AsyncRead, AsyncWrite};
 use wstd::net::TcpStream;
 
 use crate::time::{Instant, Timer, with_deadline};
-use crate::{Connection, Error};
+use crate::{ConfigError, Connection, Error};
 
 /// What to tell the operator when the host denied network access.
 pub const NETWORK_DENIED_HINT: &str = "the WASI host denied network access (PermissionDenied): \
@@ -63,40 +79,124 @@ pub fn is_network_denied(err: &Error<io::Error>) -> bool {
     matches!(err, Error::Io(e) if e.kind() == io::ErrorKind::PermissionDenied)
 }
 
+/// What to tell the operator when resolving a host name failed the way a
+/// host that does not allow name lookups fails them.
+pub const NAME_LOOKUP_DENIED_HINT: &str = "name lookups need the WASI host's permission: \
+     run the guest with `wasmtime run -S allow-ip-name-lookup=y ...` \
+     (or `wasmtime serve -S allow-ip-name-lookup ...`), or give an IP address";
+
+/// The host refused to resolve a name, or its resolver failed for good
+/// (wasmtime answers `permanent-resolver-failure` when
+/// `-S allow-ip-name-lookup=y` is missing): the inner error of the
+/// [`io::Error`] that [`is_name_lookup_denied`] recognises. Its `Debug`
+/// is its message, so the flag shows however the error is printed.
+pub struct NameLookupDenied {
+    /// The name that was looked up.
+    pub name: String,
+    /// What the host answered.
+    pub code: ErrorCode,
+}
+
+impl core::fmt::Display for NameLookupDenied {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "cannot resolve `{}` ({:?}): {NAME_LOOKUP_DENIED_HINT}",
+            self.name, self.code
+        )
+    }
+}
+
+impl core::fmt::Debug for NameLookupDenied {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for NameLookupDenied {}
+
+/// Whether `err` is a name lookup the host refused (see
+/// [`NAME_LOOKUP_DENIED_HINT`]); its message names the flag already.
+pub fn is_name_lookup_denied(err: &Error<io::Error>) -> bool {
+    matches!(err, Error::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<NameLookupDenied>()))
+}
+
 // ---- transport --------------------------------------------------------------
 
-/// The transport: a `wstd::net::TcpStream` seen through `embedded_io_async`.
+/// The transport: a WASI TCP stream seen through `embedded_io_async`,
+/// either one [`connect_stream`] opened (IPv4 or IPv6) or a
+/// `wstd::net::TcpStream` handed to [`WasiStream::new`].
 ///
 /// Reads are cancel-safe: wstd only awaits readiness and copies the bytes
 /// after it, so a dropped read loses nothing (which
 /// [`Connection::next_signal`] and [`Lease::hold`](crate::lock::Lease::hold)
 /// rely on).
 pub struct WasiStream {
-    inner: TcpStream,
+    inner: Inner,
+}
+
+enum Inner {
+    Wstd(TcpStream),
+    Socket(Socket),
+}
+
+/// A connected `wasi:sockets` TCP socket with its two streams (which must
+/// be dropped before the socket: fields drop in order).
+struct Socket {
+    input: AsyncInputStream,
+    output: AsyncOutputStream,
+    socket: TcpSocket,
+    peer: SocketAddr,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        let _ = self.socket.shutdown(ShutdownType::Both);
+    }
 }
 
 impl core::fmt::Debug for WasiStream {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("WasiStream")
-            .field("peer", &self.inner.peer_addr().ok())
-            .finish()
+        let mut d = f.debug_struct("WasiStream");
+        match &self.inner {
+            Inner::Wstd(s) => d.field("peer", &s.peer_addr().ok()),
+            Inner::Socket(s) => d.field("peer", &s.peer),
+        };
+        d.finish()
     }
 }
 
 impl WasiStream {
-    /// Wraps a connected stream.
+    /// Wraps a stream connected with wstd.
     pub fn new(inner: TcpStream) -> Self {
-        Self { inner }
+        Self {
+            inner: Inner::Wstd(inner),
+        }
     }
 
-    /// The wstd stream.
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.inner
+    /// The wstd stream, when this wraps one ([`new`](Self::new)); `None`
+    /// for a stream [`connect_stream`] opened.
+    pub fn get_ref(&self) -> Option<&TcpStream> {
+        match &self.inner {
+            Inner::Wstd(s) => Some(s),
+            Inner::Socket(_) => None,
+        }
     }
 
-    /// Gives the wstd stream back.
-    pub fn into_inner(self) -> TcpStream {
-        self.inner
+    /// Gives the wstd stream back, when this wraps one; otherwise `self`.
+    pub fn into_inner(self) -> Result<TcpStream, Self> {
+        match self.inner {
+            Inner::Wstd(s) => Ok(s),
+            inner => Err(Self { inner }),
+        }
+    }
+
+    /// The peer's address, for a stream [`connect_stream`] opened.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match &self.inner {
+            Inner::Wstd(_) => None,
+            Inner::Socket(s) => Some(s.peer),
+        }
     }
 }
 
@@ -110,7 +210,10 @@ impl embedded_io_async::Read for WasiStream {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.inner.read(buf).await
+        match &mut self.inner {
+            Inner::Wstd(s) => s.read(buf).await,
+            Inner::Socket(s) => s.input.read(buf).await,
+        }
     }
 }
 
@@ -119,11 +222,17 @@ impl embedded_io_async::Write for WasiStream {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.inner.write(buf).await
+        match &mut self.inner {
+            Inner::Wstd(s) => s.write(buf).await,
+            Inner::Socket(s) => s.output.write(buf).await,
+        }
     }
 
     async fn flush(&mut self) -> Result<(), io::Error> {
-        self.inner.flush().await
+        match &mut self.inner {
+            Inner::Wstd(s) => s.flush().await,
+            Inner::Socket(s) => s.output.flush().await,
+        }
     }
 }
 
@@ -136,39 +245,194 @@ pub type WasiConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: u
 /// How to connect (shared with the tokio adapter).
 pub use super::ConnectOptions;
 
-fn parse_addr(addr: &str) -> Result<SocketAddrV4, io::Error> {
-    let invalid = || {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "expected an IPv4 address and port such as 127.0.0.1:6388 \
-             (WASI has no name resolution here; `localhost` is accepted)",
-        )
-    };
-    match addr.parse::<SocketAddr>() {
-        Ok(SocketAddr::V4(a)) => Ok(a),
-        Ok(SocketAddr::V6(_)) => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "IPv6 is not supported by wstd's TcpStream",
-        )),
-        Err(_) => {
-            let (host, port) = addr.rsplit_once(':').ok_or_else(invalid)?;
-            let port: u16 = port.parse().map_err(|_| invalid())?;
-            if host.eq_ignore_ascii_case("localhost") {
-                Ok(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
-            } else {
-                Err(invalid())
-            }
+/// Most addresses of one name that [`connect_stream`] tries.
+pub const MAX_ADDRESSES: usize = 8;
+
+/// The longest host name accepted (DNS: 253 bytes).
+const MAX_NAME: usize = 253;
+
+/// What `host:port` names.
+#[derive(Debug, PartialEq, Eq)]
+enum Target<'a> {
+    Addr(SocketAddr),
+    Name(&'a str, u16),
+}
+
+/// `addr` is `host:port` such as 127.0.0.1:6388, [::1]:6388 or
+/// dflockd.example:6388; anything else is a [`ConfigError`] naming the rule.
+fn parse_target(addr: &str) -> Result<Target<'_>, ConfigError> {
+    let invalid = |rule: &'static str| ConfigError::new("addr", rule);
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err(invalid("the port must be 1 to 65535"));
         }
+        return Ok(Target::Addr(a));
+    }
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("must be host:port"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| invalid("the port must be 1 to 65535"))?;
+    if host.is_empty() {
+        return Err(invalid("must name a host before the port"));
+    }
+    if host.contains(':') || host.starts_with('[') {
+        return Err(invalid("an IPv6 address goes in brackets: [::1]:6388"));
+    }
+    if host.len() > MAX_NAME {
+        return Err(invalid("host names are at most 253 bytes"));
+    }
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        return Err(invalid(
+            "a host name has no spaces, control characters or '/'",
+        ));
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(Target::Addr(SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::LOCALHOST,
+            port,
+        ))));
+    }
+    Ok(Target::Name(host, port))
+}
+
+fn socket_error(code: ErrorCode) -> io::Error {
+    use io::ErrorKind as K;
+    let kind = match code {
+        ErrorCode::AccessDenied => K::PermissionDenied,
+        ErrorCode::NotSupported => K::Unsupported,
+        ErrorCode::InvalidArgument => K::InvalidInput,
+        ErrorCode::OutOfMemory => K::OutOfMemory,
+        ErrorCode::Timeout => K::TimedOut,
+        ErrorCode::WouldBlock => K::WouldBlock,
+        ErrorCode::InvalidState => K::InvalidData,
+        ErrorCode::AddressInUse => K::AddrInUse,
+        ErrorCode::AddressNotBindable => K::AddrNotAvailable,
+        ErrorCode::RemoteUnreachable => K::HostUnreachable,
+        ErrorCode::ConnectionRefused => K::ConnectionRefused,
+        ErrorCode::ConnectionReset => K::ConnectionReset,
+        ErrorCode::ConnectionAborted => K::ConnectionAborted,
+        _ => K::Other,
+    };
+    io::Error::new(kind, format!("wasi:sockets: {code:?}"))
+}
+
+fn lookup_error(name: &str, code: ErrorCode) -> io::Error {
+    match code {
+        ErrorCode::NameUnresolvable => io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("cannot resolve `{name}`: no such name or no address for it"),
+        ),
+        ErrorCode::TemporaryResolverFailure => io::Error::other(format!(
+            "cannot resolve `{name}`: temporary resolver failure"
+        )),
+        ErrorCode::PermanentResolverFailure | ErrorCode::AccessDenied => {
+            io::Error::other(NameLookupDenied {
+                name: name.into(),
+                code,
+            })
+        }
+        other => socket_error(other),
     }
 }
 
-/// Opens a TCP connection to `addr` (`a.b.c.d:port` or `localhost:port`)
+/// Resolves `name` through `wasi:sockets/ip-name-lookup`: its addresses in
+/// the resolver's order, at most [`MAX_ADDRESSES`].
+async fn resolve(name: &str, port: u16) -> Result<Vec<SocketAddr>, io::Error> {
+    let network = instance_network();
+    let stream = wasip2::sockets::ip_name_lookup::resolve_addresses(&network, name)
+        .map_err(|code| lookup_error(name, code))?;
+    let mut out = Vec::new();
+    loop {
+        match stream.resolve_next_address() {
+            Ok(Some(ip)) => {
+                let ip = match ip {
+                    IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+                    IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+                        IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
+                    }
+                };
+                out.push(SocketAddr::new(ip, port));
+                if out.len() == MAX_ADDRESSES {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(ErrorCode::WouldBlock) => AsyncPollable::new(stream.subscribe()).wait_for().await,
+            Err(code) => return Err(lookup_error(name, code)),
+        }
+    }
+    if out.is_empty() {
+        return Err(lookup_error(name, ErrorCode::NameUnresolvable));
+    }
+    Ok(out)
+}
+
+/// One TCP connect through `wasi:sockets` (IPv4 or IPv6).
+async fn connect_addr(addr: SocketAddr) -> Result<WasiStream, io::Error> {
+    let (family, remote) = match addr {
+        SocketAddr::V4(a) => {
+            let [x, y, z, w] = a.ip().octets();
+            (
+                IpAddressFamily::Ipv4,
+                IpSocketAddress::Ipv4(Ipv4SocketAddress {
+                    port: a.port(),
+                    address: (x, y, z, w),
+                }),
+            )
+        }
+        SocketAddr::V6(a) => {
+            let [s0, s1, s2, s3, s4, s5, s6, s7] = a.ip().segments();
+            (
+                IpAddressFamily::Ipv6,
+                IpSocketAddress::Ipv6(Ipv6SocketAddress {
+                    port: a.port(),
+                    flow_info: a.flowinfo(),
+                    address: (s0, s1, s2, s3, s4, s5, s6, s7),
+                    scope_id: a.scope_id(),
+                }),
+            )
+        }
+    };
+    let socket =
+        wasip2::sockets::tcp_create_socket::create_tcp_socket(family).map_err(socket_error)?;
+    socket
+        .start_connect(&instance_network(), remote)
+        .map_err(socket_error)?;
+    let (input, output) = loop {
+        match socket.finish_connect() {
+            Ok(streams) => break streams,
+            Err(ErrorCode::WouldBlock) => AsyncPollable::new(socket.subscribe()).wait_for().await,
+            Err(code) => return Err(socket_error(code)),
+        }
+    };
+    Ok(WasiStream {
+        inner: Inner::Socket(Socket {
+            input: AsyncInputStream::new(input),
+            output: AsyncOutputStream::new(output),
+            socket,
+            peer: addr,
+        }),
+    })
+}
+
+/// Opens a TCP connection to `addr` (see [Addresses](self#addresses))
 /// within `timeout`, without speaking to the server: the building block for
-/// [`connect`] and for TLS (hand the stream to
-/// `tls::handshake`, feature `tls`).
+/// [`connect`] and for TLS (hand the stream to `tls::handshake`, feature
+/// `tls`). A name is resolved first, and its addresses are tried in turn,
+/// all within `timeout`.
 ///
-/// Errors: [`Error::Timeout`] when the timeout passes; [`Error::Io`] when
-/// the address is not usable or connecting fails — with
+/// Errors: [`Error::Timeout`] when the timeout passes; [`Error::Config`]
+/// when the address is not usable (naming the rule); [`Error::Io`] when
+/// the name does not resolve ([`io::ErrorKind::NotFound`]; see
+/// [`is_name_lookup_denied`] for a host that does not allow lookups), or
+/// connecting fails (the last address's error) — with
 /// [`io::ErrorKind::PermissionDenied`] when the host grants no network (see
 /// [`is_network_denied`]).
 ///
@@ -177,22 +441,37 @@ fn parse_addr(addr: &str) -> Result<SocketAddrV4, io::Error> {
 /// Cancel-safe: dropping the future drops the half-open socket; nothing is
 /// left on the server.
 pub async fn connect_stream(addr: &str, timeout: Duration) -> Result<WasiStream, Error<io::Error>> {
-    let addr = parse_addr(addr).map_err(Error::Io)?;
     let timer = WasiTimer;
     let deadline = timer.now() + timeout;
-    let stream = with_deadline(
-        &timer,
-        deadline,
-        TcpStream::connect_addr(SocketAddr::V4(addr)),
-    )
-    .await
-    .map_err(|_| Error::Timeout)?
-    .map_err(Error::Io)?;
-    Ok(WasiStream::new(stream))
+    let addrs = match parse_target(addr)? {
+        Target::Addr(a) => vec![a],
+        Target::Name(name, port) => with_deadline(&timer, deadline, resolve(name, port))
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(Error::Io)?,
+    };
+    let mut last = Error::Timeout;
+    for (i, a) in addrs.iter().enumerate() {
+        let now = timer.now();
+        let left = deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            break;
+        }
+        // An equal share of the time left for each address still to try.
+        let share = left / (addrs.len() - i) as u32;
+        match with_deadline(&timer, now + share, connect_addr(*a)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            // No network at all: every other address fails the same way.
+            Ok(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => return Err(Error::Io(e)),
+            Ok(Err(e)) => last = Error::Io(e),
+            Err(_) => last = Error::Timeout,
+        }
+    }
+    Err(last)
 }
 
-/// Opens a connection to `addr` (`a.b.c.d:port` or `localhost:port`) and
-/// authenticates when a token is given; connect and auth each get
+/// Opens a connection to `addr` (an address or a name, see
+/// [Addresses](self#addresses)) and authenticates when a token is given; connect and auth each get
 /// `opts.connect_timeout`.
 ///
 /// Errors: as [`connect_stream`], plus [`Error::Auth`] when the server

@@ -49,6 +49,15 @@
 //! [`TestServerBuilder::start_blocking`] the drop joins the server thread,
 //! which takes milliseconds, and is safe inside an async context too.
 //!
+//! # Fault injection
+//!
+//! [`FaultProxy`] sits between a client and any server (this one or a real
+//! dflockd) and injects latency, black holes, cuts, trickling, a paused
+//! server and connections dropped after K bytes, controlled from the test;
+//! see the [`proxy`] module. `dflockd-testkit proxy --upstream HOST:PORT`
+//! runs it standalone with a line-based control socket, for tests in other
+//! languages.
+//!
 //! # The binary
 //!
 //! `cargo run -p dflockd-testkit -- --port 6388` starts a standalone server,
@@ -91,7 +100,9 @@
 //!   non-grouped push. A push that could not be delivered is not counted in
 //!   `ok <n>`.
 //! * `ping` → `ok`; `error_draining` during graceful shutdown (also to
-//!   blocked `l`/`w` requests, which are then closed); `error_lease_expired`
+//!   blocked `l`/`w` requests, which are then closed), as v2 does: the
+//!   v1.10 and v1.14 servers have no `error_draining` (they stop accepting
+//!   and let open connections run until the drain limit); `error_lease_expired`
 //!   from `w` when the grant obtained through `e` expired before `w`
 //!   collected it. Lines may be 256 bytes, the `auth` token and `signal`
 //!   payload lines 64 KiB.
@@ -122,6 +133,8 @@ mod conn;
 mod latch;
 mod locks;
 mod protocol;
+pub mod proxy;
+mod real;
 mod server;
 mod signals;
 mod stats;
@@ -134,36 +147,87 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use config::Config;
+pub use proxy::{FaultProxy, FaultProxyBuilder};
+pub use real::{Generation, REAL_SERVER_ENV};
 pub use stats::{IdleInfo, LockInfo, SemaphoreInfo, SignalChannelInfo, Stats};
 
 use server::Shared;
 
-/// A running dflockd-compatible server. Stops when dropped.
+/// A running dflockd-compatible server: the in-process testkit, or a real
+/// `dflockd` binary (see [`TestServerBuilder::real_server`]). Stops when
+/// dropped.
 pub struct TestServer {
     addr: SocketAddr,
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    config: Config,
+    backend: Backend,
+}
+
+enum Backend {
+    InProcess {
+        shared: Arc<Shared>,
+        thread: Option<JoinHandle<()>>,
+    },
+    Real(std::sync::Mutex<real::RealProcess>),
 }
 
 impl std::fmt::Debug for TestServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestServer")
-            .field("addr", &self.addr)
-            .field("config", &self.shared.cfg)
-            .finish()
+        let mut d = f.debug_struct("TestServer");
+        d.field("addr", &self.addr)
+            .field("generation", &self.generation());
+        // The config holds the auth token: show only whether one is set.
+        d.field("auth", &self.config.auth_token.is_some()).finish()
     }
 }
 
 /// Builder for a [`TestServer`]; starts from [`Config::default`].
-#[derive(Debug, Clone, Default)]
+///
+/// [`TestServer::builder`] and [`TestServerBuilder::new`] read the
+/// `DFLOCKD_REAL_SERVER` environment variable: when it names a binary, the
+/// server started is that real `dflockd` (see [`real_server`](Self::real_server)).
+#[derive(Debug, Clone)]
 pub struct TestServerBuilder {
     config: Config,
+    real: Option<std::path::PathBuf>,
+}
+
+impl Default for TestServerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TestServerBuilder {
-    /// A builder with the default configuration (`127.0.0.1:0`).
+    /// A builder with the default configuration (`127.0.0.1:0`), running the
+    /// real server named by `DFLOCKD_REAL_SERVER` when that is set.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            config: Config::default(),
+            real: real::from_env(),
+        }
+    }
+
+    /// Runs this real `dflockd` binary instead of the in-process server.
+    ///
+    /// The binary is started on a free loopback port (or [`port`](Self::port))
+    /// with the builder's settings as its flags (durations rounded up to whole
+    /// seconds, only the settings that differ from the defaults, and a drain
+    /// limit of 1 s unless one is set), waited for until it accepts a
+    /// connection, and killed when the [`TestServer`] drops. Its generation
+    /// comes from `--version`. [`TestServer::stats`] then asks the server over
+    /// the wire. Clients reach the server through a small relay on another
+    /// loopback port ([`TestServer::addr`]), which is how
+    /// [`TestServer::disconnect_all_clients`] cuts their connections.
+    pub fn real_server(mut self, binary: impl Into<std::path::PathBuf>) -> Self {
+        self.real = Some(binary.into());
+        self
+    }
+
+    /// Runs the in-process server even when `DFLOCKD_REAL_SERVER` is set
+    /// (for tests of testkit-only behaviour).
+    pub fn in_process(mut self) -> Self {
+        self.real = None;
+        self
     }
 
     /// Replaces the whole configuration.
@@ -274,21 +338,45 @@ impl TestServerBuilder {
         self
     }
 
+    /// Starts the real server of [`real_server`](Self::real_server).
+    fn start_real(&self, binary: &std::path::Path) -> io::Result<TestServer> {
+        let (addr, proc) = real::spawn(binary, &self.config)?;
+        let mut config = self.config.clone();
+        config.port = addr.port();
+        Ok(TestServer {
+            addr,
+            config,
+            backend: Backend::Real(std::sync::Mutex::new(proc)),
+        })
+    }
+
     /// Starts the server on the current tokio runtime.
     ///
     /// Fails if the configuration is invalid or the address cannot be bound.
     pub async fn start(self) -> io::Result<TestServer> {
         self.config.validate()?;
+        if let Some(binary) = &self.real {
+            let this = self.clone();
+            let binary = binary.clone();
+            return tokio::task::spawn_blocking(move || this.start_real(&binary))
+                .await
+                .map_err(io::Error::other)?;
+        }
         let tls = tls::acceptor(&self.config)?;
         let listener =
             tokio::net::TcpListener::bind((self.config.host.as_str(), self.config.port)).await?;
         let addr = listener.local_addr()?;
+        let mut config = self.config.clone();
+        config.port = addr.port();
         let shared = Arc::new(Shared::new(self.config));
         tokio::spawn(server::run(shared.clone(), listener, tls));
         Ok(TestServer {
             addr,
-            shared,
-            thread: None,
+            config,
+            backend: Backend::InProcess {
+                shared,
+                thread: None,
+            },
         })
     }
 
@@ -298,10 +386,15 @@ impl TestServerBuilder {
     /// async code alike.
     pub fn start_blocking(self) -> io::Result<TestServer> {
         self.config.validate()?;
+        if let Some(binary) = &self.real {
+            return self.start_real(binary);
+        }
         let tls = tls::acceptor(&self.config)?;
         let listener = std::net::TcpListener::bind((self.config.host.as_str(), self.config.port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let mut config = self.config.clone();
+        config.port = addr.port();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("dflockd-testkit-worker")
@@ -322,14 +415,17 @@ impl TestServerBuilder {
             })?;
         Ok(TestServer {
             addr,
-            shared,
-            thread: Some(thread),
+            config,
+            backend: Backend::InProcess {
+                shared,
+                thread: Some(thread),
+            },
         })
     }
 }
 
 impl TestServer {
-    /// A builder with the default configuration.
+    /// A builder with the default configuration (see [`TestServerBuilder::new`]).
     pub fn builder() -> TestServerBuilder {
         TestServerBuilder::new()
     }
@@ -339,21 +435,54 @@ impl TestServer {
         self.addr
     }
 
-    /// The configuration the server runs with.
+    /// The configuration the server runs with (`port` is the bound port).
     pub fn config(&self) -> &Config {
-        &self.shared.cfg
+        &self.config
     }
 
-    /// Number of open client connections.
+    /// True when this is a real `dflockd` process, not the in-process server.
+    pub fn is_real(&self) -> bool {
+        matches!(self.backend, Backend::Real(_))
+    }
+
+    /// The protocol generation: [`Generation::Testkit`] in process, else
+    /// what the real binary's `--version` says.
+    pub fn generation(&self) -> Generation {
+        match &self.backend {
+            Backend::InProcess { .. } => Generation::Testkit,
+            Backend::Real(p) => p.lock().map_or(Generation::V1_14, |p| p.generation),
+        }
+    }
+
+    /// Number of open client connections (for a real server: from `stats`,
+    /// not counting the connection that asked).
     pub fn connection_count(&self) -> usize {
-        self.shared
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst)
+        match &self.backend {
+            Backend::InProcess { shared, .. } => {
+                shared.connections.load(std::sync::atomic::Ordering::SeqCst)
+            }
+            Backend::Real(_) => usize::try_from(self.stats().connections).unwrap_or(usize::MAX),
+        }
     }
 
     /// The current server state, as the `stats` command reports it.
+    ///
+    /// For a real server this is a `stats` request over a new connection,
+    /// which is left out of `connections` (over TLS for a TLS server, without
+    /// verifying the certificate of the process the testkit started); it
+    /// panics when the server cannot answer (a test helper: a failed `stats`
+    /// is a failed test).
     pub fn stats(&self) -> Stats {
-        self.shared.stats()
+        match &self.backend {
+            Backend::InProcess { shared, .. } => shared.stats(),
+            Backend::Real(p) => {
+                let p = p.lock().unwrap_or_else(|e| e.into_inner());
+                match p.stats() {
+                    Ok(s) => s,
+                    Err(e) => panic!("stats from the real server at {}: {e}", self.addr),
+                }
+            }
+        }
     }
 
     /// The `stats` JSON (the text after `ok ` in the `stats` reply).
@@ -364,15 +493,28 @@ impl TestServer {
     /// Abruptly closes every client connection (as a cut connection would),
     /// while the server keeps accepting new ones. Their locks are released
     /// (per `auto_release_on_disconnect`) before their sockets close.
+    ///
+    /// A real server is reached through a relay, which closes both sides of
+    /// every relayed connection: the client sees its connection closed at
+    /// once and the server sees it close shortly after (so, unlike in
+    /// process, its locks may still be released a moment after the client
+    /// noticed).
     pub fn disconnect_all_clients(&self) {
-        self.shared.kill_all_connections();
+        match &self.backend {
+            Backend::InProcess { shared, .. } => shared.kill_all_connections(),
+            Backend::Real(p) => p.lock().unwrap_or_else(|e| e.into_inner()).relay.cut_all(),
+        }
     }
 
     /// Starts a graceful shutdown without waiting: the listener closes, new
     /// requests get `error_draining` and their connection is closed, blocked
-    /// `l`/`w` requests get `error_draining` at once.
+    /// `l`/`w` requests get `error_draining` at once. A real server gets
+    /// `SIGTERM`.
     pub fn begin_shutdown(&self) {
-        self.shared.draining.trigger();
+        match &self.backend {
+            Backend::InProcess { shared, .. } => shared.draining.trigger(),
+            Backend::Real(p) => p.lock().unwrap_or_else(|e| e.into_inner()).terminate(),
+        }
     }
 
     /// Graceful shutdown: [`begin_shutdown`](Self::begin_shutdown), then
@@ -385,34 +527,65 @@ impl TestServer {
     /// keep that short in tests.
     pub async fn shutdown(&self) {
         self.begin_shutdown();
-        self.shared.stopped.wait().await;
+        match &self.backend {
+            Backend::InProcess { shared, .. } => shared.stopped.wait().await,
+            Backend::Real(_) => {
+                while !self.real_exited() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
     }
 
     /// [`shutdown`](Self::shutdown) for synchronous code.
     ///
-    /// For a server started with [`TestServerBuilder::start`] and called
-    /// from inside a tokio runtime, this only begins the shutdown (blocking
-    /// there could deadlock the runtime that runs the server).
+    /// For an in-process server started with [`TestServerBuilder::start`]
+    /// and called from inside a tokio runtime, this only begins the shutdown
+    /// (blocking there could deadlock the runtime that runs the server).
     pub fn shutdown_blocking(&self) {
         self.begin_shutdown();
-        if self.thread.is_none() && tokio::runtime::Handle::try_current().is_ok() {
-            return;
+        match &self.backend {
+            Backend::InProcess { shared, thread } => {
+                if thread.is_none() && tokio::runtime::Handle::try_current().is_ok() {
+                    return;
+                }
+                shared.stopped.wait_blocking();
+            }
+            Backend::Real(p) => {
+                let limit = self.config.shutdown_timeout.max(Duration::from_secs(1))
+                    + Duration::from_secs(5);
+                p.lock().unwrap_or_else(|e| e.into_inner()).wait_exit(limit);
+            }
         }
-        self.shared.stopped.wait_blocking();
     }
 
-    /// Stops the server at once (listener and every connection closed).
+    /// Stops the server at once (listener and every connection closed; a
+    /// real server is killed).
     pub async fn stop(&self) {
-        self.shared.hard_stop.trigger();
-        self.shared.stopped.wait().await;
+        match &self.backend {
+            Backend::InProcess { shared, .. } => {
+                shared.hard_stop.trigger();
+                shared.stopped.wait().await;
+            }
+            Backend::Real(p) => p.lock().unwrap_or_else(|e| e.into_inner()).kill(),
+        }
+    }
+
+    fn real_exited(&self) -> bool {
+        match &self.backend {
+            Backend::Real(p) => p.lock().unwrap_or_else(|e| e.into_inner()).has_exited(),
+            Backend::InProcess { .. } => true,
+        }
     }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.shared.hard_stop.trigger();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Backend::InProcess { shared, thread } = &mut self.backend {
+            shared.hard_stop.trigger();
+            if let Some(thread) = thread.take() {
+                let _ = thread.join();
+            }
         }
     }
 }

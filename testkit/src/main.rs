@@ -137,7 +137,94 @@ fn termination() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
+/// `dflockd-testkit proxy`: a fault proxy with a line-based control socket.
+#[derive(Debug, Parser)]
+#[command(name = "dflockd-testkit proxy")]
+struct ProxyArgs {
+    /// The server to forward to (`host:port`).
+    #[arg(long)]
+    upstream: String,
+    /// Where clients connect.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Where the control socket listens (one command per line: pass,
+    /// latency DIR MS [JITTER_MS], trickle DIR BYTES MS, blackhole, pause,
+    /// resume, cut, drop-after BYTES|off, connections).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    control: String,
+    /// Seed of the latency jitter.
+    #[arg(long, default_value_t = 0x5EED)]
+    seed: u64,
+}
+
+fn resolve(what: &str, addr: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .map_err(|e| format!("{what} {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{what} {addr}: resolves to nothing"))
+}
+
+/// Serves one control connection: a command per line, a reply per line.
+fn control_client(stream: std::net::TcpStream, proxy: &dflockd_testkit::FaultProxy) {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { return };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let reply = match line.parse::<dflockd_testkit::proxy::Command>() {
+            Ok(cmd) => proxy.apply(&cmd),
+            Err(e) => format!("error {e}"),
+        };
+        if writeln!(out, "{reply}").is_err() {
+            return;
+        }
+    }
+}
+
+fn run_proxy(args: &[String]) -> ExitCode {
+    let args = ProxyArgs::parse_from(args);
+    let run = || -> Result<(), String> {
+        let upstream = resolve("upstream", &args.upstream)?;
+        let listen = resolve("listen", &args.listen)?;
+        let proxy = dflockd_testkit::FaultProxy::builder(upstream)
+            .listen(listen)
+            .seed(args.seed)
+            .start_blocking()
+            .map_err(|e| format!("listen {listen}: {e}"))?;
+        let control = std::net::TcpListener::bind(resolve("control", &args.control)?)
+            .map_err(|e| format!("control {}: {e}", args.control))?;
+        let control_addr = control.local_addr().map_err(|e| e.to_string())?;
+        println!(
+            "dflockd-testkit proxy listening on {} control on {control_addr}",
+            proxy.addr()
+        );
+        std::thread::scope(|scope| {
+            for stream in control.incoming().flatten() {
+                let proxy = &proxy;
+                scope.spawn(move || control_client(stream, proxy));
+            }
+        });
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dflockd-testkit proxy: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("proxy") {
+        return run_proxy(&argv[1..]);
+    }
     let args = Args::parse();
     let _ = args.debug;
     let cfg = match config(args) {

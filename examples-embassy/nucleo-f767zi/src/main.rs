@@ -22,6 +22,11 @@
 //!   no client code: the baseline that CI subtracts to measure the client's
 //!   share of flash and RAM.
 //!
+//! The application (pump run, lock, signal listener) is
+//! `examples-embassy/shared/pump_app.rs`, shared with `mps2-qemu`, the board
+//! CI runs under QEMU; this file holds the board, the TLS variant and the
+//! baseline.
+//!
 //! Logs through defmt over RTT (`cargo run --release` with probe-rs).
 #![no_std]
 #![no_main]
@@ -36,7 +41,7 @@ use embassy_stm32::gpio::{Level, Output, Speed};
 use embassy_stm32::peripherals::{ETH, ETH_SMA, RNG};
 use embassy_stm32::rng::{self, Rng};
 use embassy_stm32::time::Hertz;
-use embassy_time::{Duration, Timer};
+use embassy_time::Duration;
 use static_cell::StaticCell;
 use {defmt_rtt as _, panic_probe as _};
 
@@ -55,6 +60,7 @@ const SERVER: &str = match option_env!("DFLOCKD_SERVER") {
 /// [`SERVER`] parsed at compile time (a malformed address fails the build).
 const SERVER_ENDPOINT: ([u8; 4], u16) = parse_endpoint(SERVER);
 
+#[cfg(not(feature = "lock"))]
 fn server() -> (Ipv4Address, u16) {
     let ([a, b, c, d], port) = SERVER_ENDPOINT;
     (Ipv4Address::new(a, b, c, d), port)
@@ -171,11 +177,13 @@ static DFLOCKD_SIZES: [u32; 6] = {
 };
 
 /// Socket buffers of one TCP connection, kept in statics (not in futures).
+#[cfg(not(feature = "lock"))]
 struct SocketBufs<const RX: usize, const TX: usize> {
     rx: [u8; RX],
     tx: [u8; TX],
 }
 
+#[cfg(not(feature = "lock"))]
 impl<const RX: usize, const TX: usize> SocketBufs<RX, TX> {
     const fn new() -> Self {
         Self {
@@ -250,57 +258,68 @@ mod baseline {
         let start = embassy_time::Instant::now();
         while start.elapsed() < Duration::from_secs(25) {
             pump.toggle();
-            Timer::after_millis(500).await;
+            embassy_time::Timer::after_millis(500).await;
         }
         pump.set_low();
+    }
+}
+
+/// The application shared with the other boards (`examples-embassy/shared`).
+#[cfg(feature = "lock")]
+#[path = "../../shared/pump_app.rs"]
+#[allow(dead_code)] // each variant uses a part of it
+mod pump_app;
+
+#[cfg(feature = "lock")]
+impl pump_app::Actuator for Output<'static> {
+    fn set_on(&mut self, on: bool) {
+        self.set_level(Level::from(on));
+    }
+
+    fn toggle(&mut self) {
+        Output::toggle(self);
+    }
+}
+
+#[cfg(feature = "lock")]
+impl defmt::Format for pump_app::RunError {
+    fn format(&self, f: defmt::Formatter) {
+        match self {
+            pump_app::RunError::Connect(e) => defmt::write!(f, "Connect({})", e),
+            pump_app::RunError::Client(e) => defmt::write!(f, "Client({})", e),
+        }
     }
 }
 
 #[cfg(feature = "lock")]
 mod app {
     use super::*;
+    use crate::pump_app::{Board, LockBufs, Settings, TRIGGER};
     use core::time::Duration as CoreDuration;
-    use dflockd_client::lock::LockSpec;
-    use dflockd_client::runtime::embassy::{EmbassyTimer, connect};
-    use embassy_net::tcp::{self, ConnectError};
-    use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
-    use embassy_sync::signal::Signal;
+    use dflockd_client::signal::Heartbeat;
 
-    /// The lock guarding the shared actuator.
-    const PUMP_KEY: &str = "site/pump";
-    /// The pump's lease: renewed by `hold` every ~5 s while the pump runs.
-    const LEASE: CoreDuration = CoreDuration::from_secs(10);
-    /// How long one pump run lasts: 2.5 lease periods.
-    const RUN: Duration = Duration::from_secs(25);
-    const CONNECT_TIMEOUT: CoreDuration = CoreDuration::from_secs(10);
+    /// The pump's lease (renewed by `hold` every ~5 s while the pump runs),
+    /// a run of 2.5 lease periods, and the server's default read timeout.
+    /// A constant in flash, so the tasks keep only a reference.
+    static SETTINGS: Settings = Settings {
+        server: {
+            let ([a, b, c, d], port) = SERVER_ENDPOINT;
+            (Ipv4Address::new(a, b, c, d), port)
+        },
+        lease: CoreDuration::from_secs(10),
+        run: Duration::from_secs(25),
+        acquire_timeout: CoreDuration::from_secs(5),
+        connect_timeout: CoreDuration::from_secs(10),
+        server_read_timeout: None,
+        heartbeat: Heartbeat::DEFAULT,
+    };
 
-    /// Set by the signal task; the pump task runs when it fires.
-    #[cfg_attr(not(feature = "signals"), allow(dead_code))]
-    pub static TRIGGER: Signal<CriticalSectionRawMutex, ()> = Signal::new();
+    /// This board's settings: the constant above.
+    pub struct Nucleo;
 
-    /// Why a pump run failed.
-    #[derive(defmt::Format)]
-    pub enum RunError {
-        Connect(ConnectError),
-        Client(dflockd_client::Error<tcp::Error>),
-        #[cfg(feature = "tls")]
-        Tls(dflockd_client::tls::TlsError),
-        #[cfg(feature = "tls")]
-        TlsClient(dflockd_client::Error<dflockd_client::tls::TlsError>),
-        #[cfg(feature = "tls")]
-        NoCa,
-    }
-
-    impl From<dflockd_client::Error<tcp::Error>> for RunError {
-        fn from(e: dflockd_client::Error<tcp::Error>) -> Self {
-            RunError::Client(e)
-        }
-    }
-
-    #[cfg(feature = "tls")]
-    impl From<dflockd_client::Error<dflockd_client::tls::TlsError>> for RunError {
-        fn from(e: dflockd_client::Error<dflockd_client::tls::TlsError>) -> Self {
-            RunError::TlsClient(e)
+    impl Board for Nucleo {
+        fn settings() -> &'static Settings {
+            &SETTINGS
         }
     }
 
@@ -310,12 +329,12 @@ mod app {
         mut pump: Output<'static>,
         mut rng: Rng<'static, RNG>,
     ) {
-        static BUFS: StaticCell<SocketBufs<1024, 512>> = StaticCell::new();
-        let bufs = BUFS.init(SocketBufs::new());
+        static BUFS: StaticCell<LockBufs> = StaticCell::new();
+        let bufs = BUFS.init(LockBufs::new());
         #[cfg(feature = "tls")]
         let tls_bufs = {
-            static TLS: StaticCell<TlsBufs> = StaticCell::new();
-            TLS.init(TlsBufs::new())
+            static TLS: StaticCell<tls::TlsBufs> = StaticCell::new();
+            TLS.init(tls::TlsBufs::new())
         };
         #[cfg(not(feature = "tls"))]
         let _ = &mut rng; // only the TLS handshake needs randomness
@@ -323,169 +342,132 @@ mod app {
             // Run when a signal asks for it, and every minute anyway.
             let _ = embassy_time::with_timeout(Duration::from_secs(60), TRIGGER.wait()).await;
             #[cfg(not(feature = "tls"))]
-            let out = run_pump(stack, &mut pump, bufs).await;
+            {
+                let out = pump_app::run_pump::<Nucleo, _>(stack, &mut pump, bufs).await;
+                pump.set_low(); // the safe state, whatever happened
+                pump_app::report(&out);
+            }
             #[cfg(feature = "tls")]
-            let out = run_pump_tls(stack, &mut pump, bufs, tls_bufs, &mut rng).await;
-            pump.set_low(); // the safe state, whatever happened
-            match out {
-                Ok(true) => info!("pump run done, lock released"),
-                Ok(false) => info!("pump busy: another controller holds {}", PUMP_KEY),
-                Err(e) => warn!("pump run failed: {}", e),
+            {
+                let out = tls::run_pump_tls(stack, &mut pump, bufs, tls_bufs, &mut rng).await;
+                pump.set_low(); // the safe state, whatever happened
+                match out {
+                    Ok(true) => info!("pump run done, lock released"),
+                    Ok(false) => {
+                        info!("pump busy: another controller holds {}", pump_app::PUMP_KEY)
+                    }
+                    Err(e) => warn!("pump run failed: {}", e),
+                }
             }
         }
     }
 
-    /// Drives the pump for [`RUN`], blinking while it runs. Dropped at any
-    /// `.await` if the lease is lost.
-    async fn drive(pump: &mut Output<'static>) {
-        let start = embassy_time::Instant::now();
-        while start.elapsed() < RUN {
-            pump.toggle();
-            Timer::after_millis(500).await;
-        }
-        pump.set_low();
-    }
+    /// The lock connection over TLS 1.3 (embedded-tls), the rest as
+    /// [`pump_app::run_pump`].
+    #[cfg(feature = "tls")]
+    mod tls {
+        use super::*;
+        use crate::pump_app::locked_run;
+        use embassy_net::tcp::ConnectError;
 
-    /// Lock, drive while renewing, release. `Ok(false)` when busy.
-    async fn locked_run<T: embedded_io_async::Read + embedded_io_async::Write, const N: usize>(
-        conn: &mut dflockd_client::Connection<T, N>,
-        pump: &mut Output<'static>,
-    ) -> dflockd_client::Result<bool, T::Error> {
-        let timer = EmbassyTimer;
-        let spec = LockSpec::lock(PUMP_KEY)
-            .lease_ttl(LEASE)
-            .acquire_timeout(CoreDuration::from_secs(5));
-        let Some(mut lease) = spec.acquire(conn, &timer).await? else {
-            return Ok(false);
+        /// Why a pump run over TLS failed.
+        #[derive(defmt::Format)]
+        pub enum TlsRunError {
+            Connect(ConnectError),
+            Tls(dflockd_client::tls::TlsError),
+            Client(dflockd_client::Error<dflockd_client::tls::TlsError>),
+            NoCa,
+        }
+
+        impl From<dflockd_client::Error<dflockd_client::tls::TlsError>> for TlsRunError {
+            fn from(e: dflockd_client::Error<dflockd_client::tls::TlsError>) -> Self {
+                TlsRunError::Client(e)
+            }
+        }
+
+        /// TLS record buffers (embedded-tls needs a full 16 KiB record).
+        pub struct TlsBufs {
+            read: [u8; dflockd_client::tls::READ_RECORD_BUFFER],
+            write: [u8; dflockd_client::tls::WRITE_RECORD_BUFFER],
+        }
+
+        impl TlsBufs {
+            pub const fn new() -> Self {
+                Self {
+                    read: [0; dflockd_client::tls::READ_RECORD_BUFFER],
+                    write: [0; dflockd_client::tls::WRITE_RECORD_BUFFER],
+                }
+            }
+        }
+
+        /// The CA that signs the server's certificate (DER), from
+        /// `DFLOCKD_CA_DER` at build time.
+        static CA_DER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ca.der"));
+
+        const SERVER_NAME: &str = match option_env!("DFLOCKD_TLS_SERVER_NAME") {
+            Some(s) => s,
+            None => "dflockd.local",
         };
-        info!("holding {} (fence {})", PUMP_KEY, lease.fence());
-        let held = lease.hold(conn, &timer, drive(pump)).await;
-        pump.set_low();
-        held?;
-        lease.release(conn, &timer).await?;
-        Ok(true)
-    }
 
-    #[cfg(not(feature = "tls"))]
-    async fn run_pump(
-        stack: Stack<'static>,
-        pump: &mut Output<'static>,
-        bufs: &mut SocketBufs<1024, 512>,
-    ) -> Result<bool, RunError> {
-        let mut conn =
-            connect::<128, 0>(stack, server(), &mut bufs.rx, &mut bufs.tx, CONNECT_TIMEOUT)
-                .await
-                .map_err(RunError::Connect)?;
-        let out = locked_run(&mut conn, pump).await;
-        let socket = conn.transport_mut();
-        socket.close();
-        let _ = socket.flush().await;
-        Ok(out?)
-    }
-
-    /// TLS record buffers (embedded-tls needs a full 16 KiB record).
-    #[cfg(feature = "tls")]
-    pub struct TlsBufs {
-        read: [u8; dflockd_client::tls::READ_RECORD_BUFFER],
-        write: [u8; dflockd_client::tls::WRITE_RECORD_BUFFER],
-    }
-
-    #[cfg(feature = "tls")]
-    impl TlsBufs {
-        const fn new() -> Self {
-            Self {
-                read: [0; dflockd_client::tls::READ_RECORD_BUFFER],
-                write: [0; dflockd_client::tls::WRITE_RECORD_BUFFER],
+        pub async fn run_pump_tls(
+            stack: Stack<'static>,
+            pump: &mut Output<'static>,
+            bufs: &mut LockBufs,
+            tls: &mut TlsBufs,
+            rng: &mut Rng<'static, RNG>,
+        ) -> Result<bool, TlsRunError> {
+            let settings = Nucleo::settings();
+            use dflockd_client::runtime::embassy::connect;
+            use dflockd_client::tls::{TlsVerify, handshake};
+            if CA_DER.is_empty() {
+                return Err(TlsRunError::NoCa);
             }
-        }
-    }
-
-    /// The CA that signs the server's certificate (DER), from
-    /// `DFLOCKD_CA_DER` at build time.
-    #[cfg(feature = "tls")]
-    static CA_DER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ca.der"));
-
-    #[cfg(feature = "tls")]
-    const SERVER_NAME: &str = match option_env!("DFLOCKD_TLS_SERVER_NAME") {
-        Some(s) => s,
-        None => "dflockd.local",
-    };
-
-    #[cfg(feature = "tls")]
-    async fn run_pump_tls(
-        stack: Stack<'static>,
-        pump: &mut Output<'static>,
-        bufs: &mut SocketBufs<1024, 512>,
-        tls: &mut TlsBufs,
-        rng: &mut Rng<'static, RNG>,
-    ) -> Result<bool, RunError> {
-        use dflockd_client::tls::{TlsVerify, handshake};
-        if CA_DER.is_empty() {
-            return Err(RunError::NoCa);
-        }
-        let conn = connect::<128, 0>(stack, server(), &mut bufs.rx, &mut bufs.tx, CONNECT_TIMEOUT)
+            let conn = connect::<128, 0>(
+                stack,
+                settings.server,
+                &mut bufs.rx,
+                &mut bufs.tx,
+                settings.connect_timeout,
+            )
             .await
-            .map_err(RunError::Connect)?;
-        let verify = TlsVerify::Ca {
-            ca_der: CA_DER,
-            server_name: SERVER_NAME,
-        };
-        let stream = handshake(
-            conn.into_inner(),
-            &mut tls.read,
-            &mut tls.write,
-            verify,
-            rng,
-        )
-        .await
-        .map_err(RunError::Tls)?;
-        let mut conn: dflockd_client::Connection<_, 128> = dflockd_client::Connection::new(stream);
-        let out = locked_run(&mut conn, pump).await;
-        match conn.into_inner().close().await {
-            Ok(mut socket) => {
-                socket.close();
-                let _ = socket.flush().await;
+            .map_err(TlsRunError::Connect)?;
+            let verify = TlsVerify::Ca {
+                ca_der: CA_DER,
+                server_name: SERVER_NAME,
+            };
+            let stream = handshake(
+                conn.into_inner(),
+                &mut tls.read,
+                &mut tls.write,
+                verify,
+                rng,
+            )
+            .await
+            .map_err(TlsRunError::Tls)?;
+            let mut conn: dflockd_client::Connection<_, 128> =
+                dflockd_client::Connection::new(stream);
+            let out = locked_run::<Nucleo, _, _, 128>(&mut conn, pump).await;
+            match conn.into_inner().close().await {
+                Ok(mut socket) => {
+                    socket.close();
+                    let _ = socket.flush().await;
+                }
+                Err((mut socket, _)) => socket.abort(),
             }
-            Err((mut socket, _)) => socket.abort(),
+            Ok(out?)
         }
-        Ok(out?)
     }
 
     #[cfg(feature = "signals")]
     #[embassy_executor::task]
     pub async fn signal_task(stack: Stack<'static>, mut indicator: Output<'static>) {
-        static BUFS: StaticCell<SocketBufs<1024, 256>> = StaticCell::new();
-        let bufs = BUFS.init(SocketBufs::new());
+        static BUFS: StaticCell<pump_app::SignalBufs> = StaticCell::new();
+        let bufs = BUFS.init(pump_app::SignalBufs::new());
         loop {
-            if let Err(e) = listen(stack, &mut indicator, bufs).await {
+            if let Err(e) = pump_app::listen::<Nucleo, _>(stack, &mut indicator, bufs).await {
                 warn!("signals: {}; reconnecting in 5 s", e);
             }
-            Timer::after_secs(5).await;
-        }
-    }
-
-    /// Subscribes to `site.pump.>` and triggers a pump run per signal.
-    #[cfg(feature = "signals")]
-    async fn listen(
-        stack: Stack<'static>,
-        indicator: &mut Output<'static>,
-        bufs: &mut SocketBufs<1024, 256>,
-    ) -> Result<(), RunError> {
-        use dflockd_client::signal::SignalConn;
-        // 256-byte lines, 512 bytes of queue for signals that arrive while a
-        // reply is awaited.
-        let conn =
-            connect::<256, 512>(stack, server(), &mut bufs.rx, &mut bufs.tx, CONNECT_TIMEOUT)
-                .await
-                .map_err(RunError::Connect)?;
-        let mut sigs = SignalConn::new(conn, EmbassyTimer);
-        sigs.listen("site.pump.>", None).await?;
-        info!("listening on site.pump.>");
-        loop {
-            let sig = sigs.next().await?;
-            info!("signal {}: {}", sig.channel, sig.payload);
-            indicator.toggle();
-            TRIGGER.signal(());
+            embassy_time::Timer::after_secs(5).await;
         }
     }
 }

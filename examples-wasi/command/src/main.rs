@@ -18,7 +18,9 @@
 //!     target/wasm32-wasip2/release/dflockd-wasi-command.wasm
 //! ```
 //!
-//! Environment: `DFLOCKD_ADDR` (default `127.0.0.1:6388`), `DFLOCKD_KEY_PREFIX`
+//! Environment: `DFLOCKD_ADDR` (default `127.0.0.1:6388`; `[::1]:6388` or a
+//! host name such as `dflockd.internal:6388` work too, a name with
+//! `-S allow-ip-name-lookup=y`), `DFLOCKD_KEY_PREFIX`
 //! (default `wasi-demo`). With the `tls` feature: `DFLOCKD_TLS_CA`, a path to
 //! the CA certificate (PEM or DER, inside a directory given with `--dir`),
 //! switches to TLS 1.3; `DFLOCKD_TLS_NAME` is the name the server certificate
@@ -82,12 +84,12 @@ fn main() -> ExitCode {
 }
 
 /// The message for a failed connect; names the wasmtime flag when the host
-/// denied the network.
+/// denied the network (or, in the I/O error's own message, name lookups).
 fn connect_error(addr: &str, e: &Error<io::Error>) -> String {
-    if is_network_denied(e) {
-        format!("cannot connect to {addr}: {NETWORK_DENIED_HINT}")
-    } else {
-        format!("cannot connect to {addr}: {e}")
+    match e {
+        _ if is_network_denied(e) => format!("cannot connect to {addr}: {NETWORK_DENIED_HINT}"),
+        Error::Io(io) => format!("cannot connect to {addr}: {io}"),
+        _ => format!("cannot connect to {addr}: {e}"),
     }
 }
 

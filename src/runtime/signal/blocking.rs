@@ -332,7 +332,7 @@ fn open<const N: usize, const P: usize>(
 ) -> Result<Box<Core<N, P>>> {
     let mut stream = open_host(addrs, opts, tls)?;
     stream
-        .set_read_timeout(Some(opts.io_timeout))
+        .set_deadline(std::time::Instant::now().checked_add(opts.io_timeout))
         .map_err(Error::Io)?;
     let mut core = Box::new(Core::with_heartbeat(
         Connection::new(stream),
@@ -345,11 +345,11 @@ fn open<const N: usize, const P: usize>(
     Ok(core)
 }
 
-/// Runs a request with the request timeout armed on the socket.
+/// Runs a request with one deadline, the request timeout from now, for all
+/// of it.
 macro_rules! request {
     ($worker:ident, $core:ident, $fut:expr) => {
-        set_read_timeout($core, $worker.opts.request_timeout)
-            .and_then(|()| block_on($fut).map_err(timeout_kind))
+        arm($core, $worker.opts.request_timeout).and_then(|()| block_on($fut).map_err(timeout_kind))
     };
 }
 
@@ -438,8 +438,9 @@ impl Worker {
             self.tls.as_ref(),
             self.heartbeat,
         )?;
-        set_read_timeout(&mut core, self.opts.request_timeout)?;
+        arm(&mut core, self.opts.request_timeout)?;
         for (pattern, group) in self.subs.iter() {
+            arm(&mut core, self.opts.request_timeout)?;
             block_on(core.listen(pattern, group)).map_err(timeout_kind)?;
         }
         Ok(core)
@@ -539,7 +540,7 @@ impl Worker {
             }
             // Wait a slice for the socket.
             let slice = until_heartbeat.clamp(Duration::from_millis(1), TICK);
-            if let Err(e) = set_read_timeout(core, slice) {
+            if let Err(e) = arm(core, slice) {
                 return Exit::Lost(e);
             }
             match block_on(core.connection_mut().wait_signal()) {
@@ -596,13 +597,12 @@ impl Worker {
     }
 }
 
-fn set_read_timeout<const N: usize, const P: usize>(
-    core: &mut Core<N, P>,
-    timeout: Duration,
-) -> Result<()> {
+/// Bounds what follows (a request, or a wait for the socket) by one
+/// deadline, `timeout` from now. No syscall on this crate's transports.
+fn arm<const N: usize, const P: usize>(core: &mut Core<N, P>, timeout: Duration) -> Result<()> {
     core.connection_mut()
         .transport_mut()
-        .set_read_timeout(Some(timeout))
+        .set_deadline(std::time::Instant::now().checked_add(timeout))
         .map_err(Error::Io)
 }
 

@@ -32,8 +32,8 @@ use std::vec::Vec;
 
 use core::time::Duration;
 
-use crate::Error;
 use crate::signal::{DEFAULT_HEARTBEAT, DEFAULT_SERVER_READ_TIMEOUT, Heartbeat};
+use crate::{ConfigError, Error};
 
 pub mod blocking;
 #[cfg(feature = "tokio")]
@@ -167,15 +167,17 @@ impl SignalOptions {
     /// Checks the options: the heartbeat below the read timeout, a queue of
     /// at least one signal, a non-zero request timeout.
     pub(crate) fn check(&self) -> Result<Heartbeat, Error<std::io::Error>> {
-        let invalid =
-            |msg: String| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
-        let hb = Heartbeat::new(self.heartbeat, self.server_read_timeout)
-            .map_err(|e| invalid(std::format!("{e}")))?;
+        let hb = Heartbeat::new(self.heartbeat, self.server_read_timeout).map_err(|_| {
+            ConfigError::new(
+                "heartbeat",
+                "must be non-zero and below `server_read_timeout`",
+            )
+        })?;
         if self.queue == 0 {
-            return Err(invalid("signal queue must hold at least one signal".into()));
+            return Err(ConfigError::new("queue", "must hold at least one signal").into());
         }
         if self.request_timeout.is_zero() {
-            return Err(invalid("request timeout must be non-zero".into()));
+            return Err(ConfigError::new("request_timeout", "must be non-zero").into());
         }
         Ok(hb)
     }
@@ -218,6 +220,7 @@ pub(crate) fn dup_error(e: &Error<std::io::Error>) -> Error<std::io::Error> {
         Error::Protocol(p) => Error::Protocol(*p),
         Error::Server(s) => Error::Server(s.clone()),
         Error::Auth => Error::Auth,
+        Error::Config(c) => Error::Config(*c),
         _ => Error::Disconnected,
     }
 }
@@ -273,12 +276,17 @@ mod tests {
             heartbeat: Duration::from_secs(30),
             ..SignalOptions::default()
         };
-        assert!(bad.check().is_err());
+        assert!(matches!(bad.check(), Err(Error::Config(c)) if c.option == "heartbeat"));
         let bad = SignalOptions {
             queue: 0,
             ..SignalOptions::default()
         };
-        assert!(bad.check().is_err());
+        assert!(matches!(bad.check(), Err(Error::Config(c)) if c.option == "queue"));
+        let bad = SignalOptions {
+            request_timeout: Duration::ZERO,
+            ..SignalOptions::default()
+        };
+        assert!(matches!(bad.check(), Err(Error::Config(c)) if c.option == "request_timeout"));
     }
 
     #[test]

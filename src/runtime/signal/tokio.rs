@@ -166,8 +166,7 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
     /// Connects to `addr` (authenticating when `connect` has a token) and
     /// starts the background task on the current tokio runtime.
     ///
-    /// Errors: invalid options ([`Error::Io`] with
-    /// [`InvalidInput`](io::ErrorKind::InvalidInput), e.g. a heartbeat not
+    /// Errors: invalid options ([`Error::Config`], e.g. a heartbeat not
     /// below the server read timeout), and everything
     /// [`connect`](crate::runtime::tokio::connect()) returns.
     ///
