@@ -381,11 +381,12 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
 
     /// Queues a push line (range into the buffer) or counts it dropped.
     fn accept_push(&mut self, start: usize, end: usize) {
-        let line = trim_cr(&self.buf[start..end]);
+        let line = &self.buf[start..end];
+        // Exactly what parse_push accepts (it strips one CR) is queued.
         match parse_push(line) {
             Ok(sig) => {
                 trace!("push on {}", sig.channel);
-                self.pushes.push(&line[4..]);
+                self.pushes.push(&trim_cr(line)[4..]);
             }
             Err(_) => {
                 self.pushes.dropped = self.pushes.dropped.saturating_add(1);
@@ -715,9 +716,9 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
             self.compact();
             self.fill().await?;
         }
-        let line = trim_cr(&out[..len]);
-        let line_len = line.len();
-        let reply = parse_reply(&out[..line_len], Expect::Stats)?;
+        // parse_reply strips the one trailing CR itself.
+        let line_len = trim_cr(&out[..len]).len();
+        let reply = parse_reply(&out[..len], Expect::Stats)?;
         self.poisoned = matches!(reply, Reply::Status(Status::Auth | Status::Draining));
         let json_start = match reply {
             Reply::Stats(json) => line_len - json.len(),

@@ -1,20 +1,7 @@
-//! Any bytes through every reply shape and the push parser: no panic.
+//! libFuzzer entry for `props::reply_parser` (see fuzz/props/reply_parser.rs for the properties).
 #![no_main]
 
-use dflockd_client::protocol::{Expect, Token, parse_push, parse_reply};
-use libfuzzer_sys::fuzz_target;
+#[global_allocator]
+static ALLOC: props::alloc::CountingAlloc = props::alloc::CountingAlloc;
 
-fuzz_target!(|line: &[u8]| {
-    for expect in [
-        Expect::Ok,
-        Expect::Grant,
-        Expect::Enqueue,
-        Expect::Remaining,
-        Expect::Count,
-        Expect::Stats,
-    ] {
-        let _ = parse_reply(line, expect);
-    }
-    let _ = parse_push(line);
-    let _ = Token::parse(line);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| props::reply_parser::run(data));

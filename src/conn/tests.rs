@@ -367,6 +367,47 @@ fn stats_into_caller_buffer() {
     assert!(!c.is_usable());
 }
 
+/// Found by the `line_reader` fuzz target: an over-long push before the
+/// stats reply made `stats` take the reply for a malformed push and return
+/// the line after it.
+#[test]
+fn stats_after_an_over_long_push_reads_its_own_reply() {
+    let long = "x".repeat(100);
+    let input = std::format!("sig a {long}\nok {{\"n\":1}}\nok {{\"n\":2}}\n");
+    for chunk in [1, 7, usize::MAX] {
+        let mut c: Conn<64, 64> = Connection::new(Scripted::new(input.as_bytes()));
+        c.transport_mut().read_chunk = chunk;
+        let mut out = [0u8; 64];
+        assert_eq!(
+            block_on(c.stats(&mut out)).unwrap(),
+            "{\"n\":1}",
+            "chunk {chunk}"
+        );
+        assert_eq!(c.dropped_signals(), 1);
+        assert_eq!(block_on(c.stats(&mut out)).unwrap(), "{\"n\":2}");
+    }
+}
+
+/// Found by the `line_reader` fuzz target: a CR was stripped twice.
+#[test]
+fn stats_strips_exactly_one_cr() {
+    let mut c = conn("ok {}\r\r\n");
+    let mut out = [0u8; 64];
+    assert_eq!(block_on(c.stats(&mut out)).unwrap(), "{}\r");
+}
+
+/// Found by the `line_reader` fuzz target: a push was checked with two
+/// CRs stripped but queued with one.
+#[test]
+fn push_with_two_trailing_crs_is_what_parse_push_makes_of_it() {
+    let mut c: Conn<64, 64> = Connection::new(Scripted::new(&b"sig c x\r\r\nsig c \r\r\n"[..]));
+    let sig = block_on(c.next_signal()).unwrap();
+    assert_eq!((sig.channel, sig.payload), ("c", "x\r"));
+    let sig = block_on(c.next_signal()).unwrap();
+    assert_eq!((sig.channel, sig.payload), ("c", "\r"));
+    assert_eq!(c.dropped_signals(), 0);
+}
+
 #[test]
 fn stats_error_status() {
     let mut c = conn("error\n");

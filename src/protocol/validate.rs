@@ -76,8 +76,11 @@ pub enum Rule {
     Blank,
     /// The argument contains a space, tab, CR or LF.
     Whitespace,
-    /// The argument contains CR or LF.
+    /// The argument contains a line feed (an auth token: CR or LF), which
+    /// would end the request line early.
     LineBreak,
+    /// The payload ends with a carriage return, which the server strips.
+    TrailingCr,
     /// The argument is longer than `max` bytes.
     TooLong {
         /// The largest accepted length in bytes.
@@ -126,7 +129,11 @@ impl fmt::Display for InvalidArgument {
             Rule::Whitespace => {
                 write!(f, "invalid {arg}: must not contain space, tab, CR or LF")
             }
-            Rule::LineBreak => write!(f, "invalid {arg}: must not contain CR or LF"),
+            Rule::LineBreak if matches!(self.arg, Arg::AuthToken) => {
+                write!(f, "invalid {arg}: must not contain CR or LF")
+            }
+            Rule::LineBreak => write!(f, "invalid {arg}: must not contain LF"),
+            Rule::TrailingCr => write!(f, "invalid {arg}: must not end with CR"),
             Rule::TooLong { max } => write!(f, "invalid {arg}: longer than {max} bytes"),
             Rule::TooLarge { max } => write!(f, "invalid {arg}: larger than {max}"),
             Rule::Zero => write!(f, "invalid {arg}: must be greater than zero"),
@@ -249,18 +256,21 @@ pub fn trim_group(group: &str) -> &str {
     group.trim_matches(is_space)
 }
 
-/// A queue group: non-blank, no CR or LF, at most 256 bytes once trimmed
-/// of surrounding whitespace (see [`trim_group`]).
+/// A queue group: once trimmed of surrounding whitespace (see
+/// [`trim_group`]), non-blank, no LF and at most 256 bytes.
 pub fn group(group: &str) -> Result {
     if group.is_empty() {
         return Err(InvalidArgument::new(Arg::Group, Rule::Empty));
     }
-    if group.bytes().any(|b| b == b'\r' || b == b'\n') {
-        return Err(InvalidArgument::new(Arg::Group, Rule::LineBreak));
-    }
+    // The group is sent trimmed, so only what is left counts: a CR inside
+    // is part of the name (the server keeps it), an LF inside would end
+    // the line; either at an end is trimmed like other whitespace.
     let trimmed = trim_group(group);
     if trimmed.is_empty() {
         return Err(InvalidArgument::new(Arg::Group, Rule::Blank));
+    }
+    if trimmed.bytes().any(|b| b == b'\n') {
+        return Err(InvalidArgument::new(Arg::Group, Rule::LineBreak));
     }
     if trimmed.len() > MAX_GROUP_LEN {
         return Err(InvalidArgument::new(
@@ -277,8 +287,9 @@ pub const fn max_payload_len(channel: &str) -> usize {
     MAX_LONG_LINE.saturating_sub(5 + channel.len())
 }
 
-/// A signal payload for `channel`: not blank, no CR or LF, at most
-/// `65536 - 5 - channel.len()` bytes.
+/// A signal payload for `channel`: not blank, no LF, not ending in CR (the
+/// server strips it), at most `65536 - 5 - channel.len()` bytes. Other
+/// whitespace, also at the ends, and a CR inside are delivered unchanged.
 pub fn payload(channel: &str, payload: &str) -> Result {
     if payload.is_empty() {
         return Err(InvalidArgument::new(Arg::Payload, Rule::Empty));
@@ -287,11 +298,14 @@ pub fn payload(channel: &str, payload: &str) -> Result {
     if payload.len() > max {
         return Err(InvalidArgument::new(Arg::Payload, Rule::TooLong { max }));
     }
-    if payload.bytes().any(|b| b == b'\r' || b == b'\n') {
+    if payload.bytes().any(|b| b == b'\n') {
         return Err(InvalidArgument::new(Arg::Payload, Rule::LineBreak));
     }
     if is_blank(payload) {
         return Err(InvalidArgument::new(Arg::Payload, Rule::Blank));
+    }
+    if payload.ends_with('\r') {
+        return Err(InvalidArgument::new(Arg::Payload, Rule::TrailingCr));
     }
     Ok(())
 }
@@ -416,6 +430,8 @@ mod tests {
     #[test]
     fn auth_tokens() {
         assert!(auth_token("s3cret").is_ok());
+        // The server takes inner whitespace (its token may hold spaces).
+        assert!(auth_token("a b\tc").is_ok());
         assert_eq!(rule(auth_token("")), Rule::Empty);
         // The server trims the argument and compares: inner spaces are fine.
         assert!(auth_token("correct horse battery").is_ok());
@@ -433,9 +449,11 @@ mod tests {
     fn groups() {
         assert!(group("workers").is_ok());
         assert!(group("two words").is_ok());
+        assert!(group("a\rb").is_ok());
         assert_eq!(rule(group("")), Rule::Empty);
         assert_eq!(rule(group("   ")), Rule::Blank);
         assert_eq!(rule(group("a\nb")), Rule::LineBreak);
+        assert!(group("\ng\n").is_ok(), "an LF at an end is trimmed");
         assert_eq!(rule(group(&"g".repeat(257))), Rule::TooLong { max: 256 });
         // Trimmed as the server trims it.
         assert_eq!(trim_group(" g\t\u{A0}"), "g");
@@ -452,6 +470,8 @@ mod tests {
         assert_eq!(rule(payload("c", "")), Rule::Empty);
         assert_eq!(rule(payload("c", " \t ")), Rule::Blank);
         assert_eq!(rule(payload("c", "a\r\nb")), Rule::LineBreak);
+        assert!(payload("c", " a\rb ").is_ok());
+        assert_eq!(rule(payload("c", "ab\r")), Rule::TrailingCr);
         let max = 65536 - 5 - 3;
         assert_eq!(max_payload_len("abc"), max);
         assert!(payload("abc", &"p".repeat(max)).is_ok());

@@ -223,7 +223,8 @@ fn parse(cmd: &[u8], key: &[u8], arg: &[u8], default_lease: Duration) -> Result<
                 return Err(());
             }
             let payload = text(arg)?;
-            if payload.trim().is_empty() {
+            // The push `sig <channel> <payload>` must fit the 64 KiB line.
+            if payload.trim().is_empty() || payload.len() + channel.len() + 5 > MAX_LONG_LINE {
                 return Err(());
             }
             return Ok(Request::Signal {
@@ -382,10 +383,15 @@ mod tests {
         let longer = "x".repeat(MAX_LINE + 1);
         assert_eq!(frame(format!("l\n{longer}").as_bytes(), D), Frame::TooLong);
         assert_eq!(frame(b"l\nk", D), Frame::Incomplete);
+        // A 64 KiB payload line is framed, but its push would not fit the
+        // 64 KiB line: `error`, as from the real server.
         let payload = "p".repeat(MAX_LONG_LINE);
         assert!(matches!(
             frame(format!("signal\nc\n{payload}\n").as_bytes(), D),
-            Frame::Done { request: Ok(_), .. }
+            Frame::Done {
+                request: Err(()),
+                ..
+            }
         ));
         let payload = "p".repeat(MAX_LONG_LINE + 1);
         assert_eq!(
@@ -417,5 +423,8 @@ mod tests {
                 group: "g1 g2".to_owned(),
             })
         );
+        let max = MAX_LONG_LINE - 5 - 3;
+        assert!(p(&format!("signal\nabc\n{}\n", "p".repeat(max))).is_ok());
+        assert!(p(&format!("signal\nabc\n{}\n", "p".repeat(max + 1))).is_err());
     }
 }

@@ -285,8 +285,12 @@ async fn over_long_line_gets_error_and_close() {
     // 256 bytes is fine.
     let mut c = Client::connect(s.addr()).await;
     token_of(&c.req("l", &"k".repeat(256), "0").await, "ok");
-    // The signal payload line may be 64 KiB, not more.
-    assert_eq!(c.req("signal", "ch", &"p".repeat(65536)).await, "ok 0");
+    // The signal payload line may be 64 KiB, not more; the payload itself
+    // only as long as its push `sig ch <payload>` fits 64 KiB (as the real
+    // server checks), else `error` on an open connection.
+    assert_eq!(c.req("signal", "ch", &"p".repeat(65529)).await, "ok 0");
+    assert_eq!(c.req("signal", "ch", &"p".repeat(65530)).await, "error");
+    assert_eq!(c.req("signal", "ch", &"p".repeat(65536)).await, "error");
     c.send("signal", "ch", &"p".repeat(65537)).await;
     assert_eq!(c.expect_line().await, "error");
     c.expect_eof().await;
