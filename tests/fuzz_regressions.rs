@@ -56,7 +56,8 @@ targets!(
     signal_push,
     validate_args,
     testkit_request,
-    tls_handshake
+    tls_handshake,
+    cluster_redirect
 );
 
 /// Every target is replayed here.
@@ -71,7 +72,8 @@ fn every_target_is_listed() {
             "signal_push",
             "validate_args",
             "testkit_request",
-            "tls_handshake"
+            "tls_handshake",
+            "cluster_redirect"
         ]
     );
 }

@@ -6,6 +6,7 @@
 //! fails: a panic is a crash for libFuzzer and a failure for the test.
 
 pub mod alloc;
+pub mod cluster_redirect;
 /// The testkit's request parser, compiled in from its source (std only), so
 /// the fuzz build needs none of the testkit's server dependencies.
 #[allow(dead_code, unreachable_pub)]
@@ -31,4 +32,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("validate_args", validate_args::run),
     ("testkit_request", testkit_request::run),
     ("tls_handshake", tls_handshake::run),
+    ("cluster_redirect", cluster_redirect::run),
 ];
