@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use dflockd_client::Kind;
+use dflockd_client::blocking::{BlockingConnection, ConnectOptions as BlockingOptions};
 use dflockd_client::routing::{Crc32Mod, route};
-use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions as BlockingOptions};
-use dflockd_client::runtime::tokio::{ConnectOptions, connect};
+use dflockd_client::tokio::{ConnectOptions, connect};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Mode {

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use dflockd_client::Kind;
-use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions};
+use dflockd_client::blocking::{BlockingConnection, ConnectOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

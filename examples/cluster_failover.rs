@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use dflockd_client::runtime::cluster_tokio::ClusterClient;
+use dflockd_client::tokio::ClusterClient;
 use dflockd_testkit::TestCluster;
 
 #[derive(Parser)]

@@ -11,11 +11,11 @@
 
 use std::time::Duration;
 
-use dflockd_client::runtime::AuthToken;
-use dflockd_client::runtime::signal::tokio::SignalConn;
-use dflockd_client::runtime::signal::{SignalEvent, SignalOptions};
-use dflockd_client::runtime::tokio::ConnectOptions;
-use dflockd_client::runtime::tokio_lock::{DistributedLock, DistributedSemaphore};
+use dflockd_client::tokio::AuthToken;
+use dflockd_client::tokio::ConnectOptions;
+use dflockd_client::tokio::SignalConn;
+use dflockd_client::tokio::{DistributedLock, DistributedSemaphore};
+use dflockd_client::tokio::{SignalEvent, SignalOptions};
 use dflockd_client::{Error, ServerError};
 use dflockd_testkit::TestServer;
 
@@ -123,7 +123,7 @@ async fn run() -> Result<(), BoxError> {
     let mut sigs: SignalConn = SignalConn::connect(&addr, &opts, SignalOptions::default()).await?;
     match sigs.listen("quickstart.events.>", None).await {
         Ok(()) => {
-            let n = dflockd_client::runtime::signal::tokio::emit(
+            let n = dflockd_client::tokio::emit(
                 &addr,
                 "quickstart.events.deploy",
                 r#"{"version": "1.2.3"}"#,

@@ -13,22 +13,24 @@
 //!   queue with a drop counter, and a `ping` heartbeat.
 //! * [`time`] is the time boundary: a [`Timer`](time::Timer) the caller
 //!   supplies.
-//! * [`runtime`] holds the feature-gated adapters (`tokio`, `std`, `rustls`,
-//!   `wasi`, `embassy-time`, `embassy-net`).
+//! * The feature-gated adapters, one module per runtime with the same
+//!   names in each: `tokio` and `blocking` (locks, semaphores, signals,
+//!   clusters, a `Client` handle), `wasi` and `embassy` (transport, timer,
+//!   connect), `tls_rustls` (host TLS).
 //!
 //! # Features
 //!
 //! | feature | what it adds |
 //! |---|---|
 //! | *(none)* | the `no_std` core: protocol, connection, locks, signals, routing, time boundary |
-//! | `std` | blocking transport over `std::net::TcpStream` ([`runtime::blocking`]), blocking locks and signals |
-//! | `tokio` | tokio transport and timer ([`runtime::tokio`]), tokio locks and signals (implies `std`) |
+//! | `std` | blocking transport over `std::net::TcpStream` (`blocking`), blocking locks and signals |
+//! | `tokio` | tokio transport and timer (`tokio`), tokio locks and signals (implies `std`) |
 //! | `tls` | TLS 1.3 over any transport with embedded-tls ([`tls`]; `no_std`, heap-free, verifies against a CA by default) |
-//! | `rustls` | host TLS with rustls (ring) and full X.509 validation ([`runtime::tls_rustls`]) for tokio and blocking (implies `std`) |
+//! | `rustls` | host TLS with rustls (ring) and full X.509 validation (`tls_rustls`) for tokio and blocking (implies `std`) |
 //! | `webpki-roots` | Mozilla's root certificates for `rustls` (`RustlsConnector::webpki_roots`) |
-//! | `embassy-time` | embassy-time as the core's timer (`runtime::embassy::EmbassyTimer`; firmware, or a host with embassy-time's std driver; not wasm) |
-//! | `embassy-net` | an embassy-net TCP connect with a dial timeout (`runtime::embassy::connect`; implies `embassy-time`) |
-//! | `wasi` | WASI 0.2 transport, timer, connect and RNG over wstd (`runtime::wasi`; wasm32-wasip2 only, rustc 1.91+) |
+//! | `embassy-time` | embassy-time as the core's timer (`embassy::EmbassyTimer`; firmware, or a host with embassy-time's std driver; not wasm) |
+//! | `embassy-net` | an embassy-net TCP connect with a dial timeout (`embassy::connect`; implies `embassy-time`) |
+//! | `wasi` | WASI 0.2 transport, timer, connect and RNG over wstd (`wasi`; wasm32-wasip2 only, rustc 1.91+) |
 //! | `serde` | a typed [`stats::Stats`] struct parsed from the stats JSON (host only) |
 //! | `log` | log through the `log` crate |
 //! | `defmt` | log through `defmt` and derive `defmt::Format` (firmware) |
@@ -61,7 +63,7 @@ mod error;
 pub mod lock;
 pub mod protocol;
 pub mod routing;
-pub mod runtime;
+mod runtime;
 pub mod signal;
 #[cfg(feature = "serde")]
 pub mod stats;
@@ -76,6 +78,17 @@ pub use error::{
     ConfigError, Error, LeaderAddr, MAX_LEADER_ADDR, STATUS_TEXT_CAP, ServerError, StatusText,
 };
 pub use protocol::{Fence, Grant, InvalidArgument, Kind, Signal, Token};
+
+#[cfg(feature = "std")]
+pub use runtime::blocking;
+#[cfg(feature = "embassy-time")]
+pub use runtime::embassy;
+#[cfg(feature = "rustls")]
+pub use runtime::host::rustls as tls_rustls;
+#[cfg(feature = "tokio")]
+pub use runtime::tokio;
+#[cfg(all(feature = "wasi", target_os = "wasi", target_env = "p2"))]
+pub use runtime::wasi;
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

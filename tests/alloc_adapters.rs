@@ -4,11 +4,11 @@
 //!
 //! Only the client thread is counted: the testkit runs on its own threads.
 
-use dflockd_client::runtime::blocking::{
+use dflockd_client::blocking::{
     BlockingConnection, BlockingTransport, ConnectOptions as BlockingOptions,
     HostStream as BlockingHost, StdStream,
 };
-use dflockd_client::runtime::tokio::{ConnectOptions, HostStream, connect};
+use dflockd_client::tokio::{ConnectOptions, HostStream, connect};
 use dflockd_client::{Connection, Kind};
 use dflockd_testkit::TestServer;
 use embedded_io_adapters::tokio_1::FromTokio;

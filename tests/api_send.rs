@@ -6,13 +6,11 @@
 
 use std::time::Duration;
 
+use dflockd_client::blocking::SignalOptions;
 use dflockd_client::lock::{Lease, LockSpec};
-use dflockd_client::runtime::signal::SignalOptions;
-use dflockd_client::runtime::signal::tokio::{self as signals, SignalConn, SignalHandle};
-use dflockd_client::runtime::tokio::{self as rt, ConnectOptions, HostConnection, TokioTimer};
-use dflockd_client::runtime::tokio_lock::{
-    DistributedLock, DistributedSemaphore, LeaseGuard, Ticket,
-};
+use dflockd_client::tokio::{self as rt, ConnectOptions, HostConnection, TokioTimer};
+use dflockd_client::tokio::{self as signals, SignalConn, SignalHandle};
+use dflockd_client::tokio::{DistributedLock, DistributedSemaphore, LeaseGuard, Ticket};
 use dflockd_client::{Kind, Token};
 
 fn assert_send<T: Send>(_: &T) {}
@@ -111,7 +109,7 @@ fn check_futures(
 
 #[cfg(feature = "rustls")]
 #[allow(dead_code)]
-fn check_tls_futures(tls: dflockd_client::runtime::tls_rustls::RustlsConnector) {
+fn check_tls_futures(tls: dflockd_client::tls_rustls::RustlsConnector) {
     let opts = ConnectOptions::default();
     assert_send(&rt::connect_tls::<1024, 0>("a:1", &opts, &tls));
     assert_send(&SignalConn::<1024, 8>::connect_tls(

@@ -12,11 +12,11 @@ mod tls_support;
 
 use std::sync::{Mutex, OnceLock};
 
-use dflockd_client::runtime::AuthToken;
-use dflockd_client::runtime::blocking::{self, BlockingConnection};
-use dflockd_client::runtime::tls_rustls::RustlsConnector;
-use dflockd_client::runtime::tokio::{ConnectOptions, connect_tls};
+use dflockd_client::blocking::{self, BlockingConnection};
 use dflockd_client::tls::{self, TlsVerify};
+use dflockd_client::tls_rustls::RustlsConnector;
+use dflockd_client::tokio::AuthToken;
+use dflockd_client::tokio::{ConnectOptions, connect_tls};
 use dflockd_client::{Connection, Error, Kind};
 use dflockd_testkit::TestServer;
 use embedded_io_adapters::tokio_1::FromTokio;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dflockd_client::Error;
 use dflockd_client::cluster::RedirectPolicy;
-use dflockd_client::runtime::cluster_tokio::ClusterClient;
+use dflockd_client::tokio::ClusterClient;
 
 fn binary() -> Option<PathBuf> {
     let path = std::env::var_os("DFLOCKD_V2_CLUSTER").map_or_else(
@@ -444,7 +444,7 @@ async fn fences_strictly_increase_across_failover() {
 
 #[test]
 fn blocking_client_keeps_a_lease_across_a_leader_crash() {
-    use dflockd_client::runtime::cluster_blocking::ClusterClient as Blocking;
+    use dflockd_client::blocking::ClusterClient as Blocking;
     let mut cluster = need_cluster!(0);
     let leader = cluster.wait_leader(Duration::from_secs(10));
     let c = Blocking::builder(cluster.members())
@@ -482,7 +482,7 @@ fn blocking_client_keeps_a_lease_across_a_leader_crash() {
 #[test]
 fn v1_fences_carry_no_order() {
     use dflockd_client::Kind;
-    use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions};
+    use dflockd_client::blocking::{BlockingConnection, ConnectOptions};
     let bin = std::env::var_os("DFLOCKD_V1_SERVER").map_or_else(
         || {
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))

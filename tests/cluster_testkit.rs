@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dflockd_client::Error;
 use dflockd_client::cluster::RedirectPolicy;
-use dflockd_client::runtime::cluster_tokio::ClusterClient;
+use dflockd_client::tokio::ClusterClient;
 use dflockd_testkit::{Hint, TestCluster};
 
 fn client(cluster: &TestCluster) -> ClusterClient {
@@ -199,7 +199,7 @@ async fn stable_refs_are_random_by_default_and_invalid_ones_refused() {
 
 #[test]
 fn blocking_client_follows_redirects_and_barriers() {
-    use dflockd_client::runtime::cluster_blocking::ClusterClient as Blocking;
+    use dflockd_client::blocking::ClusterClient as Blocking;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cluster = rt.block_on(TestCluster::builder().start()).unwrap();
     cluster.set_leader(Some(2));

@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dflockd_client::runtime::AuthToken;
-use dflockd_client::runtime::tokio::{ConnectOptions, TokioConnection, connect};
 use dflockd_client::stats::Stats;
+use dflockd_client::tokio::AuthToken;
+use dflockd_client::tokio::{ConnectOptions, TokioConnection, connect};
 use dflockd_client::{Enqueued, Error, Kind, ServerError};
 use dflockd_testkit::{Generation, TestServer, TestServerBuilder};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use dflockd_client::Error;
-use dflockd_client::runtime::blocking_lock::{DistributedLock, DistributedSemaphore};
+use dflockd_client::blocking::{DistributedLock, DistributedSemaphore};
 use dflockd_testkit::{Stats, TestServer};
 
 const BOUND: Duration = Duration::from_secs(20);

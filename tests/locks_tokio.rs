@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dflockd_client::Error;
 use dflockd_client::lock::RenewRatio;
-use dflockd_client::runtime::tokio_lock::{DistributedLock, DistributedSemaphore};
+use dflockd_client::tokio::{DistributedLock, DistributedSemaphore};
 use dflockd_testkit::{Stats, TestServer};
 use tokio::time::timeout;
 

@@ -19,13 +19,13 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dflockd_client::lock::{Jitter, LockSpec};
-use dflockd_client::runtime::AuthToken;
-use dflockd_client::runtime::signal::tokio::SignalConn;
-use dflockd_client::runtime::signal::{Reconnect, SignalEvent, SignalOptions};
-use dflockd_client::runtime::tokio::{ConnectOptions, TokioConnection, TokioTimer, connect};
-use dflockd_client::runtime::tokio_lock::DistributedLock;
 use dflockd_client::stats::Stats;
 use dflockd_client::time::{Instant, Timer};
+use dflockd_client::tokio::AuthToken;
+use dflockd_client::tokio::DistributedLock;
+use dflockd_client::tokio::SignalConn;
+use dflockd_client::tokio::{ConnectOptions, TokioConnection, TokioTimer, connect};
+use dflockd_client::tokio::{Reconnect, SignalEvent, SignalOptions};
 use dflockd_client::{Connection, Error, Kind, ServerError};
 use dflockd_testkit::{Config, Generation, REAL_SERVER_ENV, TestServer};
 use embedded_io_adapters::tokio_1::FromTokio;

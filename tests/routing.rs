@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use dflockd_client::Error;
+use dflockd_client::blocking;
 use dflockd_client::routing::{Crc32Mod, Rendezvous, RouteError, crc32, route};
-use dflockd_client::runtime::{blocking_lock, tokio_lock};
 use dflockd_testkit::TestServer;
 
 #[test]
@@ -39,7 +39,7 @@ async fn tokio_locks_follow_the_default_strategy() {
     }
     let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
     for (key, index) in [("my-key", 2), ("alpha", 1), ("user:42", 1)] {
-        let lock = tokio_lock::DistributedLock::builder(key)
+        let lock = dflockd_client::tokio::DistributedLock::builder(key)
             .servers(&addrs)
             .build();
         let guard = lock.acquire().await.unwrap().unwrap();
@@ -48,7 +48,7 @@ async fn tokio_locks_follow_the_default_strategy() {
     }
 
     // Rendezvous: the address with the highest score owns the key.
-    let lock = tokio_lock::DistributedLock::builder("my-key")
+    let lock = dflockd_client::tokio::DistributedLock::builder("my-key")
         .servers(&addrs)
         .strategy(Rendezvous)
         .build();
@@ -59,7 +59,7 @@ async fn tokio_locks_follow_the_default_strategy() {
     guard.release().await.unwrap();
 
     // A custom strategy's index is checked.
-    let bad = tokio_lock::DistributedLock::builder("k")
+    let bad = dflockd_client::tokio::DistributedLock::builder("k")
         .servers(&addrs)
         .strategy(|_: &str, s: &[&str]| s.len())
         .build();
@@ -67,7 +67,7 @@ async fn tokio_locks_follow_the_default_strategy() {
         Err(Error::Config(c)) => assert_eq!(c.option, "strategy", "{c}"),
         other => panic!("{other:?}"),
     }
-    let first = tokio_lock::DistributedLock::builder("k")
+    let first = dflockd_client::tokio::DistributedLock::builder("k")
         .servers(&addrs)
         .strategy(|_: &str, _: &[&str]| 0)
         .build();
@@ -83,7 +83,7 @@ fn blocking_semaphores_follow_the_default_strategy() {
         .collect();
     let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
     for (key, index) in [("my-key", 2), ("alpha", 1), ("user:42", 1)] {
-        let sem = blocking_lock::DistributedSemaphore::builder(key, 3)
+        let sem = blocking::DistributedSemaphore::builder(key, 3)
             .servers(&addrs)
             .acquire_timeout(Duration::from_secs(1))
             .build();

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dflockd_client::Error;
-use dflockd_client::runtime::{blocking, blocking_lock, tokio_lock};
+use dflockd_client::blocking;
 use dflockd_testkit::proxy::Direction;
 use dflockd_testkit::{FaultProxy, TestServer};
 
@@ -143,7 +143,7 @@ fn blocking_requests_end_at_their_deadline_against_a_trickling_server() {
     assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
     report_overshoot("blocking BlockingConnection::acquire", t.elapsed(), IO);
 
-    let lock = blocking_lock::DistributedLock::builder("k")
+    let lock = blocking::DistributedLock::builder("k")
         .server(addr.to_string())
         .io_timeout(IO)
         .build();
@@ -152,13 +152,12 @@ fn blocking_requests_end_at_their_deadline_against_a_trickling_server() {
     assert!(r.is_err(), "{r:?}");
     report_overshoot("blocking DistributedLock::try_acquire", t.elapsed(), IO);
 
-    let signal_opts = dflockd_client::runtime::signal::SignalOptions {
+    let signal_opts = dflockd_client::tokio::SignalOptions {
         request_timeout: IO,
         ..Default::default()
     };
-    let sig: dflockd_client::runtime::signal::blocking::SignalConn =
-        dflockd_client::runtime::signal::blocking::SignalConn::connect(addr, &opts, signal_opts)
-            .unwrap();
+    let sig: dflockd_client::blocking::SignalConn =
+        dflockd_client::blocking::SignalConn::connect(addr, &opts, signal_opts).unwrap();
     let t = Instant::now();
     let r = sig.listen("chan", None);
     assert!(r.is_err(), "{r:?}");
@@ -168,7 +167,7 @@ fn blocking_requests_end_at_their_deadline_against_a_trickling_server() {
 #[tokio::test]
 async fn tokio_requests_end_at_their_deadline_against_a_trickling_server() {
     let addr = trickling_server();
-    let lock = tokio_lock::DistributedLock::builder("k")
+    let lock = dflockd_client::tokio::DistributedLock::builder("k")
         .server(addr.to_string())
         .io_timeout(IO)
         .build();
@@ -177,17 +176,16 @@ async fn tokio_requests_end_at_their_deadline_against_a_trickling_server() {
     assert!(r.is_err(), "{r:?}");
     report_overshoot("tokio DistributedLock::try_acquire", t.elapsed(), IO);
 
-    let sig: dflockd_client::runtime::signal::tokio::SignalConn =
-        dflockd_client::runtime::signal::tokio::SignalConn::connect(
-            &addr.to_string(),
-            &dflockd_client::runtime::tokio::ConnectOptions::default(),
-            dflockd_client::runtime::signal::SignalOptions {
-                request_timeout: IO,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let sig: dflockd_client::tokio::SignalConn = dflockd_client::tokio::SignalConn::connect(
+        &addr.to_string(),
+        &dflockd_client::tokio::ConnectOptions::default(),
+        dflockd_client::tokio::SignalOptions {
+            request_timeout: IO,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let t = Instant::now();
     let r = sig.listen("chan", None).await;
     assert!(r.is_err(), "{r:?}");
@@ -203,7 +201,7 @@ fn blackholed_guards_report_the_loss_at_their_deadline() {
     let lease = Duration::from_secs(1);
     let key = format!("safety-bh-{}", std::process::id());
 
-    let lock = blocking_lock::DistributedLock::builder(key.clone())
+    let lock = blocking::DistributedLock::builder(key.clone())
         .server(proxy.addr().to_string())
         .lease_ttl(lease)
         .build();
@@ -226,7 +224,7 @@ fn blackholed_guards_report_the_loss_at_their_deadline() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let lock = tokio_lock::DistributedLock::builder(key.clone())
+        let lock = dflockd_client::tokio::DistributedLock::builder(key.clone())
             .server(proxy.addr().to_string())
             .lease_ttl(lease)
             .acquire_timeout(Duration::from_secs(3))
@@ -251,7 +249,7 @@ fn blocking_release_is_seen_when_renews_run_back_to_back() {
     let server = target();
     let proxy = FaultProxy::builder(server.addr).start_blocking().unwrap();
     let key = format!("safety-d9-{}", std::process::id());
-    let lock = blocking_lock::DistributedLock::builder(key)
+    let lock = blocking::DistributedLock::builder(key)
         .server(proxy.addr().to_string())
         .lease_ttl(Duration::from_secs(3))
         .io_timeout(Duration::from_secs(5))
@@ -323,8 +321,8 @@ impl Fault {
 
 /// Either host guard, asked from a plain thread.
 enum AnyGuard {
-    Blocking(blocking_lock::LeaseGuard),
-    Tokio(tokio_lock::LeaseGuard),
+    Blocking(blocking::LeaseGuard),
+    Tokio(dflockd_client::tokio::LeaseGuard),
 }
 
 impl AnyGuard {
@@ -354,7 +352,7 @@ fn matrix_cell(server: SocketAddr, key: &str, fault: Fault, adapter: Adapter) ->
         .build()
         .unwrap();
     let guard = match adapter {
-        Adapter::Blocking => blocking_lock::DistributedLock::builder(key)
+        Adapter::Blocking => blocking::DistributedLock::builder(key)
             .server(proxy.addr().to_string())
             .lease_ttl(lease)
             .acquire_timeout(Duration::from_secs(5))
@@ -362,7 +360,7 @@ fn matrix_cell(server: SocketAddr, key: &str, fault: Fault, adapter: Adapter) ->
             .acquire()
             .map(|g| g.map(AnyGuard::Blocking)),
         Adapter::Tokio => rt.block_on(async {
-            tokio_lock::DistributedLock::builder(key)
+            dflockd_client::tokio::DistributedLock::builder(key)
                 .server(proxy.addr().to_string())
                 .lease_ttl(lease)
                 .acquire_timeout(Duration::from_secs(5))
@@ -384,7 +382,7 @@ fn matrix_cell(server: SocketAddr, key: &str, fault: Fault, adapter: Adapter) ->
     let fault_at = Instant::now();
     let contender_key = key.to_owned();
     let contender = std::thread::spawn(move || {
-        let got = blocking_lock::DistributedLock::builder(contender_key)
+        let got = blocking::DistributedLock::builder(contender_key)
             .server(server.to_string())
             .lease_ttl(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(4))
@@ -625,16 +623,12 @@ impl Run {
             let Some(gate) = self.gate(c) else { return };
             let asked = Instant::now();
             let got = if limit == 1 {
-                configure!(
-                    blocking_lock::DistributedLock::builder(key.clone()),
-                    c,
-                    lease
-                )
-                .build()
-                .acquire_within(wait)
+                configure!(blocking::DistributedLock::builder(key.clone()), c, lease)
+                    .build()
+                    .acquire_within(wait)
             } else {
                 configure!(
-                    blocking_lock::DistributedSemaphore::builder(key.clone(), limit as u32),
+                    blocking::DistributedSemaphore::builder(key.clone(), limit as u32),
                     c,
                     lease
                 )
@@ -702,13 +696,17 @@ impl Run {
             let Some(gate) = self.gate(c) else { return };
             let asked = Instant::now();
             let got = if limit == 1 {
-                configure!(tokio_lock::DistributedLock::builder(key.clone()), c, lease)
-                    .build()
-                    .acquire_within(wait)
-                    .await
+                configure!(
+                    dflockd_client::tokio::DistributedLock::builder(key.clone()),
+                    c,
+                    lease
+                )
+                .build()
+                .acquire_within(wait)
+                .await
             } else {
                 configure!(
-                    tokio_lock::DistributedSemaphore::builder(key.clone(), limit as u32),
+                    dflockd_client::tokio::DistributedSemaphore::builder(key.clone(), limit as u32),
                     c,
                     lease
                 )

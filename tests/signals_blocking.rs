@@ -6,12 +6,10 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use dflockd_client::Error;
+use dflockd_client::blocking::{BlockingConnection, ConnectOptions};
+use dflockd_client::blocking::{MAX_SIGNAL_LINE, Reconnect, Signal, SignalEvent, SignalOptions};
+use dflockd_client::blocking::{SignalConn, emit};
 use dflockd_client::protocol::{Arg, InvalidArgument, Rule};
-use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions};
-use dflockd_client::runtime::signal::blocking::{SignalConn, emit};
-use dflockd_client::runtime::signal::{
-    MAX_SIGNAL_LINE, Reconnect, Signal, SignalEvent, SignalOptions,
-};
 use dflockd_testkit::TestServer;
 
 /// Generous bound on anything that should happen promptly.

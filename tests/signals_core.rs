@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use dflockd_client::Error;
-use dflockd_client::runtime::tokio::{ConnectOptions, TokioTimer, connect};
 use dflockd_client::signal::{Heartbeat, SignalConn, Wake};
+use dflockd_client::tokio::{ConnectOptions, TokioTimer, connect};
 use dflockd_testkit::TestServer;
 use tokio::time::timeout;
 
@@ -52,7 +52,7 @@ async fn core_signal_conn_listens_emits_and_heartbeats() {
     }
     assert!(pings >= 2, "heartbeat pings: {pings}");
     assert!(sigs.is_usable());
-    let n = dflockd_client::runtime::signal::tokio::emit(
+    let n = dflockd_client::tokio::emit(
         &addr,
         "core.late",
         "still connected",

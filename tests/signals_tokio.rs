@@ -5,11 +5,9 @@ use std::time::Duration;
 
 use dflockd_client::Error;
 use dflockd_client::protocol::{Arg, InvalidArgument, Rule};
-use dflockd_client::runtime::signal::tokio::{SignalConn, emit};
-use dflockd_client::runtime::signal::{
-    MAX_SIGNAL_LINE, Reconnect, Signal, SignalEvent, SignalOptions,
-};
-use dflockd_client::runtime::tokio::{ConnectOptions, TokioConnection, connect};
+use dflockd_client::tokio::{ConnectOptions, TokioConnection, connect};
+use dflockd_client::tokio::{MAX_SIGNAL_LINE, Reconnect, Signal, SignalEvent, SignalOptions};
+use dflockd_client::tokio::{SignalConn, emit};
 use dflockd_testkit::TestServer;
 use tokio::time::timeout;
 

@@ -7,7 +7,7 @@ mod tls_support;
 
 use std::time::Duration;
 
-use dflockd_client::runtime::blocking::{StdStream, block_on};
+use dflockd_client::blocking::{StdStream, block_on};
 use dflockd_client::tls::{self, SystemClock, TlsError, TlsVerify};
 use dflockd_client::{Connection, Error, Kind};
 use dflockd_testkit::TestServer;

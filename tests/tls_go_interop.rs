@@ -14,10 +14,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
-use dflockd_client::runtime::tls_rustls::RustlsConnector;
-use dflockd_client::runtime::tls_rustls::rustls::{NamedGroup, ProtocolVersion};
-use dflockd_client::runtime::tokio::{ConnectOptions, connect_tls};
 use dflockd_client::tls::{self, TlsVerify};
+use dflockd_client::tls_rustls::RustlsConnector;
+use dflockd_client::tls_rustls::rustls::{NamedGroup, ProtocolVersion};
+use dflockd_client::tokio::{ConnectOptions, connect_tls};
 use dflockd_client::{Connection, Kind};
 use embedded_io_adapters::tokio_1::FromTokio;
 use rand_core::OsRng;

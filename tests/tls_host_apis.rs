@@ -13,15 +13,15 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use dflockd_client::Error;
-use dflockd_client::runtime::blocking::ConnectOptions as BlockingOptions;
-use dflockd_client::runtime::blocking_lock;
-use dflockd_client::runtime::signal::blocking as sig_blocking;
-use dflockd_client::runtime::signal::tokio as sig_tokio;
-use dflockd_client::runtime::signal::{Reconnect, SignalEvent, SignalOptions};
-use dflockd_client::runtime::tls_rustls::rustls::CertificateError;
-use dflockd_client::runtime::tls_rustls::{RustlsConnector, rustls, rustls_error};
-use dflockd_client::runtime::tokio::ConnectOptions;
-use dflockd_client::runtime::tokio_lock::{DistributedLock, DistributedSemaphore};
+use dflockd_client::blocking;
+use dflockd_client::blocking as sig_blocking;
+use dflockd_client::blocking::ConnectOptions as BlockingOptions;
+use dflockd_client::tls_rustls::rustls::CertificateError;
+use dflockd_client::tls_rustls::{RustlsConnector, rustls, rustls_error};
+use dflockd_client::tokio as sig_tokio;
+use dflockd_client::tokio::ConnectOptions;
+use dflockd_client::tokio::{DistributedLock, DistributedSemaphore};
+use dflockd_client::tokio::{Reconnect, SignalEvent, SignalOptions};
 use dflockd_testkit::{Stats, TestServer};
 use tls_support::{Ca, SERVER_NAME, ServerPki, T, pki};
 use tokio::time::timeout;
@@ -243,7 +243,7 @@ async fn tls_per_server_takes_the_name_from_each_address() {
 fn blocking_lock_over_tls_is_renewed_past_a_short_lease() {
     let p = pki();
     let server = blocking_tls_server(&p);
-    let lock = blocking_lock::DistributedLock::builder("tls-renewed")
+    let lock = blocking::DistributedLock::builder("tls-renewed")
         .server(server.addr().to_string())
         .tls(connector(&p))
         .lease_ttl(Duration::from_secs(2))
@@ -271,7 +271,7 @@ fn blocking_lock_over_tls_is_renewed_past_a_short_lease() {
 fn blocking_semaphore_over_tls_and_drop_releases() {
     let p = pki();
     let server = blocking_tls_server(&p);
-    let sem = blocking_lock::DistributedSemaphore::builder("tls-sem", 2)
+    let sem = blocking::DistributedSemaphore::builder("tls-sem", 2)
         .server(server.addr().to_string())
         .tls(connector(&p))
         .build();
@@ -291,7 +291,7 @@ fn blocking_semaphore_over_tls_and_drop_releases() {
 fn blocking_lease_over_tls_is_lost_when_the_connection_is_cut() {
     let p = pki();
     let server = blocking_tls_server(&p);
-    let lock = blocking_lock::DistributedLock::builder("tls-cut")
+    let lock = blocking::DistributedLock::builder("tls-cut")
         .server(server.addr().to_string())
         .tls(connector(&p))
         .lease_ttl(Duration::from_secs(20))
@@ -314,7 +314,7 @@ fn blocking_lock_with_wrong_ca_is_refused() {
     let p = pki();
     let server = blocking_tls_server(&p);
     let other = Ca::new("some other CA");
-    let lock = blocking_lock::DistributedLock::builder("tls-wrong-ca")
+    let lock = blocking::DistributedLock::builder("tls-wrong-ca")
         .server(server.addr().to_string())
         .tls(RustlsConnector::from_ca_der(&other.der, SERVER_NAME).unwrap())
         .build();

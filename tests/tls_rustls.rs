@@ -7,10 +7,10 @@ mod tls_support;
 use std::io;
 use std::time::Duration;
 
-use dflockd_client::runtime::blocking::{self, BlockingConnection};
-use dflockd_client::runtime::tls_rustls::rustls::{CertificateError, ProtocolVersion};
-use dflockd_client::runtime::tls_rustls::{RustlsConnector, rustls, rustls_error};
-use dflockd_client::runtime::tokio::{self as rt, ConnectOptions, connect, connect_tls};
+use dflockd_client::blocking::{self, BlockingConnection};
+use dflockd_client::tls_rustls::rustls::{CertificateError, ProtocolVersion};
+use dflockd_client::tls_rustls::{RustlsConnector, rustls, rustls_error};
+use dflockd_client::tokio::{self as rt, ConnectOptions, connect, connect_tls};
 use dflockd_client::{Error, Kind};
 use dflockd_testkit::TestServer;
 use tls_support::{Ca, SERVER_NAME, T, Validity, pki};

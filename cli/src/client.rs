@@ -6,19 +6,17 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-pub use dflockd_client::protocol::validate;
-pub use dflockd_client::routing::{Crc32Mod, route};
-pub use dflockd_client::runtime::blocking::{
+pub use dflockd_client::blocking::{AuthToken, DEFAULT_SERVER, LockBuilder};
+pub use dflockd_client::blocking::{
     BlockingConnection, BlockingTlsConnection, BlockingTransport, ConnectOptions,
 };
-pub use dflockd_client::runtime::blocking_lock::{
-    DistributedLock, DistributedSemaphore, LeaseGuard,
-};
-pub use dflockd_client::runtime::signal::blocking::{SignalConn, emit, emit_tls};
-pub use dflockd_client::runtime::signal::{MAX_SIGNAL_LINE, Reconnect, SignalEvent, SignalOptions};
-pub use dflockd_client::runtime::tls_rustls::{RustlsConnector, rustls_error};
-pub use dflockd_client::runtime::{AuthToken, DEFAULT_SERVER, LockBuilder};
+pub use dflockd_client::blocking::{DistributedLock, DistributedSemaphore, LeaseGuard};
+pub use dflockd_client::blocking::{MAX_SIGNAL_LINE, Reconnect, SignalEvent, SignalOptions};
+pub use dflockd_client::blocking::{SignalConn, emit, emit_tls};
+pub use dflockd_client::protocol::validate;
+pub use dflockd_client::routing::{Crc32Mod, route};
 pub use dflockd_client::stats::Stats;
+pub use dflockd_client::tls_rustls::{RustlsConnector, rustls_error};
 pub use dflockd_client::{ConfigError, Error};
 
 /// The error of the blocking host API.

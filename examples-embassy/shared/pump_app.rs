@@ -19,7 +19,7 @@
 use core::time::Duration as CoreDuration;
 
 use dflockd_client::lock::LockSpec;
-use dflockd_client::runtime::embassy::{EmbassyTimer, connect};
+use dflockd_client::embassy::{EmbassyTimer, connect};
 use dflockd_client::signal::Heartbeat;
 use embassy_net::tcp::{self, ConnectError};
 use embassy_net::{Ipv4Address, Stack};

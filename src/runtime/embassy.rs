@@ -9,7 +9,7 @@
 //!
 //! ```ignore
 //! use dflockd_client::lock::LockSpec;
-//! use dflockd_client::runtime::embassy::{EmbassyTimer, connect};
+//! use dflockd_client::embassy::{EmbassyTimer, connect};
 //!
 //! let mut conn = connect::<128, 0>(stack, (server_ip, 6388), &mut rx, &mut tx, timeout).await?;
 //! let timer = EmbassyTimer;

@@ -1,36 +1,18 @@
 //! Runtime adapters: transports, timers and connect helpers, one module per
 //! runtime, each behind its feature. They add scheduling, never protocol
-//! logic.
+//! logic. Published at the crate root as [`crate::tokio`],
+//! [`crate::blocking`], `crate::wasi` and `crate::embassy`.
 
 #[cfg(feature = "std")]
 pub mod blocking;
-#[cfg(feature = "std")]
-pub mod blocking_lock;
-#[cfg(feature = "std")]
-pub mod cluster_blocking;
-#[cfg(feature = "std")]
-mod cluster_common;
-#[cfg(feature = "tokio")]
-pub mod cluster_tokio;
 #[cfg(feature = "embassy-time")]
 pub mod embassy;
 #[cfg(feature = "std")]
-mod lock_builder;
-#[cfg(feature = "std")]
-pub mod signal;
-#[cfg(feature = "rustls")]
-pub mod tls_rustls;
+pub(crate) mod host;
 #[cfg(feature = "tokio")]
 pub mod tokio;
-#[cfg(feature = "tokio")]
-pub mod tokio_lock;
 #[cfg(all(feature = "wasi", target_os = "wasi", target_env = "p2"))]
 pub mod wasi;
-
-#[cfg(feature = "std")]
-pub use cluster_common::{ClusterBuilder, Renewal};
-#[cfg(feature = "std")]
-pub use lock_builder::{DEFAULT_SERVER, LockBuilder};
 
 #[cfg(any(
     feature = "std",
@@ -81,9 +63,10 @@ mod auth_token {
 ))]
 pub use auth_token::AuthToken;
 
-/// How the async adapters (tokio, WASI) connect.
+/// How every host adapter (tokio, blocking, WASI) connects, and how long a
+/// request may take.
 #[cfg(any(
-    feature = "tokio",
+    feature = "std",
     all(feature = "wasi", target_os = "wasi", target_env = "p2")
 ))]
 #[derive(Debug, Clone)]
@@ -91,25 +74,47 @@ pub struct ConnectOptions {
     /// Gives up connecting (name resolution included, where the runtime
     /// resolves names) after this long. Default 10 s.
     pub connect_timeout: core::time::Duration,
+    /// How long a request may take beyond the time the server may block
+    /// on purpose (an acquire's or wait's timeout). Default 10 s. The
+    /// blocking connection gives each request this deadline; the tokio and
+    /// WASI connections leave request bounds to their `timeout` helper and
+    /// the high-level APIs to their own `io_timeout` option.
+    pub io_timeout: core::time::Duration,
     /// Sent with `auth` as the first request when set. Never logged.
     pub auth_token: Option<AuthToken>,
 }
 
 #[cfg(any(
-    feature = "tokio",
+    feature = "std",
     all(feature = "wasi", target_os = "wasi", target_env = "p2")
 ))]
 impl Default for ConnectOptions {
     fn default() -> Self {
         Self {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            io_timeout: DEFAULT_IO_TIMEOUT,
             auth_token: None,
         }
     }
 }
 
+#[cfg(any(
+    feature = "std",
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
 /// Default connect timeout of every host adapter: 10 s, as the other clients.
 pub const DEFAULT_CONNECT_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(10);
 
+#[cfg(any(
+    feature = "std",
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
 /// Default line buffer of host connections, in bytes.
 pub const DEFAULT_LINE_BUF: usize = 1024;
+
+#[cfg(any(
+    feature = "std",
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
+/// Default client-side request timeout of every host adapter: 10 s.
+pub const DEFAULT_IO_TIMEOUT: core::time::Duration = crate::lock::DEFAULT_IO_TIMEOUT;

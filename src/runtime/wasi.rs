@@ -12,7 +12,7 @@
 //! # async fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
 //! use core::time::Duration;
 //! use dflockd_client::lock::LockSpec;
-//! use dflockd_client::runtime::wasi::{ConnectOptions, WasiTimer, connect};
+//! use dflockd_client::wasi::{ConnectOptions, WasiTimer, connect};
 //!
 //! let timer = WasiTimer;
 //! let mut conn = connect::<256, 0>("127.0.0.1:6388", &ConnectOptions::default()).await?;
@@ -242,8 +242,10 @@ pub type WasiConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: u
 
 // ---- connect ------------------------------------------------------------------
 
-/// How to connect (shared with the tokio adapter).
-pub use super::ConnectOptions;
+/// How to connect (one type for every host adapter), the token and the defaults.
+pub use super::{
+    AuthToken, ConnectOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_LINE_BUF,
+};
 
 /// Most addresses of one name that [`connect_stream`] tries.
 pub const MAX_ADDRESSES: usize = 8;

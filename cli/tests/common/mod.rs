@@ -13,10 +13,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 // Every library path the tests use, in one place.
+pub use dflockd_client::blocking::{DistributedLock, DistributedSemaphore, LeaseGuard};
 pub use dflockd_client::routing::crc32;
-pub use dflockd_client::runtime::blocking_lock::{
-    DistributedLock, DistributedSemaphore, LeaseGuard,
-};
 use dflockd_testkit::TestServer;
 
 /// Generous bound for anything that should happen "at once".

@@ -49,7 +49,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use core::time::Duration as CoreDuration;
 
 use dflockd_client::lock::LockSpec;
-use dflockd_client::runtime::embassy::{EmbassyTimer, connect};
+use dflockd_client::embassy::{EmbassyTimer, connect};
 use dflockd_client::signal::Heartbeat;
 use embassy_executor::Spawner;
 use embassy_net::tcp::TcpSocket;

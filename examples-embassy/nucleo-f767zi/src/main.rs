@@ -161,7 +161,7 @@ fn clocks() -> embassy_stm32::Config {
 static DFLOCKD_SIZES: [u32; 6] = {
     use core::mem::size_of;
     use dflockd_client::lock::{Lease, LockSpec};
-    use dflockd_client::runtime::embassy::EmbassyTimer;
+    use dflockd_client::embassy::EmbassyTimer;
     use dflockd_client::signal::SignalConn;
     use embassy_net::tcp::TcpSocket;
     type Conn<const N: usize, const P: usize> =
@@ -419,7 +419,7 @@ mod app {
             rng: &mut Rng<'static, RNG>,
         ) -> Result<bool, TlsRunError> {
             let settings = Nucleo::settings();
-            use dflockd_client::runtime::embassy::connect;
+            use dflockd_client::embassy::connect;
             use dflockd_client::tls::{TlsVerify, handshake};
             if CA_DER.is_empty() {
                 return Err(TlsRunError::NoCa);

@@ -26,7 +26,7 @@ use std::process::ExitCode;
 
 use dflockd_client::Connection;
 use dflockd_client::lock::{Lease, LockSpec};
-use dflockd_client::runtime::embassy::{EmbassyTimer, connect};
+use dflockd_client::embassy::{EmbassyTimer, connect};
 use dflockd_client::signal::{Heartbeat, SignalConn, Wake};
 use dflockd_client::time::Timer as _;
 use embassy_executor::Spawner;

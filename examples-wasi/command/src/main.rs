@@ -32,7 +32,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use dflockd_client::lock::LockSpec;
-use dflockd_client::runtime::wasi::{
+use dflockd_client::wasi::{
     self, ConnectOptions, NETWORK_DENIED_HINT, WasiTimer, is_network_denied,
 };
 use dflockd_client::signal::{DEFAULT_SERVER_READ_TIMEOUT, Heartbeat, SignalConn};
@@ -127,7 +127,7 @@ async fn tls_run(_cfg: &Config, _ca_path: &str) -> Result<(), String> {
 
 #[cfg(feature = "tls")]
 async fn tls_run(cfg: &Config, ca_path: &str) -> Result<(), String> {
-    use dflockd_client::runtime::wasi::{WasiRng, WasiStream};
+    use dflockd_client::wasi::{WasiRng, WasiStream};
     use dflockd_client::tls::{
         self, READ_RECORD_BUFFER, TlsStream, TlsVerify, WRITE_RECORD_BUFFER,
     };

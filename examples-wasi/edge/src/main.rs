@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use dflockd_client::Error;
 use dflockd_client::lock::LockSpec;
-use dflockd_client::runtime::wasi::{
+use dflockd_client::wasi::{
     self, ConnectOptions, NETWORK_DENIED_HINT, WasiTimer, is_network_denied,
 };
 use dflockd_client::time::Timer;

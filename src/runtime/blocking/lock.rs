@@ -11,7 +11,7 @@
 //! ```no_run
 //! # fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
 //! use std::time::Duration;
-//! use dflockd_client::runtime::blocking_lock::DistributedLock;
+//! use dflockd_client::blocking::DistributedLock;
 //!
 //! let lock = DistributedLock::builder("orders")
 //!     .lease_ttl(Duration::from_secs(30))
@@ -30,17 +30,16 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::blocking::{
-    BlockingTransport, ConnectOptions, HangUp, HangUpCloser, HostConnection, StdTimer, block_on,
-    std_instant,
-};
-use super::lock_builder::{LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil};
+use super::{BlockingTransport, ConnectOptions, HostConnection, StdTimer, block_on, std_instant};
 use crate::lock::Lease;
+use crate::runtime::host::settings::{
+    LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil,
+};
+use crate::runtime::host::{HangUp, HangUpCloser};
 use crate::time::{Instant, Timer};
 use crate::{Enqueued, Error, Grant, Kind, Token};
 
-/// Result of the blocking lock API.
-pub type Result<T> = core::result::Result<T, Error<io::Error>>;
+use super::Result;
 
 type Conn = HostConnection<LINE, 0>;
 

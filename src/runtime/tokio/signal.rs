@@ -4,9 +4,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use dflockd_client::runtime::signal::SignalEvent;
-//! use dflockd_client::runtime::signal::tokio::SignalConn;
-//! use dflockd_client::runtime::tokio::ConnectOptions;
+//! use dflockd_client::tokio::SignalEvent;
+//! use dflockd_client::tokio::SignalConn;
+//! use dflockd_client::tokio::ConnectOptions;
 //!
 //! let mut sigs: SignalConn =
 //!     SignalConn::connect("127.0.0.1:6388", &ConnectOptions::default(), Default::default())
@@ -32,19 +32,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ::tokio::sync::{mpsc, oneshot};
 use ::tokio::time::{Instant, sleep_until, timeout};
 
-use super::{
+use super::{ConnectOptions, HostStream, TokioTimer, connect_host, open_host};
+use crate::protocol::Request;
+use crate::runtime::host::HostTls;
+use crate::runtime::host::signal::{
     Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, SignalEvent,
     SignalOptions, Subscriptions, dup_error,
 };
-use crate::protocol::Request;
-use crate::runtime::blocking::HostTls;
-use crate::runtime::tokio::{ConnectOptions, HostStream, TokioTimer, connect_host, open_host};
 use crate::signal::{Heartbeat, Wake};
 use crate::time::Timer;
 use crate::{Connection, Error};
 
-/// Result of tokio signal calls.
-pub type Result<T> = core::result::Result<T, Error<io::Error>>;
+use super::Result;
 
 /// An item of the signal stream.
 pub type Item = Result<SignalEvent>;
@@ -171,7 +170,7 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
     ///
     /// Errors: invalid options ([`Error::Config`], e.g. a heartbeat not
     /// below the server read timeout), and everything
-    /// [`connect`](crate::runtime::tokio::connect()) returns.
+    /// [`connect`](crate::tokio::connect()) returns.
     ///
     /// Cancel-safe: dropping the future closes the half-open connection.
     pub async fn connect(
@@ -188,9 +187,9 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
     /// reconnect (see [`SignalOptions::reconnect`]) runs the same
     /// verification again.
     ///
-    /// Errors as [`connect_tls`](crate::runtime::tokio::connect_tls): a
+    /// Errors as [`connect_tls`](crate::tokio::connect_tls): a
     /// certificate that fails verification is [`Error::Io`] whose
-    /// [`rustls_error`](crate::runtime::tls_rustls::rustls_error) tells
+    /// [`rustls_error`](crate::tls_rustls::rustls_error) tells
     /// why; a peer that does not speak TLS gives [`Error::Timeout`] or
     /// [`Error::Io`].
     ///
@@ -199,7 +198,7 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
     pub async fn connect_tls(
         addr: &str,
         connect_opts: &ConnectOptions,
-        tls: &crate::runtime::tls_rustls::RustlsConnector,
+        tls: &crate::runtime::host::rustls::RustlsConnector,
         opts: SignalOptions,
     ) -> Result<Self> {
         Self::start(addr, connect_opts, Some(tls.clone()), opts).await
@@ -308,7 +307,7 @@ pub async fn emit(addr: &str, channel: &str, payload: &str, opts: &ConnectOption
 }
 
 /// [`emit`] over TLS (feature `rustls`), verified by `tls` as
-/// [`connect_tls`](crate::runtime::tokio::connect_tls) does.
+/// [`connect_tls`](crate::tokio::connect_tls) does.
 ///
 /// Cancel-safe as [`emit`]: a dropped future closes its connection (the
 /// signal may or may not have been published).
@@ -318,7 +317,7 @@ pub async fn emit_tls(
     channel: &str,
     payload: &str,
     opts: &ConnectOptions,
-    tls: &crate::runtime::tls_rustls::RustlsConnector,
+    tls: &crate::runtime::host::rustls::RustlsConnector,
 ) -> Result<u64> {
     emit_over(addr, channel, payload, opts, Some(tls)).await
 }

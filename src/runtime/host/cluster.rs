@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::vec::Vec;
 
-use super::AuthToken;
-use super::blocking::HostTls;
+use super::HostTls;
 use crate::cluster::{RedirectPolicy, StableRef, validate_members};
 use crate::lock::{DEFAULT_IO_TIMEOUT, Rng};
+use crate::runtime::AuthToken;
 use crate::{Error, Fence};
 
 /// Line buffer of cluster lane connections: room for the longest
@@ -60,7 +60,7 @@ pub(crate) mod sealed {
 ///
 /// ```no_run
 /// # fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
-/// use dflockd_client::runtime::cluster_blocking::ClusterClient;
+/// use dflockd_client::blocking::ClusterClient;
 ///
 /// let client = ClusterClient::builder(["10.0.0.1:6388", "10.0.0.2:6388", "10.0.0.3:6388"])
 ///     .stable_ref("billing-worker-7") // default: random, kept for the client's life
@@ -100,7 +100,7 @@ impl<C: sealed::FromClusterSettings> ClusterBuilder<C> {
             auth_token: None,
             stable_ref: None,
             policy: RedirectPolicy::DEFAULT,
-            connect_timeout: super::DEFAULT_CONNECT_TIMEOUT,
+            connect_timeout: crate::runtime::DEFAULT_CONNECT_TIMEOUT,
             io_timeout: DEFAULT_IO_TIMEOUT,
             tls: None,
             _target: PhantomData,
@@ -145,7 +145,7 @@ impl<C: sealed::FromClusterSettings> ClusterBuilder<C> {
     /// TLS to every member (feature `rustls`), each checked against the
     /// connector's server name.
     #[cfg(feature = "rustls")]
-    pub fn tls(mut self, connector: super::tls_rustls::RustlsConnector) -> Self {
+    pub fn tls(mut self, connector: super::rustls::RustlsConnector) -> Self {
         self.tls = Some(connector);
         self
     }

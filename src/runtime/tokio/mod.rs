@@ -3,7 +3,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use dflockd_client::Kind;
-//! use dflockd_client::runtime::tokio::{ConnectOptions, connect};
+//! use dflockd_client::tokio::{ConnectOptions, connect};
 //!
 //! let mut conn = connect::<1024, 0>("127.0.0.1:6388", &ConnectOptions::default()).await?;
 //! if let Some(grant) = conn.acquire(Kind::Lock, "orders", 10, None).await? {
@@ -11,6 +11,27 @@
 //! }
 //! # Ok(()) }
 //! ```
+
+mod cluster;
+mod lock;
+mod signal;
+
+pub use self::cluster::{ClusterClient, ClusterGuard, ClusterLock, TokioConnector};
+pub use self::lock::{DistributedLock, DistributedSemaphore, LeaseGuard, Ticket};
+#[cfg(feature = "rustls")]
+pub use self::signal::emit_tls;
+pub use self::signal::{Item, SignalConn, SignalHandle, emit};
+pub use crate::runtime::host::cluster::{ClusterBuilder, Renewal};
+#[cfg(feature = "rustls")]
+pub use crate::runtime::host::rustls::{RustlsConnector, rustls_error};
+pub use crate::runtime::host::settings::{DEFAULT_SERVER, LockBuilder};
+pub use crate::runtime::host::signal::{
+    DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, MAX_SIGNAL_LINE, Reconnect, Signal, SignalEvent,
+    SignalOptions,
+};
+pub use crate::runtime::{
+    AuthToken, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_LINE_BUF,
+};
 
 use std::io;
 use std::sync::OnceLock;
@@ -26,11 +47,16 @@ use crate::{Connection, Error};
 pub type TokioStream = FromTokio<TcpStream>;
 
 /// A connection over tokio TCP.
-pub type TokioConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: usize = 0> =
-    Connection<TokioStream, N, P>;
+pub type TokioConnection<
+    const N: usize = { crate::runtime::DEFAULT_LINE_BUF },
+    const P: usize = 0,
+> = Connection<TokioStream, N, P>;
 
-/// How to connect (shared with the WASI adapter).
-pub use super::ConnectOptions;
+/// How to connect (one type for every host adapter).
+pub use crate::runtime::ConnectOptions;
+
+/// Result of the tokio API.
+pub type Result<T> = core::result::Result<T, Error<io::Error>>;
 
 /// Opens a TCP connection to `addr` (`host:port`; names are resolved) with
 /// `TCP_NODELAY`, and authenticates when a token is given.
@@ -44,13 +70,13 @@ pub use super::ConnectOptions;
 pub async fn connect<const N: usize, const P: usize>(
     addr: &str,
     opts: &ConnectOptions,
-) -> Result<TokioConnection<N, P>, Error<io::Error>> {
+) -> Result<TokioConnection<N, P>> {
     let stream = tcp(addr, opts).await?;
     authenticate(Connection::new(FromTokio::new(stream)), opts).await
 }
 
 /// TCP to `addr` within the connect timeout, with `TCP_NODELAY`.
-async fn tcp(addr: &str, opts: &ConnectOptions) -> Result<TcpStream, Error<io::Error>> {
+async fn tcp(addr: &str, opts: &ConnectOptions) -> Result<TcpStream> {
     let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| Error::Timeout)?
@@ -63,7 +89,7 @@ async fn tcp(addr: &str, opts: &ConnectOptions) -> Result<TcpStream, Error<io::E
 async fn authenticate<T, const N: usize, const P: usize>(
     mut conn: Connection<T, N, P>,
     opts: &ConnectOptions,
-) -> Result<Connection<T, N, P>, Error<io::Error>>
+) -> Result<Connection<T, N, P>>
 where
     T: embedded_io_async::Read<Error = io::Error> + embedded_io_async::Write<Error = io::Error>,
 {
@@ -80,9 +106,9 @@ where
 /// silent server never hangs the caller.
 ///
 /// As cancel-safe as `fut`: dropping this future drops `fut`.
-pub async fn timeout<T, F>(dur: Duration, fut: F) -> Result<T, Error<io::Error>>
+pub async fn timeout<T, F>(dur: Duration, fut: F) -> Result<T>
 where
-    F: Future<Output = Result<T, Error<io::Error>>>,
+    F: Future<Output = Result<T>>,
 {
     tokio::time::timeout(dur, fut)
         .await
@@ -123,8 +149,10 @@ pub type TokioTlsStream = FromTokio<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// A connection over rustls on tokio TCP.
 #[cfg(feature = "rustls")]
-pub type TokioTlsConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: usize = 0> =
-    Connection<TokioTlsStream, N, P>;
+pub type TokioTlsConnection<
+    const N: usize = { crate::runtime::DEFAULT_LINE_BUF },
+    const P: usize = 0,
+> = Connection<TokioTlsStream, N, P>;
 
 /// [`connect`] over TLS (feature `rustls`): TCP with `TCP_NODELAY`, then the
 /// TLS handshake verified by `tls` (chain, validity period and server
@@ -135,7 +163,7 @@ pub type TokioTlsConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const 
 /// server waits for a request line) gives [`Error::Timeout`] instead of a
 /// hang; a peer that answers with anything but TLS, or a certificate that
 /// fails verification, gives [`Error::Io`] whose
-/// [`rustls_error`](super::tls_rustls::rustls_error) tells why.
+/// [`rustls_error`](crate::tls_rustls::rustls_error) tells why.
 ///
 /// # Cancel safety
 ///
@@ -145,8 +173,8 @@ pub type TokioTlsConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const 
 pub async fn connect_tls<const N: usize, const P: usize>(
     addr: &str,
     opts: &ConnectOptions,
-    tls: &super::tls_rustls::RustlsConnector,
-) -> Result<TokioTlsConnection<N, P>, Error<io::Error>> {
+    tls: &crate::runtime::host::rustls::RustlsConnector,
+) -> Result<TokioTlsConnection<N, P>> {
     let stream = tls_handshake(tcp(addr, opts).await?, opts, tls).await?;
     authenticate(Connection::new(FromTokio::new(stream)), opts).await
 }
@@ -156,8 +184,8 @@ pub async fn connect_tls<const N: usize, const P: usize>(
 async fn tls_handshake(
     stream: TcpStream,
     opts: &ConnectOptions,
-    tls: &super::tls_rustls::RustlsConnector,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error<io::Error>> {
+    tls: &crate::runtime::host::rustls::RustlsConnector,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let connector = tokio_rustls::TlsConnector::from(tls.config().clone());
     tokio::time::timeout(
         opts.connect_timeout,
@@ -169,8 +197,8 @@ async fn tls_handshake(
 }
 
 /// The transport of the high-level tokio APIs
-/// ([`DistributedLock`](super::tokio_lock::DistributedLock),
-/// [`SignalConn`](super::signal::tokio::SignalConn)): plain TCP or, with
+/// ([`DistributedLock`](crate::tokio::DistributedLock),
+/// [`SignalConn`](crate::tokio::SignalConn)): plain TCP or, with
 /// the `rustls` feature, TLS, chosen when connecting. Both arms are
 /// `embedded_io_async` transports; the enum delegates to the one it holds.
 ///
@@ -266,7 +294,7 @@ impl embedded_io_async::Write for HostStream {
 }
 
 /// A connection over [`HostStream`]: plain or TLS.
-pub type HostConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: usize = 0> =
+pub type HostConnection<const N: usize = { crate::runtime::DEFAULT_LINE_BUF }, const P: usize = 0> =
     Connection<HostStream, N, P>;
 
 /// TCP to `addr`, then the TLS handshake when `tls` is given, each within
@@ -274,8 +302,8 @@ pub type HostConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: u
 pub(crate) async fn open_host(
     addr: &str,
     opts: &ConnectOptions,
-    tls: Option<&super::blocking::HostTls>,
-) -> Result<HostStream, Error<io::Error>> {
+    tls: Option<&crate::runtime::host::HostTls>,
+) -> Result<HostStream> {
     let stream = tcp(addr, opts).await?;
     match tls {
         None => Ok(HostStream::Plain(FromTokio::new(stream))),
@@ -296,8 +324,8 @@ pub(crate) async fn open_host(
 pub(crate) async fn connect_host<const N: usize, const P: usize>(
     addr: &str,
     opts: &ConnectOptions,
-    tls: Option<&super::blocking::HostTls>,
-) -> Result<HostConnection<N, P>, Error<io::Error>> {
+    tls: Option<&crate::runtime::host::HostTls>,
+) -> Result<HostConnection<N, P>> {
     let stream = open_host(addr, opts, tls).await?;
     authenticate(Connection::new(stream), opts).await
 }

@@ -4,9 +4,9 @@
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use dflockd_client::runtime::blocking::ConnectOptions;
-//! use dflockd_client::runtime::signal::SignalEvent;
-//! use dflockd_client::runtime::signal::blocking::SignalConn;
+//! use dflockd_client::blocking::ConnectOptions;
+//! use dflockd_client::blocking::SignalEvent;
+//! use dflockd_client::blocking::SignalConn;
 //!
 //! let sigs: SignalConn =
 //!     SignalConn::connect("127.0.0.1:6388", &ConnectOptions::default(), Default::default())?;
@@ -35,20 +35,19 @@ use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
 use super::{
-    Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, SignalEvent,
-    SignalOptions, Subscriptions, dup_error,
+    BlockingTransport, ConnectOptions, HostConnection, HostStream, StdTimer, block_on, open_host,
 };
 use crate::protocol::Request;
-use crate::runtime::blocking::{
-    BlockingTransport, ConnectOptions, HostConnection, HostStream, HostTls, StdTimer, block_on,
-    open_host,
+use crate::runtime::host::HostTls;
+use crate::runtime::host::signal::{
+    Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, SignalEvent,
+    SignalOptions, Subscriptions, dup_error,
 };
 use crate::signal::Heartbeat;
 use crate::time::Timer;
 use crate::{Connection, Error};
 
-/// Result of blocking signal calls.
-pub type Result<T> = core::result::Result<T, Error<io::Error>>;
+use super::Result;
 
 /// An item of the signal iterator.
 pub type Item = Result<SignalEvent>;
@@ -168,7 +167,7 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
     /// Errors: invalid options ([`Error::Io`] with
     /// [`InvalidInput`](io::ErrorKind::InvalidInput), e.g. a heartbeat not
     /// below the server read timeout), and everything
-    /// [`BlockingConnection::connect`](crate::runtime::blocking::BlockingConnection::connect)
+    /// [`BlockingConnection::connect`](crate::blocking::BlockingConnection::connect)
     /// returns.
     pub fn connect(
         addr: impl ToSocketAddrs,
@@ -184,16 +183,16 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
     /// reconnect (see [`SignalOptions::reconnect`]) runs the same
     /// verification again.
     ///
-    /// Errors as [`BlockingConnection::connect_tls`](crate::runtime::blocking::BlockingConnection::connect_tls):
+    /// Errors as [`BlockingConnection::connect_tls`](crate::blocking::BlockingConnection::connect_tls):
     /// a certificate that fails verification is [`Error::Io`] whose
-    /// [`rustls_error`](crate::runtime::tls_rustls::rustls_error) tells
+    /// [`rustls_error`](crate::tls_rustls::rustls_error) tells
     /// why; a peer that does not speak TLS gives [`Error::Timeout`] or
     /// [`Error::Io`].
     #[cfg(feature = "rustls")]
     pub fn connect_tls(
         addr: impl ToSocketAddrs,
         connect_opts: &ConnectOptions,
-        tls: &crate::runtime::tls_rustls::RustlsConnector,
+        tls: &crate::runtime::host::rustls::RustlsConnector,
         opts: SignalOptions,
     ) -> Result<Self> {
         Self::start(addr, connect_opts, Some(tls.clone()), opts)
@@ -299,7 +298,7 @@ pub fn emit(
 }
 
 /// [`emit`] over TLS (feature `rustls`), verified by `tls` as
-/// [`BlockingConnection::connect_tls`](crate::runtime::blocking::BlockingConnection::connect_tls)
+/// [`BlockingConnection::connect_tls`](crate::blocking::BlockingConnection::connect_tls)
 /// does.
 #[cfg(feature = "rustls")]
 pub fn emit_tls(
@@ -307,7 +306,7 @@ pub fn emit_tls(
     channel: &str,
     payload: &str,
     opts: &ConnectOptions,
-    tls: &crate::runtime::tls_rustls::RustlsConnector,
+    tls: &crate::runtime::host::rustls::RustlsConnector,
 ) -> Result<u64> {
     Request::Signal { channel, payload }.validate()?;
     HostConnection::<128, 0>::connect_host(addr, opts, Some(tls))?.emit(channel, payload)

@@ -1,17 +1,17 @@
 //! Host TLS with [rustls] (feature `rustls`): full X.509 validation of the
 //! server's chain, validity period and name against a root store, for the
-//! tokio ([`connect_tls`](super::tokio::connect_tls)) and blocking
-//! ([`BlockingConnection::connect_tls`](super::blocking::BlockingConnection::connect_tls))
+//! tokio ([`connect_tls`](crate::tokio::connect_tls)) and blocking
+//! ([`BlockingConnection::connect_tls`](crate::blocking::BlockingConnection::connect_tls))
 //! adapters, and for the high-level host APIs: the lock builder's
-//! [`tls`](super::LockBuilder::tls) and the signal connections'
-//! `connect_tls` ([tokio](super::signal::tokio::SignalConn::connect_tls),
-//! [blocking](super::signal::blocking::SignalConn::connect_tls)).
+//! [`tls`](crate::tokio::LockBuilder::tls) and the signal connections'
+//! `connect_tls` ([tokio](crate::tokio::SignalConn::connect_tls),
+//! [blocking](crate::blocking::SignalConn::connect_tls)).
 //!
 //! ```no_run
 //! # #[cfg(feature = "tokio")]
 //! # async fn demo(ca_der: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
-//! use dflockd_client::runtime::tls_rustls::RustlsConnector;
-//! use dflockd_client::runtime::tokio::{ConnectOptions, connect_tls};
+//! use dflockd_client::tls_rustls::RustlsConnector;
+//! use dflockd_client::tokio::{ConnectOptions, connect_tls};
 //!
 //! let tls = RustlsConnector::from_ca_der(&ca_der, "locks.example.com")?;
 //! let opts = ConnectOptions { auth_token: Some("s3cret".into()), ..ConnectOptions::default() };

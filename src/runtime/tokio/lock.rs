@@ -11,7 +11,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
 //! use std::time::Duration;
-//! use dflockd_client::runtime::tokio_lock::DistributedLock;
+//! use dflockd_client::tokio::DistributedLock;
 //!
 //! let lock = DistributedLock::builder("orders")
 //!     .lease_ttl(Duration::from_secs(30))
@@ -33,7 +33,6 @@
 
 use std::boxed::Box;
 use std::future::Future;
-use std::io;
 use std::string::String;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,15 +40,16 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use super::blocking::{HangUp, HangUpCloser};
-use super::lock_builder::{LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil};
-use super::tokio::{ConnectOptions, HostConnection, TokioTimer, connect_host, tokio_instant};
+use super::{ConnectOptions, HostConnection, TokioTimer, connect_host, tokio_instant};
 use crate::lock::Lease;
+use crate::runtime::host::settings::{
+    LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil,
+};
+use crate::runtime::host::{HangUp, HangUpCloser};
 use crate::time::{Instant, Timer};
 use crate::{Enqueued, Error, Grant, Kind, Token};
 
-/// Result of the host lock API.
-pub type Result<T> = core::result::Result<T, Error<io::Error>>;
+use super::Result;
 
 type Conn = HostConnection<LINE, 0>;
 
@@ -72,6 +72,7 @@ impl Resource {
         let s = &self.0;
         let opts = ConnectOptions {
             connect_timeout: s.connect_timeout,
+            io_timeout: s.options.io_timeout,
             auth_token: s.auth_token.clone(),
         };
         let addr = s.server()?;
@@ -366,9 +367,9 @@ impl LeaseGuard {
         let hangup = {
             use std::os::fd::AsFd;
             match conn.transport_mut() {
-                super::tokio::HostStream::Plain(s) => HangUp::new(s.inner().as_fd()),
+                super::HostStream::Plain(s) => HangUp::new(s.inner().as_fd()),
                 #[cfg(feature = "rustls")]
-                super::tokio::HostStream::Tls(s) => HangUp::new(s.inner().get_ref().0.as_fd()),
+                super::HostStream::Tls(s) => HangUp::new(s.inner().get_ref().0.as_fd()),
             }
         };
         #[cfg(not(unix))]

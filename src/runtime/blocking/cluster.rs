@@ -1,5 +1,5 @@
 //! A dflockd v2 cluster client for blocking code: the same routing and
-//! failover as [`cluster_tokio`](super::cluster_tokio) (both drive the
+//! failover as [`tokio::ClusterClient`](crate::tokio::ClusterClient) (both drive the
 //! core's [`ClusterConn`]), with a thread per held lease for renewal.
 //!
 //! Two lanes per client, each at most one connection: the acquire lane
@@ -10,7 +10,7 @@
 //! ```no_run
 //! # fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
 //! use std::time::Duration;
-//! use dflockd_client::runtime::cluster_blocking::ClusterClient;
+//! use dflockd_client::blocking::ClusterClient;
 //!
 //! let client = ClusterClient::builder(["10.0.0.1:6388", "10.0.0.2:6388", "10.0.0.3:6388"]).build()?;
 //! if let Some(guard) = client.lock("orders").lease_ttl(Duration::from_secs(10)).acquire()? {
@@ -20,25 +20,23 @@
 //! # Ok(()) }
 //! ```
 
-use std::io;
 use std::string::String;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::blocking::{self, BlockingTransport, HostStream, StdTimer, block_on};
-use super::cluster_common::{
+use super::{self as blocking, BlockingTransport, HostStream, StdTimer, block_on};
+use crate::cluster::{ClusterConn, Connector, Members, Router};
+use crate::lock::{Jitter, LockOptions, LockSpec, RenewRatio};
+use crate::runtime::host::cluster::{
     CLUSTER_LINE, ClusterBuilder, ClusterSettings, Renewal, STATS_BUF, owned_stats,
     sealed::FromClusterSettings,
 };
-use crate::cluster::{ClusterConn, Connector, Members, Router};
-use crate::lock::{Jitter, LockOptions, LockSpec, RenewRatio};
 use crate::time::{Instant, Timer};
 use crate::{Error, Fence, Kind, Token};
 
-/// Result of the blocking cluster client.
-pub type Result<T> = core::result::Result<T, Error<io::Error>>;
+use super::Result;
 
 /// Dials members over std TCP (or TLS), counting every dial; sets each
 /// request's read timeout.

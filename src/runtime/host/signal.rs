@@ -36,10 +36,6 @@ use crate::protocol::validate::trim_group;
 use crate::signal::{DEFAULT_HEARTBEAT, DEFAULT_SERVER_READ_TIMEOUT, Heartbeat};
 use crate::{ConfigError, Error};
 
-pub mod blocking;
-#[cfg(feature = "tokio")]
-pub mod tokio;
-
 /// Default line buffer of host signal connections: 4 KiB, room for
 /// payloads up to about 4000 bytes. Use [`MAX_SIGNAL_LINE`] for any payload.
 pub const DEFAULT_SIGNAL_LINE_BUF: usize = 4096;
@@ -129,7 +125,7 @@ impl Reconnect {
             .min(self.max_backoff)
     }
 
-    fn gives_up_after(&self, failed: u32) -> bool {
+    pub(crate) fn gives_up_after(&self, failed: u32) -> bool {
         self.max_attempts.is_some_and(|max| failed >= max)
     }
 }

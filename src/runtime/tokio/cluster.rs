@@ -17,7 +17,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
 //! use std::time::Duration;
-//! use dflockd_client::runtime::cluster_tokio::ClusterClient;
+//! use dflockd_client::tokio::ClusterClient;
 //!
 //! let client = ClusterClient::builder(["10.0.0.1:6388", "10.0.0.2:6388", "10.0.0.3:6388"]).build()?;
 //! if let Some(guard) = client.lock("orders").lease_ttl(Duration::from_secs(10)).acquire().await? {
@@ -30,7 +30,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::io;
 use std::string::String;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -38,18 +37,17 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, oneshot, watch};
 
-use super::cluster_common::{
+use super::{ConnectOptions, HostStream, TokioTimer, open_host};
+use crate::cluster::{ClusterConn, Connector, Members, Router};
+use crate::lock::{Jitter, LockOptions, LockSpec, RenewRatio};
+use crate::runtime::host::cluster::{
     CLUSTER_LINE, ClusterBuilder, ClusterSettings, Renewal, STATS_BUF, owned_stats,
     sealed::FromClusterSettings,
 };
-use super::tokio::{ConnectOptions, HostStream, TokioTimer, open_host};
-use crate::cluster::{ClusterConn, Connector, Members, Router};
-use crate::lock::{Jitter, LockOptions, LockSpec, RenewRatio};
 use crate::time::{Instant, Timer};
 use crate::{Error, Fence, Kind, Token};
 
-/// Result of the cluster client.
-pub type Result<T> = core::result::Result<T, Error<io::Error>>;
+use super::Result;
 
 /// Dials members over tokio TCP (or TLS), counting every dial.
 #[derive(Debug)]
@@ -65,6 +63,7 @@ impl Connector for TokioConnector {
         self.dials.fetch_add(1, Ordering::Relaxed);
         let opts = ConnectOptions {
             connect_timeout: self.settings.connect_timeout,
+            io_timeout: self.settings.io_timeout,
             auth_token: None,
         };
         open_host(addr, &opts, self.settings.tls.as_ref()).await

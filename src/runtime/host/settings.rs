@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::vec::Vec;
 
-use super::blocking::HostTls;
-use super::{AuthToken, DEFAULT_CONNECT_TIMEOUT};
+use super::HostTls;
 use crate::lock::{Jitter, LockOptions, LockSpec, RenewRatio};
 use crate::routing::{Crc32Mod, RouteError, Strategy, route};
+use crate::runtime::{AuthToken, DEFAULT_CONNECT_TIMEOUT};
 use crate::{ConfigError, Error, Kind};
 
 /// The server used when none is given: `127.0.0.1:6388`.
@@ -155,7 +155,7 @@ pub(crate) mod sealed {
 /// ```no_run
 /// # fn demo() {
 /// use std::time::Duration;
-/// use dflockd_client::runtime::blocking_lock::DistributedLock;
+/// use dflockd_client::blocking::DistributedLock;
 ///
 /// let lock = DistributedLock::builder("orders")
 ///     .servers(["10.0.0.1:6388", "10.0.0.2:6388"])
@@ -225,10 +225,10 @@ impl<L: sealed::FromSettings> LockBuilder<L> {
     /// The TCP connect, the handshake and the `auth` each get the
     /// [`connect_timeout`](Self::connect_timeout). A certificate that fails
     /// verification makes every acquire fail with [`Error::Io`]; see
-    /// [`rustls_error`](super::tls_rustls::rustls_error) for the reason.
+    /// [`rustls_error`](super::rustls::rustls_error) for the reason.
     /// Without this option the connections are plain TCP.
     #[cfg(feature = "rustls")]
-    pub fn tls(mut self, connector: super::tls_rustls::RustlsConnector) -> Self {
+    pub fn tls(mut self, connector: super::rustls::RustlsConnector) -> Self {
         self.settings.tls = Some(TlsSetting {
             connector,
             name_per_server: false,
@@ -242,7 +242,7 @@ impl<L: sealed::FromSettings> LockBuilder<L> {
     /// then needs an IP address subjectAltName). The connector's own name
     /// is not used; its roots and configuration are.
     #[cfg(feature = "rustls")]
-    pub fn tls_per_server(mut self, connector: super::tls_rustls::RustlsConnector) -> Self {
+    pub fn tls_per_server(mut self, connector: super::rustls::RustlsConnector) -> Self {
         self.settings.tls = Some(TlsSetting {
             connector,
             name_per_server: true,

@@ -4,7 +4,7 @@
 //! ```no_run
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use dflockd_client::Kind;
-//! use dflockd_client::runtime::blocking::{BlockingConnection, ConnectOptions};
+//! use dflockd_client::blocking::{BlockingConnection, ConnectOptions};
 //!
 //! let mut conn = BlockingConnection::<1024, 0>::connect("127.0.0.1:6388", &ConnectOptions::default())?;
 //! if let Some(grant) = conn.acquire(Kind::Lock, "orders", 10, None)? {
@@ -13,14 +13,35 @@
 //! # Ok(()) }
 //! ```
 
+mod cluster;
+mod lock;
+mod signal;
+
+pub use self::cluster::{ClusterClient, ClusterGuard, ClusterLock, StdConnector};
+pub use self::lock::{DistributedLock, DistributedSemaphore, LeaseGuard, Ticket};
+#[cfg(feature = "rustls")]
+pub use self::signal::emit_tls;
+pub use self::signal::{Item, SignalConn, SignalHandle, emit};
+pub use crate::runtime::host::cluster::{ClusterBuilder, Renewal};
+#[cfg(feature = "rustls")]
+pub use crate::runtime::host::rustls::{RustlsConnector, rustls_error};
+pub use crate::runtime::host::settings::{DEFAULT_SERVER, LockBuilder};
+pub use crate::runtime::host::signal::{
+    DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, MAX_SIGNAL_LINE, Reconnect, Signal, SignalEvent,
+    SignalOptions,
+};
+pub use crate::runtime::{
+    AuthToken, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_LINE_BUF,
+};
+
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::{AuthToken, DEFAULT_CONNECT_TIMEOUT};
+use crate::runtime::host::HostTls;
 use crate::time::{Instant, Timer};
-use crate::{Connection, Enqueued, Error, Grant, Kind, Signal, Token};
+use crate::{Connection, Enqueued, Error, Grant, Kind, Token};
 
 /// Runs a future to completion on the current thread, parking it while the
 /// future is pending.
@@ -274,28 +295,7 @@ impl BlockingTransport for StdStream {
     }
 }
 
-/// How to connect.
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    /// Gives up connecting to an address after this long. Default 10 s.
-    pub connect_timeout: Duration,
-    /// How long a whole request (its write and every read of its reply)
-    /// may take beyond the time the server may block on an acquire or wait.
-    /// Default 10 s.
-    pub io_timeout: Duration,
-    /// Sent with `auth` as the first request when set. Never logged.
-    pub auth_token: Option<AuthToken>,
-}
-
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        Self {
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            io_timeout: Duration::from_secs(10),
-            auth_token: None,
-        }
-    }
-}
+pub use crate::runtime::ConnectOptions;
 
 fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
     match e {
@@ -315,7 +315,7 @@ fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
 /// [`connect_tls`](BlockingConnection::connect_tls)).
 #[derive(Debug)]
 pub struct BlockingConnection<
-    const N: usize = { super::DEFAULT_LINE_BUF },
+    const N: usize = { crate::runtime::DEFAULT_LINE_BUF },
     const P: usize = 0,
     T = StdStream,
 > {
@@ -489,7 +489,7 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
         self.run(0, |c| c.emit(channel, payload))
     }
     /// Waits up to `timeout` for the next signal; `Ok(None)` when none came.
-    pub fn next_signal(&mut self, timeout: Duration) -> Result<Option<Signal<'_>>> {
+    pub fn next_signal(&mut self, timeout: Duration) -> Result<Option<crate::Signal<'_>>> {
         if self.inner.queued_signals() == 0
             && !self
                 .inner
@@ -543,10 +543,10 @@ impl StdTlsStream {
     /// giving up after `timeout` (an [`io::ErrorKind::WouldBlock`] or
     /// [`io::ErrorKind::TimedOut`] error). Verification failures are
     /// [`io::ErrorKind::InvalidData`] errors carrying the `rustls::Error`
-    /// (see [`rustls_error`](super::tls_rustls::rustls_error)).
+    /// (see [`rustls_error`](crate::tls_rustls::rustls_error)).
     pub fn handshake(
         mut tcp: TcpStream,
-        tls: &super::tls_rustls::RustlsConnector,
+        tls: &crate::runtime::host::rustls::RustlsConnector,
         timeout: Duration,
     ) -> io::Result<Self> {
         let mut conn =
@@ -687,8 +687,10 @@ impl BlockingTransport for StdTlsStream {
 
 /// A blocking connection over rustls (feature `rustls`).
 #[cfg(feature = "rustls")]
-pub type BlockingTlsConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: usize = 0> =
-    BlockingConnection<N, P, StdTlsStream>;
+pub type BlockingTlsConnection<
+    const N: usize = { crate::runtime::DEFAULT_LINE_BUF },
+    const P: usize = 0,
+> = BlockingConnection<N, P, StdTlsStream>;
 
 #[cfg(feature = "rustls")]
 impl<const N: usize, const P: usize> BlockingConnection<N, P, StdTlsStream> {
@@ -700,11 +702,11 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P, StdTlsStream> {
     /// server waits for a request line) or [`Error::Io`] with the rustls
     /// error inside (it answered with something else); a certificate that
     /// fails verification gives [`Error::Io`] too, see
-    /// [`rustls_error`](super::tls_rustls::rustls_error).
+    /// [`rustls_error`](crate::tls_rustls::rustls_error).
     pub fn connect_tls(
         addr: impl ToSocketAddrs,
         opts: &ConnectOptions,
-        tls: &super::tls_rustls::RustlsConnector,
+        tls: &crate::runtime::host::rustls::RustlsConnector,
     ) -> Result<Self> {
         let tcp = connect_tcp(addr, opts)?;
         let stream = StdTlsStream::handshake(tcp, tls, opts.connect_timeout)
@@ -717,19 +719,9 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P, StdTlsStream> {
     }
 }
 
-/// The TLS choice of the high-level host APIs: a rustls connector with the
-/// `rustls` feature, an uninhabited type without it (so `None` is the only
-/// value and the plain path has no TLS branch at all).
-#[cfg(feature = "rustls")]
-pub(crate) type HostTls = super::tls_rustls::RustlsConnector;
-/// The TLS choice of the high-level host APIs (uninhabited without the
-/// `rustls` feature).
-#[cfg(not(feature = "rustls"))]
-pub(crate) type HostTls = core::convert::Infallible;
-
 /// The transport of the high-level blocking APIs
-/// ([`DistributedLock`](super::blocking_lock::DistributedLock),
-/// [`SignalConn`](super::signal::blocking::SignalConn)): plain TCP or, with
+/// ([`DistributedLock`](crate::blocking::DistributedLock),
+/// [`SignalConn`](crate::blocking::SignalConn)): plain TCP or, with
 /// the `rustls` feature, TLS, chosen when connecting. It is a
 /// [`BlockingTransport`] that delegates to the arm it holds.
 ///
@@ -867,7 +859,7 @@ impl BlockingTransport for HostStream {
 }
 
 /// A blocking connection over [`HostStream`]: plain or TLS.
-pub type HostConnection<const N: usize = { super::DEFAULT_LINE_BUF }, const P: usize = 0> =
+pub type HostConnection<const N: usize = { crate::runtime::DEFAULT_LINE_BUF }, const P: usize = 0> =
     BlockingConnection<N, P, HostStream>;
 
 /// TCP to `addr` (each resolved address in turn), then the TLS handshake
@@ -917,63 +909,6 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
 fn epoch() -> std::time::Instant {
     static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
     *EPOCH.get_or_init(std::time::Instant::now)
-}
-
-/// Watches a connection for the peer's hang-up without reading from it: a
-/// duplicate of the socket's descriptor, polled with a zero timeout
-/// (`POLLRDHUP | POLLHUP | POLLERR`, Linux). Lets a lease guard report a
-/// closed connection at the instant it is asked, whatever its renewal
-/// thread or task is doing. Elsewhere it sees nothing (the renewal side
-/// still notices the close).
-///
-/// Because the duplicate would keep the connection open, whoever owns the
-/// connection holds a [`HangUpCloser`]: dropping it shuts the socket down
-/// for both sides, so the server sees the close as before.
-#[derive(Debug)]
-pub(crate) struct HangUp(Option<TcpStream>);
-
-impl HangUp {
-    /// Duplicates the descriptor of `fd` (nothing to watch on failure).
-    #[cfg(unix)]
-    pub(crate) fn new(fd: std::os::fd::BorrowedFd<'_>) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self(fd.try_clone_to_owned().ok().map(TcpStream::from)))
-    }
-
-    /// Nothing to watch off Unix.
-    #[cfg(not(unix))]
-    pub(crate) fn none() -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self(None))
-    }
-
-    /// Whether the peer closed (or reset) the connection. One `poll(2)`.
-    pub(crate) fn seen(&self) -> bool {
-        #[cfg(target_os = "linux")]
-        if let Some(sock) = &self.0 {
-            use std::os::fd::AsRawFd;
-            let mut pfd = libc::pollfd {
-                fd: sock.as_raw_fd(),
-                events: libc::POLLRDHUP,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, exclusively borrowed for the call;
-            // the descriptor is owned by `sock`.
-            let r = unsafe { libc::poll(&mut pfd, 1, 0) };
-            return r > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
-        }
-        false
-    }
-}
-
-/// Shuts the watched socket down when dropped (see [`HangUp`]).
-#[derive(Debug)]
-pub(crate) struct HangUpCloser(pub(crate) std::sync::Arc<HangUp>);
-
-impl Drop for HangUpCloser {
-    fn drop(&mut self) {
-        if let Some(sock) = &self.0.0 {
-            let _ = sock.shutdown(std::net::Shutdown::Both);
-        }
-    }
 }
 
 /// The `std::time::Instant` of a [`StdTimer`] instant (which counts

@@ -1,0 +1,79 @@
+//! What the std host adapters (tokio and blocking) share and neither owns:
+//! lock and signal settings and builders, the cluster builder, rustls, and
+//! the hang-up watch of lease guards. Nothing here knows a runtime; the
+//! adapters import from here, never from each other.
+
+pub mod cluster;
+#[cfg(feature = "rustls")]
+pub mod rustls;
+pub mod settings;
+pub mod signal;
+
+use std::net::TcpStream;
+
+/// The TLS choice of the high-level host APIs: a rustls connector with the
+/// `rustls` feature, an uninhabited type without it (so `None` is the only
+/// value and the plain path has no TLS branch at all).
+#[cfg(feature = "rustls")]
+pub(crate) type HostTls = rustls::RustlsConnector;
+/// The TLS choice of the high-level host APIs (uninhabited without the
+/// `rustls` feature).
+#[cfg(not(feature = "rustls"))]
+pub(crate) type HostTls = core::convert::Infallible;
+
+/// Watches a connection for the peer's hang-up without reading from it: a
+/// duplicate of the socket's descriptor, polled with a zero timeout
+/// (`POLLRDHUP | POLLHUP | POLLERR`, Linux). Lets a lease guard report a
+/// closed connection at the instant it is asked, whatever its renewal
+/// thread or task is doing. Elsewhere it sees nothing (the renewal side
+/// still notices the close).
+///
+/// Because the duplicate would keep the connection open, whoever owns the
+/// connection holds a [`HangUpCloser`]: dropping it shuts the socket down
+/// for both sides, so the server sees the close as before.
+#[derive(Debug)]
+pub(crate) struct HangUp(Option<TcpStream>);
+
+impl HangUp {
+    /// Duplicates the descriptor of `fd` (nothing to watch on failure).
+    #[cfg(unix)]
+    pub(crate) fn new(fd: std::os::fd::BorrowedFd<'_>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self(fd.try_clone_to_owned().ok().map(TcpStream::from)))
+    }
+
+    /// Nothing to watch off Unix.
+    #[cfg(not(unix))]
+    pub(crate) fn none() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self(None))
+    }
+
+    /// Whether the peer closed (or reset) the connection. One `poll(2)`.
+    pub(crate) fn seen(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        if let Some(sock) = &self.0 {
+            use std::os::fd::AsRawFd;
+            let mut pfd = libc::pollfd {
+                fd: sock.as_raw_fd(),
+                events: libc::POLLRDHUP,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, exclusively borrowed for the call;
+            // the descriptor is owned by `sock`.
+            let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+            return r > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
+        }
+        false
+    }
+}
+
+/// Shuts the watched socket down when dropped (see [`HangUp`]).
+#[derive(Debug)]
+pub(crate) struct HangUpCloser(pub(crate) std::sync::Arc<HangUp>);
+
+impl Drop for HangUpCloser {
+    fn drop(&mut self) {
+        if let Some(sock) = &self.0.0 {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
