@@ -78,9 +78,10 @@ use core::time::Duration;
 
 use embedded_io_async::{ErrorType, Read, Write};
 
+use crate::Enqueued;
 use crate::conn::Connection;
 use crate::error::{Error, MAX_LEADER_ADDR, ServerError};
-use crate::lock::{EnqueuedLease, Lease, LockSpec, Rng};
+use crate::lock::{Lease, LockSpec, Rng};
 use crate::protocol::validate::{self, Arg, InvalidArgument, Rule};
 use crate::protocol::{Expect, Reply, Request, Status};
 use crate::time::{Instant, Timer, with_deadline};
@@ -760,9 +761,9 @@ where
     }
 
     /// Two-phase, first half, on the leader. The lease at once, or
-    /// [`EnqueuedLease::Queued`]: then [`wait`](Self::wait) on this lane.
+    /// [`Enqueued::Queued`]: then [`wait`](Self::wait) on this lane.
     /// Not cancel-safe (see [`acquire`](Self::acquire)).
-    pub async fn enqueue<'k>(&mut self, spec: &LockSpec<'k>) -> Res<EnqueuedLease<'k>, C> {
+    pub async fn enqueue<'k>(&mut self, spec: &LockSpec<'k>) -> Res<Enqueued<Lease<'k>>, C> {
         check(spec)?;
         match self.run(true, &mut Op::Enqueue(spec)).await? {
             Out::Enqueued(e) => Ok(e),
@@ -879,7 +880,7 @@ enum Op<'a, 'k> {
 /// What an operation returned.
 enum Out<'k> {
     Lease(Option<Lease<'k>>),
-    Enqueued(EnqueuedLease<'k>),
+    Enqueued(Enqueued<Lease<'k>>),
     Done,
     /// Start and length of the JSON in the stats buffer.
     Stats(usize, usize),

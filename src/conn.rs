@@ -29,12 +29,16 @@ pub type Result<T, E> = core::result::Result<T, Error<E>>;
 /// with less, such a reply is [`Error::LineTooLong`].
 pub const MIN_LINE_BUF: usize = 64;
 
-/// What `enqueue` got: the lease at once, or a place in the queue.
+/// What an enqueue got: the lease at once, or a place in the queue. One
+/// name at every layer: [`Connection::enqueue`] gives `Enqueued<Grant>`,
+/// [`LockSpec::enqueue`](crate::lock::LockSpec::enqueue) gives
+/// `Enqueued<Lease>`; the host APIs' `Enqueued` also holds the queued
+/// connection for its `wait`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Enqueued {
+pub enum Enqueued<T = Grant> {
     /// Granted immediately (`acquired <token> <lease>`); no `wait` needed.
-    Acquired(Grant),
+    Acquired(T),
     /// Queued (`queued`); collect the grant with `wait`.
     Queued,
 }

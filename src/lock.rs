@@ -56,7 +56,7 @@ use crate::time::{Elapsed, Instant, Timer, with_deadline};
 /// Default acquire timeout: 10 s, as the other dflockd clients.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default idle read timeout of the server (`--read-timeout`): 23 s.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(23);
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(23);
 /// Default client-side reply timeout: how long to wait for a reply beyond
 /// the time the server may block on purpose. 10 s.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -270,7 +270,7 @@ pub struct LockOptions {
     /// The server's idle read timeout (`--read-timeout`, default 23 s): a
     /// renew is sent well before the connection was silent this long, even
     /// when the lease would allow waiting longer. Zero disables the bound.
-    pub idle_timeout: Duration,
+    pub read_timeout: Duration,
     /// Client-side reply timeout beyond any server-side blocking (default
     /// 10 s): a dead server gives [`Error::Timeout`], never a hang.
     pub io_timeout: Duration,
@@ -284,7 +284,7 @@ impl LockOptions {
         lease_ttl: None,
         renew_ratio: RenewRatio::HALF,
         early_jitter: Jitter::TEN_PERCENT,
-        idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        read_timeout: DEFAULT_READ_TIMEOUT,
         io_timeout: DEFAULT_IO_TIMEOUT,
     };
 
@@ -362,8 +362,8 @@ impl<'k> LockSpec<'k> {
     }
 
     /// Sets the server's idle read timeout (zero disables the bound).
-    pub const fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.options.idle_timeout = timeout;
+    pub const fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.options.read_timeout = timeout;
         self
     }
 
@@ -439,7 +439,7 @@ impl<'k> LockSpec<'k> {
     }
 
     /// Two-phase, first half: joins the queue without blocking. Either the
-    /// lease at once, or [`EnqueuedLease::Queued`]: run your code, then
+    /// lease at once, or [`Enqueued::Queued`]: run your code, then
     /// collect the grant with [`wait`](Self::wait) on this same connection
     /// (before the server's idle timeout drops the silent connection).
     ///
@@ -449,7 +449,7 @@ impl<'k> LockSpec<'k> {
         &self,
         conn: &mut Connection<T, N, P>,
         timer: &C,
-    ) -> Result<EnqueuedLease<'k>, T::Error> {
+    ) -> Result<Enqueued<Lease<'k>>, T::Error> {
         let sent = timer.now();
         let limit = sent + self.options.io_timeout;
         let req = Request::Enqueue {
@@ -461,9 +461,9 @@ impl<'k> LockSpec<'k> {
             Err(_) => Err(Error::Timeout),
             Ok(reply) => Ok(match Enqueued::pick(reply)? {
                 Enqueued::Acquired(g) => {
-                    EnqueuedLease::Acquired(Lease::from_grant(self, g, sent, timer.now()))
+                    Enqueued::Acquired(Lease::from_grant(self, g, sent, timer.now()))
                 }
-                Enqueued::Queued => EnqueuedLease::Queued,
+                Enqueued::Queued => Enqueued::Queued,
             }),
         }
     }
@@ -516,16 +516,6 @@ impl<'k> LockSpec<'k> {
                 .map(|g| Lease::from_grant(self, g, sent, timer.now()))),
         }
     }
-}
-
-/// What [`LockSpec::enqueue`] got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum EnqueuedLease<'k> {
-    /// Granted at once; no wait needed.
-    Acquired(Lease<'k>),
-    /// Queued; collect the grant with [`LockSpec::wait`].
-    Queued,
 }
 
 // ---- the lease ----------------------------------------------------------------
@@ -610,7 +600,7 @@ impl<'k> Lease<'k> {
             last_sent: start,
             next_renew: start,
             rtt_ms: elapsed.min(slack),
-            idle_ms: ms(spec.options.idle_timeout),
+            idle_ms: ms(spec.options.read_timeout),
             io_ms: ms(spec.options.io_timeout),
             ratio: spec.options.renew_ratio,
             jitter: spec.options.early_jitter,

@@ -53,8 +53,7 @@ use crate::time::{Instant, Timer};
 /// other dflockd clients do.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 
-/// The server's default idle read timeout (`--read-timeout`): 23 s.
-pub const DEFAULT_SERVER_READ_TIMEOUT: Duration = Duration::from_secs(23);
+pub use crate::lock::DEFAULT_READ_TIMEOUT;
 
 /// A heartbeat interval checked against the server's idle read timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +69,7 @@ pub struct InvalidHeartbeat {
     /// The interval asked for.
     pub interval: Duration,
     /// The server read timeout it must stay below.
-    pub server_read_timeout: Duration,
+    pub read_timeout: Duration,
 }
 
 impl core::fmt::Display for InvalidHeartbeat {
@@ -78,7 +77,7 @@ impl core::fmt::Display for InvalidHeartbeat {
         write!(
             f,
             "heartbeat interval {:?} must be non-zero and below the server read timeout {:?}",
-            self.interval, self.server_read_timeout
+            self.interval, self.read_timeout
         )
     }
 }
@@ -92,15 +91,15 @@ impl Heartbeat {
     };
 
     /// A heartbeat every `interval`, which must be non-zero and strictly
-    /// below `server_read_timeout` (the server's `--read-timeout`).
+    /// below `read_timeout` (the server's `--read-timeout`).
     pub const fn new(
         interval: Duration,
-        server_read_timeout: Duration,
+        read_timeout: Duration,
     ) -> core::result::Result<Self, InvalidHeartbeat> {
-        if interval.is_zero() || interval.as_nanos() >= server_read_timeout.as_nanos() {
+        if interval.is_zero() || interval.as_nanos() >= read_timeout.as_nanos() {
             return Err(InvalidHeartbeat {
                 interval,
-                server_read_timeout,
+                read_timeout,
             });
         }
         Ok(Heartbeat { interval })

@@ -10,7 +10,7 @@ use dflockd_client::blocking::SignalOptions;
 use dflockd_client::lock::{Lease, LockSpec};
 use dflockd_client::tokio::{self as rt, ConnectOptions, HostConnection, TokioTimer};
 use dflockd_client::tokio::{self as signals, SignalConn, SignalHandle};
-use dflockd_client::tokio::{DistributedLock, DistributedSemaphore, LeaseGuard, Ticket};
+use dflockd_client::tokio::{DistributedLock, DistributedSemaphore, Enqueued, LeaseGuard};
 use dflockd_client::{Kind, Token};
 
 fn assert_send<T: Send>(_: &T) {}
@@ -23,8 +23,8 @@ fn assert_send_stream<S: futures_core::Stream + Send + Unpin>() {}
 fn check_futures(
     lock: DistributedLock,
     sem: DistributedSemaphore,
-    ticket: Ticket,
-    ticket2: Ticket,
+    ticket: Enqueued,
+    ticket2: Enqueued,
     guard: LeaseGuard,
     guard2: LeaseGuard,
     mut sig: SignalConn,
@@ -125,7 +125,7 @@ fn check_tls_futures(tls: dflockd_client::tls_rustls::RustlsConnector) {
 fn handles_are_send_and_sync_and_the_signal_stream_is_send() {
     assert_send_sync::<DistributedLock>();
     assert_send_sync::<DistributedSemaphore>();
-    assert_send_sync::<Ticket>();
+    assert_send_sync::<Enqueued>();
     assert_send_sync::<LeaseGuard>();
     assert_send_sync::<SignalHandle>();
     assert_send_sync::<SignalConn>();

@@ -135,7 +135,7 @@ fn long_lease_survives_a_short_read_timeout() {
     let lock = DistributedLock::builder("idle")
         .server(server.addr().to_string())
         .lease_ttl(Duration::from_secs(60))
-        .idle_timeout(Duration::from_secs(3))
+        .read_timeout(Duration::from_secs(3))
         .build();
     let guard = lock.acquire().unwrap().expect("granted");
     assert!(

@@ -140,7 +140,7 @@ async fn long_lease_survives_a_short_read_timeout() {
     let lock = DistributedLock::builder("idle")
         .server(server.addr().to_string())
         .lease_ttl(Duration::from_secs(60))
-        .idle_timeout(Duration::from_secs(3))
+        .read_timeout(Duration::from_secs(3))
         .build();
     let guard = lock.acquire().await.unwrap().expect("granted");
     // The first renew is due at 30 s; only the idle bound keeps the

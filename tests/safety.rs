@@ -153,7 +153,7 @@ fn blocking_requests_end_at_their_deadline_against_a_trickling_server() {
     report_overshoot("blocking DistributedLock::try_acquire", t.elapsed(), IO);
 
     let signal_opts = dflockd_client::tokio::SignalOptions {
-        request_timeout: IO,
+        io_timeout: IO,
         ..Default::default()
     };
     let sig: dflockd_client::blocking::SignalConn =
@@ -180,7 +180,7 @@ async fn tokio_requests_end_at_their_deadline_against_a_trickling_server() {
         &addr.to_string(),
         &dflockd_client::tokio::ConnectOptions::default(),
         dflockd_client::tokio::SignalOptions {
-            request_timeout: IO,
+            io_timeout: IO,
             ..Default::default()
         },
     )

@@ -152,7 +152,7 @@ fn heartbeat_keeps_an_idle_listener_alive() {
 
     let opts = SignalOptions {
         heartbeat: Duration::from_millis(300),
-        server_read_timeout: Duration::from_secs(1),
+        read_timeout: Duration::from_secs(1),
         ..SignalOptions::default()
     };
     let sub: SignalConn = listener(&server, opts);

@@ -235,7 +235,7 @@ async fn heartbeat_keeps_an_idle_listener_alive() {
 
     let opts = SignalOptions {
         heartbeat: Duration::from_millis(300),
-        server_read_timeout: Duration::from_secs(1),
+        read_timeout: Duration::from_secs(1),
         ..SignalOptions::default()
     };
     let mut sub: SignalConn = listener(&server, opts).await;

@@ -83,7 +83,7 @@ pub fn run_listen(target: &Target, a: &ListenArgs, out: &mut Out) -> Result<i32,
     let deadline = a.timeout.map(|t| Instant::now() + t);
     let reconnect = !a.no_reconnect;
     let opts = SignalOptions {
-        request_timeout: target.connect.io_timeout,
+        io_timeout: target.connect.io_timeout,
         reconnect: reconnect.then(Reconnect::default),
         ..SignalOptions::default()
     };

@@ -18,8 +18,8 @@
 
 use core::time::Duration as CoreDuration;
 
-use dflockd_client::lock::LockSpec;
 use dflockd_client::embassy::{EmbassyTimer, connect};
+use dflockd_client::lock::LockSpec;
 use dflockd_client::signal::Heartbeat;
 use embassy_net::tcp::{self, ConnectError};
 use embassy_net::{Ipv4Address, Stack};
@@ -56,7 +56,7 @@ pub struct Settings {
     pub connect_timeout: CoreDuration,
     /// The server's idle read timeout, when it is not the default: renewals
     /// and heartbeats then never leave a connection idle that long.
-    pub server_read_timeout: Option<CoreDuration>,
+    pub read_timeout: Option<CoreDuration>,
     /// The listener's heartbeat (checked against the server read timeout).
     pub heartbeat: Heartbeat,
 }
@@ -129,8 +129,8 @@ pub fn pump_spec(s: &Settings) -> LockSpec<'static> {
     let spec = LockSpec::lock(PUMP_KEY)
         .lease_ttl(s.lease)
         .acquire_timeout(s.acquire_timeout);
-    match s.server_read_timeout {
-        Some(t) => spec.idle_timeout(t),
+    match s.read_timeout {
+        Some(t) => spec.read_timeout(t),
         None => spec,
     }
 }

@@ -269,7 +269,7 @@ fn idle_timeout_bounds_the_schedule() {
     server.borrow_mut().idle_ms = Some(3_000);
     let spec = LockSpec::lock("k")
         .lease_ttl(Duration::from_secs(60))
-        .idle_timeout(Duration::from_secs(3));
+        .read_timeout(Duration::from_secs(3));
     let mut lease = acquire(&spec, &mut conn, &clock);
     let start = clock.now_ms();
     block_on(lease.hold(&mut conn, &clock, work(&clock, 10, start + 70_000))).unwrap();
@@ -416,7 +416,7 @@ fn schedule_math() {
     let spec = LockSpec::lock("k")
         .renew_ratio(RenewRatio::new(0.5).unwrap())
         .early_jitter(Jitter::NONE)
-        .idle_timeout(Duration::ZERO);
+        .read_timeout(Duration::ZERO);
     let grant = Grant {
         token: Token::parse(TOKEN.as_bytes()).unwrap(),
         lease: 10,
@@ -454,7 +454,7 @@ fn schedule_math() {
     assert!(!l.is_expired(Instant::from_millis(4_000)));
     // The idle timeout is the tighter bound.
     let spec = spec
-        .idle_timeout(Duration::from_secs(4))
+        .read_timeout(Duration::from_secs(4))
         .lease_ttl(Duration::from_secs(10));
     let l = Lease::from_grant(
         &spec,
@@ -465,7 +465,7 @@ fn schedule_math() {
     assert_eq!(l.next_renew_at(), Instant::from_millis(3_000));
     // Jitter stays within 10 % of the interval.
     let spec = spec
-        .idle_timeout(Duration::ZERO)
+        .read_timeout(Duration::ZERO)
         .early_jitter(Jitter::default());
     let mut l = Lease::from_grant(
         &spec,
@@ -503,7 +503,7 @@ fn ratios_are_validated() {
         LockOptions::default().acquire_timeout,
         Duration::from_secs(10)
     );
-    assert_eq!(LockOptions::default().idle_timeout, Duration::from_secs(23));
+    assert_eq!(LockOptions::default().read_timeout, Duration::from_secs(23));
 }
 
 #[test]

@@ -114,13 +114,13 @@ fn sig_conn<'t, const N: usize, const P: usize>(
 #[test]
 fn heartbeat_must_stay_below_read_timeout() {
     let s = Duration::from_secs;
-    assert!(Heartbeat::new(s(15), DEFAULT_SERVER_READ_TIMEOUT).is_ok());
+    assert!(Heartbeat::new(s(15), DEFAULT_READ_TIMEOUT).is_ok());
     assert!(Heartbeat::new(s(22), s(23)).is_ok());
     assert!(Heartbeat::new(s(23), s(23)).is_err());
     assert!(Heartbeat::new(s(30), s(23)).is_err());
     assert!(Heartbeat::new(Duration::ZERO, s(23)).is_err());
     assert_eq!(Heartbeat::default().interval(), s(15));
-    assert!(Heartbeat::DEFAULT.interval() < DEFAULT_SERVER_READ_TIMEOUT);
+    assert!(Heartbeat::DEFAULT.interval() < DEFAULT_READ_TIMEOUT);
 }
 
 #[test]

@@ -48,8 +48,8 @@ mod pump_app;
 use core::sync::atomic::{AtomicU32, Ordering};
 use core::time::Duration as CoreDuration;
 
-use dflockd_client::lock::LockSpec;
 use dflockd_client::embassy::{EmbassyTimer, connect};
+use dflockd_client::lock::LockSpec;
 use dflockd_client::signal::Heartbeat;
 use embassy_executor::Spawner;
 use embassy_net::tcp::TcpSocket;
@@ -96,7 +96,7 @@ static DEFAULTS: Settings = Settings {
     run: Duration::from_secs(6),
     acquire_timeout: CoreDuration::from_secs(5),
     connect_timeout: CoreDuration::from_secs(5),
-    server_read_timeout: Some(CoreDuration::from_secs(3)),
+    read_timeout: Some(CoreDuration::from_secs(3)),
     heartbeat: match Heartbeat::new(CoreDuration::from_secs(1), CoreDuration::from_secs(3)) {
         Ok(h) => h,
         Err(_) => panic!("1 s is below 3 s"),
@@ -289,7 +289,7 @@ async fn main(spawner: Spawner) {
         run: Duration::from_secs(args.hold),
         acquire_timeout: CoreDuration::from_secs(5),
         connect_timeout: CoreDuration::from_secs(5),
-        server_read_timeout: Some(read_timeout),
+        read_timeout: Some(read_timeout),
         heartbeat,
     });
 
@@ -442,7 +442,7 @@ async fn semaphore(
     let timer = EmbassyTimer;
     let spec = LockSpec::semaphore("site/power", 2)
         .lease_ttl(s.lease)
-        .idle_timeout(s.server_read_timeout.unwrap_or(s.lease * 2));
+        .read_timeout(s.read_timeout.unwrap_or(s.lease * 2));
     let la = spec.try_acquire(a, &timer).await.map_err(client_err("A"))?;
     let lb = spec.try_acquire(b, &timer).await.map_err(client_err("B"))?;
     let (Some(la), Some(lb)) = (la, lb) else {
@@ -581,7 +581,7 @@ async fn test_task(stack: Stack<'static>) {
     let t0 = Instant::now();
     let idle = run_start.elapsed();
     let out = within(Duration::from_secs(15), async {
-        let rt = s.server_read_timeout.unwrap_or_default().as_millis() as u64;
+        let rt = s.read_timeout.unwrap_or_default().as_millis() as u64;
         info!(
             "listener idle for {} ms (server read timeout {} ms)",
             idle.as_millis(),

@@ -160,8 +160,8 @@ fn clocks() -> embassy_stm32::Config {
 #[unsafe(no_mangle)]
 static DFLOCKD_SIZES: [u32; 6] = {
     use core::mem::size_of;
-    use dflockd_client::lock::{Lease, LockSpec};
     use dflockd_client::embassy::EmbassyTimer;
+    use dflockd_client::lock::{Lease, LockSpec};
     use dflockd_client::signal::SignalConn;
     use embassy_net::tcp::TcpSocket;
     type Conn<const N: usize, const P: usize> =
@@ -310,7 +310,7 @@ mod app {
         run: Duration::from_secs(25),
         acquire_timeout: CoreDuration::from_secs(5),
         connect_timeout: CoreDuration::from_secs(10),
-        server_read_timeout: None,
+        read_timeout: None,
         heartbeat: Heartbeat::DEFAULT,
     };
 

@@ -25,8 +25,8 @@ use core::time::Duration;
 use std::process::ExitCode;
 
 use dflockd_client::Connection;
-use dflockd_client::lock::{Lease, LockSpec};
 use dflockd_client::embassy::{EmbassyTimer, connect};
+use dflockd_client::lock::{Lease, LockSpec};
 use dflockd_client::signal::{Heartbeat, SignalConn, Wake};
 use dflockd_client::time::Timer as _;
 use embassy_executor::Spawner;
@@ -217,7 +217,7 @@ impl Ctx<'_> {
     /// read timeout (renews never leave the connection idle that long).
     fn spec<'k>(&self, spec: LockSpec<'k>) -> LockSpec<'k> {
         spec.lease_ttl(Duration::from_secs(self.args.lease))
-            .idle_timeout(Duration::from_secs(self.args.read_timeout))
+            .read_timeout(Duration::from_secs(self.args.read_timeout))
             .acquire_timeout(Duration::from_secs(2))
     }
 }

@@ -35,7 +35,7 @@ use dflockd_client::lock::LockSpec;
 use dflockd_client::wasi::{
     self, ConnectOptions, NETWORK_DENIED_HINT, WasiTimer, is_network_denied,
 };
-use dflockd_client::signal::{DEFAULT_SERVER_READ_TIMEOUT, Heartbeat, SignalConn};
+use dflockd_client::signal::{DEFAULT_READ_TIMEOUT, Heartbeat, SignalConn};
 use dflockd_client::time::Timer;
 use dflockd_client::{Connection, Error};
 use embassy_futures::join::join;
@@ -218,7 +218,7 @@ where
         lock_lease.ttl().as_secs()
     );
 
-    let heartbeat = Heartbeat::new(HEARTBEAT, DEFAULT_SERVER_READ_TIMEOUT)
+    let heartbeat = Heartbeat::new(HEARTBEAT, DEFAULT_READ_TIMEOUT)
         .map_err(|e| format!("heartbeat: {e}"))?;
     let mut rx = SignalConn::with_heartbeat(rx, timer, heartbeat);
     let mut tx = SignalConn::with_heartbeat(tx, timer, heartbeat);

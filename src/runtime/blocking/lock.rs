@@ -37,7 +37,7 @@ use crate::runtime::host::settings::{
 };
 use crate::runtime::host::{HangUp, HangUpCloser};
 use crate::time::{Instant, Timer};
-use crate::{Enqueued, Error, Grant, Kind, Token};
+use crate::{Error, Grant, Kind, Token};
 
 use super::Result;
 
@@ -94,17 +94,17 @@ impl Resource {
             .transpose()
     }
 
-    fn enqueue(&self) -> Result<Ticket> {
+    fn enqueue(&self) -> Result<Enqueued> {
         let s = &self.0;
         let mut conn = self.connect()?;
         let sent = StdTimer.now();
         let reply = conn.enqueue(s.kind, &s.key, self.lease_secs())?;
         let received = StdTimer.now();
-        Ok(Ticket(match reply {
-            Enqueued::Acquired(g) => {
-                TicketState::Acquired(LeaseGuard::spawn(conn, self.0.clone(), g, sent, received)?)
+        Ok(Enqueued(match reply {
+            crate::Enqueued::Acquired(g) => {
+                EnqueuedState::Acquired(LeaseGuard::spawn(conn, self.0.clone(), g, sent, received)?)
             }
-            Enqueued::Queued => TicketState::Queued {
+            crate::Enqueued::Queued => EnqueuedState::Queued {
                 conn: Box::new(conn),
                 settings: self.0.clone(),
             },
@@ -155,10 +155,10 @@ macro_rules! host_api {
         }
 
         /// Two-phase, first half: joins the queue without blocking. Run
-        /// your code, then collect the grant with [`Ticket::wait`]. Keep the
+        /// your code, then collect the grant with [`Enqueued::wait`]. Keep the
         /// code between them shorter than the server's idle timeout (23 s
         /// by default): a queued connection is silent.
-        pub fn enqueue(&self) -> Result<Ticket> {
+        pub fn enqueue(&self) -> Result<Enqueued> {
             self.0.enqueue()
         }
 
@@ -245,10 +245,10 @@ impl FromSettings for DistributedSemaphore {
 /// until [`wait`](Self::wait). Dropping a queued ticket closes its
 /// connection, which leaves the queue.
 #[derive(Debug)]
-pub struct Ticket(TicketState);
+pub struct Enqueued(EnqueuedState);
 
 #[derive(Debug)]
-enum TicketState {
+enum EnqueuedState {
     Acquired(LeaseGuard),
     Queued {
         conn: Box<Conn>,
@@ -256,19 +256,19 @@ enum TicketState {
     },
 }
 
-impl Ticket {
+impl Enqueued {
     /// Whether the lease was granted at once (then `wait` returns it
     /// without asking the server; it is already being renewed).
     pub fn is_acquired(&self) -> bool {
-        matches!(self.0, TicketState::Acquired(_))
+        matches!(self.0, EnqueuedState::Acquired(_))
     }
 
     /// Two-phase, second half: waits up to the acquire timeout for the
     /// grant. `Ok(None)` on timeout (the server then forgets the waiter).
     pub fn wait(self) -> Result<Option<LeaseGuard>> {
         let timeout = match &self.0 {
-            TicketState::Acquired(_) => Duration::ZERO,
-            TicketState::Queued { settings, .. } => settings.options.acquire_timeout,
+            EnqueuedState::Acquired(_) => Duration::ZERO,
+            EnqueuedState::Queued { settings, .. } => settings.options.acquire_timeout,
         };
         self.wait_within(timeout)
     }
@@ -276,8 +276,8 @@ impl Ticket {
     /// [`wait`](Self::wait) with another timeout.
     pub fn wait_within(self, timeout: Duration) -> Result<Option<LeaseGuard>> {
         match self.0 {
-            TicketState::Acquired(guard) => Ok(Some(guard)),
-            TicketState::Queued { mut conn, settings } => {
+            EnqueuedState::Acquired(guard) => Ok(Some(guard)),
+            EnqueuedState::Queued { mut conn, settings } => {
                 let sent = StdTimer.now();
                 let grant = conn.wait(settings.kind, &settings.key, secs_ceil(timeout))?;
                 let received = StdTimer.now();

@@ -18,7 +18,7 @@ mod lock;
 mod signal;
 
 pub use self::cluster::{ClusterClient, ClusterGuard, ClusterLock, StdConnector};
-pub use self::lock::{DistributedLock, DistributedSemaphore, LeaseGuard, Ticket};
+pub use self::lock::{DistributedLock, DistributedSemaphore, Enqueued, LeaseGuard};
 #[cfg(feature = "rustls")]
 pub use self::signal::emit_tls;
 pub use self::signal::{Item, SignalConn, SignalHandle, emit};
@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use crate::runtime::host::HostTls;
 use crate::time::{Instant, Timer};
-use crate::{Connection, Enqueued, Error, Grant, Kind, Token};
+use crate::{Connection, Error, Grant, Kind, Token};
 
 /// Runs a future to completion on the current thread, parking it while the
 /// future is pending.
@@ -461,7 +461,12 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
         self.run(0, |c| c.renew(kind, key, token, lease))
     }
     /// See [`Connection::enqueue`].
-    pub fn enqueue(&mut self, kind: Kind, key: &str, lease: Option<u64>) -> Result<Enqueued> {
+    pub fn enqueue(
+        &mut self,
+        kind: Kind,
+        key: &str,
+        lease: Option<u64>,
+    ) -> Result<crate::Enqueued> {
         self.run(0, |c| c.enqueue(kind, key, lease))
     }
     /// See [`Connection::wait`].

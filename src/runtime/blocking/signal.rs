@@ -351,7 +351,7 @@ fn open<const N: usize, const P: usize>(
 /// of it.
 macro_rules! request {
     ($worker:ident, $core:ident, $fut:expr) => {
-        arm($core, $worker.opts.request_timeout).and_then(|()| block_on($fut).map_err(timeout_kind))
+        arm($core, $worker.opts.io_timeout).and_then(|()| block_on($fut).map_err(timeout_kind))
     };
 }
 
@@ -440,9 +440,9 @@ impl Worker {
             self.tls.as_ref(),
             self.heartbeat,
         )?;
-        arm(&mut core, self.opts.request_timeout)?;
+        arm(&mut core, self.opts.io_timeout)?;
         for (pattern, group) in self.subs.iter() {
-            arm(&mut core, self.opts.request_timeout)?;
+            arm(&mut core, self.opts.io_timeout)?;
             block_on(core.listen(pattern, group)).map_err(timeout_kind)?;
         }
         Ok(core)

@@ -284,8 +284,8 @@ impl<L: sealed::FromSettings> LockBuilder<L> {
 
     /// The server's idle read timeout (default 23 s): renews are sent
     /// often enough that the connection is never silent that long.
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.options.idle_timeout = timeout;
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.options.read_timeout = timeout;
         self
     }
 

@@ -33,7 +33,7 @@ use std::vec::Vec;
 use core::time::Duration;
 
 use crate::protocol::validate::trim_group;
-use crate::signal::{DEFAULT_HEARTBEAT, DEFAULT_SERVER_READ_TIMEOUT, Heartbeat};
+use crate::signal::{DEFAULT_HEARTBEAT, DEFAULT_READ_TIMEOUT, Heartbeat};
 use crate::{ConfigError, Error};
 
 /// Default line buffer of host signal connections: 4 KiB, room for
@@ -134,15 +134,15 @@ impl Reconnect {
 #[derive(Debug, Clone)]
 pub struct SignalOptions {
     /// `ping` after this long without a request. Default 15 s; must be
-    /// below [`server_read_timeout`](Self::server_read_timeout).
+    /// below [`read_timeout`](Self::read_timeout).
     pub heartbeat: Duration,
     /// The server's idle read timeout (`--read-timeout`). Default 23 s.
-    pub server_read_timeout: Duration,
+    pub read_timeout: Duration,
     /// Received signals held for the consumer (at least 1). Default 64.
     pub queue: usize,
     /// Longest wait for the reply to a request (listen, emit, ping) before
     /// the connection is given up as dead. Default 10 s.
-    pub request_timeout: Duration,
+    pub io_timeout: Duration,
     /// Automatic reconnect; `None` (the default) ends the stream after
     /// reporting the lost connection.
     pub reconnect: Option<Reconnect>,
@@ -152,9 +152,9 @@ impl Default for SignalOptions {
     fn default() -> Self {
         Self {
             heartbeat: DEFAULT_HEARTBEAT,
-            server_read_timeout: DEFAULT_SERVER_READ_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
             queue: 64,
-            request_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(10),
             reconnect: None,
         }
     }
@@ -164,17 +164,14 @@ impl SignalOptions {
     /// Checks the options: the heartbeat below the read timeout, a queue of
     /// at least one signal, a non-zero request timeout.
     pub(crate) fn check(&self) -> Result<Heartbeat, Error<std::io::Error>> {
-        let hb = Heartbeat::new(self.heartbeat, self.server_read_timeout).map_err(|_| {
-            ConfigError::new(
-                "heartbeat",
-                "must be non-zero and below `server_read_timeout`",
-            )
+        let hb = Heartbeat::new(self.heartbeat, self.read_timeout).map_err(|_| {
+            ConfigError::new("heartbeat", "must be non-zero and below `read_timeout`")
         })?;
         if self.queue == 0 {
             return Err(ConfigError::new("queue", "must hold at least one signal").into());
         }
-        if self.request_timeout.is_zero() {
-            return Err(ConfigError::new("request_timeout", "must be non-zero").into());
+        if self.io_timeout.is_zero() {
+            return Err(ConfigError::new("io_timeout", "must be non-zero").into());
         }
         Ok(hb)
     }
@@ -284,10 +281,10 @@ mod tests {
         };
         assert!(matches!(bad.check(), Err(Error::Config(c)) if c.option == "queue"));
         let bad = SignalOptions {
-            request_timeout: Duration::ZERO,
+            io_timeout: Duration::ZERO,
             ..SignalOptions::default()
         };
-        assert!(matches!(bad.check(), Err(Error::Config(c)) if c.option == "request_timeout"));
+        assert!(matches!(bad.check(), Err(Error::Config(c)) if c.option == "io_timeout"));
     }
 
     #[test]

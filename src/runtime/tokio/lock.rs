@@ -26,7 +26,7 @@
 //! # Cancellation
 //!
 //! Every future here owns the connection it works on. Dropping an
-//! [`acquire`](DistributedLock::acquire) or [`Ticket::wait`] future drops
+//! [`acquire`](DistributedLock::acquire) or [`Enqueued::wait`] future drops
 //! (closes) its connection, so the server cancels the wait or releases a
 //! grant it may already have made: nothing is left stranded. Dropping a
 //! [`LeaseGuard`] releases in the background without blocking.
@@ -47,7 +47,7 @@ use crate::runtime::host::settings::{
 };
 use crate::runtime::host::{HangUp, HangUpCloser};
 use crate::time::{Instant, Timer};
-use crate::{Enqueued, Error, Grant, Kind, Token};
+use crate::{Error, Grant, Kind, Token};
 
 use super::Result;
 
@@ -92,18 +92,18 @@ impl Resource {
         Ok(grant.map(|g| LeaseGuard::spawn(conn, self.0.clone(), g, sent, received)))
     }
 
-    async fn enqueue(&self) -> Result<Ticket> {
+    async fn enqueue(&self) -> Result<Enqueued> {
         let s = &self.0;
         let mut conn = self.connect().await?;
         let lease = s.spec().options().lease_ttl.map(|d| secs_ceil(d).max(1));
         let sent = TokioTimer.now();
         let reply = bounded(s.options.io_timeout, conn.enqueue(s.kind, &s.key, lease)).await?;
         let received = TokioTimer.now();
-        Ok(Ticket(match reply {
-            Enqueued::Acquired(g) => {
-                TicketState::Acquired(LeaseGuard::spawn(conn, self.0.clone(), g, sent, received))
+        Ok(Enqueued(match reply {
+            crate::Enqueued::Acquired(g) => {
+                EnqueuedState::Acquired(LeaseGuard::spawn(conn, self.0.clone(), g, sent, received))
             }
-            Enqueued::Queued => TicketState::Queued {
+            crate::Enqueued::Queued => EnqueuedState::Queued {
                 conn: Box::new(conn),
                 settings: self.0.clone(),
             },
@@ -163,13 +163,13 @@ macro_rules! host_api {
         }
 
         /// Two-phase, first half: joins the queue without blocking. Run
-        /// your code, then collect the grant with [`Ticket::wait`]. Keep the
+        /// your code, then collect the grant with [`Enqueued::wait`]. Keep the
         /// code between them shorter than the server's idle timeout (23 s
         /// by default): a queued connection is silent.
         ///
         /// Cancel-safe as [`acquire`](Self::acquire): a dropped future
         /// closes its connection, which leaves the queue.
-        pub async fn enqueue(&self) -> Result<Ticket> {
+        pub async fn enqueue(&self) -> Result<Enqueued> {
             self.0.enqueue().await
         }
 
@@ -255,10 +255,10 @@ impl FromSettings for DistributedSemaphore {
 /// A place in a key's queue, from `enqueue`: granted at once, or queued
 /// until [`wait`](Self::wait).
 #[derive(Debug)]
-pub struct Ticket(TicketState);
+pub struct Enqueued(EnqueuedState);
 
 #[derive(Debug)]
-enum TicketState {
+enum EnqueuedState {
     Acquired(LeaseGuard),
     Queued {
         conn: Box<Conn>,
@@ -266,11 +266,11 @@ enum TicketState {
     },
 }
 
-impl Ticket {
+impl Enqueued {
     /// Whether the lease was granted at once (then `wait` returns it
     /// without asking the server; it is already being renewed).
     pub fn is_acquired(&self) -> bool {
-        matches!(self.0, TicketState::Acquired(_))
+        matches!(self.0, EnqueuedState::Acquired(_))
     }
 
     /// Two-phase, second half: waits up to the acquire timeout for the
@@ -280,8 +280,8 @@ impl Ticket {
     /// the server drops the waiter or releases a grant it already made.
     pub async fn wait(self) -> Result<Option<LeaseGuard>> {
         let timeout = match &self.0 {
-            TicketState::Acquired(_) => Duration::ZERO,
-            TicketState::Queued { settings, .. } => settings.options.acquire_timeout,
+            EnqueuedState::Acquired(_) => Duration::ZERO,
+            EnqueuedState::Queued { settings, .. } => settings.options.acquire_timeout,
         };
         self.wait_within(timeout).await
     }
@@ -289,8 +289,8 @@ impl Ticket {
     /// [`wait`](Self::wait) with another timeout. Cancel-safe as `wait`.
     pub async fn wait_within(self, timeout: Duration) -> Result<Option<LeaseGuard>> {
         match self.0 {
-            TicketState::Acquired(guard) => Ok(Some(guard)),
-            TicketState::Queued { mut conn, settings } => {
+            EnqueuedState::Acquired(guard) => Ok(Some(guard)),
+            EnqueuedState::Queued { mut conn, settings } => {
                 let secs = secs_ceil(timeout);
                 let limit = Duration::from_secs(secs).saturating_add(settings.options.io_timeout);
                 let sent = TokioTimer.now();

@@ -17,7 +17,7 @@ mod lock;
 mod signal;
 
 pub use self::cluster::{ClusterClient, ClusterGuard, ClusterLock, TokioConnector};
-pub use self::lock::{DistributedLock, DistributedSemaphore, LeaseGuard, Ticket};
+pub use self::lock::{DistributedLock, DistributedSemaphore, Enqueued, LeaseGuard};
 #[cfg(feature = "rustls")]
 pub use self::signal::emit_tls;
 pub use self::signal::{Item, SignalConn, SignalHandle, emit};

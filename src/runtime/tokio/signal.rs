@@ -460,7 +460,7 @@ impl Task {
         let mut core =
             open::<N, P>(&self.addr, &self.connect, self.tls.as_ref(), self.heartbeat).await?;
         for (pattern, group) in self.subs.iter() {
-            timeout(self.opts.request_timeout, core.listen(pattern, group))
+            timeout(self.opts.io_timeout, core.listen(pattern, group))
                 .await
                 .map_err(|_| Error::Timeout)??;
         }
@@ -553,7 +553,7 @@ impl Task {
 
     /// Runs a request with the request timeout.
     async fn request<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
-        timeout(self.opts.request_timeout, fut)
+        timeout(self.opts.io_timeout, fut)
             .await
             .map_err(|_| Error::Timeout)?
     }
