@@ -30,8 +30,9 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::{BlockingTransport, ConnectOptions, HostConnection, StdTimer, block_on, std_instant};
+use super::{BlockingTransport, HostConnection, StdTimer, block_on, std_instant};
 use crate::lock::Lease;
+use crate::runtime::host::pool::{Home, Pool};
 use crate::runtime::host::settings::{
     LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil,
 };
@@ -41,7 +42,7 @@ use crate::{Error, Grant, Kind, Token};
 
 use super::Result;
 
-type Conn = HostConnection<LINE, 0>;
+pub(crate) type Conn = HostConnection<LINE, 0>;
 
 /// While waiting for the next renew, the renewal thread checks this often
 /// whether the connection was closed, so a cut connection is reported long
@@ -62,21 +63,24 @@ fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
     }
 }
 
-/// What locks and semaphores share.
+/// What locks and semaphores share: their settings and the pool of idle
+/// connections (the client's, or the lock's own).
 #[derive(Debug, Clone)]
-struct Resource(Arc<Settings>);
+struct Resource(Arc<Settings>, Arc<Pool<Conn>>);
 
 impl Resource {
-    fn connect(&self) -> Result<Conn> {
-        let s = &self.0;
-        let opts = ConnectOptions {
-            connect_timeout: s.connect_timeout,
-            io_timeout: s.options.io_timeout,
-            auth_token: s.auth_token.clone(),
-        };
-        let addr = s.server()?;
-        let tls = s.tls_for(addr)?;
-        Conn::connect_host(addr, &opts, tls.as_ref())
+    /// An idle connection to the key's server from the pool (one the
+    /// server has not closed: [`is_closed`]), or a new one.
+    fn connect(&self) -> Result<(Conn, Home<Conn>)> {
+        let (server, addr) = self.0.server()?;
+        let home = Home::new(self.1.clone(), server);
+        if let Some(conn) = home.take(|c| !is_closed(c)) {
+            return Ok((conn, home));
+        }
+        let c = &self.0.config;
+        let tls = c.tls_for(addr)?;
+        let conn = Conn::connect_host(addr, &c.connect_options(), tls.as_ref())?;
+        Ok((conn, home))
     }
 
     fn lease_secs(&self) -> Option<u64> {
@@ -85,27 +89,33 @@ impl Resource {
 
     fn acquire_within(&self, timeout: Duration) -> Result<Option<LeaseGuard>> {
         let s = &self.0;
-        let mut conn = self.connect()?;
+        let (mut conn, home) = self.connect()?;
         let sent = StdTimer.now();
         let grant = conn.acquire(s.kind, &s.key, secs_ceil(timeout), self.lease_secs())?;
         let received = StdTimer.now();
         grant
-            .map(|g| LeaseGuard::spawn(conn, self.0.clone(), g, sent, received))
+            .map(|g| LeaseGuard::spawn(conn, home, self.0.clone(), g, sent, received))
             .transpose()
     }
 
     fn enqueue(&self) -> Result<Enqueued> {
         let s = &self.0;
-        let mut conn = self.connect()?;
+        let (mut conn, home) = self.connect()?;
         let sent = StdTimer.now();
         let reply = conn.enqueue(s.kind, &s.key, self.lease_secs())?;
         let received = StdTimer.now();
         Ok(Enqueued(match reply {
-            crate::Enqueued::Acquired(g) => {
-                EnqueuedState::Acquired(LeaseGuard::spawn(conn, self.0.clone(), g, sent, received)?)
-            }
+            crate::Enqueued::Acquired(g) => EnqueuedState::Acquired(LeaseGuard::spawn(
+                conn,
+                home,
+                self.0.clone(),
+                g,
+                sent,
+                received,
+            )?),
             crate::Enqueued::Queued => EnqueuedState::Queued {
                 conn: Box::new(conn),
+                home,
                 settings: self.0.clone(),
             },
         }))
@@ -198,8 +208,9 @@ impl DistributedLock {
 }
 
 impl FromSettings for DistributedLock {
-    fn from_settings(settings: Settings) -> Self {
-        Self(Resource(Arc::new(settings)))
+    type Conn = Conn;
+    fn from_settings(settings: Settings, pool: Arc<Pool<Conn>>) -> Self {
+        Self(Resource(Arc::new(settings), pool))
     }
 }
 
@@ -234,8 +245,9 @@ impl DistributedSemaphore {
 }
 
 impl FromSettings for DistributedSemaphore {
-    fn from_settings(settings: Settings) -> Self {
-        Self(Resource(Arc::new(settings)))
+    type Conn = Conn;
+    fn from_settings(settings: Settings, pool: Arc<Pool<Conn>>) -> Self {
+        Self(Resource(Arc::new(settings), pool))
     }
 }
 
@@ -252,6 +264,7 @@ enum EnqueuedState {
     Acquired(LeaseGuard),
     Queued {
         conn: Box<Conn>,
+        home: Home<Conn>,
         settings: Arc<Settings>,
     },
 }
@@ -277,12 +290,16 @@ impl Enqueued {
     pub fn wait_within(self, timeout: Duration) -> Result<Option<LeaseGuard>> {
         match self.0 {
             EnqueuedState::Acquired(guard) => Ok(Some(guard)),
-            EnqueuedState::Queued { mut conn, settings } => {
+            EnqueuedState::Queued {
+                mut conn,
+                home,
+                settings,
+            } => {
                 let sent = StdTimer.now();
                 let grant = conn.wait(settings.kind, &settings.key, secs_ceil(timeout))?;
                 let received = StdTimer.now();
                 grant
-                    .map(|g| LeaseGuard::spawn(*conn, settings, g, sent, received))
+                    .map(|g| LeaseGuard::spawn(*conn, home, settings, g, sent, received))
                     .transpose()
             }
         }
@@ -396,6 +413,7 @@ pub struct LeaseGuard {
 impl LeaseGuard {
     fn spawn(
         mut conn: Conn,
+        home: Home<Conn>,
         settings: Arc<Settings>,
         grant: Grant,
         sent: Instant,
@@ -428,9 +446,10 @@ impl LeaseGuard {
             .spawn(move || {
                 // Shuts the socket down when the thread ends, whatever the
                 // guard's duplicate descriptor does.
-                let _closer = closer;
+                let closer = closer;
                 renew_loop(
                     conn,
+                    (&home, &closer.0),
                     &thread_settings,
                     grant,
                     sent,
@@ -532,6 +551,7 @@ impl LeaseGuard {
 /// dropped.
 fn renew_loop(
     mut conn: Conn,
+    (home, hangup): (&Home<Conn>, &HangUp),
     settings: &Settings,
     grant: Grant,
     sent: Instant,
@@ -562,12 +582,15 @@ fn renew_loop(
             Ok(reply) => {
                 let out = release(&mut conn, lease, settings);
                 shared.set(State::Released);
+                // Before the reply, so the caller's next acquire finds it.
+                reuse_if_clean(conn, &out, home, hangup);
                 let _ = reply.send(out);
                 return;
             }
             Err(RecvTimeoutError::Disconnected) => {
-                let _ = release(&mut conn, lease, settings);
+                let out = release(&mut conn, lease, settings);
                 shared.set(State::Released);
+                reuse_if_clean(conn, &out, home, hangup);
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -608,6 +631,15 @@ fn bound(conn: &mut Conn, settings: &Settings, lease: &Lease<'_>) -> Result<()> 
         .transport_mut()
         .set_deadline(Some(limit))
         .map_err(Error::Io)
+}
+
+/// Puts a connection whose lease was released cleanly back into its pool;
+/// any other goes out of scope and closes.
+fn reuse_if_clean(conn: Conn, released: &Result<()>, home: &Home<Conn>, hangup: &HangUp) {
+    if released.is_ok() && conn.is_usable() {
+        hangup.keep_open();
+        home.put(conn);
+    }
 }
 
 fn release(conn: &mut Conn, lease: Lease<'_>, settings: &Settings) -> Result<()> {

@@ -13,16 +13,19 @@
 //! # Ok(()) }
 //! ```
 
+mod client;
 mod cluster;
 mod lock;
 mod signal;
 
+pub use self::client::{Blocking, Client, ClientBuilder};
 pub use self::cluster::{ClusterClient, ClusterGuard, ClusterLock, StdConnector};
 pub use self::lock::{DistributedLock, DistributedSemaphore, Enqueued, LeaseGuard};
 #[cfg(feature = "rustls")]
 pub use self::signal::emit_tls;
 pub use self::signal::{Item, SignalConn, SignalHandle, emit};
 pub use crate::runtime::host::cluster::{ClusterBuilder, Renewal};
+pub use crate::runtime::host::pool::{DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE};
 #[cfg(feature = "rustls")]
 pub use crate::runtime::host::rustls::{RustlsConnector, rustls_error};
 pub use crate::runtime::host::settings::{DEFAULT_SERVER, LockBuilder};

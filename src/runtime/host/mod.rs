@@ -3,7 +3,9 @@
 //! the hang-up watch of lease guards. Nothing here knows a runtime; the
 //! adapters import from here, never from each other.
 
+pub mod client;
 pub mod cluster;
+pub mod pool;
 #[cfg(feature = "rustls")]
 pub mod rustls;
 pub mod settings;
@@ -31,48 +33,83 @@ pub(crate) type HostTls = core::convert::Infallible;
 /// Because the duplicate would keep the connection open, whoever owns the
 /// connection holds a [`HangUpCloser`]: dropping it shuts the socket down
 /// for both sides, so the server sees the close as before.
+///
+/// A connection put back into a client's pool after a clean release must
+/// stay open: [`keep_open`](Self::keep_open) disarms the closer.
 #[derive(Debug)]
-pub(crate) struct HangUp(Option<TcpStream>);
+pub(crate) struct HangUp(Option<TcpStream>, std::sync::atomic::AtomicBool);
 
 impl HangUp {
     /// Duplicates the descriptor of `fd` (nothing to watch on failure).
     #[cfg(unix)]
     pub(crate) fn new(fd: std::os::fd::BorrowedFd<'_>) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self(fd.try_clone_to_owned().ok().map(TcpStream::from)))
+        std::sync::Arc::new(Self(
+            fd.try_clone_to_owned().ok().map(TcpStream::from),
+            false.into(),
+        ))
     }
 
     /// Nothing to watch off Unix.
     #[cfg(not(unix))]
     pub(crate) fn none() -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self(None))
+        std::sync::Arc::new(Self(None, false.into()))
     }
 
     /// Whether the peer closed (or reset) the connection. One `poll(2)`.
     pub(crate) fn seen(&self) -> bool {
-        #[cfg(target_os = "linux")]
+        #[cfg(unix)]
         if let Some(sock) = &self.0 {
-            use std::os::fd::AsRawFd;
-            let mut pfd = libc::pollfd {
-                fd: sock.as_raw_fd(),
-                events: libc::POLLRDHUP,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, exclusively borrowed for the call;
-            // the descriptor is owned by `sock`.
-            let r = unsafe { libc::poll(&mut pfd, 1, 0) };
-            return r > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
+            use std::os::fd::AsFd;
+            return hung_up(sock.as_fd(), false);
         }
+        false
+    }
+
+    /// The connection goes on (back into a pool): the [`HangUpCloser`]
+    /// must not shut it down.
+    pub(crate) fn keep_open(&self) {
+        self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Whether the peer of socket `fd` closed or reset the connection (Linux:
+/// `POLLRDHUP | POLLHUP | POLLERR`; elsewhere `false`), or, with
+/// `data_counts`, sent anything at all (`POLLIN`: a plain connection that
+/// is idle between requests must have nothing to read; the server's
+/// idle-timeout `error` counts). One `poll(2)` with a zero timeout.
+#[cfg(unix)]
+pub(crate) fn hung_up(fd: std::os::fd::BorrowedFd<'_>, data_counts: bool) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let watch = libc::POLLRDHUP | if data_counts { libc::POLLIN } else { 0 };
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: watch,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, exclusively borrowed for the call; the
+        // descriptor is borrowed for the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+        r > 0 && pfd.revents & (watch | libc::POLLHUP | libc::POLLERR) != 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (fd, data_counts);
         false
     }
 }
 
-/// Shuts the watched socket down when dropped (see [`HangUp`]).
+/// Shuts the watched socket down when dropped (see [`HangUp`]), unless
+/// the connection was kept open for reuse.
 #[derive(Debug)]
 pub(crate) struct HangUpCloser(pub(crate) std::sync::Arc<HangUp>);
 
 impl Drop for HangUpCloser {
     fn drop(&mut self) {
-        if let Some(sock) = &self.0.0 {
+        if let Some(sock) = &self.0.0
+            && !self.0.1.load(std::sync::atomic::Ordering::SeqCst)
+        {
             let _ = sock.shutdown(std::net::Shutdown::Both);
         }
     }

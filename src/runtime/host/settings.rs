@@ -1,5 +1,9 @@
-//! The builder shared by the host lock APIs (`tokio_lock` and
-//! `blocking_lock`).
+//! The settings of host locks, split in two: the client-wide part
+//! ([`ClientConfig`]: servers, routing, auth, TLS, timeouts, the pool),
+//! shared in an `Arc` by a [`Client`](super::client::Client) and every lock
+//! made from it, and the per-lock part ([`Settings`]: key, kind,
+//! [`LockOptions`]). Also the per-object [`LockBuilder`], which gives each
+//! lock a client-wide part of its own.
 
 use std::io;
 use std::marker::PhantomData;
@@ -9,9 +13,10 @@ use std::time::Duration;
 use std::vec::Vec;
 
 use super::HostTls;
+use super::pool::{DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE, Pool, max_age};
 use crate::lock::{Jitter, LockOptions, LockSpec, RenewRatio};
 use crate::routing::{Crc32Mod, RouteError, Strategy, route};
-use crate::runtime::{AuthToken, DEFAULT_CONNECT_TIMEOUT};
+use crate::runtime::{AuthToken, ConnectOptions, DEFAULT_CONNECT_TIMEOUT};
 use crate::{ConfigError, Error, Kind};
 
 /// The server used when none is given: `127.0.0.1:6388`.
@@ -20,16 +25,105 @@ pub const DEFAULT_SERVER: &str = "127.0.0.1:6388";
 /// Line buffer of the connections the host lock APIs open.
 pub(crate) const LINE: usize = 256;
 
-/// Everything a host lock needs; shared by its guards.
-pub struct Settings {
-    pub(crate) key: String,
-    pub(crate) kind: Kind,
+/// The client-wide settings: where and how to connect, and how to pool.
+/// Held in an `Arc` by a `Client` and every lock made from it.
+pub struct ClientConfig {
     pub(crate) servers: Vec<String>,
     pub(crate) strategy: Arc<dyn Strategy + Send + Sync>,
     pub(crate) auth_token: Option<AuthToken>,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) options: LockOptions,
     pub(crate) tls: Option<TlsSetting>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) io_timeout: Duration,
+    pub(crate) read_timeout: Duration,
+    pub(crate) pool_max_idle: usize,
+    pub(crate) pool_idle_timeout: Duration,
+}
+
+impl core::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("servers", &self.servers)
+            .field("auth_token", &self.auth_token)
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("io_timeout", &self.io_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("pool_max_idle", &self.pool_max_idle)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            strategy: Arc::new(Crc32Mod),
+            auth_token: None,
+            tls: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            io_timeout: LockOptions::DEFAULT.io_timeout,
+            read_timeout: LockOptions::DEFAULT.read_timeout,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The list, [`DEFAULT_SERVER`] when empty.
+    pub(crate) fn finish(mut self) -> Self {
+        if self.servers.is_empty() {
+            self.servers.push(DEFAULT_SERVER.into());
+        }
+        self
+    }
+
+    /// An empty pool for these servers with these pool options.
+    pub(crate) fn pool<C>(&self) -> Pool<C> {
+        Pool::new(
+            self.servers.len(),
+            self.pool_max_idle,
+            max_age(self.pool_idle_timeout, self.read_timeout),
+        )
+    }
+
+    /// How to connect to any server.
+    pub(crate) fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            connect_timeout: self.connect_timeout,
+            io_timeout: self.io_timeout,
+            auth_token: self.auth_token.clone(),
+        }
+    }
+
+    /// The TLS connector for the server at `addr`, if TLS is on.
+    pub(crate) fn tls_for(&self, addr: &str) -> Result<Option<HostTls>, Error<io::Error>> {
+        self.tls.as_ref().map(|t| t.for_addr(addr)).transpose()
+    }
+
+    /// The index of the server that owns `key`.
+    pub(crate) fn route(&self, key: &str) -> Result<usize, Error<io::Error>> {
+        let list: Vec<&str> = self.servers.iter().map(String::as_str).collect();
+        route(&*self.strategy, key, &list).map_err(route_error)
+    }
+
+    /// `options` with the client-wide timeouts (`io_timeout`,
+    /// `read_timeout`) in place of its own.
+    pub(crate) fn lock_options(&self, mut options: LockOptions) -> LockOptions {
+        options.io_timeout = self.io_timeout;
+        options.read_timeout = self.read_timeout;
+        options
+    }
+}
+
+/// Everything a host lock needs; shared by its guards. `options` carries
+/// the client's `io_timeout` and `read_timeout`.
+pub struct Settings {
+    pub(crate) config: Arc<ClientConfig>,
+    pub(crate) key: String,
+    pub(crate) kind: Kind,
+    pub(crate) options: LockOptions,
 }
 
 /// TLS of a host lock: the connector, and where the server name comes from.
@@ -37,10 +131,10 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
 pub(crate) struct TlsSetting {
-    connector: HostTls,
+    pub(crate) connector: HostTls,
     /// Check each server against the host part of its address instead of
     /// the connector's name.
-    name_per_server: bool,
+    pub(crate) name_per_server: bool,
 }
 
 impl TlsSetting {
@@ -83,26 +177,27 @@ impl core::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("key", &self.key)
             .field("kind", &self.kind)
-            .field("servers", &self.servers)
-            .field("auth_token", &self.auth_token)
-            .field("connect_timeout", &self.connect_timeout)
             .field("options", &self.options)
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
+            .field("config", &self.config)
+            .finish()
     }
 }
 
 impl Settings {
-    pub(crate) fn new(key: String, kind: Kind) -> Self {
+    /// A lock's settings under `config`, whose timeouts replace those of
+    /// `options`.
+    pub(crate) fn new(
+        config: Arc<ClientConfig>,
+        key: String,
+        kind: Kind,
+        options: LockOptions,
+    ) -> Self {
+        let options = config.lock_options(options);
         Self {
+            config,
             key,
             kind,
-            servers: Vec::new(),
-            strategy: Arc::new(Crc32Mod),
-            auth_token: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            options: LockOptions::DEFAULT,
-            tls: None,
+            options,
         }
     }
 
@@ -110,18 +205,10 @@ impl Settings {
         LockSpec::new(&self.key, self.kind).with_options(self.options)
     }
 
-    /// The TLS connector for the server at `addr`, if TLS is on.
-    pub(crate) fn tls_for(&self, addr: &str) -> Result<Option<HostTls>, Error<io::Error>> {
-        self.tls.as_ref().map(|t| t.for_addr(addr)).transpose()
-    }
-
-    /// The address of the server that owns the key.
-    pub(crate) fn server(&self) -> Result<&str, Error<io::Error>> {
-        let list: Vec<&str> = self.servers.iter().map(String::as_str).collect();
-        match route(&*self.strategy, &self.key, &list) {
-            Ok(i) => Ok(list[i]),
-            Err(e) => Err(route_error(e)),
-        }
+    /// The index of the server that owns the key, and its address.
+    pub(crate) fn server(&self) -> Result<(usize, &str), Error<io::Error>> {
+        let i = self.config.route(&self.key)?;
+        Ok((i, &self.config.servers[i]))
     }
 }
 
@@ -140,10 +227,122 @@ pub(crate) fn secs_ceil(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// The client-wide setters, shared by [`LockBuilder`] and
+/// [`ClientBuilder`](super::client::ClientBuilder) (both keep a
+/// `config: ClientConfig`).
+macro_rules! config_setters {
+    () => {
+        /// Adds a server (`host:port`). Without any, [`DEFAULT_SERVER`](crate::blocking::DEFAULT_SERVER).
+        pub fn server(mut self, addr: impl Into<std::string::String>) -> Self {
+            self.config.servers.push(addr.into());
+            self
+        }
+
+        /// Replaces the server list. Keys are routed across it by the
+        /// strategy: list the servers in the same order in every client.
+        pub fn servers<I, S>(mut self, addrs: I) -> Self
+        where
+            I: IntoIterator<Item = S>,
+            S: Into<std::string::String>,
+        {
+            self.config.servers = addrs.into_iter().map(Into::into).collect();
+            self
+        }
+
+        /// Sets the routing strategy (default [`Crc32Mod`](crate::routing::Crc32Mod), as the other
+        /// clients). A closure `Fn(&str, &[&str]) -> usize` works; an index out
+        /// of range makes acquires fail with [`Error::Config`](crate::Error::Config).
+        pub fn strategy(
+            mut self,
+            strategy: impl $crate::routing::Strategy + Send + Sync + 'static,
+        ) -> Self {
+            self.config.strategy = std::sync::Arc::new(strategy);
+            self
+        }
+
+        /// Authenticates every connection with this token. Never logged.
+        pub fn auth_token(mut self, token: impl Into<$crate::runtime::AuthToken>) -> Self {
+            self.config.auth_token = Some(token.into());
+            self
+        }
+
+        /// Connects over TLS (feature `rustls`), verified by `connector`:
+        /// chain, validity period and server name, with the name taken from the
+        /// connector. With several servers, every one of them must present a
+        /// certificate valid for that name (one name in the subjectAltName of
+        /// all, or a wildcard); when each server has a certificate of its own,
+        /// use [`tls_per_server`](Self::tls_per_server).
+        ///
+        /// The TCP connect, the handshake and the `auth` each get the
+        /// [`connect_timeout`](Self::connect_timeout). A certificate that fails
+        /// verification makes every acquire fail with [`Error::Io`](crate::Error::Io); see
+        /// [`rustls_error`](crate::tls_rustls::rustls_error) for the reason.
+        /// Without this option the connections are plain TCP.
+        #[cfg(feature = "rustls")]
+        pub fn tls(mut self, connector: $crate::runtime::host::rustls::RustlsConnector) -> Self {
+            self.config.tls = Some($crate::runtime::host::settings::TlsSetting {
+                connector,
+                name_per_server: false,
+            });
+            self
+        }
+
+        /// [`tls`](Self::tls), but each server's certificate is checked against
+        /// the host part of its own address (`locks-2.example.com` for
+        /// `locks-2.example.com:6388`, `10.0.0.2` for `10.0.0.2:6388`, which
+        /// then needs an IP address subjectAltName). The connector's own name
+        /// is not used; its roots and configuration are.
+        #[cfg(feature = "rustls")]
+        pub fn tls_per_server(
+            mut self,
+            connector: $crate::runtime::host::rustls::RustlsConnector,
+        ) -> Self {
+            self.config.tls = Some($crate::runtime::host::settings::TlsSetting {
+                connector,
+                name_per_server: true,
+            });
+            self
+        }
+
+        /// Gives up connecting after this long (default 10 s).
+        pub fn connect_timeout(mut self, timeout: core::time::Duration) -> Self {
+            self.config.connect_timeout = timeout;
+            self
+        }
+
+        /// The server's idle read timeout (`--read-timeout`, default 23 s):
+        /// renews are sent often enough that a held connection is never
+        /// silent that long, and an idle pooled connection is closed after two
+        /// thirds of it at the latest. Zero: no bound.
+        pub fn read_timeout(mut self, timeout: core::time::Duration) -> Self {
+            self.config.read_timeout = timeout;
+            self
+        }
+
+        /// Client-side reply timeout beyond server-side blocking (default
+        /// 10 s): a dead server gives [`Error::Timeout`](crate::Error::Timeout).
+        pub fn io_timeout(mut self, timeout: core::time::Duration) -> Self {
+            self.config.io_timeout = timeout;
+            self
+        }
+    };
+}
+pub(crate) use config_setters;
+
 pub(crate) mod sealed {
-    /// Host lock types a [`LockBuilder`](super::LockBuilder) can build.
+    use std::sync::Arc;
+
+    /// Host lock types a [`LockBuilder`](super::LockBuilder) or a `Client`
+    /// can build.
     pub trait FromSettings {
-        fn from_settings(settings: super::Settings) -> Self;
+        /// The connection the lock's pool keeps.
+        type Conn: Send + 'static;
+        /// The lock with these settings, taking and putting back
+        /// connections in `pool`.
+        fn from_settings(
+            settings: super::Settings,
+            pool: Arc<super::super::pool::Pool<Self::Conn>>,
+        ) -> Self;
     }
 }
 
@@ -165,149 +364,85 @@ pub(crate) mod sealed {
 ///     .build();
 /// # let _ = lock; }
 /// ```
+///
+/// The lock gets a client-wide part of its own, with a pool of idle
+/// connections shared by its clones (see
+/// [`Client`](super::client::Client) for the pool; the defaults apply).
+/// To share servers, TLS, auth and the pool between many locks, make them
+/// from one `Client`.
 pub struct LockBuilder<L> {
-    settings: Settings,
+    config: ClientConfig,
+    key: String,
+    kind: Kind,
+    options: LockOptions,
     _target: PhantomData<fn() -> L>,
 }
 
 impl<L> core::fmt::Debug for LockBuilder<L> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_tuple("LockBuilder").field(&self.settings).finish()
+        f.debug_struct("LockBuilder")
+            .field("key", &self.key)
+            .field("kind", &self.kind)
+            .field("options", &self.options)
+            .field("config", &self.config)
+            .finish()
     }
 }
 
 impl<L: sealed::FromSettings> LockBuilder<L> {
     pub(crate) fn new(key: String, kind: Kind) -> Self {
         Self {
-            settings: Settings::new(key, kind),
+            config: ClientConfig::default(),
+            key,
+            kind,
+            options: LockOptions::DEFAULT,
             _target: PhantomData,
         }
     }
 
-    /// Adds a server (`host:port`). Without any, [`DEFAULT_SERVER`].
-    pub fn server(mut self, addr: impl Into<String>) -> Self {
-        self.settings.servers.push(addr.into());
-        self
-    }
-
-    /// Replaces the server list. Keys are routed across it by the
-    /// strategy: list the servers in the same order in every client.
-    pub fn servers<I, S>(mut self, addrs: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.settings.servers = addrs.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Sets the routing strategy (default [`Crc32Mod`], as the other
-    /// clients). A closure `Fn(&str, &[&str]) -> usize` works; an index out
-    /// of range makes acquires fail with [`Error::Config`].
-    pub fn strategy(mut self, strategy: impl Strategy + Send + Sync + 'static) -> Self {
-        self.settings.strategy = Arc::new(strategy);
-        self
-    }
-
-    /// Authenticates every connection with this token. Never logged.
-    pub fn auth_token(mut self, token: impl Into<AuthToken>) -> Self {
-        self.settings.auth_token = Some(token.into());
-        self
-    }
-
-    /// Connects over TLS (feature `rustls`), verified by `connector`:
-    /// chain, validity period and server name, with the name taken from the
-    /// connector. With several servers, every one of them must present a
-    /// certificate valid for that name (one name in the subjectAltName of
-    /// all, or a wildcard); when each server has a certificate of its own,
-    /// use [`tls_per_server`](Self::tls_per_server).
-    ///
-    /// The TCP connect, the handshake and the `auth` each get the
-    /// [`connect_timeout`](Self::connect_timeout). A certificate that fails
-    /// verification makes every acquire fail with [`Error::Io`]; see
-    /// [`rustls_error`](super::rustls::rustls_error) for the reason.
-    /// Without this option the connections are plain TCP.
-    #[cfg(feature = "rustls")]
-    pub fn tls(mut self, connector: super::rustls::RustlsConnector) -> Self {
-        self.settings.tls = Some(TlsSetting {
-            connector,
-            name_per_server: false,
-        });
-        self
-    }
-
-    /// [`tls`](Self::tls), but each server's certificate is checked against
-    /// the host part of its own address (`locks-2.example.com` for
-    /// `locks-2.example.com:6388`, `10.0.0.2` for `10.0.0.2:6388`, which
-    /// then needs an IP address subjectAltName). The connector's own name
-    /// is not used; its roots and configuration are.
-    #[cfg(feature = "rustls")]
-    pub fn tls_per_server(mut self, connector: super::rustls::RustlsConnector) -> Self {
-        self.settings.tls = Some(TlsSetting {
-            connector,
-            name_per_server: true,
-        });
-        self
-    }
-
-    /// Gives up connecting after this long (default 10 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.connect_timeout = timeout;
-        self
-    }
+    config_setters!();
 
     /// How long the server may block an acquire or wait (default 10 s).
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.options.acquire_timeout = timeout;
+        self.options.acquire_timeout = timeout;
         self
     }
 
     /// The lease TTL (default: the server's). Sent in whole seconds,
     /// rounded up.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.settings.options.lease_ttl = Some(ttl);
+        self.options.lease_ttl = Some(ttl);
         self
     }
 
     /// When to renew, as a fraction of the lease (default 0.5).
     pub fn renew_ratio(mut self, ratio: RenewRatio) -> Self {
-        self.settings.options.renew_ratio = ratio;
+        self.options.renew_ratio = ratio;
         self
     }
 
     /// Random early renew, as a fraction of the renew interval
     /// (default 10 %).
     pub fn early_jitter(mut self, jitter: Jitter) -> Self {
-        self.settings.options.early_jitter = jitter;
+        self.options.early_jitter = jitter;
         self
     }
 
-    /// The server's idle read timeout (default 23 s): renews are sent
-    /// often enough that the connection is never silent that long.
-    pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.options.read_timeout = timeout;
-        self
-    }
-
-    /// Client-side reply timeout beyond server-side blocking (default
-    /// 10 s): a dead server gives [`Error::Timeout`].
-    pub fn io_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.options.io_timeout = timeout;
-        self
-    }
-
-    /// Replaces all lease options at once.
+    /// Replaces all lease options at once (its `read_timeout` and
+    /// `io_timeout` included).
     pub fn options(mut self, options: LockOptions) -> Self {
-        self.settings.options = options;
+        self.options = options;
+        self.config.read_timeout = options.read_timeout;
+        self.config.io_timeout = options.io_timeout;
         self
     }
 
     /// Builds the lock. Nothing is connected until it is acquired.
-    pub fn build(mut self) -> L {
-        if self.settings.servers.is_empty() {
-            self.settings.servers.push(DEFAULT_SERVER.into());
-        }
-        L::from_settings(self.settings)
+    pub fn build(self) -> L {
+        let config = self.config.finish();
+        let pool = Arc::new(config.pool());
+        let settings = Settings::new(Arc::new(config), self.key, self.kind, self.options);
+        L::from_settings(settings, pool)
     }
 }
 

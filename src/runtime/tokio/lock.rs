@@ -40,8 +40,11 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use super::{ConnectOptions, HostConnection, TokioTimer, connect_host, tokio_instant};
+use super::{HostConnection, TokioTimer, connect_host, tokio_instant};
 use crate::lock::Lease;
+#[cfg(unix)]
+use crate::runtime::host::hung_up;
+use crate::runtime::host::pool::{Home, Pool};
 use crate::runtime::host::settings::{
     LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil,
 };
@@ -51,7 +54,7 @@ use crate::{Error, Grant, Kind, Token};
 
 use super::Result;
 
-type Conn = HostConnection<LINE, 0>;
+pub(crate) type Conn = HostConnection<LINE, 0>;
 
 /// Runs a connection request with a client-side deadline.
 async fn bounded<T, F>(dur: Duration, fut: F) -> Result<T>
@@ -63,48 +66,75 @@ where
         .map_err(|_| Error::Timeout)?
 }
 
-/// What locks and semaphores share.
+/// What locks and semaphores share: their settings and the pool of idle
+/// connections (the client's, or the lock's own).
 #[derive(Debug, Clone)]
-struct Resource(Arc<Settings>);
+struct Resource(Arc<Settings>, Arc<Pool<Conn>>);
+
+/// Whether a pooled connection can carry the next request: not poisoned,
+/// and the server has not closed it (nor, on plain TCP, sent anything).
+fn reusable(conn: &mut Conn) -> bool {
+    if !conn.is_usable() {
+        return false;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        match conn.transport_mut() {
+            super::HostStream::Plain(s) => !hung_up(s.inner().as_fd(), true),
+            #[cfg(feature = "rustls")]
+            super::HostStream::Tls(s) => !hung_up(s.inner().get_ref().0.as_fd(), false),
+        }
+    }
+    #[cfg(not(unix))]
+    true
+}
 
 impl Resource {
-    async fn connect(&self) -> Result<Conn> {
-        let s = &self.0;
-        let opts = ConnectOptions {
-            connect_timeout: s.connect_timeout,
-            io_timeout: s.options.io_timeout,
-            auth_token: s.auth_token.clone(),
-        };
-        let addr = s.server()?;
-        let tls = s.tls_for(addr)?;
-        connect_host::<LINE, 0>(addr, &opts, tls.as_ref()).await
+    /// An idle connection to the key's server from the pool, or a new one.
+    async fn connect(&self) -> Result<(Conn, Home<Conn>)> {
+        let (server, addr) = self.0.server()?;
+        let home = Home::new(self.1.clone(), server);
+        if let Some(conn) = home.take(reusable) {
+            return Ok((conn, home));
+        }
+        let c = &self.0.config;
+        let tls = c.tls_for(addr)?;
+        let conn = connect_host::<LINE, 0>(addr, &c.connect_options(), tls.as_ref()).await?;
+        Ok((conn, home))
     }
 
     async fn acquire_within(&self, timeout: Duration) -> Result<Option<LeaseGuard>> {
         let s = &self.0;
-        let mut conn = self.connect().await?;
+        let (mut conn, home) = self.connect().await?;
         let secs = secs_ceil(timeout);
         let limit = Duration::from_secs(secs).saturating_add(s.options.io_timeout);
         let lease = s.spec().options().lease_ttl.map(|d| secs_ceil(d).max(1));
         let sent = TokioTimer.now();
         let grant = bounded(limit, conn.acquire(s.kind, &s.key, secs, lease)).await?;
         let received = TokioTimer.now();
-        Ok(grant.map(|g| LeaseGuard::spawn(conn, self.0.clone(), g, sent, received)))
+        Ok(grant.map(|g| LeaseGuard::spawn(conn, home, self.0.clone(), g, sent, received)))
     }
 
     async fn enqueue(&self) -> Result<Enqueued> {
         let s = &self.0;
-        let mut conn = self.connect().await?;
+        let (mut conn, home) = self.connect().await?;
         let lease = s.spec().options().lease_ttl.map(|d| secs_ceil(d).max(1));
         let sent = TokioTimer.now();
         let reply = bounded(s.options.io_timeout, conn.enqueue(s.kind, &s.key, lease)).await?;
         let received = TokioTimer.now();
         Ok(Enqueued(match reply {
-            crate::Enqueued::Acquired(g) => {
-                EnqueuedState::Acquired(LeaseGuard::spawn(conn, self.0.clone(), g, sent, received))
-            }
+            crate::Enqueued::Acquired(g) => EnqueuedState::Acquired(LeaseGuard::spawn(
+                conn,
+                home,
+                self.0.clone(),
+                g,
+                sent,
+                received,
+            )),
             crate::Enqueued::Queued => EnqueuedState::Queued {
                 conn: Box::new(conn),
+                home,
                 settings: self.0.clone(),
             },
         }))
@@ -209,8 +239,9 @@ impl DistributedLock {
 }
 
 impl FromSettings for DistributedLock {
-    fn from_settings(settings: Settings) -> Self {
-        Self(Resource(Arc::new(settings)))
+    type Conn = Conn;
+    fn from_settings(settings: Settings, pool: Arc<Pool<Conn>>) -> Self {
+        Self(Resource(Arc::new(settings), pool))
     }
 }
 
@@ -245,8 +276,9 @@ impl DistributedSemaphore {
 }
 
 impl FromSettings for DistributedSemaphore {
-    fn from_settings(settings: Settings) -> Self {
-        Self(Resource(Arc::new(settings)))
+    type Conn = Conn;
+    fn from_settings(settings: Settings, pool: Arc<Pool<Conn>>) -> Self {
+        Self(Resource(Arc::new(settings), pool))
     }
 }
 
@@ -262,6 +294,7 @@ enum EnqueuedState {
     Acquired(LeaseGuard),
     Queued {
         conn: Box<Conn>,
+        home: Home<Conn>,
         settings: Arc<Settings>,
     },
 }
@@ -290,13 +323,17 @@ impl Enqueued {
     pub async fn wait_within(self, timeout: Duration) -> Result<Option<LeaseGuard>> {
         match self.0 {
             EnqueuedState::Acquired(guard) => Ok(Some(guard)),
-            EnqueuedState::Queued { mut conn, settings } => {
+            EnqueuedState::Queued {
+                mut conn,
+                home,
+                settings,
+            } => {
                 let secs = secs_ceil(timeout);
                 let limit = Duration::from_secs(secs).saturating_add(settings.options.io_timeout);
                 let sent = TokioTimer.now();
                 let grant = bounded(limit, conn.wait(settings.kind, &settings.key, secs)).await?;
                 let received = TokioTimer.now();
-                Ok(grant.map(|g| LeaseGuard::spawn(*conn, settings, g, sent, received)))
+                Ok(grant.map(|g| LeaseGuard::spawn(*conn, home, settings, g, sent, received)))
             }
         }
     }
@@ -351,6 +388,7 @@ async fn closed(conn: &mut Conn) {
 impl LeaseGuard {
     fn spawn(
         mut conn: Conn,
+        home: Home<Conn>,
         settings: Arc<Settings>,
         grant: Grant,
         sent: Instant,
@@ -380,7 +418,7 @@ impl LeaseGuard {
         tokio::spawn(async move {
             // Shuts the socket down when the task ends or is dropped,
             // whatever the guard's duplicate descriptor does.
-            let _closer = closer;
+            let closer = closer;
             let spec = task_settings.spec();
             let mut lease = Lease::from_grant(&spec, grant, sent, received);
             loop {
@@ -401,6 +439,12 @@ impl LeaseGuard {
                     // Bounded by the reply timeout and the lease's deadline.
                     let out = lease.release(&mut conn, &TokioTimer).await;
                     state_tx.send_replace(State::Released);
+                    // Released cleanly: the connection is reusable (before
+                    // the reply, so the caller's next acquire finds it).
+                    if out.is_ok() && conn.is_usable() {
+                        closer.0.keep_open();
+                        home.put(conn);
+                    }
                     if let Some(reply) = reply {
                         let _ = reply.send(out);
                     }
