@@ -70,6 +70,14 @@ fn check_futures(
     assert_send(&sig.emit("c", "p"));
     assert_send(&sig.recv());
 
+    // The client handle: its locks are the DistributedLock and
+    // DistributedSemaphore above; its own futures.
+    let client = rt::Client::new("a:1");
+    assert_send(&client.signals());
+    assert_send(&client.signals_with(SignalOptions::default()));
+    assert_send(&client.lock("k").acquire());
+    assert_send(&client.semaphore("k", 2).enqueue());
+
     // runtime::tokio
     assert_send(&rt::connect::<1024, 0>("a:1", &opts));
     assert_send(&rt::timeout(Duration::from_secs(1), async {
@@ -124,6 +132,8 @@ fn check_tls_futures(tls: dflockd_client::tls_rustls::RustlsConnector) {
 #[test]
 fn handles_are_send_and_sync_and_the_signal_stream_is_send() {
     assert_send_sync::<DistributedLock>();
+    assert_send_sync::<rt::Client>();
+    assert_send_sync::<dflockd_client::blocking::Client>();
     assert_send_sync::<DistributedSemaphore>();
     assert_send_sync::<Enqueued>();
     assert_send_sync::<LeaseGuard>();
