@@ -449,7 +449,8 @@ impl LeaseGuard {
                 let closer = closer;
                 renew_loop(
                     conn,
-                    (&home, &closer.0),
+                    &home,
+                    &closer.0,
                     &thread_settings,
                     grant,
                     sent,
@@ -549,9 +550,11 @@ impl LeaseGuard {
 /// The renewal thread: renews on the lease's schedule, checks for a closed
 /// connection while waiting, releases on request or when the guard is
 /// dropped.
+#[allow(clippy::too_many_arguments)] // until the lease driver owns the lease state
 fn renew_loop(
     mut conn: Conn,
-    (home, hangup): (&Home<Conn>, &HangUp),
+    home: &Home<Conn>,
+    hangup: &HangUp,
     settings: &Settings,
     grant: Grant,
     sent: Instant,

@@ -18,7 +18,7 @@ mod cluster;
 mod lock;
 mod signal;
 
-pub use self::client::{Blocking, Client, ClientBuilder};
+pub use self::client::{Client, ClientBuilder};
 pub use self::cluster::{ClusterClient, ClusterGuard, ClusterLock, StdConnector};
 pub use self::lock::{DistributedLock, DistributedSemaphore, Enqueued, LeaseGuard};
 #[cfg(feature = "rustls")]

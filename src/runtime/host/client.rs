@@ -1,102 +1,32 @@
 //! The client handle of the host adapters: servers, routing, auth, TLS,
 //! timeouts and a pool of idle connections, set once and shared by every
-//! lock made from it. Published as `dflockd_client::tokio::Client` and
-//! `dflockd_client::blocking::Client` (the same type over a runtime
-//! marker), like `redis::Client` or `etcd_client::Client`.
+//! lock made from it, like `redis::Client` or `etcd_client::Client`.
+//!
+//! Everything but the runtime lives here: [`ClientCore`] (the shared
+//! config and the pool) and the `client_types!` macro that gives `dflockd_client::tokio::Client` and
+//! `dflockd_client::blocking::Client` the same methods, written once.
+//! The adapters add the signal connection (async or not).
 
-use core::marker::PhantomData;
-use core::time::Duration;
 use std::io;
 use std::string::String;
 use std::sync::Arc;
 
 use super::HostTls;
 use super::pool::Pool;
-use super::settings::{ClientConfig, Settings, config_setters, sealed::FromSettings};
+use super::settings::{ClientConfig, DEFAULT_SERVER, Settings, sealed::FromSettings};
 use super::signal::SignalOptions;
 use crate::lock::LockOptions;
 use crate::runtime::ConnectOptions;
 use crate::{Error, Kind};
 
-pub(crate) mod sealed {
-    use super::super::settings::sealed::FromSettings;
-
-    /// The runtimes a [`Client`](super::Client) works on: `Tokio` and
-    /// `Blocking`. Sealed.
-    pub trait Adapter: 'static {
-        /// The connection the pool keeps.
-        type Conn: Send + 'static;
-        /// The runtime's `DistributedLock`.
-        type Lock: FromSettings<Conn = Self::Conn>;
-        /// The runtime's `DistributedSemaphore`.
-        type Semaphore: FromSettings<Conn = Self::Conn>;
-    }
-}
-
-/// A handle on a set of dflockd servers: servers and routing strategy,
-/// authentication, TLS, timeouts and a pool of idle connections, set once.
-/// Every lock and semaphore made from it shares them. Cheap to clone (an
-/// `Arc`); the clones share the pool.
-///
-/// Use it as `dflockd_client::tokio::Client` or
-/// `dflockd_client::blocking::Client` (same methods, minus `async` on the
-/// blocking side).
-///
-/// # The pool
-///
-/// Each acquire takes an idle connection to the key's server from the pool,
-/// or opens one (TCP, TLS handshake, `auth`). When a lease is released
-/// cleanly (the server confirmed the release), its connection goes back to
-/// the pool for the next acquire. A connection whose wait was abandoned,
-/// whose lease was lost, whose request failed or whose state is unknown
-/// (a guard dropped while a renew was in flight, a release that failed) is
-/// closed, never reused: the server then frees whatever it held.
-///
-/// At most [`pool_max_idle`](ClientBuilder::pool_max_idle) connections per
-/// server wait in the pool (default
-/// [`DEFAULT_POOL_MAX_IDLE`](super::pool::DEFAULT_POOL_MAX_IDLE), 8), each
-/// for at most [`pool_idle_timeout`](ClientBuilder::pool_idle_timeout)
-/// (default 15 s) and never longer than two thirds of the server's
-/// [`read_timeout`](ClientBuilder::read_timeout) (default 23 s): a pooled
-/// connection is closed before the server could time it out (closed, not
-/// pinged; a background thread of the pool does it even when nobody
-/// acquires). When taken from the pool a connection is probed first (one
-/// non-blocking system call); one the server closed meanwhile is dropped
-/// and the next one tried, or a new one opened, so a server restart or a
-/// server-side idle close never fails an acquire.
-///
-/// # Signals
-///
-/// [`signals`](Self::signals) opens a signal connection with the client's
-/// auth, TLS and timeouts to the FIRST server of the list: the server
-/// delivers a signal only to its own connections, so signals are not
-/// sharded; every emitter and listener of a channel must use the same
-/// server.
-///
-/// ```no_run
-/// # async fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
-/// use std::time::Duration;
-/// use dflockd_client::tokio::Client;
-///
-/// let client = Client::builder()
-///     .servers(["10.0.0.1:6388", "10.0.0.2:6388"])
-///     .auth_token("s3cret")
-///     .connect_timeout(Duration::from_secs(2))
-///     .build();
-/// let orders = client.lock("orders");
-/// if let Some(guard) = orders.acquire().await? {
-///     // ... critical section; the lease is renewed in the background ...
-///     guard.release().await?; // the connection goes back to the pool
-/// }
-/// let pool = client.semaphore("db-pool", 5);
-/// # let _ = pool; Ok(()) }
-/// ```
-pub struct Client<A: sealed::Adapter> {
+/// What a client shares with every lock made from it: the client-wide
+/// settings and the pool of idle connections `C`.
+pub(crate) struct ClientCore<C> {
     config: Arc<ClientConfig>,
-    pool: Arc<Pool<A::Conn>>,
+    pool: Arc<Pool<C>>,
 }
 
-impl<A: sealed::Adapter> Clone for Client<A> {
+impl<C> Clone for ClientCore<C> {
     fn clone(&self) -> Self {
         Self {
             config: self.config.clone(),
@@ -105,7 +35,7 @@ impl<A: sealed::Adapter> Clone for Client<A> {
     }
 }
 
-impl<A: sealed::Adapter> core::fmt::Debug for Client<A> {
+impl<C> core::fmt::Debug for ClientCore<C> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Client")
             .field("config", &self.config)
@@ -114,23 +44,19 @@ impl<A: sealed::Adapter> core::fmt::Debug for Client<A> {
     }
 }
 
-impl<A: sealed::Adapter> Client<A> {
-    /// A client of the one server at `addr` (`host:port`) with the
-    /// defaults: plain TCP, no auth, the default timeouts and pool.
-    pub fn new(addr: impl Into<String>) -> Self {
-        Self::builder().server(addr).build()
-    }
-
-    /// A builder; without any server it uses
-    /// [`DEFAULT_SERVER`](crate::blocking::DEFAULT_SERVER).
-    pub fn builder() -> ClientBuilder<A> {
-        ClientBuilder {
-            config: ClientConfig::default(),
-            _adapter: PhantomData,
+impl<C: Send + 'static> ClientCore<C> {
+    /// The client of `config` (the server list filled in), with an empty
+    /// pool.
+    pub(crate) fn new(config: ClientConfig) -> Self {
+        let config = config.finish();
+        Self {
+            pool: Arc::new(config.pool()),
+            config: Arc::new(config),
         }
     }
 
-    fn make<L: FromSettings<Conn = A::Conn>>(
+    /// A lock or semaphore sharing the config and the pool.
+    pub(crate) fn make<L: FromSettings<Conn = C>>(
         &self,
         key: String,
         kind: Kind,
@@ -140,84 +66,23 @@ impl<A: sealed::Adapter> Client<A> {
         L::from_settings(settings, self.pool.clone())
     }
 
-    /// An exclusive lock on `key` with the default [`LockOptions`] (10 s
-    /// acquire timeout, the server's lease). Nothing is sent until it is
-    /// acquired.
-    pub fn lock(&self, key: impl Into<String>) -> A::Lock {
-        self.lock_with(key, LockOptions::DEFAULT)
-    }
-
-    /// [`lock`](Self::lock) with other lease options. Their
-    /// `read_timeout` and `io_timeout` are replaced by the client's (one
-    /// server setting, one reply bound for every lock).
-    ///
-    /// ```no_run
-    /// # fn demo(client: &dflockd_client::blocking::Client) {
-    /// use std::time::Duration;
-    /// use dflockd_client::lock::LockOptions;
-    ///
-    /// let mut options = LockOptions::default();
-    /// options.lease_ttl = Some(Duration::from_secs(60));
-    /// options.acquire_timeout = Duration::from_secs(2);
-    /// let lock = client.lock_with("orders", options);
-    /// # let _ = lock; }
-    /// ```
-    pub fn lock_with(&self, key: impl Into<String>, options: LockOptions) -> A::Lock {
-        self.make(key.into(), Kind::Lock, options)
-    }
-
-    /// A counting semaphore on `key` admitting `limit` holders, with the
-    /// default [`LockOptions`]. All clients of a key must use the same
-    /// limit.
-    pub fn semaphore(&self, key: impl Into<String>, limit: u32) -> A::Semaphore {
-        self.semaphore_with(key, limit, LockOptions::DEFAULT)
-    }
-
-    /// [`semaphore`](Self::semaphore) with other lease options (timeouts
-    /// as in [`lock_with`](Self::lock_with)).
-    pub fn semaphore_with(
-        &self,
-        key: impl Into<String>,
-        limit: u32,
-        options: LockOptions,
-    ) -> A::Semaphore {
-        self.make(key.into(), Kind::Semaphore { limit }, options)
-    }
-
-    /// The servers, in routing order.
-    pub fn servers(&self) -> &[String] {
+    pub(crate) fn servers(&self) -> &[String] {
         &self.config.servers
     }
 
-    /// Idle connections in the pool now, over all servers.
-    pub fn idle_connections(&self) -> usize {
-        self.pool.idle()
+    pub(crate) fn pool(&self) -> &Pool<C> {
+        &self.pool
     }
 
-    /// Idle connections kept per server at most.
-    pub fn pool_max_idle(&self) -> usize {
-        self.pool.max_idle()
-    }
-
-    /// How long a pooled connection may sit idle: the
-    /// [`pool_idle_timeout`](ClientBuilder::pool_idle_timeout), at most
-    /// two thirds of the [`read_timeout`](ClientBuilder::read_timeout).
-    pub fn pool_idle_lifetime(&self) -> Duration {
-        self.pool.max_age()
-    }
-
-    /// Where and how the signal connection of [`signals`](Self::signals)
-    /// connects: the first server, the client's connect options and TLS,
-    /// and `opts` with the client's `read_timeout` and `io_timeout`.
+    /// Where and how the signal connection connects: the first server, the
+    /// client's connect options and TLS, and `opts` with the client's
+    /// `read_timeout` and `io_timeout`.
     pub(crate) fn signal_setup(
         &self,
         mut opts: SignalOptions,
     ) -> Result<(&str, ConnectOptions, Option<HostTls>, SignalOptions), Error<io::Error>> {
         let c = &self.config;
-        let addr = c
-            .servers
-            .first()
-            .map_or(super::settings::DEFAULT_SERVER, String::as_str);
+        let addr = c.servers.first().map_or(DEFAULT_SERVER, String::as_str);
         opts.read_timeout = c.read_timeout;
         opts.io_timeout = c.io_timeout;
         Ok((addr, c.connect_options(), c.tls_for(addr)?, opts))
@@ -235,54 +100,178 @@ impl<A: sealed::Adapter> Client<A> {
     }
 }
 
-/// Builds a [`Client`]: `dflockd_client::tokio::Client::builder()` or
-/// `dflockd_client::blocking::Client::builder()`.
-///
-/// Defaults: [`DEFAULT_SERVER`](crate::blocking::DEFAULT_SERVER) when no
-/// server is given, CRC-32 routing, no auth, plain TCP, connect timeout
-/// 10 s, `io_timeout` 10 s, `read_timeout` 23 s (the server's default),
-/// pool of 8 idle connections per server, each idle for 15 s at most.
-pub struct ClientBuilder<A: sealed::Adapter> {
-    config: ClientConfig,
-    _adapter: PhantomData<fn() -> A>,
-}
+/// Defines a runtime's `Client` and `ClientBuilder`: `$lock` and `$sem`
+/// are its lock types, `$conn` the connection they pool, `$rt` its name
+/// in the docs. The runtime adds the signal connection.
+macro_rules! client_types {
+    ($lock:ty, $sem:ty, $conn:ty, $rt:literal) => {
+        #[doc = include_str!("../host/client.md")]
+        #[derive(Debug, Clone)]
+        pub struct Client(crate::runtime::host::client::ClientCore<$conn>);
 
-impl<A: sealed::Adapter> core::fmt::Debug for ClientBuilder<A> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_tuple("ClientBuilder").field(&self.config).finish()
-    }
-}
+        impl Client {
+            /// A client of the one server at `addr` (`host:port`) with the
+            /// defaults: plain TCP, no auth, the default timeouts and pool.
+            pub fn new(addr: impl Into<std::string::String>) -> Self {
+                Self::builder().server(addr).build()
+            }
 
-impl<A: sealed::Adapter> ClientBuilder<A> {
-    config_setters!();
+            /// A builder; see [`ClientBuilder`] for the options and defaults.
+            pub fn builder() -> ClientBuilder {
+                ClientBuilder {
+                    config: Default::default(),
+                }
+            }
 
-    /// Idle connections kept per server for reuse (default
-    /// [`DEFAULT_POOL_MAX_IDLE`](super::pool::DEFAULT_POOL_MAX_IDLE), 8).
-    /// Zero turns the pool off: every acquire opens its own connection and
-    /// every release closes it. This bounds idle connections only; locks
-    /// held at once each have their own connection.
-    pub fn pool_max_idle(mut self, max: usize) -> Self {
-        self.config.pool_max_idle = max;
-        self
-    }
+            /// An exclusive lock on `key` with the default
+            /// [`LockOptions`](crate::lock::LockOptions) (10 s acquire timeout,
+            /// the server's lease), sharing the client's settings and pool.
+            /// Nothing is sent until it is acquired.
+            pub fn lock(&self, key: impl Into<std::string::String>) -> $lock {
+                self.lock_with(key, crate::lock::LockOptions::DEFAULT)
+            }
 
-    /// How long a connection may wait in the pool before it is closed
-    /// (default
-    /// [`DEFAULT_POOL_IDLE_TIMEOUT`](super::pool::DEFAULT_POOL_IDLE_TIMEOUT),
-    /// 15 s). Capped at two thirds of the
-    /// [`read_timeout`](Self::read_timeout), so the server never times a
-    /// pooled connection out. Zero turns the pool off.
-    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
-        self.config.pool_idle_timeout = timeout;
-        self
-    }
+            /// [`lock`](Self::lock) with other lease options. Their
+            /// `read_timeout` and `io_timeout` are replaced by the client's (one
+            /// server setting, one reply bound for every lock).
+            ///
+            /// ```no_run
+            /// # fn demo(client: &dflockd_client::blocking::Client) {
+            /// use std::time::Duration;
+            /// use dflockd_client::lock::LockOptions;
+            ///
+            /// let mut options = LockOptions::default();
+            /// options.lease_ttl = Some(Duration::from_secs(60));
+            /// options.acquire_timeout = Duration::from_secs(2);
+            /// let lock = client.lock_with("orders", options);
+            /// # let _ = lock; }
+            /// ```
+            pub fn lock_with(
+                &self,
+                key: impl Into<std::string::String>,
+                options: crate::lock::LockOptions,
+            ) -> $lock {
+                self.0.make(key.into(), crate::Kind::Lock, options)
+            }
 
-    /// Builds the client. Nothing is connected until a lock is acquired.
-    pub fn build(self) -> Client<A> {
-        let config = self.config.finish();
-        Client {
-            pool: Arc::new(config.pool()),
-            config: Arc::new(config),
+            /// A counting semaphore on `key` admitting `limit` holders, with the
+            /// default [`LockOptions`](crate::lock::LockOptions). All clients of
+            /// a key must use the same limit.
+            pub fn semaphore(&self, key: impl Into<std::string::String>, limit: u32) -> $sem {
+                self.semaphore_with(key, limit, crate::lock::LockOptions::DEFAULT)
+            }
+
+            /// [`semaphore`](Self::semaphore) with other lease options (timeouts
+            /// as in [`lock_with`](Self::lock_with)).
+            pub fn semaphore_with(
+                &self,
+                key: impl Into<std::string::String>,
+                limit: u32,
+                options: crate::lock::LockOptions,
+            ) -> $sem {
+                self.0
+                    .make(key.into(), crate::Kind::Semaphore { limit }, options)
+            }
+
+            /// The servers, in routing order.
+            pub fn servers(&self) -> &[std::string::String] {
+                self.0.servers()
+            }
+
+            /// Idle connections in the pool now, over all servers.
+            pub fn idle_connections(&self) -> usize {
+                self.0.pool().idle()
+            }
+
+            /// Idle connections kept per server at most
+            /// ([`ClientBuilder::pool_max_idle`]).
+            pub fn pool_max_idle(&self) -> usize {
+                self.0.pool().max_idle()
+            }
+
+            /// How long a pooled connection may sit idle: the
+            /// [`pool_idle_timeout`](ClientBuilder::pool_idle_timeout), at most
+            /// two thirds of the [`read_timeout`](ClientBuilder::read_timeout).
+            pub fn pool_idle_lifetime(&self) -> core::time::Duration {
+                self.0.pool().max_age()
+            }
         }
+
+        #[doc = concat!("Builds a ", $rt, " [`Client`] (`Client::builder()`).")]
+        ///
+        /// Defaults: [`DEFAULT_SERVER`](crate::blocking::DEFAULT_SERVER)
+        /// when no server is given, CRC-32 routing, no auth, plain TCP,
+        /// connect timeout 10 s, `io_timeout` 10 s, `read_timeout` 23 s (the
+        /// server's default), a pool of 8 idle connections per server, each
+        /// idle for 15 s at most.
+        #[derive(Debug)]
+        pub struct ClientBuilder {
+            config: crate::runtime::host::settings::ClientConfig,
+        }
+
+        impl ClientBuilder {
+            crate::runtime::host::settings::config_setters!();
+
+            /// Idle connections kept per server for reuse (default
+            /// [`DEFAULT_POOL_MAX_IDLE`](crate::blocking::DEFAULT_POOL_MAX_IDLE),
+            /// 8). Zero turns the pool off: every acquire opens its own
+            /// connection and every release closes it. This bounds idle
+            /// connections only; locks held at once each have their own.
+            pub fn pool_max_idle(mut self, max: usize) -> Self {
+                self.config.pool_max_idle = max;
+                self
+            }
+
+            /// How long a connection may wait in the pool before it is closed
+            /// (default
+            /// [`DEFAULT_POOL_IDLE_TIMEOUT`](crate::blocking::DEFAULT_POOL_IDLE_TIMEOUT),
+            /// 15 s). Capped at two thirds of the
+            /// [`read_timeout`](Self::read_timeout), so the server never times
+            /// a pooled connection out. Zero turns the pool off.
+            pub fn pool_idle_timeout(mut self, timeout: core::time::Duration) -> Self {
+                self.config.pool_idle_timeout = timeout;
+                self
+            }
+
+            /// Builds the client. Nothing is connected until a lock is acquired.
+            pub fn build(self) -> Client {
+                Client(crate::runtime::host::client::ClientCore::new(self.config))
+            }
+        }
+    };
+}
+pub(crate) use client_types;
+
+/// The pool defaults, for the docs of the builders.
+const _: () = {
+    assert!(super::pool::DEFAULT_POOL_MAX_IDLE == 8);
+    assert!(super::pool::DEFAULT_POOL_IDLE_TIMEOUT.as_secs() == 15);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::time::Duration;
+
+    #[test]
+    fn default_signal_heartbeat_stays_below_the_read_timeout() {
+        let core = ClientCore::<()>::new(ClientConfig::default());
+        assert_eq!(
+            core.default_signal_options().heartbeat,
+            Duration::from_secs(15)
+        );
+        let short = ClientConfig {
+            read_timeout: Duration::from_secs(9),
+            ..ClientConfig::default()
+        };
+        let core = ClientCore::<()>::new(short);
+        assert_eq!(
+            core.default_signal_options().heartbeat,
+            Duration::from_secs(6)
+        );
+        let (addr, _, tls, opts) = core.signal_setup(SignalOptions::default()).unwrap();
+        assert_eq!(addr, DEFAULT_SERVER);
+        assert!(tls.is_none());
+        assert_eq!(opts.read_timeout, Duration::from_secs(9));
     }
 }

@@ -24,12 +24,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-/// Default of [`pool_max_idle`](super::client::ClientBuilder::pool_max_idle):
+/// Default of [`pool_max_idle`](crate::blocking::ClientBuilder):
 /// idle connections kept per server.
 pub const DEFAULT_POOL_MAX_IDLE: usize = 8;
 
 /// Default of
-/// [`pool_idle_timeout`](super::client::ClientBuilder::pool_idle_timeout):
+/// [`pool_idle_timeout`](crate::blocking::ClientBuilder):
 /// how long a pooled connection may sit idle.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -367,7 +367,7 @@ pub(crate) mod sealed {
 ///
 /// The lock gets a client-wide part of its own, with a pool of idle
 /// connections shared by its clones (see
-/// [`Client`](super::client::Client) for the pool; the defaults apply).
+/// [`Client`](crate::blocking::Client) for the pool; the defaults apply).
 /// To share servers, TLS, auth and the pool between many locks, make them
 /// from one `Client`.
 pub struct LockBuilder<L> {

@@ -1,28 +1,10 @@
-//! [`Client`] on tokio: the runtime marker and the signal connection.
+//! [`Client`] on tokio: the shared client types, and the signal
+//! connection.
 
 use super::lock::Conn;
-use super::{DistributedLock, DistributedSemaphore, Result, SignalConn};
-use crate::runtime::host::client::sealed::Adapter;
-use crate::runtime::host::signal::SignalOptions;
+use super::{DistributedLock, DistributedSemaphore, Result, SignalConn, SignalOptions};
 
-/// The tokio runtime, as the parameter of [`Client`] and [`ClientBuilder`]
-/// (never a value).
-#[derive(Debug)]
-pub enum Tokio {}
-
-impl Adapter for Tokio {
-    type Conn = Conn;
-    type Lock = DistributedLock;
-    type Semaphore = DistributedSemaphore;
-}
-
-/// The client handle on tokio: servers, routing, auth, TLS, timeouts and a
-/// pool of idle connections, set once (see
-/// [`Client`](crate::runtime::host::client::Client) for the pool rules).
-pub type Client = crate::runtime::host::client::Client<Tokio>;
-
-/// Builds a tokio [`Client`]: `Client::builder()`.
-pub type ClientBuilder = crate::runtime::host::client::ClientBuilder<Tokio>;
+crate::runtime::host::client::client_types!(DistributedLock, DistributedSemaphore, Conn, "tokio");
 
 impl Client {
     /// A signal connection to the client's first server (signals are not
@@ -32,13 +14,13 @@ impl Client {
     ///
     /// Errors as [`SignalConn::connect`]. Cancel-safe as it.
     pub async fn signals(&self) -> Result<SignalConn> {
-        self.signals_with(self.default_signal_options()).await
+        self.signals_with(self.0.default_signal_options()).await
     }
 
     /// [`signals`](Self::signals) with other options; their
     /// `read_timeout` and `io_timeout` are replaced by the client's.
     pub async fn signals_with(&self, opts: SignalOptions) -> Result<SignalConn> {
-        let (addr, connect, tls, opts) = self.signal_setup(opts)?;
+        let (addr, connect, tls, opts) = self.0.signal_setup(opts)?;
         match tls {
             None => SignalConn::connect(addr, &connect, opts).await,
             #[cfg(feature = "rustls")]

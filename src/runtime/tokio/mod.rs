@@ -17,7 +17,7 @@ mod cluster;
 mod lock;
 mod signal;
 
-pub use self::client::{Client, ClientBuilder, Tokio};
+pub use self::client::{Client, ClientBuilder};
 pub use self::cluster::{ClusterClient, ClusterGuard, ClusterLock, TokioConnector};
 pub use self::lock::{DistributedLock, DistributedSemaphore, Enqueued, LeaseGuard};
 #[cfg(feature = "rustls")]
