@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod rustls;
 pub mod settings;
 pub mod signal;
+pub(crate) mod sock;
+pub(crate) mod stream;
 
 use std::net::TcpStream;
 
