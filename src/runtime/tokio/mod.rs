@@ -21,17 +21,9 @@ pub use self::lock::{DistributedLock, DistributedSemaphore, Enqueued, LeaseGuard
 #[cfg(feature = "rustls")]
 pub use self::signal::emit_tls;
 pub use self::signal::{Item, SignalConn, SignalHandle, emit};
-pub use crate::runtime::host::cluster::{ClusterBuilder, Renewal};
-#[cfg(feature = "rustls")]
-pub use crate::runtime::host::rustls::{RustlsConnector, rustls_error};
-pub use crate::runtime::host::settings::{DEFAULT_SERVER, LockBuilder};
-pub use crate::runtime::host::signal::{
-    DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, MAX_SIGNAL_LINE, Reconnect, Signal, SignalEvent,
-    SignalOptions,
-};
-pub use crate::runtime::{
-    AuthToken, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_LINE_BUF,
-};
+/// The names both host adapters share (the same types in `tokio` and
+/// `blocking`).
+pub use crate::runtime::host::shared::*;
 
 use std::io;
 use std::sync::OnceLock;
