@@ -5,10 +5,19 @@
 //! cargo run --release --example bench -- --workers 10 --rounds 500
 //! cargo run --release --example bench -- --servers 127.0.0.1:6388 --workers 10 --rounds 500
 //! cargo run --release --example bench -- --mode blocking --workers 1 --rounds 5000
+//! cargo run --release --example bench -- --api client --workers 1 --rounds 5000
+//! cargo run --release --example bench --features rustls -- --api client --tls --workers 10
 //! ```
 //!
-//! Each worker has its own connection and, unless `--contended`, its own
-//! key; one op is an acquire followed by a release. Keys are routed across
+//! Each worker has its own key unless `--contended`; one op is an acquire
+//! followed by a release. `--api conn` (the default) is the low-level path:
+//! each worker opens one connection before the clock starts and sends
+//! `acquire` and `release` on it. `--api client` goes through a `Client`'s
+//! `DistributedLock` (`acquire()`, then `LeaseGuard::release()`), whose
+//! pool hands the connection of the last clean release to the next
+//! acquire; each worker runs one untimed cycle first, so the pool is warm
+//! as the `conn` path's connections are. `--tls` (feature `rustls`, testkit
+//! only) serves TLS with a certificate generated at start. Keys are routed across
 //! `--servers` by CRC-32, as every dflockd client does. With no reachable
 //! `--servers`, the in-process testkit is started (on its own threads, so
 //! client and server CPU time are measured apart).
@@ -28,6 +37,14 @@ use dflockd_client::tokio::{ConnectOptions, connect};
 enum Mode {
     Tokio,
     Blocking,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Api {
+    /// One connection per worker, raw acquire/release requests.
+    Conn,
+    /// `Client::lock(key).acquire()` and `LeaseGuard::release()`.
+    Client,
 }
 
 #[derive(Debug, Parser)]
@@ -57,7 +74,37 @@ struct Args {
     /// All workers on one key.
     #[arg(long)]
     contended: bool,
+    /// The low-level connection, or the `Client` handle.
+    #[arg(long, value_enum, default_value_t = Api::Conn)]
+    api: Api,
+    /// TLS (feature `rustls`; the testkit serves a generated certificate).
+    #[arg(long)]
+    tls: bool,
+    /// The client's `pool_max_idle` (default: the library's, 8).
+    #[arg(long)]
+    pool_max_idle: Option<usize>,
 }
+
+/// How the workers connect.
+#[derive(Clone)]
+struct Target {
+    servers: Vec<String>,
+    #[cfg(feature = "rustls")]
+    tls: Option<dflockd_client::tls_rustls::RustlsConnector>,
+}
+
+impl Target {
+    fn tls(&self) -> bool {
+        #[cfg(feature = "rustls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "rustls"))]
+        false
+    }
+}
+
+#[cfg(feature = "rustls")]
+#[path = "../tests/tls_support/mod.rs"]
+mod tls_support;
 
 /// CPU time (user, sys) of the calling thread, or of the whole process.
 fn cpu_time(who: libc::c_int) -> (Duration, Duration) {
@@ -177,7 +224,53 @@ fn server_for<'a>(servers: &'a [String], key: &str) -> &'a str {
     &servers[i]
 }
 
-fn run_tokio(args: &Args, servers: &[String]) -> Vec<Vec<f64>> {
+/// `rounds` acquire+release cycles on one raw connection, in ms each.
+async fn conn_cycles<T>(
+    mut conn: dflockd_client::Connection<T, 256, 0>,
+    key: String,
+    (rounds, timeout, lease): (usize, u64, u64),
+) -> Vec<f64>
+where
+    T: embedded_io_async::Read + embedded_io_async::Write,
+    T::Error: std::fmt::Debug,
+{
+    let mut lat = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let g = conn
+            .acquire(Kind::Lock, &key, timeout, Some(lease))
+            .await
+            .expect("acquire")
+            .expect("granted");
+        conn.release(Kind::Lock, &key, &g.token)
+            .await
+            .expect("release");
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat
+}
+
+fn client_options(args: &Args) -> dflockd_client::lock::LockOptions {
+    let mut o = dflockd_client::lock::LockOptions::default();
+    o.acquire_timeout = Duration::from_secs(args.timeout);
+    o.lease_ttl = Some(Duration::from_secs(args.lease));
+    o
+}
+
+fn tokio_client(args: &Args, target: &Target) -> dflockd_client::tokio::Client {
+    let mut b = dflockd_client::tokio::Client::builder().servers(target.servers.clone());
+    if let Some(n) = args.pool_max_idle {
+        b = b.pool_max_idle(n);
+    }
+    #[cfg(feature = "rustls")]
+    if let Some(tls) = &target.tls {
+        b = b.tls(tls.clone());
+    }
+    b.build()
+}
+
+fn run_tokio(args: &Args, target: &Target) -> Vec<Vec<f64>> {
+    let servers = &target.servers;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bench-client")
@@ -185,38 +278,53 @@ fn run_tokio(args: &Args, servers: &[String]) -> Vec<Vec<f64>> {
         .enable_all()
         .build()
         .expect("client runtime");
+    let plan = (args.rounds, args.timeout, args.lease);
     let lat = rt.block_on(async {
-        let mut conns = Vec::new();
-        for i in 0..args.workers {
-            let key = worker_key(args, i);
-            let addr = server_for(servers, &key).to_owned();
-            let conn = connect::<256, 0>(&addr, &ConnectOptions::default())
-                .await
-                .expect("connect");
-            conns.push((key, conn));
-        }
-        let tasks: Vec<_> = conns
-            .into_iter()
-            .map(|(key, mut conn)| {
-                let (rounds, timeout, lease) = (args.rounds, args.timeout, args.lease);
-                tokio::spawn(async move {
-                    let mut lat = Vec::with_capacity(rounds);
-                    for _ in 0..rounds {
+        let mut tasks = Vec::new();
+        if args.api == Api::Client {
+            let client = tokio_client(args, target);
+            let opts = client_options(args);
+            let locks: Vec<_> = (0..args.workers)
+                .map(|i| client.lock_with(worker_key(args, i), opts))
+                .collect();
+            for lock in &locks {
+                // Warm-up: the first cycle connects.
+                lock.acquire()
+                    .await
+                    .expect("acquire")
+                    .expect("granted")
+                    .release()
+                    .await
+                    .expect("release");
+            }
+            for lock in locks {
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(plan.0);
+                    for _ in 0..plan.0 {
                         let t = Instant::now();
-                        let g = conn
-                            .acquire(Kind::Lock, &key, timeout, Some(lease))
-                            .await
-                            .expect("acquire")
-                            .expect("granted");
-                        conn.release(Kind::Lock, &key, &g.token)
-                            .await
-                            .expect("release");
+                        let g = lock.acquire().await.expect("acquire").expect("granted");
+                        g.release().await.expect("release");
                         lat.push(t.elapsed().as_secs_f64() * 1e3);
                     }
                     lat
-                })
-            })
-            .collect();
+                }));
+            }
+        }
+        for i in (0..args.workers).filter(|_| args.api == Api::Conn) {
+            let key = worker_key(args, i);
+            let addr = server_for(servers, &key).to_owned();
+            let opts = ConnectOptions::default();
+            #[cfg(feature = "rustls")]
+            if let Some(tls) = &target.tls {
+                let conn = dflockd_client::tokio::connect_tls::<256, 0>(&addr, &opts, tls)
+                    .await
+                    .expect("connect");
+                tasks.push(tokio::spawn(conn_cycles(conn, key, plan)));
+                continue;
+            }
+            let conn = connect::<256, 0>(&addr, &opts).await.expect("connect");
+            tasks.push(tokio::spawn(conn_cycles(conn, key, plan)));
+        }
         let mut all = Vec::new();
         for t in tasks {
             all.push(t.await.expect("worker"));
@@ -227,33 +335,86 @@ fn run_tokio(args: &Args, servers: &[String]) -> Vec<Vec<f64>> {
     lat
 }
 
-fn run_blocking(args: &Args, servers: &[String]) -> Vec<Vec<f64>> {
-    let mut conns = Vec::new();
-    for i in 0..args.workers {
-        let key = worker_key(args, i);
-        let addr = server_for(servers, &key).to_owned();
-        let conn =
-            BlockingConnection::<256, 0>::connect(addr.as_str(), &BlockingOptions::default())
-                .expect("connect");
-        conns.push((key, conn));
+/// `rounds` acquire+release cycles on one raw blocking connection.
+fn blocking_cycles<T: dflockd_client::blocking::BlockingTransport>(
+    mut conn: BlockingConnection<256, 0, T>,
+    key: &str,
+    (rounds, timeout, lease): (usize, u64, u64),
+) -> Vec<f64> {
+    let mut lat = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let g = conn
+            .acquire(Kind::Lock, key, timeout, Some(lease))
+            .expect("acquire")
+            .expect("granted");
+        conn.release(Kind::Lock, key, &g.token).expect("release");
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let threads: Vec<_> = conns
-        .into_iter()
-        .map(|(key, mut conn)| {
-            let (rounds, timeout, lease) = (args.rounds, args.timeout, args.lease);
+    lat
+}
+
+/// `rounds` cycles through a `Client`'s lock (after one untimed cycle).
+fn client_cycles(lock: &dflockd_client::blocking::DistributedLock, rounds: usize) -> Vec<f64> {
+    let mut lat = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let g = lock.acquire().expect("acquire").expect("granted");
+        g.release().expect("release");
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat
+}
+
+fn run_blocking(args: &Args, target: &Target) -> Vec<Vec<f64>> {
+    let plan = (args.rounds, args.timeout, args.lease);
+    let client = (args.api == Api::Client).then(|| {
+        let mut b = dflockd_client::blocking::Client::builder().servers(target.servers.clone());
+        if let Some(n) = args.pool_max_idle {
+            b = b.pool_max_idle(n);
+        }
+        #[cfg(feature = "rustls")]
+        if let Some(tls) = &target.tls {
+            b = b.tls(tls.clone());
+        }
+        b.build()
+    });
+    let threads: Vec<_> = (0..args.workers)
+        .map(|i| {
+            let key = worker_key(args, i);
+            let addr = server_for(&target.servers, &key).to_owned();
+            let lock = client
+                .as_ref()
+                .map(|c| c.lock_with(key.clone(), client_options(args)));
+            let target = target.clone();
             std::thread::Builder::new()
                 .name("bench-client".into())
                 .spawn(move || {
-                    let mut lat = Vec::with_capacity(rounds);
-                    for _ in 0..rounds {
-                        let t = Instant::now();
-                        let g = conn
-                            .acquire(Kind::Lock, &key, timeout, Some(lease))
-                            .expect("acquire")
-                            .expect("granted");
-                        conn.release(Kind::Lock, &key, &g.token).expect("release");
-                        lat.push(t.elapsed().as_secs_f64() * 1e3);
-                    }
+                    let lat = if let Some(lock) = lock {
+                        client_cycles(&lock, 1);
+                        START.wait();
+                        client_cycles(&lock, plan.0)
+                    } else {
+                        let opts = BlockingOptions::default();
+                        #[cfg(feature = "rustls")]
+                        if let Some(tls) = &target.tls {
+                            let conn = BlockingConnection::<256, 0, _>::connect_tls(
+                                addr.as_str(),
+                                &opts,
+                                tls,
+                            )
+                            .expect("connect");
+                            START.wait();
+                            let lat = blocking_cycles(conn, &key, plan);
+                            add_thread_cpu();
+                            return lat;
+                        }
+                        let _ = &target;
+                        let conn = BlockingConnection::<256, 0>::connect(addr.as_str(), &opts)
+                            .expect("connect");
+                        START.wait();
+                        blocking_cycles(conn, &key, plan)
+                    };
                     add_thread_cpu();
                     lat
                 })
@@ -266,9 +427,52 @@ fn run_blocking(args: &Args, servers: &[String]) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// Blocking workers start their timed cycles together, once all are
+/// connected (set to the worker count in `main`).
+static START: StartGate = StartGate::new();
+
+/// A one-shot barrier whose size is set at run time.
+struct StartGate {
+    state: std::sync::Mutex<(usize, usize)>,
+    cv: std::sync::Condvar,
+}
+
+impl StartGate {
+    const fn new() -> Self {
+        Self {
+            state: std::sync::Mutex::new((0, 0)),
+            cv: std::sync::Condvar::new(),
+        }
+    }
+
+    fn set(&self, n: usize) {
+        self.state.lock().expect("gate").0 = n;
+    }
+
+    fn wait(&self) {
+        let mut s = self.state.lock().expect("gate");
+        s.1 += 1;
+        self.cv.notify_all();
+        while s.1 < s.0 {
+            s = self.cv.wait(s).expect("gate");
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse();
-    let (server, servers, where_) = if reachable(&args.servers) {
+    #[cfg(not(feature = "rustls"))]
+    if args.tls {
+        eprintln!("--tls needs the rustls feature: cargo run --example bench --features rustls");
+        std::process::exit(2);
+    }
+    #[cfg(feature = "rustls")]
+    let pki = args.tls.then(tls_support::pki);
+    if args.tls && reachable(&args.servers) {
+        eprintln!("--tls runs against the in-process testkit only (it needs the certificate)");
+        std::process::exit(2);
+    }
+    let (server, servers, where_) = if reachable(&args.servers) && !args.tls {
         (None, args.servers.clone(), args.servers.join(","))
     } else {
         if !args.servers.is_empty() {
@@ -277,9 +481,12 @@ fn main() {
                 args.servers
             );
         }
-        let server = dflockd_testkit::TestServer::builder()
-            .start_blocking()
-            .expect("start testkit");
+        let mut builder = dflockd_testkit::TestServer::builder();
+        #[cfg(feature = "rustls")]
+        if let Some(pki) = &pki {
+            builder = builder.tls(&pki.cert, &pki.key);
+        }
+        let server = builder.start_blocking().expect("start testkit");
         let addr = server.addr().to_string();
         (
             Some(server),
@@ -294,11 +501,23 @@ fn main() {
         rtt.p50, rtt.mean
     );
 
+    let target = Target {
+        servers,
+        #[cfg(feature = "rustls")]
+        tls: pki.as_ref().map(|p| {
+            dflockd_client::tls_rustls::RustlsConnector::from_ca_der(
+                &p.ca_der,
+                tls_support::SERVER_NAME,
+            )
+            .expect("connector")
+        }),
+    };
+    START.set(args.workers);
     let cpu_before = cpu_time(libc::RUSAGE_SELF);
     let start = Instant::now();
     let lat = match args.mode {
-        Mode::Tokio => run_tokio(&args, &servers),
-        Mode::Blocking => run_blocking(&args, &servers),
+        Mode::Tokio => run_tokio(&args, &target),
+        Mode::Blocking => run_blocking(&args, &target),
     };
     let wall = start.elapsed();
     let cpu_after = cpu_time(libc::RUSAGE_SELF);
@@ -311,13 +530,18 @@ fn main() {
     let ops = lat.len();
     let s = summarize(lat);
     println!(
-        "bench: {} workers x {} rounds ({}, {}, {})",
+        "bench: {} workers x {} rounds ({}, api {}{}, {}, {})",
         args.workers,
         args.rounds,
         match args.mode {
             Mode::Tokio => "tokio",
             Mode::Blocking => "blocking",
         },
+        match args.api {
+            Api::Conn => "conn",
+            Api::Client => "client",
+        },
+        if target.tls() { ", TLS" } else { "" },
         if args.contended {
             "contended"
         } else {
