@@ -1,8 +1,10 @@
 //! Distributed locks and semaphores on tokio, renewed by a background task.
 //!
 //! Named like the other dflockd clients: [`DistributedLock`] and
-//! [`DistributedSemaphore`]. Each acquire opens its own connection to the
-//! server that owns the key (see [`routing`](crate::routing)); a granted
+//! [`DistributedSemaphore`], made from a [`Client`](super::Client) or by
+//! their own builder. Each acquire takes a connection to the server that
+//! owns the key (see [`routing`](crate::routing)): an idle one from the
+//! pool, or a new one; a granted
 //! [`LeaseGuard`] hands that connection to a background task that renews
 //! the lease with the core schedule ([`Lease::hold`]) until the guard is
 //! released or dropped. Connections are plain TCP, or TLS with the
@@ -219,7 +221,9 @@ macro_rules! host_api {
 
 /// A distributed exclusive lock on one key.
 ///
-/// Cheap to clone; every acquire opens its own connection.
+/// Cheap to clone; clones share the pool of idle connections (see
+/// [`Client`](super::Client)): every lease has a connection of its own,
+/// reused by a later acquire after a clean release.
 #[derive(Debug, Clone)]
 pub struct DistributedLock(Resource);
 
@@ -247,7 +251,9 @@ impl FromSettings for DistributedLock {
 
 /// A distributed counting semaphore on one key: at most `limit` holders.
 ///
-/// Cheap to clone; every acquire opens its own connection. All clients of
+/// Cheap to clone; clones share the pool of idle connections (see
+/// [`Client`](super::Client)): every lease has a connection of its own,
+/// reused by a later acquire after a clean release. All clients of
 /// a key must use the same limit (`error_limit_mismatch` otherwise).
 #[derive(Debug, Clone)]
 pub struct DistributedSemaphore(Resource);
