@@ -481,11 +481,12 @@ fn main() {
                 args.servers
             );
         }
-        let mut builder = dflockd_testkit::TestServer::builder();
+        let builder = dflockd_testkit::TestServer::builder();
         #[cfg(feature = "rustls")]
-        if let Some(pki) = &pki {
-            builder = builder.tls(&pki.cert, &pki.key);
-        }
+        let builder = match &pki {
+            Some(pki) => builder.tls(&pki.cert, &pki.key),
+            None => builder,
+        };
         let server = builder.start_blocking().expect("start testkit");
         let addr = server.addr().to_string();
         (
