@@ -93,32 +93,30 @@ impl HangUp {
     }
 }
 
-/// Whether the peer of socket `fd` closed or reset the connection (Linux:
-/// `POLLRDHUP | POLLHUP | POLLERR`; elsewhere `false`), or, with
-/// `data_counts`, sent anything at all (`POLLIN`: a plain connection that
-/// is idle between requests must have nothing to read; the server's
-/// idle-timeout `error` counts). One `poll(2)` with a zero timeout.
+/// Whether the peer of socket `fd` closed or reset the connection
+/// (`POLLHUP | POLLERR`, and on Linux `POLLRDHUP`: the peer's FIN), or,
+/// with `data_counts`, sent anything at all (`POLLIN`: a plain connection
+/// that is idle between requests must have nothing to read, and end of
+/// stream reads as readable; the server's idle-timeout `error` counts).
+/// One `poll(2)` with a zero timeout. Without `data_counts`, other Unixes
+/// see a reset but not a bare FIN.
 #[cfg(unix)]
 pub(crate) fn hung_up(fd: std::os::fd::BorrowedFd<'_>, data_counts: bool) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let watch = libc::POLLRDHUP | if data_counts { libc::POLLIN } else { 0 };
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: watch,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, exclusively borrowed for the call; the
-        // descriptor is borrowed for the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, 0) };
-        r > 0 && pfd.revents & (watch | libc::POLLHUP | libc::POLLERR) != 0
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (fd, data_counts);
-        false
-    }
+    use std::os::fd::AsRawFd;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let fin = libc::POLLRDHUP;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let fin = 0;
+    let watch = fin | if data_counts { libc::POLLIN } else { 0 };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: watch,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, exclusively borrowed for the call; the
+    // descriptor is borrowed for the call.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0 && pfd.revents & (watch | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Shuts the watched socket down when dropped (see [`HangUp`]), unless
