@@ -40,7 +40,7 @@ use crate::protocol::Request;
 use crate::runtime::host::HostTls;
 use crate::runtime::host::signal::{
     Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, Shared,
-    SignalOptions, Wake, run, send,
+    SignalOptions, Wake, run, send, signal_doc,
 };
 use crate::signal::driver::Op;
 use crate::time::{Instant, Timer};
@@ -75,58 +75,33 @@ impl SignalHandle {
         rx.recv().map_err(|_| Error::Disconnected)?
     }
 
-    /// Subscribes to `pattern` (`*` matches one dot-separated token, `>`
-    /// one or more trailing tokens), optionally as a member of the queue
-    /// `group` (each signal then goes to one member of the group, round
-    /// robin). Listening twice on the same pattern and group is a no-op;
-    /// groups are trimmed of surrounding whitespace, as the server trims
-    /// them, so `"g "` and `"g"` are one group (also for `unlisten` and the
-    /// subscriptions made again after a reconnect).
+    #[doc = signal_doc!(dropped)]
+    pub fn dropped_signals(&self) -> u64 {
+        self.shared.dropped_signals()
+    }
+
+    #[doc = signal_doc!(listen)]
     ///
-    /// Checked before anything is sent ([`Error::InvalidArgument`]). While
-    /// a reconnect is under way this is [`Error::Disconnected`]. Blocks for
-    /// one round trip, at most the request timeout.
+    /// Blocks for one round trip, at most the request timeout.
     pub fn listen(&self, pattern: &str, group: Option<&str>) -> Result<()> {
         self.call(Cmd::listen(pattern, group)).map(drop)
     }
 
-    /// Drops the subscription made with the same pattern and group (`Ok`
-    /// also when there was none).
+    #[doc = signal_doc!(unlisten)]
     pub fn unlisten(&self, pattern: &str, group: Option<&str>) -> Result<()> {
         self.call(Cmd::unlisten(pattern, group)).map(drop)
     }
 
-    /// Publishes `payload` on the literal `channel`; returns the number of
-    /// deliveries (each queue group counts once). A wildcard channel or an
-    /// empty, blank or multi-line payload is [`Error::InvalidArgument`]
-    /// before anything is sent.
+    #[doc = signal_doc!(emit)]
     pub fn emit(&self, channel: &str, payload: &str) -> Result<u64> {
         self.call(Cmd::emit(channel, payload))
-    }
-
-    /// Signals dropped so far, over every connection: the connection's
-    /// queue was full, or a push was longer than the line buffer.
-    pub fn dropped_signals(&self) -> u64 {
-        self.shared.dropped_signals()
     }
 }
 
 /// A blocking signal connection: an [`Iterator`] of [`Item`]s
 /// (`Result<SignalEvent, Error>`).
 ///
-/// `N` is the line buffer: a signal whose `sig <channel> <payload>` line is
-/// longer is counted dropped (use [`MAX_SIGNAL_LINE`](super::MAX_SIGNAL_LINE)
-/// for 64 KiB payloads). `P` is the connection's own push queue in bytes:
-/// at least `N` (checked at compile time), where signals wait while a reply
-/// is awaited or the consumer is behind; for 64 KiB payloads use
-/// `SignalConn<MAX_SIGNAL_LINE, { 2 * MAX_SIGNAL_LINE }>`.
-///
-/// A thread owns the connection: it reads signals into a queue of
-/// [`SignalOptions::queue`] items, sends the `ping` heartbeat, and runs the
-/// commands of every [`SignalHandle`]. The iterator ends after the error
-/// that lost the connection (unless reconnecting), or when every handle and
-/// the `SignalConn` are dropped, which closes the connection and ends the
-/// thread.
+#[doc = signal_doc!(buffers)]
 #[derive(Debug)]
 pub struct SignalConn<const N: usize = DEFAULT_SIGNAL_LINE_BUF, const P: usize = DEFAULT_PUSH_QUEUE>
 {
@@ -139,8 +114,7 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
     /// turn; authenticating when `connect` has a token) and starts the
     /// connection's thread.
     ///
-    /// Errors: invalid options ([`Error::Io`] with
-    /// [`InvalidInput`](io::ErrorKind::InvalidInput), e.g. a heartbeat not
+    /// Errors: invalid options ([`Error::Config`], e.g. a heartbeat not
     /// below the server read timeout), and everything
     /// [`BlockingConnection::connect`](crate::blocking::BlockingConnection::connect)
     /// returns.
@@ -179,13 +153,7 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         tls: Option<HostTls>,
         opts: SignalOptions,
     ) -> Result<Self> {
-        const {
-            assert!(
-                P >= N,
-                "the push queue P must hold at least one line of N bytes"
-            )
-        };
-        let heartbeat = opts.check()?;
+        let heartbeat = opts.check::<N, P>()?;
         let addrs: std::vec::Vec<_> = addr.to_socket_addrs().map_err(Error::Io)?.collect();
         let (tx, cmd_rx) = mpsc::channel();
         let (out, rx) = mpsc::sync_channel(opts.queue);
@@ -335,14 +303,7 @@ impl Worker {
 impl Port for Worker {
     type Stream = HostStream;
     type Reply = Reply;
-
-    fn now(&self) -> Instant {
-        StdTimer.now()
-    }
-
-    fn answer(reply: Reply, result: CommandResult) {
-        let _ = reply.send(result);
-    }
+    type Timer = StdTimer;
 
     async fn open<const N: usize, const P: usize>(
         &mut self,
@@ -408,5 +369,9 @@ impl Port for Worker {
             Err(Error::Io(e)) if is_timeout(&e) => Wake::Progress,
             Err(e) => Wake::Lost(e),
         }
+    }
+
+    fn answer(reply: Reply, result: CommandResult) {
+        let _ = reply.send(result);
     }
 }

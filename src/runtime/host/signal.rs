@@ -43,7 +43,7 @@ use crate::signal::driver::{
     Action, Admit, Op, Outcome, SignalDriver, SubscriptionStore, keepalive_reply,
 };
 use crate::signal::{DEFAULT_HEARTBEAT, DEFAULT_READ_TIMEOUT, Heartbeat};
-use crate::time::Instant;
+use crate::time::{Instant, Timer};
 use crate::{ConfigError, Connection, Error};
 
 type Result<T> = core::result::Result<T, Error<io::Error>>;
@@ -139,9 +139,17 @@ impl Default for SignalOptions {
 }
 
 impl SignalOptions {
-    /// Checks the options: the heartbeat below the read timeout, a queue of
-    /// at least one signal, a non-zero request timeout.
-    pub(crate) fn check(&self) -> Result<Heartbeat> {
+    /// Checks the options for a connection with line buffer `N` and push
+    /// queue `P`: `P` holds a line (at compile time), the heartbeat is
+    /// below the read timeout, the queue holds a signal, the request
+    /// timeout is non-zero.
+    pub(crate) fn check<const N: usize, const P: usize>(&self) -> Result<Heartbeat> {
+        const {
+            assert!(
+                P >= N,
+                "the push queue P must hold at least one line of N bytes"
+            )
+        };
         let hb = Heartbeat::new(self.heartbeat, self.read_timeout).map_err(|_| {
             ConfigError::new("heartbeat", "must be non-zero and below `read_timeout`")
         })?;
@@ -154,6 +162,57 @@ impl SignalOptions {
         Ok(hb)
     }
 }
+
+/// Documentation shared by the tokio and blocking signal types, written
+/// once: `#[doc = signal_doc!(topic)]`.
+macro_rules! signal_doc {
+    (buffers) => {
+        "`N` is the line buffer: a signal whose `sig <channel> <payload>` line is
+longer is counted dropped (use [`MAX_SIGNAL_LINE`](super::MAX_SIGNAL_LINE)
+for 64 KiB payloads). `P` is the connection's own push queue in bytes:
+at least `N` (checked at compile time), where signals wait while a reply
+is awaited or the consumer is behind; for 64 KiB payloads use
+`SignalConn<MAX_SIGNAL_LINE, { 2 * MAX_SIGNAL_LINE }>`.
+
+The connection's owner reads signals into a queue of
+[`SignalOptions::queue`] items, sends the `ping` heartbeat, runs the
+commands of every [`SignalHandle`], and reconnects if
+[`SignalOptions::reconnect`] says so. Signals already received are
+delivered before the error that lost the connection; the items end after
+that error (unless reconnecting), or once every handle and the
+`SignalConn` are dropped, which closes the connection."
+    };
+    (listen) => {
+        "Subscribes to `pattern` (`*` matches one dot-separated token, `>`
+one or more trailing tokens), optionally as a member of the queue
+`group` (each signal then goes to one member of the group, round
+robin). Listening twice on the same pattern and group is a no-op;
+groups are trimmed of surrounding whitespace, as the server trims
+them, so `\"g \"` and `\"g\"` are one group (also for `unlisten` and the
+subscriptions made again after a reconnect).
+
+The pattern and group are checked before anything is sent
+([`Error::InvalidArgument`]). While a reconnect is under way this is
+[`Error::Disconnected`]."
+    };
+    (unlisten) => {
+        "Drops the subscription made with the same pattern and group (`Ok`
+also when there was none, and at once while a reconnect is under way:
+the subscription is then not made again)."
+    };
+    (emit) => {
+        "Publishes `payload` on the literal `channel`; returns the number of
+deliveries (each queue group counts once). A wildcard channel or an
+empty, blank or multi-line payload is [`Error::InvalidArgument`]
+before anything is sent; while a reconnect is under way this is
+[`Error::Disconnected`]."
+    };
+    (dropped) => {
+        "Signals dropped so far, over every connection: the connection's
+queue was full, or a push was longer than the line buffer."
+    };
+}
+pub(crate) use signal_doc;
 
 /// The subscriptions a reconnect makes again, in order (the driver decides
 /// what goes in; groups arrive trimmed as the server trims them).
@@ -269,9 +328,13 @@ pub(crate) trait Port {
     type Stream: Read + Write + ErrorType<Error = io::Error>;
     /// Where a command's answer goes.
     type Reply;
-
     /// The runtime's clock.
-    fn now(&self) -> Instant;
+    type Timer: Timer + Default;
+
+    /// The time on the runtime's clock.
+    fn now(&self) -> Instant {
+        Self::Timer::default().now()
+    }
 
     /// Sends a command's answer (a caller that gave up is ignored).
     fn answer(reply: Self::Reply, result: CommandResult);
@@ -480,21 +543,21 @@ mod tests {
 
     #[test]
     fn options_are_checked() {
-        assert!(SignalOptions::default().check().is_ok());
+        assert!(SignalOptions::default().check::<1, 1>().is_ok());
         let bad = SignalOptions {
             heartbeat: Duration::from_secs(30),
             ..SignalOptions::default()
         };
-        assert!(matches!(bad.check(), Err(Error::Config(c)) if c.option == "heartbeat"));
+        assert!(matches!(bad.check::<1, 1>(), Err(Error::Config(c)) if c.option == "heartbeat"));
         let bad = SignalOptions {
             queue: 0,
             ..SignalOptions::default()
         };
-        assert!(matches!(bad.check(), Err(Error::Config(c)) if c.option == "queue"));
+        assert!(matches!(bad.check::<1, 1>(), Err(Error::Config(c)) if c.option == "queue"));
         let bad = SignalOptions {
             io_timeout: Duration::ZERO,
             ..SignalOptions::default()
         };
-        assert!(matches!(bad.check(), Err(Error::Config(c)) if c.option == "io_timeout"));
+        assert!(matches!(bad.check::<1, 1>(), Err(Error::Config(c)) if c.option == "io_timeout"));
     }
 }

@@ -37,7 +37,7 @@ use crate::protocol::Request;
 use crate::runtime::host::HostTls;
 use crate::runtime::host::signal::{
     Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, Shared,
-    SignalOptions, Wake, run, send,
+    SignalOptions, Wake, run, send, signal_doc,
 };
 use crate::signal::driver::Op;
 use crate::time::{Instant, Timer};
@@ -68,17 +68,7 @@ impl SignalHandle {
         rx.await.map_err(|_| Error::Disconnected)?
     }
 
-    /// Subscribes to `pattern` (`*` matches one dot-separated token, `>`
-    /// one or more trailing tokens), optionally as a member of the queue
-    /// `group` (each signal then goes to one member of the group, round
-    /// robin). Listening twice on the same pattern and group is a no-op;
-    /// groups are trimmed of surrounding whitespace, as the server trims
-    /// them, so `"g "` and `"g"` are one group (also for `unlisten` and the
-    /// subscriptions made again after a reconnect).
-    ///
-    /// The pattern and group are checked before anything is sent
-    /// ([`Error::InvalidArgument`]). While a reconnect is under way this is
-    /// [`Error::Disconnected`].
+    #[doc = signal_doc!(listen)]
     ///
     /// Cancel-safe: if the future is dropped, the request may still be made
     /// (the connection's task completes it) and the connection stays
@@ -87,23 +77,22 @@ impl SignalHandle {
         self.call(Cmd::listen(pattern, group)).await.map(drop)
     }
 
-    /// Drops the subscription made with the same pattern and group (`Ok`
-    /// also when there was none). Cancel-safe like [`listen`](Self::listen).
+    #[doc = signal_doc!(unlisten)]
+    ///
+    /// Cancel-safe like [`listen`](Self::listen).
     pub async fn unlisten(&self, pattern: &str, group: Option<&str>) -> Result<()> {
         self.call(Cmd::unlisten(pattern, group)).await.map(drop)
     }
 
-    /// Publishes `payload` on the literal `channel`; returns the number of
-    /// deliveries (each queue group counts once). A wildcard channel or an
-    /// empty, blank or multi-line payload is [`Error::InvalidArgument`]
-    /// before anything is sent. Cancel-safe like [`listen`](Self::listen)
+    #[doc = signal_doc!(emit)]
+    ///
+    /// Cancel-safe like [`listen`](Self::listen)
     /// (a dropped emit may still be published).
     pub async fn emit(&self, channel: &str, payload: &str) -> Result<u64> {
         self.call(Cmd::emit(channel, payload)).await
     }
 
-    /// Signals dropped so far, over every connection: the connection's
-    /// queue was full, or a push was longer than the line buffer.
+    #[doc = signal_doc!(dropped)]
     pub fn dropped_signals(&self) -> u64 {
         self.shared.dropped_signals()
     }
@@ -113,18 +102,7 @@ impl SignalHandle {
 /// [`Item`]s (`Result<SignalEvent, Error>`), also readable with
 /// [`recv`](Self::recv).
 ///
-/// `N` is the line buffer: a signal whose `sig <channel> <payload>` line is
-/// longer is counted dropped (use [`MAX_SIGNAL_LINE`](super::MAX_SIGNAL_LINE)
-/// for 64 KiB payloads). `P` is the connection's own push queue in bytes:
-/// at least `N` (checked at compile time), where signals wait while a reply
-/// is awaited or the consumer is behind; for 64 KiB payloads use
-/// `SignalConn<MAX_SIGNAL_LINE, { 2 * MAX_SIGNAL_LINE }>`.
-///
-/// A background task owns the connection: it reads signals into a queue of
-/// [`SignalOptions::queue`] items, sends the `ping` heartbeat, and runs the
-/// commands of every [`SignalHandle`]. The stream ends (`None`) after the
-/// error that lost the connection (unless reconnecting), or once every
-/// handle and the `SignalConn` are dropped, which closes the connection.
+#[doc = signal_doc!(buffers)]
 #[derive(Debug)]
 pub struct SignalConn<const N: usize = DEFAULT_SIGNAL_LINE_BUF, const P: usize = DEFAULT_PUSH_QUEUE>
 {
@@ -178,13 +156,7 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         tls: Option<HostTls>,
         opts: SignalOptions,
     ) -> Result<Self> {
-        const {
-            assert!(
-                P >= N,
-                "the push queue P must hold at least one line of N bytes"
-            )
-        };
-        let heartbeat = opts.check()?;
+        let heartbeat = opts.check::<N, P>()?;
         let (tx, cmd_rx) = mpsc::channel(16);
         let (out, rx) = mpsc::channel(opts.queue);
         let mut task = Task {
@@ -340,10 +312,7 @@ struct Task {
 impl Port for Task {
     type Stream = HostStream;
     type Reply = Reply;
-
-    fn now(&self) -> Instant {
-        TokioTimer.now()
-    }
+    type Timer = TokioTimer;
 
     fn answer(reply: Reply, result: CommandResult) {
         let _ = reply.send(result);
