@@ -1,27 +1,35 @@
-//! Signals (pub/sub) on hosts: a background task ([`tokio`])
-//! or thread ([`blocking`]) owns the connection, keeps it alive with the
+//! Signals (pub/sub) on hosts: a background task ([`tokio`](crate::tokio))
+//! or thread ([`blocking`](crate::blocking)) owns the connection, keeps it alive with the
 //! `ping` heartbeat, and hands received signals to a `Stream` or an
 //! `Iterator`; cloneable handles listen, unlisten and emit from anywhere.
 //!
 //! Both hosts share the types here: the owned [`Signal`], the stream item
 //! [`SignalEvent`], the [`SignalOptions`] and the optional
-//! [`Reconnect`] policy.
+//! [`Reconnect`] policy; and the one loop, [`run`], that carries out what
+//! the core [`SignalDriver`] decides. A runtime only supplies a [`Port`]:
+//! connecting, a request within the request timeout, and one wait over its
+//! command channel, the consumer's queue, the socket and the clock.
 //!
 //! # Delivery and drops
 //!
 //! Received signals wait in a bounded queue of [`SignalOptions::queue`]
-//! signals. When it is full the host stops reading the socket, so a
+//! signals. When it is full the host stops reading the socket (and still
+//! runs commands and sends the heartbeat), so a
 //! consumer that stops reading is, as on the server's side, soon dropped by
 //! the server (its push buffer holds 64 lines); the stream then yields the
 //! disconnect as an `Err` item instead of ending silently. Signals longer
 //! than the line buffer `N` are counted in `dropped_signals()`, never
-//! truncated.
+//! truncated; the count is kept over reconnects. When the connection is
+//! lost, the signals it already received are delivered first, then the
+//! error.
 //!
 //! # Reconnect
 //!
 //! Off by default. With [`SignalOptions::reconnect`] set, a lost connection
 //! is reported as an `Err` item, then re-established with exponential
-//! backoff; every subscription is made again and the stream yields
+//! backoff ([`Reconnect::backoff`]; after `max_attempts` failures the last
+//! error is yielded and the stream ends); every subscription is made again,
+//! in the order it was first made, and the stream yields
 //! [`SignalEvent::Reconnected`] with the length of the gap. Signals emitted
 //! during the gap are lost (the server has no replay). While disconnected,
 //! `listen` and `emit` fail at once with [`Error::Disconnected`];
