@@ -36,6 +36,7 @@ use core::time::Duration;
 use super::Heartbeat;
 use crate::Error;
 use crate::error::ServerError;
+use crate::protocol::Request;
 use crate::protocol::validate::trim_group;
 use crate::time::Instant;
 
@@ -146,35 +147,6 @@ pub trait SubscriptionStore {
     fn remove(&mut self, index: usize);
 }
 
-/// A request the driver knows about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Op<'a> {
-    /// `listen`.
-    Listen {
-        /// The pattern.
-        pattern: &'a str,
-        /// The queue group.
-        group: Option<&'a str>,
-    },
-    /// `unlisten`.
-    Unlisten {
-        /// The pattern.
-        pattern: &'a str,
-        /// The queue group.
-        group: Option<&'a str>,
-    },
-    /// `signal` (emit).
-    Emit {
-        /// The literal channel.
-        channel: &'a str,
-        /// The payload.
-        payload: &'a str,
-    },
-    /// The heartbeat `ping`.
-    Ping,
-}
-
 /// What to do with a command from a handle ([`SignalDriver::admit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -225,7 +197,7 @@ pub enum Action<'a> {
         heartbeat_at: Instant,
     },
     /// Send the heartbeat `ping` now (counted as sent), then report
-    /// [`completed`](SignalDriver::completed) with [`Op::Ping`].
+    /// [`completed`](SignalDriver::completed) with [`Request::Ping`].
     Ping,
     /// The connection is lost: hand the consumer every signal it already
     /// received, then call [`drained`](SignalDriver::drained).
@@ -394,13 +366,13 @@ impl<S: SubscriptionStore> SignalDriver<S> {
     }
 
     /// A command arrived at `now`: send it, refuse it, or answer it at once.
-    pub fn admit(&mut self, now: Instant, op: Op<'_>) -> Admit {
+    pub fn admit(&mut self, now: Instant, req: Request<'_>) -> Admit {
         if self.is_connected() {
             self.keepalive.sent(now);
             return Admit::Send;
         }
-        match op {
-            Op::Unlisten { pattern, group } => {
+        match req {
+            Request::Unlisten { pattern, group } => {
                 self.forget(pattern, group);
                 Admit::Done
             }
@@ -431,16 +403,16 @@ impl<S: SubscriptionStore> SignalDriver<S> {
 
     /// A command or the ping ended at `now`; `dropped` is the count of
     /// signals the connection has dropped.
-    pub fn completed(&mut self, now: Instant, op: Op<'_>, outcome: Outcome, dropped: u64) {
+    pub fn completed(&mut self, now: Instant, req: Request<'_>, outcome: Outcome, dropped: u64) {
         if !self.is_connected() {
             return;
         }
-        match (op, outcome) {
-            (Op::Listen { pattern, group }, Outcome::Done) => self.remember(pattern, group),
-            (Op::Unlisten { pattern, group }, Outcome::Done) => self.forget(pattern, group),
+        match (req, outcome) {
+            (Request::Listen { pattern, group }, Outcome::Done) => self.remember(pattern, group),
+            (Request::Unlisten { pattern, group }, Outcome::Done) => self.forget(pattern, group),
             // Anything but `ok` (or `error` from an old server, see
             // `keepalive_reply`) to a ping means the peer is not a server.
-            (_, Outcome::Broken) | (Op::Ping, Outcome::Failed) => self.lost(now, dropped),
+            (_, Outcome::Broken) | (Request::Ping, Outcome::Failed) => self.lost(now, dropped),
             _ => {}
         }
     }

@@ -42,7 +42,6 @@ use crate::runtime::host::signal::{
     Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, Shared,
     SignalOptions, Wake, run, send, signal_doc,
 };
-use crate::signal::driver::Op;
 use crate::time::{Instant, Timer};
 use crate::{Connection, Error};
 
@@ -322,10 +321,10 @@ impl Port for Worker {
     async fn request<const N: usize, const P: usize>(
         &mut self,
         conn: &mut Connection<HostStream, N, P>,
-        op: Op<'_>,
+        req: Request<'_>,
     ) -> Result<u64> {
         arm(conn, self.io_timeout)?;
-        send(conn, op).await.map_err(timeout_kind)
+        send(conn, req).await.map_err(timeout_kind)
     }
 
     async fn wait<const N: usize, const P: usize>(

@@ -45,10 +45,10 @@ use core::time::Duration;
 
 use embedded_io_async::{ErrorType, Read, Write};
 
-use crate::protocol::Request;
+use crate::protocol::{ProtocolError, Request};
 pub use crate::signal::driver::Reconnect;
 use crate::signal::driver::{
-    Action, Admit, Op, Outcome, SignalDriver, SubscriptionStore, keepalive_reply,
+    Action, Admit, Outcome, SignalDriver, SubscriptionStore, keepalive_reply,
 };
 use crate::signal::{DEFAULT_HEARTBEAT, DEFAULT_READ_TIMEOUT, Heartbeat};
 use crate::time::{Instant, Timer};
@@ -293,17 +293,17 @@ impl Cmd {
         Ok(Cmd::Emit(channel.into(), payload.into()))
     }
 
-    fn op(&self) -> Op<'_> {
+    fn request(&self) -> Request<'_> {
         match self {
-            Cmd::Listen(pattern, group) => Op::Listen {
+            Cmd::Listen(pattern, group) => Request::Listen {
                 pattern,
                 group: group.as_deref(),
             },
-            Cmd::Unlisten(pattern, group) => Op::Unlisten {
+            Cmd::Unlisten(pattern, group) => Request::Unlisten {
                 pattern,
                 group: group.as_deref(),
             },
-            Cmd::Emit(channel, payload) => Op::Emit { channel, payload },
+            Cmd::Emit(channel, payload) => Request::Signal { channel, payload },
         }
     }
 }
@@ -352,11 +352,11 @@ pub(crate) trait Port {
         &mut self,
     ) -> Result<Box<Connection<Self::Stream, N, P>>>;
 
-    /// Runs `op` on `conn` within the request timeout ([`send`]).
+    /// Runs `req` on `conn` within the request timeout ([`send`]).
     async fn request<const N: usize, const P: usize>(
         &mut self,
         conn: &mut Connection<Self::Stream, N, P>,
-        op: Op<'_>,
+        req: Request<'_>,
     ) -> Result<u64>;
 
     /// Waits for the first of: a command; the consumer taking `held` (when
@@ -370,17 +370,19 @@ pub(crate) trait Port {
     ) -> Wake<Self::Reply>;
 }
 
-/// Sends `op` on `conn` and reads its reply (the ping's as
-/// [`keepalive_reply`] counts it).
+/// Sends `req` (a signal request or the ping) on `conn` and reads its
+/// reply (the ping's as [`keepalive_reply`] counts it).
 pub(crate) async fn send<T: Read + Write, const N: usize, const P: usize>(
     conn: &mut Connection<T, N, P>,
-    op: Op<'_>,
+    req: Request<'_>,
 ) -> core::result::Result<u64, Error<T::Error>> {
-    match op {
-        Op::Listen { pattern, group } => conn.listen(pattern, group).await.map(|()| 0),
-        Op::Unlisten { pattern, group } => conn.unlisten(pattern, group).await.map(|()| 0),
-        Op::Emit { channel, payload } => conn.emit(channel, payload).await,
-        Op::Ping => keepalive_reply(conn.ping().await).map(|()| 0),
+    match req {
+        Request::Listen { pattern, group } => conn.listen(pattern, group).await.map(|()| 0),
+        Request::Unlisten { pattern, group } => conn.unlisten(pattern, group).await.map(|()| 0),
+        Request::Signal { channel, payload } => conn.emit(channel, payload).await,
+        Request::Ping => keepalive_reply(conn.ping().await).map(|()| 0),
+        // Never built by this module: nothing is sent.
+        _ => Err(Error::Protocol(ProtocolError::Unexpected)),
     }
 }
 
@@ -430,9 +432,9 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
                 }
             }
             Action::Ping => {
-                let r = port.request(&mut conn, Op::Ping).await;
+                let r = port.request(&mut conn, Request::Ping).await;
                 let outcome = Outcome::of(&r, conn.is_usable());
-                driver.completed(port.now(), Op::Ping, outcome, conn.dropped_signals());
+                driver.completed(port.now(), Request::Ping, outcome, conn.dropped_signals());
                 if let Err(e) = r {
                     error = e;
                 }
@@ -476,7 +478,9 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
                 }
             },
             Action::Resubscribe { pattern, group } => {
-                let r = port.request(&mut conn, Op::Listen { pattern, group }).await;
+                let r = port
+                    .request(&mut conn, Request::Listen { pattern, group })
+                    .await;
                 let outcome = Outcome::of(&r, conn.is_usable());
                 if let Err(e) = r {
                     error = e;
@@ -507,7 +511,7 @@ async fn hand_over<R: Port, const N: usize, const P: usize>(
     while held.is_some() {
         match port.wait::<N, P>(None, held, None).await {
             Wake::Command(Command(cmd, reply)) => {
-                let answer = match driver.admit(port.now(), cmd.op()) {
+                let answer = match driver.admit(port.now(), cmd.request()) {
                     Admit::Done => Ok(0),
                     Admit::Send | Admit::Refuse => Err(Error::Disconnected),
                 };
@@ -528,15 +532,15 @@ async fn execute<R: Port, const N: usize, const P: usize>(
     conn: &mut Connection<R::Stream, N, P>,
     Command(cmd, reply): Command<R::Reply>,
 ) -> Option<Error<io::Error>> {
-    let op = cmd.op();
-    let result = match driver.admit(port.now(), op) {
-        Admit::Send => port.request(conn, op).await,
+    let req = cmd.request();
+    let result = match driver.admit(port.now(), req) {
+        Admit::Send => port.request(conn, req).await,
         Admit::Done => Ok(0),
         Admit::Refuse => Err(Error::Disconnected),
     };
     let was_connected = driver.is_connected();
     let outcome = Outcome::of(&result, conn.is_usable());
-    driver.completed(port.now(), op, outcome, conn.dropped_signals());
+    driver.completed(port.now(), req, outcome, conn.dropped_signals());
     let lost = match &result {
         Err(e) if was_connected && !driver.is_connected() => Some(dup_error(e)),
         _ => None,

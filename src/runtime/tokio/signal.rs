@@ -39,7 +39,6 @@ use crate::runtime::host::signal::{
     Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, Shared,
     SignalOptions, Wake, run, send, signal_doc,
 };
-use crate::signal::driver::Op;
 use crate::time::{Instant, Timer};
 
 use super::Result;
@@ -336,9 +335,9 @@ impl Port for Task {
     async fn request<const N: usize, const P: usize>(
         &mut self,
         conn: &mut Connection<HostStream, N, P>,
-        op: Op<'_>,
+        req: Request<'_>,
     ) -> Result<u64> {
-        timeout(self.io_timeout, send(conn, op))
+        timeout(self.io_timeout, send(conn, req))
             .await
             .map_err(|_| Error::Timeout)?
     }

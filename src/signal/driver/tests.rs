@@ -4,19 +4,26 @@ use std::string::String;
 use std::vec::Vec;
 
 use super::*;
+use crate::protocol::Request;
 
+type Text = heapless::String<16>;
+
+/// A fixed-capacity store, as firmware would keep it: nothing allocated.
 #[derive(Debug, Default)]
-struct Subs(Vec<(String, Option<String>)>);
+struct Subs(heapless::Vec<(Text, Option<Text>), 8>);
 
 impl SubscriptionStore for Subs {
     fn len(&self) -> usize {
         self.0.len()
     }
     fn get(&self, index: usize) -> Option<(&str, Option<&str>)> {
-        self.0.get(index).map(|(p, g)| (p.as_str(), g.as_deref()))
+        let (pattern, group) = self.0.get(index)?;
+        Some((pattern.as_str(), group.as_ref().map(Text::as_str)))
     }
     fn push(&mut self, pattern: &str, group: Option<&str>) {
-        self.0.push((pattern.into(), group.map(Into::into)));
+        let text = |s: &str| Text::try_from(s).expect("test strings fit");
+        let entry = (text(pattern), group.map(text));
+        self.0.push(entry).expect("the test store has room");
     }
     fn remove(&mut self, index: usize) {
         self.0.remove(index);
@@ -44,7 +51,7 @@ fn driver(reconnect: Option<Reconnect>) -> SignalDriver<Subs> {
 }
 
 fn listen(d: &mut SignalDriver<Subs>, now: u64, pattern: &str, group: Option<&str>) {
-    let op = Op::Listen { pattern, group };
+    let op = Request::Listen { pattern, group };
     assert_eq!(d.admit(at(now), op), Admit::Send);
     d.completed(at(now), op, Outcome::Done, 0);
 }
@@ -87,12 +94,12 @@ fn heartbeat_is_due_after_the_interval_without_a_request() {
             heartbeat_at: at(30_000)
         }
     );
-    d.completed(at(15_002), Op::Ping, Outcome::Done, 0);
+    d.completed(at(15_002), Request::Ping, Outcome::Done, 0);
     // A command also resets the clock.
     assert_eq!(
         d.admit(
             at(20_000),
-            Op::Emit {
+            Request::Signal {
                 channel: "a",
                 payload: "x"
             }
@@ -125,7 +132,7 @@ fn keepalive_alone_and_the_ping_reply() {
 fn a_ping_answered_with_anything_else_loses_the_connection() {
     let mut d = driver(None);
     assert_eq!(d.poll(at(15_000)), Action::Ping);
-    d.completed(at(15_010), Op::Ping, Outcome::Failed, 3);
+    d.completed(at(15_010), Request::Ping, Outcome::Failed, 3);
     assert_eq!(d.poll(at(15_010)), Action::Drain);
     assert_eq!(d.dropped(99), 3);
 }
@@ -245,17 +252,17 @@ fn listen_and_emit_are_refused_while_disconnected_and_unlisten_forgets() {
     listen(&mut d, 1, "a", None);
     listen(&mut d, 2, "b", Some("g"));
     lose(&mut d, 10, 0);
-    let l = Op::Listen {
+    let l = Request::Listen {
         pattern: "c",
         group: None,
     };
-    let e = Op::Emit {
+    let e = Request::Signal {
         channel: "a",
         payload: "x",
     };
     assert_eq!(d.admit(at(20), l), Admit::Refuse);
     assert_eq!(d.admit(at(20), e), Admit::Refuse);
-    let u = Op::Unlisten {
+    let u = Request::Unlisten {
         pattern: "b",
         group: Some("g\t"),
     };
@@ -283,14 +290,14 @@ fn subscriptions_follow_the_replies() {
     listen(&mut d, 1, "a.>", None);
     listen(&mut d, 1, "a.>", Some("g"));
     // A refused listen is not remembered.
-    let bad = Op::Listen {
+    let bad = Request::Listen {
         pattern: "c",
         group: None,
     };
     assert_eq!(d.admit(at(2), bad), Admit::Send);
     d.completed(at(2), bad, Outcome::Failed, 0);
     assert_eq!(subs(&d), [("a.>", None), ("a.>", Some("g"))]);
-    let u = Op::Unlisten {
+    let u = Request::Unlisten {
         pattern: "a.>",
         group: None,
     };
