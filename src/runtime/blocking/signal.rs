@@ -122,7 +122,7 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         connect_opts: &ConnectOptions,
         opts: SignalOptions,
     ) -> Result<Self> {
-        Self::start(addr, connect_opts, None, opts)
+        Self::connect_with(addr, connect_opts, None, opts)
     }
 
     /// [`connect`](Self::connect) over TLS (feature `rustls`): the
@@ -143,10 +143,13 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         tls: &crate::runtime::host::rustls::RustlsConnector,
         opts: SignalOptions,
     ) -> Result<Self> {
-        Self::start(addr, connect_opts, Some(tls.clone()), opts)
+        Self::connect_with(addr, connect_opts, Some(tls.clone()), opts)
     }
 
-    fn start(
+    /// [`connect`](Self::connect) or [`connect_tls`](Self::connect_tls)
+    /// by the TLS choice: the constructor for callers that hold their
+    /// servers, auth, TLS and timeouts once (the `Client`).
+    pub(crate) fn connect_with(
         addr: impl ToSocketAddrs,
         connect_opts: &ConnectOptions,
         tls: Option<HostTls>,

@@ -123,7 +123,7 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         connect_opts: &ConnectOptions,
         opts: SignalOptions,
     ) -> Result<Self> {
-        Self::start(addr, connect_opts, None, opts).await
+        Self::connect_with(addr, connect_opts, None, opts).await
     }
 
     /// [`connect`](Self::connect) over TLS (feature `rustls`): the
@@ -146,10 +146,13 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         tls: &crate::runtime::host::rustls::RustlsConnector,
         opts: SignalOptions,
     ) -> Result<Self> {
-        Self::start(addr, connect_opts, Some(tls.clone()), opts).await
+        Self::connect_with(addr, connect_opts, Some(tls.clone()), opts).await
     }
 
-    async fn start(
+    /// [`connect`](Self::connect) or [`connect_tls`](Self::connect_tls)
+    /// by the TLS choice: the constructor for callers that hold their
+    /// servers, auth, TLS and timeouts once (the `Client`).
+    pub(crate) async fn connect_with(
         addr: &str,
         connect_opts: &ConnectOptions,
         tls: Option<HostTls>,
