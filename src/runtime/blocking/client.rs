@@ -26,12 +26,6 @@ impl Client {
     /// `read_timeout` and `io_timeout` are replaced by the client's.
     pub fn signals_with(&self, opts: SignalOptions) -> Result<SignalConn> {
         let (addr, connect, tls, opts) = self.0.signal_setup(opts)?;
-        match tls {
-            None => SignalConn::connect(addr, &connect, opts),
-            #[cfg(feature = "rustls")]
-            Some(tls) => SignalConn::connect_tls(addr, &connect, &tls, opts),
-            #[cfg(not(feature = "rustls"))]
-            Some(never) => match never {},
-        }
+        SignalConn::connect_with(addr, &connect, tls, opts)
     }
 }
