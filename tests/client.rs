@@ -29,6 +29,21 @@ async fn proxy(server: &TestServer) -> FaultProxy {
         .expect("start proxy")
 }
 
+/// A testkit (or real) server, a proxy counting connections in front of
+/// it, and a default client of the proxy.
+async fn setup() -> (TestServer, FaultProxy, Client) {
+    let server = server().await;
+    let proxy = proxy(&server).await;
+    let client = Client::new(proxy.addr().to_string());
+    (server, proxy, client)
+}
+
+/// One acquire + release through `lock`.
+async fn cycle(lock: &dflockd_client::tokio::DistributedLock) {
+    let guard = lock.acquire().await.unwrap().expect("granted");
+    guard.release().await.unwrap();
+}
+
 /// Waits until `cond` holds, at most `BOUND`.
 async fn until(what: &str, cond: impl Fn() -> bool) {
     let start = Instant::now();
@@ -40,9 +55,7 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_cycles_reuse_one_connection() {
-    let server = server().await;
-    let proxy = proxy(&server).await;
-    let client = Client::new(proxy.addr().to_string());
+    let (_server, proxy, client) = setup().await;
     let lock = client.lock("reuse");
     for _ in 0..5 {
         let guard = lock.acquire().await.unwrap().expect("granted");
@@ -73,9 +86,7 @@ async fn sequential_cycles_reuse_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_guard_is_released_and_its_connection_reused() {
-    let server = server().await;
-    let proxy = proxy(&server).await;
-    let client = Client::new(proxy.addr().to_string());
+    let (_server, proxy, client) = setup().await;
     let lock = client.lock("dropped-guard");
     drop(lock.acquire().await.unwrap().expect("granted"));
     until("the background release", || client.idle_connections() == 1).await;
@@ -91,9 +102,7 @@ async fn a_dropped_guard_is_released_and_its_connection_reused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_reuse_after_a_lost_lease() {
-    let server = server().await;
-    let proxy = proxy(&server).await;
-    let client = Client::new(proxy.addr().to_string());
+    let (server, proxy, client) = setup().await;
     let lock = client.lock("lost");
     let guard = lock.acquire().await.unwrap().expect("granted");
     proxy.cut();
@@ -108,13 +117,7 @@ async fn no_reuse_after_a_lost_lease() {
             .all(|l| l.key != "lost" || l.owner_conn_id == 0)
     })
     .await;
-    lock.acquire()
-        .await
-        .unwrap()
-        .expect("granted")
-        .release()
-        .await
-        .unwrap();
+    cycle(&lock).await;
     assert_eq!(
         proxy.accepted(),
         2,
@@ -124,18 +127,10 @@ async fn no_reuse_after_a_lost_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_reuse_after_a_dropped_acquire() {
-    let server = server().await;
-    let proxy = proxy(&server).await;
-    let client = Client::new(proxy.addr().to_string());
+    let (_server, proxy, client) = setup().await;
     let lock = client.lock("abandoned");
     // One clean cycle fills the pool.
-    lock.acquire()
-        .await
-        .unwrap()
-        .expect("granted")
-        .release()
-        .await
-        .unwrap();
+    cycle(&lock).await;
     let holder = client
         .lock("abandoned")
         .acquire()
@@ -166,9 +161,7 @@ async fn no_reuse_after_a_dropped_acquire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_reuse_after_an_error() {
-    let server = server().await;
-    let proxy = proxy(&server).await;
-    let client = Client::new(proxy.addr().to_string());
+    let (_server, proxy, client) = setup().await;
     let sem = client.semaphore("mismatch", 2);
     let held = sem.acquire().await.unwrap().expect("slot");
     // A second holder cycles cleanly, leaving one pooled connection.
@@ -203,13 +196,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     assert_eq!(client.pool_idle_lifetime(), Duration::from_millis(300));
     let lock = client.lock("idle");
     let start = Instant::now();
-    lock.acquire()
-        .await
-        .unwrap()
-        .expect("granted")
-        .release()
-        .await
-        .unwrap();
+    cycle(&lock).await;
     assert_eq!(client.idle_connections(), 1);
     // Closed by the pool, with nobody acquiring.
     until("the idle connection to close", || proxy.connections() == 0).await;
@@ -218,13 +205,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
         "closed early"
     );
     assert_eq!(client.idle_connections(), 0);
-    lock.acquire()
-        .await
-        .unwrap()
-        .expect("granted")
-        .release()
-        .await
-        .unwrap();
+    cycle(&lock).await;
     assert_eq!(proxy.accepted(), 2);
 }
 
@@ -243,17 +224,9 @@ async fn the_idle_lifetime_stays_below_the_read_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_the_server_closed_does_not_fail_the_next_acquire() {
-    let server = server().await;
-    let proxy = proxy(&server).await;
-    let client = Client::new(proxy.addr().to_string());
+    let (_server, proxy, client) = setup().await;
     let lock = client.lock("server-closed");
-    lock.acquire()
-        .await
-        .unwrap()
-        .expect("granted")
-        .release()
-        .await
-        .unwrap();
+    cycle(&lock).await;
     assert_eq!(client.idle_connections(), 1);
     proxy.cut();
     until("the cut", || proxy.connections() == 0).await;
@@ -275,13 +248,7 @@ async fn a_server_read_timeout_shorter_than_configured_does_not_fail_acquires() 
         .expect("start testkit");
     let client = Client::new(server.addr().to_string());
     let lock = client.lock("short-read-timeout");
-    lock.acquire()
-        .await
-        .unwrap()
-        .expect("granted")
-        .release()
-        .await
-        .unwrap();
+    cycle(&lock).await;
     assert_eq!(client.idle_connections(), 1);
     until("the server's idle close", || server.connection_count() == 0).await;
     let guard = lock
@@ -318,20 +285,8 @@ async fn the_pool_keeps_at_most_max_idle_per_server() {
         .pool_max_idle(0)
         .build();
     let lock = off.lock("no-pool");
-    lock.acquire()
-        .await
-        .unwrap()
-        .expect("granted")
-        .release()
-        .await
-        .unwrap();
-    lock.acquire()
-        .await
-        .unwrap()
-        .expect("granted")
-        .release()
-        .await
-        .unwrap();
+    cycle(&lock).await;
+    cycle(&lock).await;
     assert_eq!(off.idle_connections(), 0);
     assert_eq!(proxy.accepted(), 6);
 }
@@ -375,13 +330,7 @@ async fn routing_across_servers_pools_per_server() {
     for _ in 0..3 {
         for key in keys.iter().flatten() {
             let lock = client.lock(key.clone());
-            lock.acquire()
-                .await
-                .unwrap()
-                .expect("granted")
-                .release()
-                .await
-                .unwrap();
+            cycle(&lock).await;
         }
     }
     assert_eq!((pa.accepted(), pb.accepted()), (1, 1));
@@ -500,13 +449,7 @@ async fn client_over_tls_reuses_the_handshaken_connection() {
         .build();
     let lock = client.lock("tls-client");
     for _ in 0..3 {
-        lock.acquire()
-            .await
-            .unwrap()
-            .expect("granted")
-            .release()
-            .await
-            .unwrap();
+        cycle(&lock).await;
     }
     assert_eq!(proxy.accepted(), 1, "one handshake for three cycles");
     // A cut TLS connection in the pool does not fail the next acquire.
