@@ -1,26 +1,42 @@
-//! What the tokio and blocking cluster clients share: the builder, the
-//! settings, the renewal report and the random stable ref.
+//! The tokio and blocking cluster clients, apart from their IO and
+//! scheduling: the builder and settings, the client, lock and guard types
+//! (generic over the runtime's [`ClusterRuntime`]), the renewal task, and
+//! what the task and its guard tell each other. Nothing here knows a
+//! runtime; the routing and failover decisions are the core's
+//! ([`crate::cluster`]).
 
+use core::future::Future;
+use core::marker::PhantomData;
+use core::ops::DerefMut;
+use core::task::{Poll, Waker};
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::marker::PhantomData;
 use std::string::String;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use std::vec::Vec;
 
+use embassy_futures::select::{Either, select};
+use embedded_io_async::ErrorType;
+
 use super::HostTls;
-use crate::cluster::{RedirectPolicy, StableRef, validate_members};
-use crate::lock::{DEFAULT_IO_TIMEOUT, Rng};
-use crate::runtime::AuthToken;
-use crate::{Error, Fence};
+use crate::cluster::{
+    ClusterConn, Connector, Members, RedirectPolicy, StableRef, validate_members,
+};
+use crate::lock::{DEFAULT_IO_TIMEOUT, Jitter, Lease, LockOptions, LockSpec, RenewRatio, Rng};
+use crate::runtime::{AuthToken, ConnectOptions};
+use crate::time::{Instant, Timer};
+use crate::{Error, Fence, Kind, Token};
+
+type Result<T> = core::result::Result<T, Error<io::Error>>;
 
 /// Line buffer of cluster lane connections: room for the longest
 /// `error_not_leader` reply ([`CLUSTER_MIN_LINE_BUF`](crate::cluster::CLUSTER_MIN_LINE_BUF)).
 pub(crate) const CLUSTER_LINE: usize = 512;
 
 /// Largest `stats` reply the cluster clients read.
-pub(crate) const STATS_BUF: usize = 256 * 1024;
+const STATS_BUF: usize = 256 * 1024;
 
 /// One successful renew of a cluster lease, as reported by the guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,9 +65,7 @@ pub struct ClusterSettings {
 
 pub(crate) mod sealed {
     pub trait FromClusterSettings: Sized {
-        fn from_settings(
-            settings: super::ClusterSettings,
-        ) -> Result<Self, crate::Error<std::io::Error>>;
+        fn from_settings(settings: super::ClusterSettings) -> super::Result<Self>;
     }
 }
 
@@ -155,7 +169,7 @@ impl<C: sealed::FromClusterSettings> ClusterBuilder<C> {
     /// [`Error::InvalidArgument`] for an empty or over-long member list
     /// (at most [`MAX_MEMBERS`](crate::cluster::MAX_MEMBERS)) or an invalid
     /// stable ref.
-    pub fn build(self) -> Result<C, Error<io::Error>> {
+    pub fn build(self) -> Result<C> {
         validate_members(&self.members)?;
         let stable_ref = match &self.stable_ref {
             Some(r) => StableRef::new(r)?,
@@ -170,6 +184,840 @@ impl<C: sealed::FromClusterSettings> ClusterBuilder<C> {
             io_timeout: self.io_timeout,
             tls: self.tls,
         })
+    }
+}
+
+// ---- the runtime's side ---------------------------------------------------------
+
+/// What a host runtime supplies to the cluster client: how it dials (the
+/// [`Connector`]), its clock, how a lane is locked and how the renewal
+/// loop idles. Implemented by the tokio and blocking connectors only.
+pub trait ClusterRuntime:
+    Connector<Io: ErrorType<Error = io::Error>> + Sized + Send + Sync + 'static
+{
+    /// The clock of lanes and leases.
+    type Timer: Timer + Copy + Default + Send + Sync + 'static;
+    /// A lane behind the runtime's lock.
+    type Cell: Send + Sync;
+
+    /// The connector dialling for `dialer`.
+    fn new(dialer: Dialer) -> Self;
+
+    /// A lane in its cell.
+    fn cell(lane: Lane<Self>) -> Self::Cell;
+
+    /// Locks a lane (an acquire holds its lane while the server blocks).
+    fn lock(cell: &Self::Cell) -> impl Future<Output = impl DerefMut<Target = Lane<Self>>>;
+
+    /// Returns once the guard asked for a release or `until` has come.
+    fn idle(link: &Link, until: Instant) -> impl Future<Output = ()>;
+}
+
+/// One lane of a cluster client on runtime `R`.
+pub type Lane<R> = ClusterConn<R, Arc<[String]>, <R as ClusterRuntime>::Timer, CLUSTER_LINE>;
+
+/// The settings and dial counter behind a runtime's [`Connector`].
+#[derive(Debug)]
+pub struct Dialer {
+    settings: Arc<ClusterSettings>,
+    dials: Arc<AtomicU32>,
+}
+
+impl Dialer {
+    /// Counts a dial; the options to dial with (`auth` is the lane's).
+    pub(crate) fn dial(&self) -> ConnectOptions {
+        self.dials.fetch_add(1, Ordering::Relaxed);
+        ConnectOptions {
+            connect_timeout: self.settings.connect_timeout,
+            io_timeout: self.settings.io_timeout,
+            auth_token: None,
+        }
+    }
+
+    /// The TLS connector, if any.
+    pub(crate) fn tls(&self) -> Option<&HostTls> {
+        self.settings.tls.as_ref()
+    }
+
+    /// The token sent with `auth` on every new connection.
+    pub(crate) fn auth_token(&self) -> Option<&str> {
+        self.settings.auth_token.as_ref().map(|t| t.expose())
+    }
+}
+
+// ---- the client -----------------------------------------------------------------
+
+const NO_LEADER: usize = usize::MAX;
+
+/// What the clones of one client share.
+pub(crate) struct Inner<R: ClusterRuntime> {
+    settings: Arc<ClusterSettings>,
+    acquire: R::Cell,
+    control: R::Cell,
+    dials: Arc<AtomicU32>,
+    /// The leader hint both lanes share (a member index, or `NO_LEADER`).
+    leader: AtomicUsize,
+}
+
+impl<R: ClusterRuntime> Inner<R> {
+    fn new(settings: ClusterSettings) -> Result<Self> {
+        let settings = Arc::new(settings);
+        let dials = Arc::new(AtomicU32::new(0));
+        let lane = || -> Result<R::Cell> {
+            let dialer = Dialer {
+                settings: settings.clone(),
+                dials: dials.clone(),
+            };
+            Ok(R::cell(ClusterConn::new(
+                R::new(dialer),
+                settings.members.clone(),
+                R::Timer::default(),
+                settings.stable_ref.clone(),
+                settings.policy,
+                settings.io_timeout,
+            )?))
+        };
+        let (acquire, control) = (lane()?, lane()?);
+        Ok(Self {
+            settings,
+            acquire,
+            control,
+            dials,
+            leader: AtomicUsize::new(NO_LEADER),
+        })
+    }
+
+    /// Runs `op` on a lane with the shared leader hint: the lane takes it
+    /// when it has none, and the hint is the lane's afterwards.
+    async fn on<T>(&self, cell: &R::Cell, op: impl AsyncFnOnce(&mut Lane<R>) -> T) -> T {
+        let mut lane = R::lock(cell).await;
+        if lane.router().leader().is_none() {
+            let l = self.leader.load(Ordering::Relaxed);
+            lane.router_mut().set_leader((l != NO_LEADER).then_some(l));
+        }
+        let out = op(&mut lane).await;
+        self.leader.store(
+            lane.router().leader().unwrap_or(NO_LEADER),
+            Ordering::Relaxed,
+        );
+        out
+    }
+
+    /// Runs `op` on the control lane (renew, release, barrier, stats,
+    /// ping), which never waits behind a blocked acquire.
+    async fn control<T>(&self, op: impl AsyncFnOnce(&mut Lane<R>) -> T) -> T {
+        self.on(&self.control, op).await
+    }
+
+    pub(crate) async fn barrier(&self) -> Result<()> {
+        self.control(async |lane| lane.barrier().await).await
+    }
+
+    pub(crate) async fn stats(&self) -> Result<String> {
+        let mut buf = std::vec![0u8; STATS_BUF];
+        self.control(async |lane| lane.stats(&mut buf).await.map(String::from))
+            .await
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        self.control(async |lane| lane.ping().await).await
+    }
+
+    pub(crate) async fn disconnect(&self) {
+        R::lock(&self.acquire).await.disconnect();
+        R::lock(&self.control).await.disconnect();
+    }
+}
+
+/// A client of a dflockd v2 Raft cluster. Cheap to clone (clones share the
+/// lanes, the leader hint and the stable ref).
+///
+/// Two lanes, each at most one connection: the **acquire lane** carries
+/// `l`/`sl` (which may block on the server up to the acquire timeout;
+/// concurrent acquires of one client take turns on it), the **control
+/// lane** carries renew, release, `barrier`, `stats` and `ping`, so a renew
+/// never waits behind a blocked acquire. Both lanes send `auth` (if set)
+/// and the client's stable ref on every new connection.
+pub struct ClusterClient<R: ClusterRuntime>(pub(crate) Arc<Inner<R>>);
+
+impl<R: ClusterRuntime> Clone for ClusterClient<R> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<R: ClusterRuntime> core::fmt::Debug for ClusterClient<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ClusterClient")
+            .field("settings", &self.0.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: ClusterRuntime> sealed::FromClusterSettings for ClusterClient<R> {
+    fn from_settings(settings: ClusterSettings) -> Result<Self> {
+        Ok(Self(Arc::new(Inner::new(settings)?)))
+    }
+}
+
+impl<R: ClusterRuntime> ClusterClient<R> {
+    /// A builder for a client of the cluster with these members
+    /// (client-facing `host:port`, as the servers' `--advertise-addr`).
+    pub fn builder<I, S>(members: I) -> ClusterBuilder<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClusterBuilder::new(members)
+    }
+
+    /// The stable ref presented on every connection.
+    pub fn stable_ref(&self) -> &str {
+        self.0.settings.stable_ref.as_str()
+    }
+
+    /// The members.
+    pub fn members(&self) -> &[String] {
+        &self.0.settings.members
+    }
+
+    /// The cached leader hint, if any.
+    pub fn leader(&self) -> Option<&str> {
+        let l = self.0.leader.load(Ordering::Relaxed);
+        (l != NO_LEADER).then(|| self.0.settings.members.member(l))
+    }
+
+    /// Members dialled so far, by both lanes (successful or not).
+    pub fn dials(&self) -> u32 {
+        self.0.dials.load(Ordering::Relaxed)
+    }
+
+    /// A lock on `key` with default options (see [`ClusterLock`]).
+    pub fn lock(&self, key: impl Into<String>) -> ClusterLock<R> {
+        ClusterLock {
+            client: self.clone(),
+            key: key.into(),
+            kind: Kind::Lock,
+            options: LockOptions::DEFAULT,
+        }
+    }
+
+    /// A semaphore on `key` admitting `limit` holders.
+    pub fn semaphore(&self, key: impl Into<String>, limit: u32) -> ClusterLock<R> {
+        ClusterLock {
+            kind: Kind::Semaphore { limit },
+            ..self.lock(key)
+        }
+    }
+}
+
+// ---- a lock -----------------------------------------------------------------------
+
+/// A lock or semaphore on one key of a [`ClusterClient`], with its
+/// options. Cheap to clone.
+pub struct ClusterLock<R: ClusterRuntime> {
+    client: ClusterClient<R>,
+    key: String,
+    kind: Kind,
+    options: LockOptions,
+}
+
+impl<R: ClusterRuntime> Clone for ClusterLock<R> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            key: self.key.clone(),
+            ..*self
+        }
+    }
+}
+
+impl<R: ClusterRuntime> core::fmt::Debug for ClusterLock<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ClusterLock")
+            .field("key", &self.key)
+            .field("kind", &self.kind)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: ClusterRuntime> ClusterLock<R> {
+    /// How long the server may block an acquire (default 10 s). The
+    /// budget covers failovers: an acquire re-sent to a new leader gets
+    /// what is left of it.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.options.acquire_timeout = timeout;
+        self
+    }
+
+    /// The lease TTL (default: the server's, 33 s). A lease survives a
+    /// failover when the election is shorter than the lease.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.options.lease_ttl = Some(ttl);
+        self
+    }
+
+    /// Renew at this fraction of the lease (default 0.5).
+    pub fn renew_ratio(mut self, ratio: RenewRatio) -> Self {
+        self.options.renew_ratio = ratio;
+        self
+    }
+
+    /// Early renew jitter (default 10 %).
+    pub fn early_jitter(mut self, jitter: Jitter) -> Self {
+        self.options.early_jitter = jitter;
+        self
+    }
+
+    /// All lease options at once.
+    pub fn options(mut self, options: LockOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The acquire timeout set (for `acquire`).
+    pub(crate) fn acquire_timeout_set(&self) -> Duration {
+        self.options.acquire_timeout
+    }
+
+    /// The renewal task of an acquire with `timeout`, and the caller's
+    /// side of it. The runtime runs the task (a tokio task, a thread).
+    pub(crate) fn start(&self, timeout: Duration) -> (Task<R>, Pending<R>) {
+        let link = Arc::new(Link::default());
+        let task = Task {
+            inner: self.client.0.clone(),
+            key: self.key.clone(),
+            kind: self.kind,
+            options: self.options,
+            timeout,
+            link: link.clone(),
+        };
+        let pending = Pending {
+            key: self.key.clone(),
+            kind: self.kind,
+            link,
+            taken: false,
+            _rt: PhantomData,
+        };
+        (task, pending)
+    }
+}
+
+// ---- between the renewal task and its guard ------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Acquiring,
+    Held,
+    Lost,
+    Released,
+}
+
+#[derive(Debug)]
+struct Granted {
+    token: Token,
+    ttl: Duration,
+    member: String,
+}
+
+/// What the renewal task and its caller, then its guard, tell each other.
+#[derive(Debug)]
+struct Status {
+    state: State,
+    /// The acquire's outcome, until the caller takes it.
+    grant: Option<Result<Option<Granted>>>,
+    /// The caller of the acquire went away before taking a grant.
+    abandoned: bool,
+    /// The guard asked for a release (dropped, or waiting for `released`).
+    release: bool,
+    /// The release's outcome, until the guard takes it.
+    released: Option<Result<()>>,
+    renewal: Option<Renewal>,
+    wakers: Vec<Waker>,
+}
+
+/// The shared state of one lease: a mutex-guarded [`Status`] that wakes
+/// both blocked threads (a condvar) and async waiters (their wakers), and
+/// the lease deadline, readable without a lock.
+#[derive(Debug)]
+pub struct Link {
+    status: Mutex<Status>,
+    changed: Condvar,
+    /// The lease deadline, in milliseconds of the runtime's timer.
+    deadline: AtomicU64,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            status: Mutex::new(Status {
+                state: State::Acquiring,
+                grant: None,
+                abandoned: false,
+                release: false,
+                released: None,
+                renewal: None,
+                wakers: Vec::new(),
+            }),
+            changed: Condvar::new(),
+            deadline: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Link {
+    fn status(&self) -> MutexGuard<'_, Status> {
+        // The status stays consistent whatever panicked while holding it.
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the status and wakes every waiter.
+    fn update<T>(&self, f: impl FnOnce(&mut Status) -> T) -> T {
+        let mut s = self.status();
+        let out = f(&mut s);
+        let wakers = core::mem::take(&mut s.wakers);
+        drop(s);
+        self.changed.notify_all();
+        wakers.into_iter().for_each(Waker::wake);
+        out
+    }
+
+    /// Waits (async) until `f` finds what it looks for.
+    fn until<T>(&self, mut f: impl FnMut(&mut Status) -> Option<T>) -> impl Future<Output = T> {
+        core::future::poll_fn(move |cx| {
+            let mut s = self.status();
+            match f(&mut s) {
+                Some(out) => Poll::Ready(out),
+                None => {
+                    if !s.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                        s.wakers.push(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+            }
+        })
+    }
+
+    /// Blocks the thread until `f` finds what it looks for, or until
+    /// `timeout` (`None` when it passed first).
+    fn until_blocking<T>(
+        &self,
+        timeout: Duration,
+        mut f: impl FnMut(&mut Status) -> Option<T>,
+    ) -> Option<T> {
+        let end = std::time::Instant::now().checked_add(timeout);
+        let mut s = self.status();
+        loop {
+            if let Some(out) = f(&mut s) {
+                return Some(out);
+            }
+            let left = match end {
+                Some(end) => end.checked_duration_since(std::time::Instant::now())?,
+                None => Duration::from_secs(3600),
+            };
+            s = match self.changed.wait_timeout(s, left) {
+                Ok((s, _)) => s,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    fn wants_release(s: &mut Status) -> Option<()> {
+        (s.release || s.abandoned).then_some(())
+    }
+
+    /// Returns once the guard (or a caller that went away) asked for a
+    /// release: for runtimes that race it with their own sleep.
+    pub(crate) fn release_wanted(&self) -> impl Future<Output = ()> {
+        self.until(Self::wants_release)
+    }
+
+    /// Blocks until a release is wanted or `timeout` passed.
+    pub(crate) fn wait_release_wanted(&self, timeout: Duration) {
+        let _ = self.until_blocking(timeout, Self::wants_release);
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::from_millis(self.deadline.load(Ordering::Relaxed))
+    }
+
+    fn set_deadline(&self, lease: &Lease<'_>) {
+        self.deadline
+            .store(lease.deadline().as_millis(), Ordering::Relaxed);
+    }
+
+    /// Hands the acquire's outcome to the caller.
+    fn grant(&self, out: Result<Option<Granted>>) {
+        self.update(|s| {
+            if matches!(out, Ok(Some(_))) {
+                s.state = State::Held;
+            }
+            s.grant = Some(out);
+        });
+    }
+}
+
+/// The renewal task of one lease: acquires, hands the grant over, renews
+/// on whichever member leads until released or lost.
+pub(crate) struct Task<R: ClusterRuntime> {
+    inner: Arc<Inner<R>>,
+    key: String,
+    kind: Kind,
+    options: LockOptions,
+    timeout: Duration,
+    link: Arc<Link>,
+}
+
+impl<R: ClusterRuntime> Task<R> {
+    /// Runs the lease from acquire to release or loss.
+    pub(crate) async fn run(self) {
+        let (inner, link) = (&*self.inner, &*self.link);
+        let spec = LockSpec::new(&self.key, self.kind).with_options(self.options);
+        let acquired = inner
+            .on(&inner.acquire, async |lane| {
+                if link.status().abandoned {
+                    return None;
+                }
+                let abandoned = link.until(|s| s.abandoned.then_some(()));
+                match select(lane.acquire(&spec, self.timeout), abandoned).await {
+                    Either::First(out) => {
+                        let member = lane.connected_addr().map(String::from).unwrap_or_default();
+                        Some(out.map(|l| l.map(|l| (l, member))))
+                    }
+                    Either::Second(()) => {
+                        // The caller is gone: close the connection so the
+                        // server drops the waiter or the grant.
+                        lane.disconnect();
+                        None
+                    }
+                }
+            })
+            .await;
+        let (mut lease, member) = match acquired {
+            None => return,
+            Some(Ok(Some(l))) => l,
+            Some(Ok(None)) => return link.grant(Ok(None)),
+            Some(Err(e)) => return link.grant(Err(e)),
+        };
+        link.set_deadline(&lease);
+        let granted = Granted {
+            token: *lease.token(),
+            ttl: lease.ttl(),
+            member,
+        };
+        link.grant(Ok(Some(granted)));
+        let mut count = 0u64;
+        loop {
+            // Check for a release before every renew, even when renews
+            // come back to back.
+            let at = lease.next_renew_at();
+            R::idle(link, at).await;
+            if Link::wants_release(&mut link.status()).is_some() {
+                let out = inner.control(async |lane| lane.release(lease).await).await;
+                link.update(|s| {
+                    s.state = State::Released;
+                    s.released = Some(out);
+                });
+                return;
+            }
+            if R::Timer::default().now() < at {
+                continue;
+            }
+            let out = inner
+                .control(async |lane| {
+                    let out = lane.renew(&mut lease).await;
+                    out.map(|()| lane.connected_addr().map(String::from).unwrap_or_default())
+                })
+                .await;
+            match out {
+                Ok(member) => {
+                    count += 1;
+                    link.set_deadline(&lease);
+                    let renewal = Renewal {
+                        member,
+                        fence: lease.fence(),
+                        remaining: lease.ttl(),
+                        count,
+                    };
+                    link.update(|s| s.renewal = Some(renewal));
+                }
+                Err(e) => {
+                    warn!("cluster lease on {} lost: {}", self.key, e);
+                    link.update(|s| s.state = State::Lost);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A task that ends (or panics, or is dropped with its runtime, even
+/// before it ran) without a release leaves its lease lost: a vanished task
+/// renews nothing, and a caller still waiting for the grant is told.
+impl<R: ClusterRuntime> Drop for Task<R> {
+    fn drop(&mut self) {
+        self.link.update(|s| {
+            if matches!(s.state, State::Acquiring | State::Held) {
+                s.state = State::Lost;
+                if s.grant.is_none() {
+                    s.grant = Some(Err(Error::Disconnected));
+                }
+            }
+        });
+    }
+}
+
+/// The caller's side of an acquire under way: becomes the guard. Dropped
+/// before that (a cancelled acquire), it tells the task to give up.
+pub(crate) struct Pending<R: ClusterRuntime> {
+    key: String,
+    kind: Kind,
+    link: Arc<Link>,
+    taken: bool,
+    _rt: PhantomData<fn() -> R>,
+}
+
+impl<R: ClusterRuntime> Pending<R> {
+    fn take(s: &mut Status) -> Option<Result<Option<Granted>>> {
+        s.grant.take()
+    }
+
+    fn guard(mut self, out: Result<Option<Granted>>) -> Result<Option<ClusterGuard<R>>> {
+        self.taken = true;
+        Ok(out?.map(|g| ClusterGuard {
+            key: core::mem::take(&mut self.key),
+            kind: self.kind,
+            token: g.token,
+            ttl: g.ttl,
+            member: g.member,
+            link: self.link.clone(),
+            seen: 0,
+            released: false,
+            _rt: PhantomData,
+        }))
+    }
+
+    /// Waits (async) for the acquire's outcome.
+    pub(crate) async fn wait(self) -> Result<Option<ClusterGuard<R>>> {
+        let out = self.link.until(Self::take).await;
+        self.guard(out)
+    }
+
+    /// Blocks for the acquire's outcome.
+    pub(crate) fn wait_blocking(self) -> Result<Option<ClusterGuard<R>>> {
+        let out = self.link.until_blocking(Duration::MAX, Self::take);
+        self.guard(out.unwrap_or(Err(Error::Disconnected)))
+    }
+}
+
+impl<R: ClusterRuntime> Drop for Pending<R> {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.link.update(|s| s.abandoned = true);
+        }
+    }
+}
+
+// ---- the guard --------------------------------------------------------------------
+
+/// A held cluster lock or semaphore slot, renewed in the background (a
+/// tokio task, a thread) on whichever member leads.
+///
+/// * The fence never changes for the life of the lease, across failovers.
+/// * The lease is lost when a renew was refused (it is never re-acquired
+///   behind your back), no leader could be reached before the lease
+///   deadline, the deadline passed, or the renewal task is gone.
+/// * Dropping the guard releases in the background.
+pub struct ClusterGuard<R: ClusterRuntime> {
+    key: String,
+    kind: Kind,
+    token: Token,
+    ttl: Duration,
+    member: String,
+    link: Arc<Link>,
+    /// Renewals seen by `next_renewal`.
+    seen: u64,
+    released: bool,
+    _rt: PhantomData<fn() -> R>,
+}
+
+impl<R: ClusterRuntime> core::fmt::Debug for ClusterGuard<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ClusterGuard")
+            .field("key", &self.key)
+            .field("kind", &self.kind)
+            .field("token", &self.token)
+            .field("ttl", &self.ttl)
+            .field("member", &self.member)
+            .field("lost", &self.is_lost())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: ClusterRuntime> ClusterGuard<R> {
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Lock or semaphore.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The member that granted the lease.
+    pub fn granted_by(&self) -> &str {
+        &self.member
+    }
+
+    /// The lease TTL granted.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The token, or `None` once the lease is lost.
+    pub fn token(&self) -> Option<Token> {
+        (!self.is_lost()).then_some(self.token)
+    }
+
+    /// The fence (see [`Fence`]: on a v2 cluster a replicated counter that
+    /// only grows, across failovers), or `None` once the lease is lost.
+    pub fn fence(&self) -> Option<Fence> {
+        self.token().map(|t| t.fence())
+    }
+
+    /// Whether the lease is known to be lost (never blocks): the renewal
+    /// task said so or is gone, or the conservative deadline has passed by
+    /// the clock.
+    pub fn is_lost(&self) -> bool {
+        self.link.status().state != State::Held || self.past_deadline()
+    }
+
+    fn past_deadline(&self) -> bool {
+        R::Timer::default().now() >= self.link.deadline()
+    }
+
+    /// The latest successful renew, if any.
+    pub fn last_renewal(&self) -> Option<Renewal> {
+        self.link.status().renewal.clone()
+    }
+
+    /// The state changed from held (lost or released).
+    fn ended(s: &mut Status) -> Option<()> {
+        (s.state != State::Held).then_some(())
+    }
+
+    /// Async: returns once the lease is lost, racing the deadline with
+    /// `sleep` (the runtime's sleep until an instant).
+    pub(crate) async fn lost_with<F: Future<Output = ()>>(&self, sleep: impl Fn(Instant) -> F) {
+        while !self.is_lost() {
+            select(self.link.until(Self::ended), sleep(self.link.deadline())).await;
+        }
+    }
+
+    /// Blocks up to `timeout` for the lease to be lost; true if it was.
+    pub(crate) fn wait_lost_blocking(&self, timeout: Duration) -> bool {
+        let end = std::time::Instant::now().checked_add(timeout);
+        loop {
+            if self.is_lost() {
+                return true;
+            }
+            let left = end.map_or(Duration::MAX, |e| {
+                e.saturating_duration_since(std::time::Instant::now())
+            });
+            if left.is_zero() {
+                return false;
+            }
+            // Wake at the deadline too: it is read from the clock.
+            let to_deadline = self
+                .link
+                .deadline()
+                .saturating_duration_since(R::Timer::default().now())
+                + Duration::from_millis(1);
+            let _ = self.link.until_blocking(left.min(to_deadline), Self::ended);
+        }
+    }
+
+    /// The next renewal this guard has not seen, or `None` once lost or
+    /// released.
+    fn next(seen: u64) -> impl FnMut(&mut Status) -> Option<Option<Renewal>> {
+        move |s| match &s.renewal {
+            Some(r) if r.count > seen => Some(Some(r.clone())),
+            _ if s.state != State::Held => Some(None),
+            _ => None,
+        }
+    }
+
+    /// Async: waits for the next renewal.
+    pub(crate) async fn next_renewal_async(&mut self) -> Option<Renewal> {
+        let r = self.link.until(Self::next(self.seen)).await;
+        self.saw(r)
+    }
+
+    /// Blocks for the next renewal.
+    pub(crate) fn next_renewal_blocking(&mut self) -> Option<Renewal> {
+        let r = self
+            .link
+            .until_blocking(Duration::MAX, Self::next(self.seen))
+            .flatten();
+        self.saw(r)
+    }
+
+    fn saw(&mut self, r: Option<Renewal>) -> Option<Renewal> {
+        if let Some(r) = &r {
+            self.seen = r.count;
+        }
+        r
+    }
+
+    /// Asks the task for a release; false when the lease was lost (or the
+    /// task is gone).
+    fn ask_release(&mut self) -> bool {
+        self.released = true;
+        self.link.update(|s| {
+            s.release = true;
+            s.state == State::Held
+        })
+    }
+
+    fn take_released(s: &mut Status) -> Option<Result<()>> {
+        match s.state {
+            State::Held => None,
+            State::Released => Some(s.released.take().unwrap_or(Err(Error::LeaseLost))),
+            State::Acquiring | State::Lost => Some(Err(Error::LeaseLost)),
+        }
+    }
+
+    /// Async: releases on the leader.
+    pub(crate) async fn release_async(mut self) -> Result<()> {
+        if !self.ask_release() {
+            return Err(Error::LeaseLost);
+        }
+        self.link.until(Self::take_released).await
+    }
+
+    /// Blocks for the release on the leader.
+    pub(crate) fn release_blocking(mut self) -> Result<()> {
+        if !self.ask_release() {
+            return Err(Error::LeaseLost);
+        }
+        self.link
+            .until_blocking(Duration::MAX, Self::take_released)
+            .unwrap_or(Err(Error::LeaseLost))
+    }
+}
+
+impl<R: ClusterRuntime> Drop for ClusterGuard<R> {
+    fn drop(&mut self) {
+        if !self.released {
+            self.link.update(|s| s.release = true);
+        }
     }
 }
 
@@ -193,11 +1041,6 @@ impl Rng for OsHashRng {
         h.write_u32(std::process::id());
         (h.finish() >> 16) as u32
     }
-}
-
-/// The JSON of a `stats` reply read into `buf`, as an owned string.
-pub(crate) fn owned_stats(json: &str) -> String {
-    String::from(json)
 }
 
 #[cfg(test)]
