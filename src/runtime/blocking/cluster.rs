@@ -24,7 +24,9 @@ use std::time::Duration;
 use super::{BlockingTransport, HostStream, Result, StdTimer, block_on, open_host};
 use crate::Error;
 use crate::cluster::Connector;
-use crate::runtime::host::cluster::{self as host, ClusterRuntime, Dialer, Lane, Link, Renewal};
+use crate::runtime::host::cluster::{
+    self as host, ClusterRuntime, Dialer, Lane, Link, Pending, Renewal,
+};
 use crate::time::{Instant, Timer};
 
 /// Dials members over std TCP (or TLS), counting every dial; sets each
@@ -69,7 +71,10 @@ impl ClusterRuntime for StdConnector {
     }
 
     async fn idle(link: &Link, until: Instant) {
-        link.wait_release_wanted(until.saturating_duration_since(StdTimer.now()));
+        let _ = link.until_blocking(
+            until.saturating_duration_since(StdTimer.now()),
+            Link::wants_release,
+        );
     }
 }
 
@@ -130,30 +135,46 @@ impl ClusterLock {
             .name(std::format!("dflockd-cluster-renew-{}", self.key()))
             .spawn(move || block_on(task.run()))
             .map_err(Error::Io)?;
-        pending.wait_blocking()
+        let out = pending.0.until_blocking(Duration::MAX, Pending::grant);
+        pending.guard(self, out.unwrap_or(Err(Error::Disconnected)))
     }
 }
 
 impl ClusterGuard {
     /// Blocks until the lease is lost.
     pub fn wait_lost(&self) {
-        self.wait_lost_blocking(Duration::MAX);
+        self.wait_lost_timeout(Duration::MAX);
     }
 
     /// Blocks up to `timeout` for the lease to be lost; true if it was.
     pub fn wait_lost_timeout(&self, timeout: Duration) -> bool {
-        self.wait_lost_blocking(timeout)
+        let end = std::time::Instant::now().checked_add(timeout);
+        while !self.is_lost() {
+            // Wake at the deadline too: it is read from the clock.
+            let left = end.map_or(Duration::MAX, |e| {
+                e.saturating_duration_since(std::time::Instant::now())
+            });
+            let step = left.min(self.to_deadline() + Duration::from_millis(1));
+            if left.is_zero() {
+                return false;
+            }
+            let _ = self.link.until_blocking(step, Self::ended);
+        }
+        true
     }
 
     /// Blocks for the next successful renew: `None` once the lease is lost
     /// or released.
     pub fn next_renewal(&mut self) -> Option<Renewal> {
-        self.next_renewal_blocking()
+        let next = self.link.until_blocking(Duration::MAX, self.unseen());
+        self.saw(next.flatten())
     }
 
     /// Releases the lease on the leader. [`Error::LeaseLost`] when it was
     /// lost before.
-    pub fn release(self) -> Result<()> {
-        self.release_blocking()
+    pub fn release(mut self) -> Result<()> {
+        self.ask_release()?;
+        let out = self.link.until_blocking(Duration::MAX, Self::released);
+        out.unwrap_or(Err(Error::LeaseLost))
     }
 }

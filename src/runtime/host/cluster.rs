@@ -415,6 +415,7 @@ impl<R: ClusterRuntime> ClusterClient<R> {
 
 /// A lock or semaphore on one key of a [`ClusterClient`], with its
 /// options. Cheap to clone.
+#[derive(Debug)]
 pub struct ClusterLock<R: ClusterRuntime> {
     client: ClusterClient<R>,
     key: String,
@@ -429,16 +430,6 @@ impl<R: ClusterRuntime> Clone for ClusterLock<R> {
             key: self.key.clone(),
             ..*self
         }
-    }
-}
-
-impl<R: ClusterRuntime> core::fmt::Debug for ClusterLock<R> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ClusterLock")
-            .field("key", &self.key)
-            .field("kind", &self.kind)
-            .field("options", &self.options)
-            .finish_non_exhaustive()
     }
 }
 
@@ -486,55 +477,42 @@ impl<R: ClusterRuntime> ClusterLock<R> {
         self.options.acquire_timeout
     }
 
-    /// The renewal task of an acquire with `timeout`, and the caller's
-    /// side of it. The runtime runs the task (a tokio task, a thread).
-    pub(crate) fn start(&self, timeout: Duration) -> (Task<R>, Pending<R>) {
+    /// The renewal task of an acquire with `timeout` (for the runtime to
+    /// run: a tokio task, a thread), and the caller's side of it.
+    pub(crate) fn start(&self, timeout: Duration) -> (Task<R>, Pending) {
         let link = Arc::new(Link::default());
         let task = Task {
-            inner: self.client.0.clone(),
-            key: self.key.clone(),
-            kind: self.kind,
-            options: self.options,
+            lock: self.clone(),
             timeout,
             link: link.clone(),
         };
-        let pending = Pending {
-            key: self.key.clone(),
-            kind: self.kind,
-            link,
-            taken: false,
-            _rt: PhantomData,
-        };
-        (task, pending)
+        (task, Pending(link, false))
     }
 }
 
 // ---- between the renewal task and its guard ------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The outcome of an acquire: token, TTL and granting member.
+pub(crate) type Grant = Result<Option<(Token, Duration, String)>>;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum State {
+    #[default]
     Acquiring,
     Held,
     Lost,
     Released,
 }
 
-#[derive(Debug)]
-struct Granted {
-    token: Token,
-    ttl: Duration,
-    member: String,
-}
-
-/// What the renewal task and its caller, then its guard, tell each other.
-#[derive(Debug)]
-struct Status {
+/// What the renewal task, the caller of the acquire and then its guard
+/// tell each other.
+#[derive(Debug, Default)]
+pub(crate) struct Status {
     state: State,
-    /// The acquire's outcome, until the caller takes it.
-    grant: Option<Result<Option<Granted>>>,
-    /// The caller of the acquire went away before taking a grant.
-    abandoned: bool,
-    /// The guard asked for a release (dropped, or waiting for `released`).
+    /// The acquire's outcome (token, TTL, member), until the caller takes it.
+    grant: Option<Grant>,
+    /// The guard asked for a release, or the caller went away before
+    /// taking the grant.
     release: bool,
     /// The release's outcome, until the guard takes it.
     released: Option<Result<()>>,
@@ -542,33 +520,14 @@ struct Status {
     wakers: Vec<Waker>,
 }
 
-/// The shared state of one lease: a mutex-guarded [`Status`] that wakes
-/// both blocked threads (a condvar) and async waiters (their wakers), and
-/// the lease deadline, readable without a lock.
-#[derive(Debug)]
+/// The shared state of one lease: the [`Status`], waking blocked threads
+/// (a condvar) and async waiters (their wakers) on every change, and the
+/// lease deadline (milliseconds of the runtime's timer).
+#[derive(Debug, Default)]
 pub struct Link {
     status: Mutex<Status>,
     changed: Condvar,
-    /// The lease deadline, in milliseconds of the runtime's timer.
     deadline: AtomicU64,
-}
-
-impl Default for Link {
-    fn default() -> Self {
-        Self {
-            status: Mutex::new(Status {
-                state: State::Acquiring,
-                grant: None,
-                abandoned: false,
-                release: false,
-                released: None,
-                renewal: None,
-                wakers: Vec::new(),
-            }),
-            changed: Condvar::new(),
-            deadline: AtomicU64::new(0),
-        }
-    }
 }
 
 impl Link {
@@ -578,35 +537,33 @@ impl Link {
     }
 
     /// Changes the status and wakes every waiter.
-    fn update<T>(&self, f: impl FnOnce(&mut Status) -> T) -> T {
+    fn update(&self, f: impl FnOnce(&mut Status)) {
         let mut s = self.status();
-        let out = f(&mut s);
+        f(&mut s);
         let wakers = core::mem::take(&mut s.wakers);
         drop(s);
         self.changed.notify_all();
         wakers.into_iter().for_each(Waker::wake);
-        out
     }
 
     /// Waits (async) until `f` finds what it looks for.
-    fn until<T>(&self, mut f: impl FnMut(&mut Status) -> Option<T>) -> impl Future<Output = T> {
+    pub(crate) fn until<T>(
+        &self,
+        mut f: impl FnMut(&mut Status) -> Option<T>,
+    ) -> impl Future<Output = T> {
         core::future::poll_fn(move |cx| {
             let mut s = self.status();
-            match f(&mut s) {
-                Some(out) => Poll::Ready(out),
-                None => {
-                    if !s.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                        s.wakers.push(cx.waker().clone());
-                    }
-                    Poll::Pending
-                }
+            let out = f(&mut s);
+            if out.is_none() && !s.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                s.wakers.push(cx.waker().clone());
             }
+            out.map_or(Poll::Pending, Poll::Ready)
         })
     }
 
-    /// Blocks the thread until `f` finds what it looks for, or until
-    /// `timeout` (`None` when it passed first).
-    fn until_blocking<T>(
+    /// Blocks until `f` finds what it looks for (`None` once `timeout`
+    /// passed first).
+    pub(crate) fn until_blocking<T>(
         &self,
         timeout: Duration,
         mut f: impl FnMut(&mut Status) -> Option<T>,
@@ -617,10 +574,9 @@ impl Link {
             if let Some(out) = f(&mut s) {
                 return Some(out);
             }
-            let left = match end {
-                Some(end) => end.checked_duration_since(std::time::Instant::now())?,
-                None => Duration::from_secs(3600),
-            };
+            let left = end.map_or(Some(Duration::from_secs(3600)), |e| {
+                e.checked_duration_since(std::time::Instant::now())
+            })?;
             s = match self.changed.wait_timeout(s, left) {
                 Ok((s, _)) => s,
                 Err(p) => p.into_inner().0,
@@ -628,48 +584,27 @@ impl Link {
         }
     }
 
-    fn wants_release(s: &mut Status) -> Option<()> {
-        (s.release || s.abandoned).then_some(())
+    /// Whether a release is wanted (for [`until`](Self::until)).
+    pub(crate) fn wants_release(s: &mut Status) -> Option<()> {
+        s.release.then_some(())
     }
 
-    /// Returns once the guard (or a caller that went away) asked for a
-    /// release: for runtimes that race it with their own sleep.
-    pub(crate) fn release_wanted(&self) -> impl Future<Output = ()> {
-        self.until(Self::wants_release)
-    }
-
-    /// Blocks until a release is wanted or `timeout` passed.
-    pub(crate) fn wait_release_wanted(&self, timeout: Duration) {
-        let _ = self.until_blocking(timeout, Self::wants_release);
-    }
-
-    fn deadline(&self) -> Instant {
+    /// The lease deadline by the runtime's clock.
+    pub(crate) fn deadline(&self) -> Instant {
         Instant::from_millis(self.deadline.load(Ordering::Relaxed))
     }
 
-    fn set_deadline(&self, lease: &Lease<'_>) {
-        self.deadline
-            .store(lease.deadline().as_millis(), Ordering::Relaxed);
-    }
-
-    /// Hands the acquire's outcome to the caller.
-    fn grant(&self, out: Result<Option<Granted>>) {
-        self.update(|s| {
-            if matches!(out, Ok(Some(_))) {
-                s.state = State::Held;
-            }
-            s.grant = Some(out);
-        });
+    fn held(&self, lease: &Lease<'_>, renewal: Option<Renewal>) {
+        let deadline = lease.deadline().as_millis();
+        self.deadline.store(deadline, Ordering::Relaxed);
+        self.update(|s| s.renewal = renewal.or(s.renewal.take()));
     }
 }
 
 /// The renewal task of one lease: acquires, hands the grant over, renews
 /// on whichever member leads until released or lost.
 pub(crate) struct Task<R: ClusterRuntime> {
-    inner: Arc<Inner<R>>,
-    key: String,
-    kind: Kind,
-    options: LockOptions,
+    lock: ClusterLock<R>,
     timeout: Duration,
     link: Arc<Link>,
 }
@@ -677,41 +612,44 @@ pub(crate) struct Task<R: ClusterRuntime> {
 impl<R: ClusterRuntime> Task<R> {
     /// Runs the lease from acquire to release or loss.
     pub(crate) async fn run(self) {
-        let (inner, link) = (&*self.inner, &*self.link);
-        let spec = LockSpec::new(&self.key, self.kind).with_options(self.options);
+        let (inner, link, l) = (&*self.lock.client.0, &*self.link, &self.lock);
+        let spec = LockSpec::new(&l.key, l.kind).with_options(l.options);
         let acquired = inner
             .on(&inner.acquire, async |lane| {
-                if link.status().abandoned {
-                    return None;
-                }
-                let abandoned = link.until(|s| s.abandoned.then_some(()));
-                match select(lane.acquire(&spec, self.timeout), abandoned).await {
-                    Either::First(out) => {
-                        let member = lane.connected_addr().map(String::from).unwrap_or_default();
-                        Some(out.map(|l| l.map(|l| (l, member))))
-                    }
-                    Either::Second(()) => {
+                let gone = link.until(Link::wants_release);
+                match select(gone, lane.acquire(&spec, self.timeout)).await {
+                    Either::First(()) => {
                         // The caller is gone: close the connection so the
                         // server drops the waiter or the grant.
                         lane.disconnect();
                         None
                     }
+                    Either::Second(out) => {
+                        let member = lane.connected_addr().map(String::from);
+                        Some(out.map(|l| l.map(|l| (l, member.unwrap_or_default()))))
+                    }
                 }
             })
             .await;
-        let (mut lease, member) = match acquired {
-            None => return,
-            Some(Ok(Some(l))) => l,
-            Some(Ok(None)) => return link.grant(Ok(None)),
-            Some(Err(e)) => return link.grant(Err(e)),
-        };
-        link.set_deadline(&lease);
-        let granted = Granted {
-            token: *lease.token(),
-            ttl: lease.ttl(),
-            member,
-        };
-        link.grant(Ok(Some(granted)));
+        let Some(acquired) = acquired else { return };
+        let mut lease = None;
+        let grant = acquired.map(|granted| {
+            granted.map(|(l, member)| {
+                link.held(&l, None);
+                let grant = (*l.token(), l.ttl(), member);
+                lease = Some(l);
+                grant
+            })
+        });
+        link.update(|s| {
+            s.state = if lease.is_some() {
+                State::Held
+            } else {
+                s.state
+            };
+            s.grant = Some(grant);
+        });
+        let Some(mut lease) = lease else { return };
         let mut count = 0u64;
         loop {
             // Check for a release before every renew, even when renews
@@ -720,11 +658,10 @@ impl<R: ClusterRuntime> Task<R> {
             R::idle(link, at).await;
             if Link::wants_release(&mut link.status()).is_some() {
                 let out = inner.control(async |lane| lane.release(lease).await).await;
-                link.update(|s| {
+                return link.update(|s| {
                     s.state = State::Released;
                     s.released = Some(out);
                 });
-                return;
             }
             if R::Timer::default().now() < at {
                 continue;
@@ -738,19 +675,18 @@ impl<R: ClusterRuntime> Task<R> {
             match out {
                 Ok(member) => {
                     count += 1;
-                    link.set_deadline(&lease);
+                    let (fence, remaining) = (lease.fence(), lease.ttl());
                     let renewal = Renewal {
                         member,
-                        fence: lease.fence(),
-                        remaining: lease.ttl(),
+                        fence,
+                        remaining,
                         count,
                     };
-                    link.update(|s| s.renewal = Some(renewal));
+                    link.held(&lease, Some(renewal));
                 }
                 Err(e) => {
-                    warn!("cluster lease on {} lost: {}", self.key, e);
-                    link.update(|s| s.state = State::Lost);
-                    return;
+                    warn!("cluster lease on {} lost: {}", l.key, e);
+                    return link.update(|s| s.state = State::Lost);
                 }
             }
         }
@@ -765,61 +701,47 @@ impl<R: ClusterRuntime> Drop for Task<R> {
         self.link.update(|s| {
             if matches!(s.state, State::Acquiring | State::Held) {
                 s.state = State::Lost;
-                if s.grant.is_none() {
-                    s.grant = Some(Err(Error::Disconnected));
-                }
+                s.grant.get_or_insert(Err(Error::Disconnected));
             }
         });
     }
 }
 
-/// The caller's side of an acquire under way: becomes the guard. Dropped
-/// before that (a cancelled acquire), it tells the task to give up.
-pub(crate) struct Pending<R: ClusterRuntime> {
-    key: String,
-    kind: Kind,
-    link: Arc<Link>,
-    taken: bool,
-    _rt: PhantomData<fn() -> R>,
-}
+/// The caller's side of an acquire under way. Dropped before the grant is
+/// taken (a cancelled acquire), it asks the task to give up.
+pub(crate) struct Pending(pub(crate) Arc<Link>, bool);
 
-impl<R: ClusterRuntime> Pending<R> {
-    fn take(s: &mut Status) -> Option<Result<Option<Granted>>> {
+impl Pending {
+    /// Takes the acquire's outcome (for [`Link::until`]).
+    pub(crate) fn grant(s: &mut Status) -> Option<Grant> {
         s.grant.take()
     }
 
-    fn guard(mut self, out: Result<Option<Granted>>) -> Result<Option<ClusterGuard<R>>> {
-        self.taken = true;
-        Ok(out?.map(|g| ClusterGuard {
-            key: core::mem::take(&mut self.key),
-            kind: self.kind,
-            token: g.token,
-            ttl: g.ttl,
-            member: g.member,
-            link: self.link.clone(),
+    /// The guard of the outcome `out`.
+    pub(crate) fn guard<R: ClusterRuntime>(
+        mut self,
+        lock: &ClusterLock<R>,
+        out: Grant,
+    ) -> Result<Option<ClusterGuard<R>>> {
+        self.1 = true;
+        Ok(out?.map(|(token, ttl, member)| ClusterGuard {
+            key: lock.key.clone(),
+            kind: lock.kind,
+            token,
+            ttl,
+            member,
+            link: self.0.clone(),
             seen: 0,
             released: false,
             _rt: PhantomData,
         }))
     }
-
-    /// Waits (async) for the acquire's outcome.
-    pub(crate) async fn wait(self) -> Result<Option<ClusterGuard<R>>> {
-        let out = self.link.until(Self::take).await;
-        self.guard(out)
-    }
-
-    /// Blocks for the acquire's outcome.
-    pub(crate) fn wait_blocking(self) -> Result<Option<ClusterGuard<R>>> {
-        let out = self.link.until_blocking(Duration::MAX, Self::take);
-        self.guard(out.unwrap_or(Err(Error::Disconnected)))
-    }
 }
 
-impl<R: ClusterRuntime> Drop for Pending<R> {
+impl Drop for Pending {
     fn drop(&mut self) {
-        if !self.taken {
-            self.link.update(|s| s.abandoned = true);
+        if !self.1 {
+            self.0.update(|s| s.release = true);
         }
     }
 }
@@ -834,30 +756,18 @@ impl<R: ClusterRuntime> Drop for Pending<R> {
 ///   behind your back), no leader could be reached before the lease
 ///   deadline, the deadline passed, or the renewal task is gone.
 /// * Dropping the guard releases in the background.
+#[derive(Debug)]
 pub struct ClusterGuard<R: ClusterRuntime> {
     key: String,
     kind: Kind,
     token: Token,
     ttl: Duration,
     member: String,
-    link: Arc<Link>,
+    pub(crate) link: Arc<Link>,
     /// Renewals seen by `next_renewal`.
     seen: u64,
     released: bool,
     _rt: PhantomData<fn() -> R>,
-}
-
-impl<R: ClusterRuntime> core::fmt::Debug for ClusterGuard<R> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ClusterGuard")
-            .field("key", &self.key)
-            .field("kind", &self.kind)
-            .field("token", &self.token)
-            .field("ttl", &self.ttl)
-            .field("member", &self.member)
-            .field("lost", &self.is_lost())
-            .finish_non_exhaustive()
-    }
 }
 
 impl<R: ClusterRuntime> ClusterGuard<R> {
@@ -896,11 +806,13 @@ impl<R: ClusterRuntime> ClusterGuard<R> {
     /// task said so or is gone, or the conservative deadline has passed by
     /// the clock.
     pub fn is_lost(&self) -> bool {
-        self.link.status().state != State::Held || self.past_deadline()
+        self.link.status().state != State::Held || self.to_deadline().is_zero()
     }
 
-    fn past_deadline(&self) -> bool {
-        R::Timer::default().now() >= self.link.deadline()
+    /// The time left until the lease deadline, by the runtime's clock.
+    pub(crate) fn to_deadline(&self) -> Duration {
+        let now = R::Timer::default().now();
+        self.link.deadline().saturating_duration_since(now)
     }
 
     /// The latest successful renew, if any.
@@ -908,108 +820,45 @@ impl<R: ClusterRuntime> ClusterGuard<R> {
         self.link.status().renewal.clone()
     }
 
-    /// The state changed from held (lost or released).
-    fn ended(s: &mut Status) -> Option<()> {
+    /// Whether the lease ended (lost or released; for [`Link::until`]).
+    pub(crate) fn ended(s: &mut Status) -> Option<()> {
         (s.state != State::Held).then_some(())
     }
 
-    /// Async: returns once the lease is lost, racing the deadline with
-    /// `sleep` (the runtime's sleep until an instant).
-    pub(crate) async fn lost_with<F: Future<Output = ()>>(&self, sleep: impl Fn(Instant) -> F) {
-        while !self.is_lost() {
-            select(self.link.until(Self::ended), sleep(self.link.deadline())).await;
-        }
-    }
-
-    /// Blocks up to `timeout` for the lease to be lost; true if it was.
-    pub(crate) fn wait_lost_blocking(&self, timeout: Duration) -> bool {
-        let end = std::time::Instant::now().checked_add(timeout);
-        loop {
-            if self.is_lost() {
-                return true;
-            }
-            let left = end.map_or(Duration::MAX, |e| {
-                e.saturating_duration_since(std::time::Instant::now())
-            });
-            if left.is_zero() {
-                return false;
-            }
-            // Wake at the deadline too: it is read from the clock.
-            let to_deadline = self
-                .link
-                .deadline()
-                .saturating_duration_since(R::Timer::default().now())
-                + Duration::from_millis(1);
-            let _ = self.link.until_blocking(left.min(to_deadline), Self::ended);
-        }
-    }
-
-    /// The next renewal this guard has not seen, or `None` once lost or
-    /// released.
-    fn next(seen: u64) -> impl FnMut(&mut Status) -> Option<Option<Renewal>> {
+    /// The next renewal this guard has not seen, or `None` once the lease
+    /// ended (for [`Link::until`]); [`saw`](Self::saw) records it.
+    pub(crate) fn unseen(&self) -> impl FnMut(&mut Status) -> Option<Option<Renewal>> + use<R> {
+        let seen = self.seen;
         move |s| match &s.renewal {
             Some(r) if r.count > seen => Some(Some(r.clone())),
-            _ if s.state != State::Held => Some(None),
-            _ => None,
+            _ => Self::ended(s).map(|()| None),
         }
     }
 
-    /// Async: waits for the next renewal.
-    pub(crate) async fn next_renewal_async(&mut self) -> Option<Renewal> {
-        let r = self.link.until(Self::next(self.seen)).await;
-        self.saw(r)
-    }
-
-    /// Blocks for the next renewal.
-    pub(crate) fn next_renewal_blocking(&mut self) -> Option<Renewal> {
-        let r = self
-            .link
-            .until_blocking(Duration::MAX, Self::next(self.seen))
-            .flatten();
-        self.saw(r)
-    }
-
-    fn saw(&mut self, r: Option<Renewal>) -> Option<Renewal> {
-        if let Some(r) = &r {
-            self.seen = r.count;
-        }
+    pub(crate) fn saw(&mut self, r: Option<Renewal>) -> Option<Renewal> {
+        self.seen = r.as_ref().map_or(self.seen, |r| r.count);
         r
     }
 
-    /// Asks the task for a release; false when the lease was lost (or the
-    /// task is gone).
-    fn ask_release(&mut self) -> bool {
+    /// Asks the task for a release; `Err` when the lease was lost (or the
+    /// task is gone) before.
+    pub(crate) fn ask_release(&mut self) -> Result<()> {
         self.released = true;
+        let mut held = false;
         self.link.update(|s| {
             s.release = true;
-            s.state == State::Held
-        })
+            held = s.state == State::Held;
+        });
+        if held { Ok(()) } else { Err(Error::LeaseLost) }
     }
 
-    fn take_released(s: &mut Status) -> Option<Result<()>> {
+    /// The release's outcome, once there (for [`Link::until`]).
+    pub(crate) fn released(s: &mut Status) -> Option<Result<()>> {
         match s.state {
             State::Held => None,
             State::Released => Some(s.released.take().unwrap_or(Err(Error::LeaseLost))),
             State::Acquiring | State::Lost => Some(Err(Error::LeaseLost)),
         }
-    }
-
-    /// Async: releases on the leader.
-    pub(crate) async fn release_async(mut self) -> Result<()> {
-        if !self.ask_release() {
-            return Err(Error::LeaseLost);
-        }
-        self.link.until(Self::take_released).await
-    }
-
-    /// Blocks for the release on the leader.
-    pub(crate) fn release_blocking(mut self) -> Result<()> {
-        if !self.ask_release() {
-            return Err(Error::LeaseLost);
-        }
-        self.link
-            .until_blocking(Duration::MAX, Self::take_released)
-            .unwrap_or(Err(Error::LeaseLost))
     }
 }
 

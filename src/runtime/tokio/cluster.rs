@@ -30,7 +30,9 @@ use embassy_futures::select::select;
 
 use super::{HostStream, Result, TokioTimer, open_host};
 use crate::cluster::Connector;
-use crate::runtime::host::cluster::{self as host, ClusterRuntime, Dialer, Lane, Link, Renewal};
+use crate::runtime::host::cluster::{
+    self as host, ClusterRuntime, Dialer, Lane, Link, Pending, Renewal,
+};
 use crate::time::{Instant, Timer};
 
 /// Dials members over tokio TCP (or TLS), counting every dial.
@@ -66,7 +68,11 @@ impl ClusterRuntime for TokioConnector {
     }
 
     async fn idle(link: &Link, until: Instant) {
-        select(link.release_wanted(), TokioTimer.sleep_until(until)).await;
+        select(
+            link.until(Link::wants_release),
+            TokioTimer.sleep_until(until),
+        )
+        .await;
     }
 }
 
@@ -133,20 +139,25 @@ impl ClusterLock {
     pub async fn acquire_within(&self, timeout: Duration) -> Result<Option<ClusterGuard>> {
         let (task, pending) = self.start(timeout);
         tokio::spawn(task.run());
-        pending.wait().await
+        let out = pending.0.until(Pending::grant).await;
+        pending.guard(self, out)
     }
 }
 
 impl ClusterGuard {
     /// Completes when the lease is lost. Cancel-safe.
     pub async fn lost(&self) {
-        self.lost_with(|at| TokioTimer.sleep_until(at)).await
+        while !self.is_lost() {
+            let at = TokioTimer.now() + self.to_deadline();
+            select(self.link.until(Self::ended), TokioTimer.sleep_until(at)).await;
+        }
     }
 
     /// Waits for the next successful renew: `None` once the lease is lost
     /// or released. Cancel-safe.
     pub async fn next_renewal(&mut self) -> Option<Renewal> {
-        self.next_renewal_async().await
+        let next = self.link.until(self.unseen()).await;
+        self.saw(next)
     }
 
     /// Releases the lease on the leader.
@@ -154,7 +165,8 @@ impl ClusterGuard {
     /// [`Error::LeaseLost`](crate::Error::LeaseLost) when it was lost
     /// before. Cancel-safe: once called, the release completes in the
     /// background.
-    pub async fn release(self) -> Result<()> {
-        self.release_async().await
+    pub async fn release(mut self) -> Result<()> {
+        self.ask_release()?;
+        self.link.until(Self::released).await
     }
 }
