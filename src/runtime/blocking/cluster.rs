@@ -38,11 +38,11 @@ impl Connector for StdConnector {
     type Io = HostStream;
 
     async fn connect(&self, addr: &str) -> Result<HostStream> {
-        open_host(addr, &self.0.dial(), self.0.tls())
+        open_host(addr, &self.0.dial(), self.0.settings.tls.as_ref())
     }
 
     fn auth_token(&self) -> Option<&str> {
-        self.0.auth_token()
+        self.0.settings.auth_token.as_ref().map(|t| t.expose())
     }
 
     fn prepare(&self, io: &mut HostStream, max_wait: Duration) {
@@ -60,10 +60,6 @@ impl ClusterRuntime for StdConnector {
         Self(dialer)
     }
 
-    fn cell(lane: Lane<Self>) -> Self::Cell {
-        Mutex::new(lane)
-    }
-
     async fn lock(cell: &Self::Cell) -> impl DerefMut<Target = Lane<Self>> {
         // A lane whose user panicked is still consistent enough: its
         // connection is at worst unusable, which the next call handles.
@@ -78,23 +74,33 @@ impl ClusterRuntime for StdConnector {
     }
 }
 
-/// A blocking client of a dflockd v2 Raft cluster (see
-/// [`ClusterBuilder`](crate::blocking::ClusterBuilder)). Cheap to clone;
-/// `Send + Sync`.
+/// A blocking client of a dflockd v2 Raft cluster, made by
+/// [`ClusterBuilder`](crate::blocking::ClusterBuilder). Cheap to clone;
+/// `Send + Sync`. Two lanes, each at most one connection: acquires (which
+/// may block on the server) on one, renew, release, `barrier`, `stats` and
+/// `ping` on the other, so a renew never waits behind a blocked acquire.
 pub type ClusterClient = host::ClusterClient<StdConnector>;
 
-/// A lock or semaphore on one key of a [`ClusterClient`].
+/// A lock or semaphore on one key of a [`ClusterClient`], with its
+/// options. Cheap to clone.
 pub type ClusterLock = host::ClusterLock<StdConnector>;
 
-/// A held cluster lock or semaphore slot, renewed by a thread.
+/// A held cluster lock or semaphore slot, renewed by a thread of its own
+/// on whichever member leads. The fence never changes for the life of the
+/// lease; the lease is lost when a renew was refused (never re-acquired
+/// behind your back), no leader answered before the deadline, the
+/// deadline passed, or the thread is gone. Dropping the guard releases in
+/// the background.
 pub type ClusterGuard = host::ClusterGuard<StdConnector>;
+
+host::cluster_api!(StdConnector);
 
 impl ClusterClient {
     /// `barrier` on the leader: returns once every write committed before
     /// it has been applied there; a [`stats`](Self::stats) after it reads
     /// the leader's state including those writes (a linearizable read).
     pub fn barrier(&self) -> Result<()> {
-        block_on(self.0.barrier())
+        block_on(self.0.control(async |lane| lane.barrier().await))
     }
 
     /// `stats` JSON from a member (after [`barrier`](Self::barrier): the
@@ -105,7 +111,7 @@ impl ClusterClient {
 
     /// `ping` on a member.
     pub fn ping(&self) -> Result<()> {
-        block_on(self.0.ping())
+        block_on(self.0.control(async |lane| lane.ping().await))
     }
 
     /// Closes both lanes' connections; the next operation reconnects and

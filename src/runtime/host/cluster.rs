@@ -24,7 +24,7 @@ use super::HostTls;
 use crate::cluster::{
     ClusterConn, Connector, Members, RedirectPolicy, StableRef, validate_members,
 };
-use crate::lock::{DEFAULT_IO_TIMEOUT, Jitter, Lease, LockOptions, LockSpec, RenewRatio, Rng};
+use crate::lock::{DEFAULT_IO_TIMEOUT, Lease, LockOptions, LockSpec, Rng};
 use crate::runtime::{AuthToken, ConnectOptions};
 use crate::time::{Instant, Timer};
 use crate::{Error, Fence, Kind, Token};
@@ -198,13 +198,10 @@ pub trait ClusterRuntime:
     /// The clock of lanes and leases.
     type Timer: Timer + Copy + Default + Send + Sync + 'static;
     /// A lane behind the runtime's lock.
-    type Cell: Send + Sync;
+    type Cell: From<Lane<Self>> + Send + Sync;
 
     /// The connector dialling for `dialer`.
     fn new(dialer: Dialer) -> Self;
-
-    /// A lane in its cell.
-    fn cell(lane: Lane<Self>) -> Self::Cell;
 
     /// Locks a lane (an acquire holds its lane while the server blocks).
     fn lock(cell: &Self::Cell) -> impl Future<Output = impl DerefMut<Target = Lane<Self>>>;
@@ -219,7 +216,7 @@ pub type Lane<R> = ClusterConn<R, Arc<[String]>, <R as ClusterRuntime>::Timer, C
 /// The settings and dial counter behind a runtime's [`Connector`].
 #[derive(Debug)]
 pub struct Dialer {
-    settings: Arc<ClusterSettings>,
+    pub(crate) settings: Arc<ClusterSettings>,
     dials: Arc<AtomicU32>,
 }
 
@@ -233,16 +230,6 @@ impl Dialer {
             auth_token: None,
         }
     }
-
-    /// The TLS connector, if any.
-    pub(crate) fn tls(&self) -> Option<&HostTls> {
-        self.settings.tls.as_ref()
-    }
-
-    /// The token sent with `auth` on every new connection.
-    pub(crate) fn auth_token(&self) -> Option<&str> {
-        self.settings.auth_token.as_ref().map(|t| t.expose())
-    }
 }
 
 // ---- the client -----------------------------------------------------------------
@@ -251,10 +238,10 @@ const NO_LEADER: usize = usize::MAX;
 
 /// What the clones of one client share.
 pub(crate) struct Inner<R: ClusterRuntime> {
-    settings: Arc<ClusterSettings>,
+    pub(crate) settings: Arc<ClusterSettings>,
     acquire: R::Cell,
     control: R::Cell,
-    dials: Arc<AtomicU32>,
+    pub(crate) dials: Arc<AtomicU32>,
     /// The leader hint both lanes share (a member index, or `NO_LEADER`).
     leader: AtomicUsize,
 }
@@ -268,7 +255,7 @@ impl<R: ClusterRuntime> Inner<R> {
                 settings: settings.clone(),
                 dials: dials.clone(),
             };
-            Ok(R::cell(ClusterConn::new(
+            Ok(R::Cell::from(ClusterConn::new(
                 R::new(dialer),
                 settings.members.clone(),
                 R::Timer::default(),
@@ -305,12 +292,8 @@ impl<R: ClusterRuntime> Inner<R> {
 
     /// Runs `op` on the control lane (renew, release, barrier, stats,
     /// ping), which never waits behind a blocked acquire.
-    async fn control<T>(&self, op: impl AsyncFnOnce(&mut Lane<R>) -> T) -> T {
+    pub(crate) async fn control<T>(&self, op: impl AsyncFnOnce(&mut Lane<R>) -> T) -> T {
         self.on(&self.control, op).await
-    }
-
-    pub(crate) async fn barrier(&self) -> Result<()> {
-        self.control(async |lane| lane.barrier().await).await
     }
 
     pub(crate) async fn stats(&self) -> Result<String> {
@@ -319,8 +302,10 @@ impl<R: ClusterRuntime> Inner<R> {
             .await
     }
 
-    pub(crate) async fn ping(&self) -> Result<()> {
-        self.control(async |lane| lane.ping().await).await
+    /// The address of the cached leader hint, if any.
+    pub(crate) fn leader(&self) -> Option<&str> {
+        let l = self.leader.load(Ordering::Relaxed);
+        (l != NO_LEADER).then(|| self.settings.members.member(l))
     }
 
     pub(crate) async fn disconnect(&self) {
@@ -329,28 +314,15 @@ impl<R: ClusterRuntime> Inner<R> {
     }
 }
 
-/// A client of a dflockd v2 Raft cluster. Cheap to clone (clones share the
-/// lanes, the leader hint and the stable ref).
-///
-/// Two lanes, each at most one connection: the **acquire lane** carries
-/// `l`/`sl` (which may block on the server up to the acquire timeout;
-/// concurrent acquires of one client take turns on it), the **control
-/// lane** carries renew, release, `barrier`, `stats` and `ping`, so a renew
-/// never waits behind a blocked acquire. Both lanes send `auth` (if set)
-/// and the client's stable ref on every new connection.
+/// A client of a dflockd v2 Raft cluster on runtime `R`: two lanes (acquire
+/// and control) and the leader hint they share. Used as
+/// `tokio::ClusterClient` and `blocking::ClusterClient` (documented there).
 pub struct ClusterClient<R: ClusterRuntime>(pub(crate) Arc<Inner<R>>);
-
-impl<R: ClusterRuntime> Clone for ClusterClient<R> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
 
 impl<R: ClusterRuntime> core::fmt::Debug for ClusterClient<R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ClusterClient")
-            .field("settings", &self.0.settings)
-            .finish_non_exhaustive()
+        let settings = &self.0.settings;
+        f.debug_tuple("ClusterClient").field(settings).finish()
     }
 }
 
@@ -360,118 +332,182 @@ impl<R: ClusterRuntime> sealed::FromClusterSettings for ClusterClient<R> {
     }
 }
 
-impl<R: ClusterRuntime> ClusterClient<R> {
-    /// A builder for a client of the cluster with these members
-    /// (client-facing `host:port`, as the servers' `--advertise-addr`).
-    pub fn builder<I, S>(members: I) -> ClusterBuilder<Self>
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        ClusterBuilder::new(members)
-    }
-
-    /// The stable ref presented on every connection.
-    pub fn stable_ref(&self) -> &str {
-        self.0.settings.stable_ref.as_str()
-    }
-
-    /// The members.
-    pub fn members(&self) -> &[String] {
-        &self.0.settings.members
-    }
-
-    /// The cached leader hint, if any.
-    pub fn leader(&self) -> Option<&str> {
-        let l = self.0.leader.load(Ordering::Relaxed);
-        (l != NO_LEADER).then(|| self.0.settings.members.member(l))
-    }
-
-    /// Members dialled so far, by both lanes (successful or not).
-    pub fn dials(&self) -> u32 {
-        self.0.dials.load(Ordering::Relaxed)
-    }
-
-    /// A lock on `key` with default options (see [`ClusterLock`]).
-    pub fn lock(&self, key: impl Into<String>) -> ClusterLock<R> {
-        ClusterLock {
-            client: self.clone(),
-            key: key.into(),
-            kind: Kind::Lock,
-            options: LockOptions::DEFAULT,
+/// The public methods and trait impls that the cluster client, lock and
+/// guard have on every runtime, written once and expanded by each adapter
+/// for its [`ClusterRuntime`] `$rt`: inherent impls on the concrete types,
+/// so that rustdoc lists them on `tokio::ClusterClient` and
+/// `blocking::ClusterClient` alike. Expects the adapter's `ClusterClient`,
+/// `ClusterLock` and `ClusterGuard` aliases in scope.
+macro_rules! cluster_api {
+    ($rt:ty) => {
+        impl Clone for ClusterClient {
+            fn clone(&self) -> Self {
+                Self(self.0.clone())
+            }
         }
-    }
 
-    /// A semaphore on `key` admitting `limit` holders.
-    pub fn semaphore(&self, key: impl Into<String>, limit: u32) -> ClusterLock<R> {
-        ClusterLock {
-            kind: Kind::Semaphore { limit },
-            ..self.lock(key)
+        impl ClusterClient {
+            /// A builder for a client of the cluster with these members
+            /// (client-facing `host:port`, as the servers' `--advertise-addr`).
+            pub fn builder<I, S>(members: I) -> $crate::runtime::host::cluster::ClusterBuilder<Self>
+            where
+                I: IntoIterator<Item = S>,
+                S: Into<String>,
+            {
+                $crate::runtime::host::cluster::ClusterBuilder::new(members)
+            }
+
+            /// The stable ref presented on every connection.
+            pub fn stable_ref(&self) -> &str {
+                self.0.settings.stable_ref.as_str()
+            }
+
+            /// The members.
+            pub fn members(&self) -> &[String] {
+                &self.0.settings.members
+            }
+
+            /// The cached leader hint, if any.
+            pub fn leader(&self) -> Option<&str> {
+                self.0.leader()
+            }
+
+            /// Members dialled so far, by both lanes (successful or not).
+            pub fn dials(&self) -> u32 {
+                self.0.dials.load(core::sync::atomic::Ordering::Relaxed)
+            }
+
+            /// A lock on `key` with default options (see [`ClusterLock`]).
+            pub fn lock(&self, key: impl Into<String>) -> ClusterLock {
+                ClusterLock {
+                    client: self.clone(),
+                    key: key.into(),
+                    kind: $crate::Kind::Lock,
+                    options: $crate::lock::LockOptions::DEFAULT,
+                }
+            }
+
+            /// A semaphore on `key` admitting `limit` holders.
+            pub fn semaphore(&self, key: impl Into<String>, limit: u32) -> ClusterLock {
+                ClusterLock {
+                    kind: $crate::Kind::Semaphore { limit },
+                    ..self.lock(key)
+                }
+            }
         }
-    }
+
+        impl Clone for ClusterLock {
+            fn clone(&self) -> Self {
+                Self {
+                    client: self.client.clone(),
+                    key: self.key.clone(),
+                    ..*self
+                }
+            }
+        }
+
+        impl ClusterLock {
+            /// How long the server may block an acquire (default 10 s). The
+            /// budget covers failovers: an acquire re-sent to a new leader
+            /// gets what is left of it.
+            pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+                self.options.acquire_timeout = timeout;
+                self
+            }
+
+            /// The lease TTL (default: the server's, 33 s). A lease survives
+            /// a failover when the election is shorter than the lease.
+            pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+                self.options.lease_ttl = Some(ttl);
+                self
+            }
+
+            /// Renew at this fraction of the lease (default 0.5).
+            pub fn renew_ratio(mut self, ratio: $crate::lock::RenewRatio) -> Self {
+                self.options.renew_ratio = ratio;
+                self
+            }
+
+            /// Early renew jitter (default 10 %).
+            pub fn early_jitter(mut self, jitter: $crate::lock::Jitter) -> Self {
+                self.options.early_jitter = jitter;
+                self
+            }
+
+            /// All lease options at once.
+            pub fn options(mut self, options: $crate::lock::LockOptions) -> Self {
+                self.options = options;
+                self
+            }
+
+            /// The key.
+            pub fn key(&self) -> &str {
+                &self.key
+            }
+        }
+
+        impl ClusterGuard {
+            /// The key.
+            pub fn key(&self) -> &str {
+                &self.key
+            }
+
+            /// Lock or semaphore.
+            pub fn kind(&self) -> $crate::Kind {
+                self.kind
+            }
+
+            /// The member that granted the lease.
+            pub fn granted_by(&self) -> &str {
+                &self.member
+            }
+
+            /// The lease TTL granted.
+            pub fn ttl(&self) -> Duration {
+                self.ttl
+            }
+
+            /// The token, or `None` once the lease is lost.
+            pub fn token(&self) -> Option<$crate::Token> {
+                (!self.is_lost()).then_some(self.token)
+            }
+
+            /// The fence (see [`Fence`](crate::Fence): on a v2 cluster a
+            /// replicated counter that only grows, across failovers), or
+            /// `None` once the lease is lost.
+            pub fn fence(&self) -> Option<$crate::Fence> {
+                self.token().map(|t| t.fence())
+            }
+
+            /// Whether the lease is known to be lost (never blocks): the
+            /// renewal task said so or is gone, or the conservative deadline
+            /// has passed by the clock.
+            pub fn is_lost(&self) -> bool {
+                self.lost_now()
+            }
+
+            /// The latest successful renew, if any.
+            pub fn last_renewal(&self) -> Option<Renewal> {
+                self.last()
+            }
+        }
+    };
 }
+pub(crate) use cluster_api;
 
 // ---- a lock -----------------------------------------------------------------------
 
 /// A lock or semaphore on one key of a [`ClusterClient`], with its
-/// options. Cheap to clone.
+/// options (`tokio::ClusterLock`, `blocking::ClusterLock`).
 #[derive(Debug)]
 pub struct ClusterLock<R: ClusterRuntime> {
-    client: ClusterClient<R>,
-    key: String,
-    kind: Kind,
-    options: LockOptions,
-}
-
-impl<R: ClusterRuntime> Clone for ClusterLock<R> {
-    fn clone(&self) -> Self {
-        Self {
-            client: self.client.clone(),
-            key: self.key.clone(),
-            ..*self
-        }
-    }
+    pub(crate) client: ClusterClient<R>,
+    pub(crate) key: String,
+    pub(crate) kind: Kind,
+    pub(crate) options: LockOptions,
 }
 
 impl<R: ClusterRuntime> ClusterLock<R> {
-    /// How long the server may block an acquire (default 10 s). The
-    /// budget covers failovers: an acquire re-sent to a new leader gets
-    /// what is left of it.
-    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
-        self.options.acquire_timeout = timeout;
-        self
-    }
-
-    /// The lease TTL (default: the server's, 33 s). A lease survives a
-    /// failover when the election is shorter than the lease.
-    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.options.lease_ttl = Some(ttl);
-        self
-    }
-
-    /// Renew at this fraction of the lease (default 0.5).
-    pub fn renew_ratio(mut self, ratio: RenewRatio) -> Self {
-        self.options.renew_ratio = ratio;
-        self
-    }
-
-    /// Early renew jitter (default 10 %).
-    pub fn early_jitter(mut self, jitter: Jitter) -> Self {
-        self.options.early_jitter = jitter;
-        self
-    }
-
-    /// All lease options at once.
-    pub fn options(mut self, options: LockOptions) -> Self {
-        self.options = options;
-        self
-    }
-
-    /// The key.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     /// The acquire timeout set (for `acquire`).
     pub(crate) fn acquire_timeout_set(&self) -> Duration {
         self.options.acquire_timeout
@@ -482,7 +518,11 @@ impl<R: ClusterRuntime> ClusterLock<R> {
     pub(crate) fn start(&self, timeout: Duration) -> (Task<R>, Pending) {
         let link = Arc::new(Link::default());
         let task = Task {
-            lock: self.clone(),
+            lock: ClusterLock {
+                client: ClusterClient(self.client.0.clone()),
+                key: self.key.clone(),
+                ..*self
+            },
             timeout,
             link: link.clone(),
         };
@@ -748,21 +788,15 @@ impl Drop for Pending {
 
 // ---- the guard --------------------------------------------------------------------
 
-/// A held cluster lock or semaphore slot, renewed in the background (a
-/// tokio task, a thread) on whichever member leads.
-///
-/// * The fence never changes for the life of the lease, across failovers.
-/// * The lease is lost when a renew was refused (it is never re-acquired
-///   behind your back), no leader could be reached before the lease
-///   deadline, the deadline passed, or the renewal task is gone.
-/// * Dropping the guard releases in the background.
+/// A held cluster lease, renewed in the background by its [`Task`]
+/// (`tokio::ClusterGuard`, `blocking::ClusterGuard`).
 #[derive(Debug)]
 pub struct ClusterGuard<R: ClusterRuntime> {
-    key: String,
-    kind: Kind,
-    token: Token,
-    ttl: Duration,
-    member: String,
+    pub(crate) key: String,
+    pub(crate) kind: Kind,
+    pub(crate) token: Token,
+    pub(crate) ttl: Duration,
+    pub(crate) member: String,
     pub(crate) link: Arc<Link>,
     /// Renewals seen by `next_renewal`.
     seen: u64,
@@ -771,52 +805,20 @@ pub struct ClusterGuard<R: ClusterRuntime> {
 }
 
 impl<R: ClusterRuntime> ClusterGuard<R> {
-    /// The key.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// Lock or semaphore.
-    pub fn kind(&self) -> Kind {
-        self.kind
-    }
-
-    /// The member that granted the lease.
-    pub fn granted_by(&self) -> &str {
-        &self.member
-    }
-
-    /// The lease TTL granted.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// The token, or `None` once the lease is lost.
-    pub fn token(&self) -> Option<Token> {
-        (!self.is_lost()).then_some(self.token)
-    }
-
-    /// The fence (see [`Fence`]: on a v2 cluster a replicated counter that
-    /// only grows, across failovers), or `None` once the lease is lost.
-    pub fn fence(&self) -> Option<Fence> {
-        self.token().map(|t| t.fence())
-    }
-
-    /// Whether the lease is known to be lost (never blocks): the renewal
-    /// task said so or is gone, or the conservative deadline has passed by
-    /// the clock.
-    pub fn is_lost(&self) -> bool {
-        self.link.status().state != State::Held || self.to_deadline().is_zero()
-    }
-
     /// The time left until the lease deadline, by the runtime's clock.
     pub(crate) fn to_deadline(&self) -> Duration {
         let now = R::Timer::default().now();
         self.link.deadline().saturating_duration_since(now)
     }
 
+    /// Whether the lease is known to be lost: the task said so or is gone,
+    /// or the deadline passed by the clock.
+    pub(crate) fn lost_now(&self) -> bool {
+        self.link.status().state != State::Held || self.to_deadline().is_zero()
+    }
+
     /// The latest successful renew, if any.
-    pub fn last_renewal(&self) -> Option<Renewal> {
+    pub(crate) fn last(&self) -> Option<Renewal> {
         self.link.status().renewal.clone()
     }
 

@@ -43,11 +43,11 @@ impl Connector for TokioConnector {
     type Io = HostStream;
 
     async fn connect(&self, addr: &str) -> Result<HostStream> {
-        open_host(addr, &self.0.dial(), self.0.tls()).await
+        open_host(addr, &self.0.dial(), self.0.settings.tls.as_ref()).await
     }
 
     fn auth_token(&self) -> Option<&str> {
-        self.0.auth_token()
+        self.0.settings.auth_token.as_ref().map(|t| t.expose())
     }
 }
 
@@ -57,10 +57,6 @@ impl ClusterRuntime for TokioConnector {
 
     fn new(dialer: Dialer) -> Self {
         Self(dialer)
-    }
-
-    fn cell(lane: Lane<Self>) -> Self::Cell {
-        tokio::sync::Mutex::new(lane)
     }
 
     async fn lock(cell: &Self::Cell) -> impl DerefMut<Target = Lane<Self>> {
@@ -76,15 +72,34 @@ impl ClusterRuntime for TokioConnector {
     }
 }
 
-/// A client of a dflockd v2 Raft cluster on tokio (see
-/// [`ClusterBuilder`](crate::tokio::ClusterBuilder)). Cheap to clone.
+/// A client of a dflockd v2 Raft cluster on tokio, made by
+/// [`ClusterBuilder`](crate::tokio::ClusterBuilder). Cheap to clone (clones
+/// share the lanes, the leader hint and the stable ref).
+///
+/// Two lanes, each at most one connection: the **acquire lane** carries
+/// `l`/`sl` (which may block on the server up to the acquire timeout;
+/// concurrent acquires of one client take turns on it), the **control
+/// lane** carries renew, release, `barrier`, `stats` and `ping`, so a renew
+/// never waits behind a blocked acquire. Both lanes send `auth` (if set)
+/// and the client's stable ref on every new connection.
 pub type ClusterClient = host::ClusterClient<TokioConnector>;
 
-/// A lock or semaphore on one key of a [`ClusterClient`].
+/// A lock or semaphore on one key of a [`ClusterClient`], with its
+/// options. Cheap to clone.
 pub type ClusterLock = host::ClusterLock<TokioConnector>;
 
-/// A held cluster lock or semaphore slot, renewed by a tokio task.
+/// A held cluster lock or semaphore slot, renewed by a tokio task on
+/// whichever member leads.
+///
+/// * The fence never changes for the life of the lease, across failovers.
+/// * `lost()` completes when a renew was refused (the lease is
+///   gone: it is never re-acquired behind your back), no leader could be
+///   reached before the lease deadline, the deadline passed, or the task
+///   is gone (its runtime shut down).
+/// * Dropping the guard releases in the background.
 pub type ClusterGuard = host::ClusterGuard<TokioConnector>;
+
+host::cluster_api!(TokioConnector);
 
 impl ClusterClient {
     /// `barrier` on the leader: returns once every write committed before
@@ -94,7 +109,7 @@ impl ClusterClient {
     /// Cancel-safe in effect: a dropped future leaves the control lane's
     /// connection unusable and the next call reconnects.
     pub async fn barrier(&self) -> Result<()> {
-        self.0.barrier().await
+        self.0.control(async |lane| lane.barrier().await).await
     }
 
     /// `stats` JSON from a member (after [`barrier`](Self::barrier): the
@@ -106,7 +121,7 @@ impl ClusterClient {
 
     /// `ping` on a member.
     pub async fn ping(&self) -> Result<()> {
-        self.0.ping().await
+        self.0.control(async |lane| lane.ping().await).await
     }
 
     /// Closes both lanes' connections; the next operation reconnects and
