@@ -141,8 +141,8 @@ impl ClusterLock {
             .name(std::format!("dflockd-cluster-renew-{}", self.key()))
             .spawn(move || block_on(task.run()))
             .map_err(Error::Io)?;
-        let out = pending.0.until_blocking(Duration::MAX, Pending::grant);
-        pending.guard(self, out.unwrap_or(Err(Error::Disconnected)))
+        let out = block_on(pending.0.until(Pending::grant));
+        pending.guard(self, out)
     }
 }
 
@@ -172,15 +172,14 @@ impl ClusterGuard {
     /// Blocks for the next successful renew: `None` once the lease is lost
     /// or released.
     pub fn next_renewal(&mut self) -> Option<Renewal> {
-        let next = self.link.until_blocking(Duration::MAX, self.unseen());
-        self.saw(next.flatten())
+        let next = block_on(self.link.until(self.unseen()));
+        self.saw(next)
     }
 
     /// Releases the lease on the leader. [`Error::LeaseLost`] when it was
     /// lost before.
     pub fn release(mut self) -> Result<()> {
         self.ask_release()?;
-        let out = self.link.until_blocking(Duration::MAX, Self::released);
-        out.unwrap_or(Err(Error::LeaseLost))
+        block_on(self.link.until(Self::released))
     }
 }
