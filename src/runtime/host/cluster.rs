@@ -634,10 +634,13 @@ impl Link {
         Instant::from_millis(self.deadline.load(Ordering::Relaxed))
     }
 
+    /// The lease was granted or renewed: its new deadline, and the renewal.
     fn held(&self, lease: &Lease<'_>, renewal: Option<Renewal>) {
         let deadline = lease.deadline().as_millis();
         self.deadline.store(deadline, Ordering::Relaxed);
-        self.update(|s| s.renewal = renewal.or(s.renewal.take()));
+        if renewal.is_some() {
+            self.update(|s| s.renewal = renewal);
+        }
     }
 }
 
@@ -671,25 +674,17 @@ impl<R: ClusterRuntime> Task<R> {
                 }
             })
             .await;
-        let Some(acquired) = acquired else { return };
-        let mut lease = None;
-        let grant = acquired.map(|granted| {
-            granted.map(|(l, member)| {
-                link.held(&l, None);
-                let grant = (*l.token(), l.ttl(), member);
-                lease = Some(l);
-                grant
-            })
-        });
+        let (mut lease, member) = match acquired {
+            None => return,
+            Some(Ok(Some(granted))) => granted,
+            Some(other) => return link.update(|s| s.grant = Some(other.map(|_| None))),
+        };
+        link.held(&lease, None);
+        let grant = (*lease.token(), lease.ttl(), member);
         link.update(|s| {
-            s.state = if lease.is_some() {
-                State::Held
-            } else {
-                s.state
-            };
-            s.grant = Some(grant);
+            s.state = State::Held;
+            s.grant = Some(Ok(Some(grant)));
         });
-        let Some(mut lease) = lease else { return };
         let mut count = 0u64;
         loop {
             // Check for a release before every renew, even when renews
