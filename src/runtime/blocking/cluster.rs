@@ -25,7 +25,7 @@ use super::{BlockingTransport, HostStream, Result, StdTimer, block_on, open_host
 use crate::Error;
 use crate::cluster::Connector;
 use crate::runtime::host::cluster::{
-    self as host, ClusterRuntime, Dialer, Lane, Link, Pending, Renewal,
+    self as host, ClusterRuntime, Dialer, Done, Lane, Link, Pending, Renewal,
 };
 use crate::time::{Instant, Timer};
 
@@ -66,11 +66,8 @@ impl ClusterRuntime for StdConnector {
         cell.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn idle(link: &Link, until: Instant) {
-        let _ = link.until_blocking(
-            until.saturating_duration_since(StdTimer.now()),
-            Link::wants_release,
-        );
+    async fn wait(link: &Link, until: Instant, done: Done) {
+        let _ = link.until_blocking(until.saturating_duration_since(StdTimer.now()), done);
     }
 }
 
@@ -149,24 +146,12 @@ impl ClusterLock {
 impl ClusterGuard {
     /// Blocks until the lease is lost.
     pub fn wait_lost(&self) {
-        self.wait_lost_timeout(Duration::MAX);
+        block_on(self.lost_by(None));
     }
 
     /// Blocks up to `timeout` for the lease to be lost; true if it was.
     pub fn wait_lost_timeout(&self, timeout: Duration) -> bool {
-        let end = std::time::Instant::now().checked_add(timeout);
-        while !self.is_lost() {
-            // Wake at the deadline too: it is read from the clock.
-            let left = end.map_or(Duration::MAX, |e| {
-                e.saturating_duration_since(std::time::Instant::now())
-            });
-            let step = left.min(self.to_deadline() + Duration::from_millis(1));
-            if left.is_zero() {
-                return false;
-            }
-            let _ = self.link.until_blocking(step, Self::ended);
-        }
-        true
+        block_on(self.lost_by(Some(StdTimer.now() + timeout)))
     }
 
     /// Blocks for the next successful renew: `None` once the lease is lost

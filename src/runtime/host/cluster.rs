@@ -206,9 +206,12 @@ pub trait ClusterRuntime:
     /// Locks a lane (an acquire holds its lane while the server blocks).
     fn lock(cell: &Self::Cell) -> impl Future<Output = impl DerefMut<Target = Lane<Self>>>;
 
-    /// Returns once the guard asked for a release or `until` has come.
-    fn idle(link: &Link, until: Instant) -> impl Future<Output = ()>;
+    /// Returns once `done` holds on the link or `until` has come.
+    fn wait(link: &Link, until: Instant, done: Done) -> impl Future<Output = ()>;
 }
+
+/// A condition on a [`Link`]'s status, for [`ClusterRuntime::wait`].
+pub type Done = fn(&mut Status) -> Option<()>;
 
 /// One lane of a cluster client on runtime `R`.
 pub type Lane<R> = ClusterConn<R, Arc<[String]>, <R as ClusterRuntime>::Timer, CLUSTER_LINE>;
@@ -547,7 +550,7 @@ enum State {
 /// What the renewal task, the caller of the acquire and then its guard
 /// tell each other.
 #[derive(Debug, Default)]
-pub(crate) struct Status {
+pub struct Status {
     state: State,
     /// The acquire's outcome (token, TTL, member), until the caller takes it.
     grant: Option<Grant>,
@@ -690,7 +693,7 @@ impl<R: ClusterRuntime> Task<R> {
             // Check for a release before every renew, even when renews
             // come back to back.
             let at = lease.next_renew_at();
-            R::idle(link, at).await;
+            R::wait(link, at, Link::wants_release).await;
             if Link::wants_release(&mut link.status()).is_some() {
                 let out = inner.control(async |lane| lane.release(lease).await).await;
                 return link.update(|s| {
@@ -800,16 +803,10 @@ pub struct ClusterGuard<R: ClusterRuntime> {
 }
 
 impl<R: ClusterRuntime> ClusterGuard<R> {
-    /// The time left until the lease deadline, by the runtime's clock.
-    pub(crate) fn to_deadline(&self) -> Duration {
-        let now = R::Timer::default().now();
-        self.link.deadline().saturating_duration_since(now)
-    }
-
     /// Whether the lease is known to be lost: the task said so or is gone,
     /// or the deadline passed by the clock.
     pub(crate) fn lost_now(&self) -> bool {
-        self.link.status().state != State::Held || self.to_deadline().is_zero()
+        self.link.status().state != State::Held || R::Timer::default().now() >= self.link.deadline()
     }
 
     /// The latest successful renew, if any.
@@ -820,6 +817,20 @@ impl<R: ClusterRuntime> ClusterGuard<R> {
     /// Whether the lease ended (lost or released; for [`Link::until`]).
     pub(crate) fn ended(s: &mut Status) -> Option<()> {
         (s.state != State::Held).then_some(())
+    }
+
+    /// Waits until the lease is lost, or the runtime's clock reaches `end`:
+    /// whether it was lost. Wakes at the lease deadline too (a clock event).
+    pub(crate) async fn lost_by(&self, end: Option<Instant>) -> bool {
+        while !self.lost_now() {
+            let (now, deadline) = (R::Timer::default().now(), self.link.deadline());
+            if end.is_some_and(|end| now >= end) {
+                return false;
+            }
+            let at = end.map_or(deadline, |end| end.min(deadline));
+            R::wait(&self.link, at, Self::ended).await;
+        }
+        true
     }
 
     /// The next renewal this guard has not seen, or `None` once the lease

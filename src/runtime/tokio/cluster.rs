@@ -31,7 +31,7 @@ use embassy_futures::select::select;
 use super::{HostStream, Result, TokioTimer, open_host};
 use crate::cluster::Connector;
 use crate::runtime::host::cluster::{
-    self as host, ClusterRuntime, Dialer, Lane, Link, Pending, Renewal,
+    self as host, ClusterRuntime, Dialer, Done, Lane, Link, Pending, Renewal,
 };
 use crate::time::{Instant, Timer};
 
@@ -63,12 +63,8 @@ impl ClusterRuntime for TokioConnector {
         cell.lock().await
     }
 
-    async fn idle(link: &Link, until: Instant) {
-        select(
-            link.until(Link::wants_release),
-            TokioTimer.sleep_until(until),
-        )
-        .await;
+    async fn wait(link: &Link, until: Instant, done: Done) {
+        select(link.until(done), TokioTimer.sleep_until(until)).await;
     }
 }
 
@@ -162,10 +158,7 @@ impl ClusterLock {
 impl ClusterGuard {
     /// Completes when the lease is lost. Cancel-safe.
     pub async fn lost(&self) {
-        while !self.is_lost() {
-            let at = TokioTimer.now() + self.to_deadline();
-            select(self.link.until(Self::ended), TokioTimer.sleep_until(at)).await;
-        }
+        self.lost_by(None).await;
     }
 
     /// Waits for the next successful renew: `None` once the lease is lost
