@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+use core::future::Future;
 use core::ops::DerefMut;
 use std::string::String;
 use std::sync::{Mutex, PoisonError};
@@ -67,7 +68,18 @@ impl ClusterRuntime for StdConnector {
     }
 
     async fn wait(link: &Link, until: Instant, done: Done) {
-        let _ = link.until_blocking(until.saturating_duration_since(StdTimer.now()), done);
+        // Run in `block_on`: the link wakes this thread; park it until then
+        // or just after `until` (StdTimer counts whole milliseconds). Early
+        // returns are fine: the callers check again.
+        let mut done = core::pin::pin!(link.until(done));
+        core::future::poll_fn(|cx| {
+            if done.as_mut().poll(cx).is_pending() {
+                let left = until.saturating_duration_since(StdTimer.now());
+                std::thread::park_timeout(left + Duration::from_millis(1));
+            }
+            core::task::Poll::Ready(())
+        })
+        .await
     }
 }
 

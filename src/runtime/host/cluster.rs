@@ -13,7 +13,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::string::String;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use std::vec::Vec;
 
@@ -563,13 +563,12 @@ pub struct Status {
     wakers: Vec<Waker>,
 }
 
-/// The shared state of one lease: the [`Status`], waking blocked threads
-/// (a condvar) and async waiters (their wakers) on every change, and the
+/// The shared state of one lease: the [`Status`], waking its waiters on
+/// every change (async tasks, or threads parked in `block_on`), and the
 /// lease deadline (milliseconds of the runtime's timer).
 #[derive(Debug, Default)]
 pub struct Link {
     status: Mutex<Status>,
-    changed: Condvar,
     deadline: AtomicU64,
 }
 
@@ -585,11 +584,10 @@ impl Link {
         f(&mut s);
         let wakers = core::mem::take(&mut s.wakers);
         drop(s);
-        self.changed.notify_all();
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    /// Waits (async) until `f` finds what it looks for.
+    /// Waits until `f` finds what it looks for.
     pub(crate) fn until<T>(
         &self,
         mut f: impl FnMut(&mut Status) -> Option<T>,
@@ -602,29 +600,6 @@ impl Link {
             }
             out.map_or(Poll::Pending, Poll::Ready)
         })
-    }
-
-    /// Blocks until `f` finds what it looks for (`None` once `timeout`
-    /// passed first).
-    pub(crate) fn until_blocking<T>(
-        &self,
-        timeout: Duration,
-        mut f: impl FnMut(&mut Status) -> Option<T>,
-    ) -> Option<T> {
-        let end = std::time::Instant::now().checked_add(timeout);
-        let mut s = self.status();
-        loop {
-            if let Some(out) = f(&mut s) {
-                return Some(out);
-            }
-            let left = end.map_or(Some(Duration::from_secs(3600)), |e| {
-                e.checked_duration_since(std::time::Instant::now())
-            })?;
-            s = match self.changed.wait_timeout(s, left) {
-                Ok((s, _)) => s,
-                Err(p) => p.into_inner().0,
-            };
-        }
     }
 
     /// Whether a release is wanted (for [`until`](Self::until)).
