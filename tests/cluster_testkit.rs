@@ -327,3 +327,25 @@ fn a_guard_whose_task_is_gone_is_lost() {
     assert_eq!(g.token(), None);
     drop(cluster);
 }
+
+/// Bad keys come back as a typed error, on both clients, before anything
+/// is dialled; any other key works, a NUL byte included (it once made the
+/// blocking client's thread name panic).
+#[test]
+fn keys_are_checked_before_sending_and_never_panic() {
+    use dflockd_client::blocking::ClusterClient as Blocking;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cluster = rt.block_on(TestCluster::builder().start()).unwrap();
+    let c = Blocking::builder(cluster.addrs()).build().unwrap();
+    for key in ["", "two words"] {
+        let got = c.lock(key).try_acquire();
+        assert!(matches!(got, Err(Error::InvalidArgument(_))), "{key:?}");
+        let got = rt.block_on(client(&cluster).lock(key).try_acquire());
+        assert!(matches!(got, Err(Error::InvalidArgument(_))), "{key:?}");
+    }
+    assert_eq!(cluster.accepted(0), 0, "nothing dialled");
+    let g = c.lock("a\0b").try_acquire().unwrap().unwrap();
+    assert_eq!(g.key(), "a\0b");
+    g.release().unwrap();
+    drop(cluster);
+}

@@ -147,7 +147,7 @@ impl ClusterLock {
     pub fn acquire_within(&self, timeout: Duration) -> Result<Option<ClusterGuard>> {
         let (task, pending) = self.start(timeout);
         std::thread::Builder::new()
-            .name(std::format!("dflockd-cluster-renew-{}", self.key()))
+            .name("dflockd-cluster-lease".into())
             .spawn(move || block_on(task.run()))
             .map_err(Error::Io)?;
         let out = block_on(pending.0.until(Pending::grant));
