@@ -286,16 +286,18 @@ fn blocking_guard_reports_renewals_and_the_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_acquire_leaves_nothing_held() {
     let cluster = TestCluster::builder().start().await.unwrap();
-    let holder = client(&cluster);
-    let held = holder.lock("c").try_acquire().await.unwrap().unwrap();
-    let c = client(&cluster);
-    let lock = c.lock("c");
-    let waiting = lock.acquire_within(Duration::from_secs(10));
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), waiting)
-            .await
-            .is_err()
-    );
+    let held = client(&cluster).lock("c").try_acquire().await;
+    let held = held.unwrap().unwrap();
+    let waiting = tokio::spawn({
+        let lock = client(&cluster).lock("c");
+        async move { lock.acquire_within(Duration::from_secs(10)).await }
+    });
+    eventually(Duration::from_secs(3), "queued", || {
+        cluster.waiters("c") == 1
+    })
+    .await;
+    waiting.abort(); // drops the acquire's future while it waits
+    assert!(waiting.await.unwrap_err().is_cancelled());
     held.release().await.unwrap();
     eventually(Duration::from_secs(3), "nothing held or queued", || {
         cluster.holders("c") == 0 && cluster.waiters("c") == 0
