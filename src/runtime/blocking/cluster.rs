@@ -26,7 +26,7 @@ use super::{BlockingTransport, HostStream, Result, StdTimer, block_on, open_host
 use crate::Error;
 use crate::cluster::Connector;
 use crate::runtime::host::cluster::{
-    self as host, ClusterRuntime, Dialer, Done, Lane, Link, Pending, Renewal,
+    self as host, ClusterRuntime, Dialer, Done, Lane, Link, Renewal,
 };
 use crate::time::{Instant, Timer};
 
@@ -150,8 +150,7 @@ impl ClusterLock {
             .name("dflockd-cluster-lease".into())
             .spawn(move || block_on(task.run()))
             .map_err(Error::Io)?;
-        let out = block_on(pending.0.until(Pending::grant));
-        pending.guard(self, out)
+        block_on(pending.wait(self))
     }
 }
 
@@ -169,14 +168,12 @@ impl ClusterGuard {
     /// Blocks for the next successful renew: `None` once the lease is lost
     /// or released.
     pub fn next_renewal(&mut self) -> Option<Renewal> {
-        let next = block_on(self.link.until(self.unseen()));
-        self.saw(next)
+        block_on(self.next())
     }
 
     /// Releases the lease on the leader. [`Error::LeaseLost`] when it was
     /// lost before.
-    pub fn release(mut self) -> Result<()> {
-        self.ask_release()?;
-        block_on(self.link.until(Self::released))
+    pub fn release(self) -> Result<()> {
+        block_on(self.release_lease())
     }
 }

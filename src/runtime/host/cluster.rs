@@ -722,20 +722,15 @@ impl<R: ClusterRuntime> Drop for Task<R> {
 
 /// The caller's side of an acquire under way. Dropped before the grant is
 /// taken (a cancelled acquire), it asks the task to give up.
-pub(crate) struct Pending(pub(crate) Arc<Link>, bool);
+pub(crate) struct Pending(Arc<Link>, bool);
 
 impl Pending {
-    /// Takes the acquire's outcome (for [`Link::until`]).
-    pub(crate) fn grant(s: &mut Status) -> Option<Grant> {
-        s.grant.take()
-    }
-
-    /// The guard of the outcome `out`.
-    pub(crate) fn guard<R: ClusterRuntime>(
+    /// Waits for the acquire's outcome: the guard of a grant.
+    pub(crate) async fn wait<R: ClusterRuntime>(
         mut self,
         lock: &ClusterLock<R>,
-        out: Grant,
     ) -> Result<Option<ClusterGuard<R>>> {
+        let out = self.0.until(|s| s.grant.take()).await;
         self.1 = true;
         Ok(out?.map(|(token, ttl, member)| ClusterGuard {
             key: lock.key.clone(),
@@ -808,40 +803,41 @@ impl<R: ClusterRuntime> ClusterGuard<R> {
         true
     }
 
-    /// The next renewal this guard has not seen, or `None` once the lease
-    /// ended (for [`Link::until`]); [`saw`](Self::saw) records it.
-    pub(crate) fn unseen(&self) -> impl FnMut(&mut Status) -> Option<Option<Renewal>> + use<R> {
+    /// Waits for the next renewal this guard has not seen: `None` once the
+    /// lease ended.
+    pub(crate) async fn next(&mut self) -> Option<Renewal> {
         let seen = self.seen;
-        move |s| match &s.renewal {
-            Some(r) if r.count > seen => Some(Some(r.clone())),
-            _ => Self::ended(s).map(|()| None),
-        }
+        let next = self
+            .link
+            .until(|s| match &s.renewal {
+                Some(r) if r.count > seen => Some(Some(r.clone())),
+                _ => Self::ended(s).map(|()| None),
+            })
+            .await;
+        self.seen = next.as_ref().map_or(seen, |r| r.count);
+        next
     }
 
-    pub(crate) fn saw(&mut self, r: Option<Renewal>) -> Option<Renewal> {
-        self.seen = r.as_ref().map_or(self.seen, |r| r.count);
-        r
-    }
-
-    /// Asks the task for a release; `Err` when the lease was lost (or the
-    /// task is gone) before.
-    pub(crate) fn ask_release(&mut self) -> Result<()> {
+    /// Asks the task for the release and waits for its outcome:
+    /// [`Error::LeaseLost`] at once when the lease was lost before (or the
+    /// task is gone). The task releases even if this future is dropped.
+    pub(crate) async fn release_lease(mut self) -> Result<()> {
         self.released = true;
         let mut held = false;
         self.link.update(|s| {
             s.release = true;
             held = s.state == State::Held;
         });
-        if held { Ok(()) } else { Err(Error::LeaseLost) }
-    }
-
-    /// The release's outcome, once there (for [`Link::until`]).
-    pub(crate) fn released(s: &mut Status) -> Option<Result<()>> {
-        match s.state {
-            State::Held => None,
-            State::Released => Some(s.released.take().unwrap_or(Err(Error::LeaseLost))),
-            State::Acquiring | State::Lost => Some(Err(Error::LeaseLost)),
+        if !held {
+            return Err(Error::LeaseLost);
         }
+        self.link
+            .until(|s| match s.state {
+                State::Held => None,
+                State::Released => Some(s.released.take().unwrap_or(Err(Error::LeaseLost))),
+                State::Acquiring | State::Lost => Some(Err(Error::LeaseLost)),
+            })
+            .await
     }
 }
 

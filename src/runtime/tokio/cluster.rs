@@ -31,7 +31,7 @@ use embassy_futures::select::select;
 use super::{HostStream, Result, TokioTimer, open_host};
 use crate::cluster::Connector;
 use crate::runtime::host::cluster::{
-    self as host, ClusterRuntime, Dialer, Done, Lane, Link, Pending, Renewal,
+    self as host, ClusterRuntime, Dialer, Done, Lane, Link, Renewal,
 };
 use crate::time::{Instant, Timer};
 
@@ -150,8 +150,7 @@ impl ClusterLock {
     pub async fn acquire_within(&self, timeout: Duration) -> Result<Option<ClusterGuard>> {
         let (task, pending) = self.start(timeout);
         tokio::spawn(task.run());
-        let out = pending.0.until(Pending::grant).await;
-        pending.guard(self, out)
+        pending.wait(self).await
     }
 }
 
@@ -164,8 +163,7 @@ impl ClusterGuard {
     /// Waits for the next successful renew: `None` once the lease is lost
     /// or released. Cancel-safe.
     pub async fn next_renewal(&mut self) -> Option<Renewal> {
-        let next = self.link.until(self.unseen()).await;
-        self.saw(next)
+        self.next().await
     }
 
     /// Releases the lease on the leader.
@@ -173,8 +171,7 @@ impl ClusterGuard {
     /// [`Error::LeaseLost`](crate::Error::LeaseLost) when it was lost
     /// before. Cancel-safe: once called, the release completes in the
     /// background.
-    pub async fn release(mut self) -> Result<()> {
-        self.ask_release()?;
-        self.link.until(Self::released).await
+    pub async fn release(self) -> Result<()> {
+        self.release_lease().await
     }
 }
