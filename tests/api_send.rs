@@ -150,3 +150,28 @@ fn handles_are_send_and_sync_and_the_signal_stream_is_send() {
         })
     };
 }
+
+/// The cluster client's futures (tokio), and its handles `Send + Sync`.
+#[allow(dead_code)]
+fn check_cluster_futures(
+    client: dflockd_client::tokio::ClusterClient,
+    lock: dflockd_client::tokio::ClusterLock,
+    guard: dflockd_client::tokio::ClusterGuard,
+    mut guard2: dflockd_client::tokio::ClusterGuard,
+) {
+    assert_send_sync::<dflockd_client::tokio::ClusterClient>();
+    assert_send_sync::<dflockd_client::tokio::ClusterLock>();
+    assert_send_sync::<dflockd_client::tokio::ClusterGuard>();
+    assert_send_sync::<dflockd_client::blocking::ClusterClient>();
+    assert_send_sync::<dflockd_client::blocking::ClusterGuard>();
+    assert_send(&client.barrier());
+    assert_send(&client.stats());
+    assert_send(&client.ping());
+    assert_send(&client.disconnect());
+    assert_send(&lock.acquire());
+    assert_send(&lock.try_acquire());
+    assert_send(&lock.acquire_within(Duration::from_secs(1)));
+    assert_send(&guard.lost());
+    assert_send(&guard2.next_renewal());
+    assert_send(&guard.release());
+}

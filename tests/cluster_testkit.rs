@@ -245,3 +245,109 @@ async fn a_renew_never_waits_behind_a_blocked_acquire() {
     assert!(blocked.await.unwrap().unwrap().is_none());
     held.release().await.unwrap();
 }
+
+/// The blocking guard offers what the tokio one does, minus `async`:
+/// `granted_by`, `next_renewal`, `wait_lost`, and a loss wakes its waiter.
+#[test]
+fn blocking_guard_reports_renewals_and_the_loss() {
+    use dflockd_client::blocking::ClusterClient as Blocking;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cluster = rt.block_on(TestCluster::builder().start()).unwrap();
+    cluster.set_leader(Some(1));
+    let c = Blocking::builder(cluster.addrs())
+        .connect_timeout(Duration::from_secs(1))
+        .io_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let lock = c.lock("renewed").lease_ttl(Duration::from_secs(1));
+    let mut g = lock.acquire().unwrap().unwrap();
+    assert_eq!(g.granted_by(), cluster.addr(1));
+    let r = g.next_renewal().expect("renewed while held");
+    assert_eq!((r.count, r.member.as_str()), (1, cluster.addr(1).as_str()));
+    assert_eq!(g.last_renewal(), Some(r));
+    assert_eq!(g.next_renewal().map(|r| r.count), Some(2));
+    assert!(!g.wait_lost_timeout(Duration::from_millis(50)));
+    g.release().unwrap();
+    assert_eq!(cluster.holders("renewed"), 0);
+
+    let mut g = lock.acquire().unwrap().unwrap();
+    cluster.stop_node(1); // no leader for longer than the lease
+    let started = Instant::now();
+    g.wait_lost();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(g.is_lost());
+    assert_eq!(g.next_renewal(), None);
+    assert!(matches!(g.release(), Err(Error::LeaseLost)));
+    drop(cluster);
+}
+
+/// An acquire whose future is dropped leaves nothing held: the waiter is
+/// dropped (or a grant made meanwhile given back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_acquire_leaves_nothing_held() {
+    let cluster = TestCluster::builder().start().await.unwrap();
+    let held = client(&cluster).lock("c").try_acquire().await;
+    let held = held.unwrap().unwrap();
+    let waiting = tokio::spawn({
+        let lock = client(&cluster).lock("c");
+        async move { lock.acquire_within(Duration::from_secs(10)).await }
+    });
+    eventually(Duration::from_secs(3), "queued", || {
+        cluster.waiters("c") == 1
+    })
+    .await;
+    waiting.abort(); // drops the acquire's future while it waits
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    held.release().await.unwrap();
+    eventually(Duration::from_secs(3), "nothing held or queued", || {
+        cluster.holders("c") == 0 && cluster.waiters("c") == 0
+    })
+    .await;
+    let again = client(&cluster).lock("c").try_acquire().await.unwrap();
+    assert!(again.is_some(), "the key is free");
+}
+
+/// A guard whose renewal task is gone (its runtime shut down) reports the
+/// lease lost at once, long before the lease deadline.
+#[test]
+fn a_guard_whose_task_is_gone_is_lost() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cluster = rt.block_on(TestCluster::builder().start()).unwrap();
+    let task_rt = tokio::runtime::Runtime::new().unwrap();
+    let c = task_rt.block_on(async { client(&cluster) });
+    let g = task_rt
+        .block_on(
+            c.lock("orphan")
+                .lease_ttl(Duration::from_secs(30))
+                .acquire(),
+        )
+        .unwrap()
+        .unwrap();
+    assert!(!g.is_lost());
+    drop(task_rt);
+    assert!(g.is_lost());
+    assert_eq!(g.token(), None);
+    drop(cluster);
+}
+
+/// Bad keys come back as a typed error, on both clients, before anything
+/// is dialled; any other key works, a NUL byte included (it once made the
+/// blocking client's thread name panic).
+#[test]
+fn keys_are_checked_before_sending_and_never_panic() {
+    use dflockd_client::blocking::ClusterClient as Blocking;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cluster = rt.block_on(TestCluster::builder().start()).unwrap();
+    let c = Blocking::builder(cluster.addrs()).build().unwrap();
+    for key in ["", "two words"] {
+        let got = c.lock(key).try_acquire();
+        assert!(matches!(got, Err(Error::InvalidArgument(_))), "{key:?}");
+        let got = rt.block_on(client(&cluster).lock(key).try_acquire());
+        assert!(matches!(got, Err(Error::InvalidArgument(_))), "{key:?}");
+    }
+    assert_eq!(cluster.accepted(0), 0, "nothing dialled");
+    let g = c.lock("a\0b").try_acquire().unwrap().unwrap();
+    assert_eq!(g.key(), "a\0b");
+    g.release().unwrap();
+    drop(cluster);
+}
