@@ -1,7 +1,8 @@
 //! [`Client`] for blocking code: the shared client types, and the signal
 //! connection.
 
-use super::lock::Conn;
+/// The connection the locks pool (as `lock.rs` opens them).
+type Conn = super::HostConnection<{ crate::runtime::host::settings::LINE }, 0>;
 use super::{DistributedLock, DistributedSemaphore, Result, SignalConn, SignalOptions};
 
 crate::runtime::host::client::client_types!(

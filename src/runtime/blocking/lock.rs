@@ -1,10 +1,8 @@
 //! Distributed locks and semaphores for blocking code, renewed by a thread.
 //!
 //! Named like the other dflockd clients: [`DistributedLock`] and
-//! [`DistributedSemaphore`], made from a [`Client`](super::Client) or by
-//! their own builder. Each acquire takes a connection to the server that
-//! owns the key (see [`routing`](crate::routing)): an idle one from the
-//! pool, or a new one; a granted
+//! [`DistributedSemaphore`]. Each acquire opens its own connection to the
+//! server that owns the key (see [`routing`](crate::routing)); a granted
 //! [`LeaseGuard`] hands that connection to a thread that renews the lease
 //! on the core schedule until the guard is released or dropped. No async
 //! runtime is involved. Connections are plain TCP, or TLS with the
@@ -32,9 +30,9 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::{BlockingTransport, HostConnection, StdTimer, block_on, std_instant};
+use super::{BlockingTransport, ConnectOptions, HostConnection, StdTimer, block_on, std_instant};
 use crate::lock::Lease;
-use crate::runtime::host::pool::{Home, Pool};
+use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{
     LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil,
 };
@@ -44,7 +42,7 @@ use crate::{Error, Grant, Kind, Token};
 
 use super::Result;
 
-pub(crate) type Conn = HostConnection<LINE, 0>;
+type Conn = HostConnection<LINE, 0>;
 
 /// While waiting for the next renew, the renewal thread checks this often
 /// whether the connection was closed, so a cut connection is reported long
@@ -65,24 +63,24 @@ fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
     }
 }
 
-/// What locks and semaphores share: their settings and the pool of idle
-/// connections (the client's, or the lock's own).
+/// What locks and semaphores share.
 #[derive(Debug, Clone)]
-struct Resource(Arc<Settings>, Arc<Pool<Conn>>);
+struct Resource(Arc<Settings>);
 
 impl Resource {
-    /// An idle connection to the key's server from the pool (one the
-    /// server has not closed: [`is_closed`]), or a new one.
-    fn connect(&self) -> Result<(Conn, Home<Conn>)> {
-        let (server, addr) = self.0.server()?;
-        let home = Home::new(self.1.clone(), server);
-        if let Some(conn) = home.take(|c| !is_closed(c)) {
-            return Ok((conn, home));
+    fn connect(&self) -> Result<Conn> {
+        let s = &self.0;
+        if let Some(conn) = checkout(s, |c| !is_closed(c))? {
+            return Ok(conn);
         }
-        let c = &self.0.config;
-        let tls = c.tls_for(addr)?;
-        let conn = Conn::connect_host(addr, &c.connect_options(), tls.as_ref())?;
-        Ok((conn, home))
+        let opts = ConnectOptions {
+            connect_timeout: s.connect_timeout,
+            io_timeout: s.options.io_timeout,
+            auth_token: s.auth_token.clone(),
+        };
+        let addr = s.server()?;
+        let tls = s.tls_for(addr)?;
+        Conn::connect_host(addr, &opts, tls.as_ref())
     }
 
     fn lease_secs(&self) -> Option<u64> {
@@ -91,33 +89,27 @@ impl Resource {
 
     fn acquire_within(&self, timeout: Duration) -> Result<Option<LeaseGuard>> {
         let s = &self.0;
-        let (mut conn, home) = self.connect()?;
+        let mut conn = self.connect()?;
         let sent = StdTimer.now();
         let grant = conn.acquire(s.kind, &s.key, secs_ceil(timeout), self.lease_secs())?;
         let received = StdTimer.now();
         grant
-            .map(|g| LeaseGuard::spawn(conn, home, self.0.clone(), g, sent, received))
+            .map(|g| LeaseGuard::spawn(conn, self.0.clone(), g, sent, received))
             .transpose()
     }
 
     fn enqueue(&self) -> Result<Enqueued> {
         let s = &self.0;
-        let (mut conn, home) = self.connect()?;
+        let mut conn = self.connect()?;
         let sent = StdTimer.now();
         let reply = conn.enqueue(s.kind, &s.key, self.lease_secs())?;
         let received = StdTimer.now();
         Ok(Enqueued(match reply {
-            crate::Enqueued::Acquired(g) => EnqueuedState::Acquired(LeaseGuard::spawn(
-                conn,
-                home,
-                self.0.clone(),
-                g,
-                sent,
-                received,
-            )?),
+            crate::Enqueued::Acquired(g) => {
+                EnqueuedState::Acquired(LeaseGuard::spawn(conn, self.0.clone(), g, sent, received)?)
+            }
             crate::Enqueued::Queued => EnqueuedState::Queued {
                 conn: Box::new(conn),
-                home,
                 settings: self.0.clone(),
             },
         }))
@@ -190,9 +182,7 @@ macro_rules! host_api {
 
 /// A distributed exclusive lock on one key.
 ///
-/// Cheap to clone; clones share the pool of idle connections (see
-/// [`Client`](super::Client)): every lease has a connection of its own,
-/// reused by a later acquire after a clean release.
+/// Cheap to clone; every acquire opens its own connection.
 #[derive(Debug, Clone)]
 pub struct DistributedLock(Resource);
 
@@ -212,17 +202,14 @@ impl DistributedLock {
 }
 
 impl FromSettings for DistributedLock {
-    type Conn = Conn;
-    fn from_settings(settings: Settings, pool: Arc<Pool<Conn>>) -> Self {
-        Self(Resource(Arc::new(settings), pool))
+    fn from_settings(settings: Settings) -> Self {
+        Self(Resource(Arc::new(settings)))
     }
 }
 
 /// A distributed counting semaphore on one key: at most `limit` holders.
 ///
-/// Cheap to clone; clones share the pool of idle connections (see
-/// [`Client`](super::Client)): every lease has a connection of its own,
-/// reused by a later acquire after a clean release. All clients of
+/// Cheap to clone; every acquire opens its own connection. All clients of
 /// a key must use the same limit (`error_limit_mismatch` otherwise).
 #[derive(Debug, Clone)]
 pub struct DistributedSemaphore(Resource);
@@ -251,9 +238,8 @@ impl DistributedSemaphore {
 }
 
 impl FromSettings for DistributedSemaphore {
-    type Conn = Conn;
-    fn from_settings(settings: Settings, pool: Arc<Pool<Conn>>) -> Self {
-        Self(Resource(Arc::new(settings), pool))
+    fn from_settings(settings: Settings) -> Self {
+        Self(Resource(Arc::new(settings)))
     }
 }
 
@@ -270,7 +256,6 @@ enum EnqueuedState {
     Acquired(LeaseGuard),
     Queued {
         conn: Box<Conn>,
-        home: Home<Conn>,
         settings: Arc<Settings>,
     },
 }
@@ -296,16 +281,12 @@ impl Enqueued {
     pub fn wait_within(self, timeout: Duration) -> Result<Option<LeaseGuard>> {
         match self.0 {
             EnqueuedState::Acquired(guard) => Ok(Some(guard)),
-            EnqueuedState::Queued {
-                mut conn,
-                home,
-                settings,
-            } => {
+            EnqueuedState::Queued { mut conn, settings } => {
                 let sent = StdTimer.now();
                 let grant = conn.wait(settings.kind, &settings.key, secs_ceil(timeout))?;
                 let received = StdTimer.now();
                 grant
-                    .map(|g| LeaseGuard::spawn(*conn, home, settings, g, sent, received))
+                    .map(|g| LeaseGuard::spawn(*conn, settings, g, sent, received))
                     .transpose()
             }
         }
@@ -419,7 +400,6 @@ pub struct LeaseGuard {
 impl LeaseGuard {
     fn spawn(
         mut conn: Conn,
-        home: Home<Conn>,
         settings: Arc<Settings>,
         grant: Grant,
         sent: Instant,
@@ -452,11 +432,9 @@ impl LeaseGuard {
             .spawn(move || {
                 // Shuts the socket down when the thread ends, whatever the
                 // guard's duplicate descriptor does.
-                let closer = closer;
                 renew_loop(
                     conn,
-                    &home,
-                    &closer.0,
+                    &closer,
                     &thread_settings,
                     grant,
                     sent,
@@ -559,8 +537,7 @@ impl LeaseGuard {
 #[allow(clippy::too_many_arguments)] // until the lease driver owns the lease state
 fn renew_loop(
     mut conn: Conn,
-    home: &Home<Conn>,
-    hangup: &HangUp,
+    closer: &HangUpCloser,
     settings: &Settings,
     grant: Grant,
     sent: Instant,
@@ -592,14 +569,14 @@ fn renew_loop(
                 let out = release(&mut conn, lease, settings);
                 shared.set(State::Released);
                 // Before the reply, so the caller's next acquire finds it.
-                reuse_if_clean(conn, &out, home, hangup);
+                reuse_if_clean(conn, &out, settings, closer);
                 let _ = reply.send(out);
                 return;
             }
             Err(RecvTimeoutError::Disconnected) => {
                 let out = release(&mut conn, lease, settings);
                 shared.set(State::Released);
-                reuse_if_clean(conn, &out, home, hangup);
+                reuse_if_clean(conn, &out, settings, closer);
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -642,12 +619,13 @@ fn bound(conn: &mut Conn, settings: &Settings, lease: &Lease<'_>) -> Result<()> 
         .map_err(Error::Io)
 }
 
-/// Puts a connection whose lease was released cleanly back into its pool;
-/// any other goes out of scope and closes.
-fn reuse_if_clean(conn: Conn, released: &Result<()>, home: &Home<Conn>, hangup: &HangUp) {
+/// Puts a connection whose lease was released cleanly back into the pool
+/// (the closer then leaves it open); any other goes out of scope and
+/// closes.
+fn reuse_if_clean(conn: Conn, released: &Result<()>, s: &Settings, closer: &HangUpCloser) {
     if released.is_ok() && conn.is_usable() {
-        hangup.keep_open();
-        home.put(conn);
+        closer.0.keep_open();
+        checkin(s, conn);
     }
 }
 

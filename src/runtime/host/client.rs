@@ -7,6 +7,7 @@
 //! `dflockd_client::blocking::Client` the same methods, written once.
 //! The adapters add the signal connection (async or not).
 
+use core::time::Duration;
 use std::io;
 use std::string::String;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::{Error, Kind};
 /// settings and the pool of idle connections `C`.
 pub(crate) struct ClientCore<C> {
     config: Arc<ClientConfig>,
-    pool: Arc<Pool<C>>,
+    pool: Option<Arc<Pool<C>>>,
 }
 
 impl<C> Clone for ClientCore<C> {
@@ -48,30 +49,27 @@ impl<C: Send + 'static> ClientCore<C> {
     /// The client of `config` (the server list filled in), with an empty
     /// pool.
     pub(crate) fn new(config: ClientConfig) -> Self {
-        let config = config.finish();
+        let config = Arc::new(config.finish());
         Self {
-            pool: Arc::new(config.pool()),
-            config: Arc::new(config),
+            pool: config.pool(),
+            config,
         }
     }
 
-    /// A lock or semaphore sharing the config and the pool.
-    pub(crate) fn make<L: FromSettings<Conn = C>>(
-        &self,
-        key: String,
-        kind: Kind,
-        options: LockOptions,
-    ) -> L {
-        let settings = Settings::new(self.config.clone(), key, kind, options);
-        L::from_settings(settings, self.pool.clone())
+    /// A lock or semaphore sharing the config and so the pool.
+    pub(crate) fn make<L: FromSettings>(&self, key: String, kind: Kind, options: LockOptions) -> L {
+        L::from_settings(Settings::new(self.config.clone(), key, kind, options))
     }
 
     pub(crate) fn servers(&self) -> &[String] {
         &self.config.servers
     }
 
-    pub(crate) fn pool(&self) -> &Pool<C> {
-        &self.pool
+    /// Idle connections now; their max per server; their max age.
+    pub(crate) fn pool_figures(&self) -> (usize, usize, Duration) {
+        self.pool.as_ref().map_or((0, 0, Duration::ZERO), |p| {
+            (p.idle(), p.max_idle(), p.max_age())
+        })
     }
 
     /// Where and how the signal connection connects: the first server, the
@@ -180,20 +178,20 @@ macro_rules! client_types {
 
             /// Idle connections in the pool now, over all servers.
             pub fn idle_connections(&self) -> usize {
-                self.0.pool().idle()
+                self.0.pool_figures().0
             }
 
             /// Idle connections kept per server at most
             /// ([`ClientBuilder::pool_max_idle`]).
             pub fn pool_max_idle(&self) -> usize {
-                self.0.pool().max_idle()
+                self.0.pool_figures().1
             }
 
             /// How long a pooled connection may sit idle: the
             /// [`pool_idle_timeout`](ClientBuilder::pool_idle_timeout), at most
             /// two thirds of the [`read_timeout`](ClientBuilder::read_timeout).
             pub fn pool_idle_lifetime(&self) -> core::time::Duration {
-                self.0.pool().max_age()
+                self.0.pool_figures().2
             }
         }
 
@@ -251,7 +249,6 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::time::Duration;
 
     #[test]
     fn default_signal_heartbeat_stays_below_the_read_timeout() {

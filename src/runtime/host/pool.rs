@@ -20,9 +20,13 @@
 //!   the server closed it meanwhile; such a connection is dropped and the
 //!   next is tried.
 
+use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
+
+use super::settings::Settings;
+use crate::Error;
 
 /// Default of [`pool_max_idle`](crate::blocking::ClientBuilder):
 /// idle connections kept per server.
@@ -252,43 +256,23 @@ fn reap<C>(shared: &Shared<C>) {
     }
 }
 
-/// Where a connection goes back to after a clean release: its pool and
-/// the index of its server.
-pub(crate) struct Home<C> {
-    pool: Arc<Pool<C>>,
-    server: usize,
+/// An idle connection to the server that owns the key of `s`, from the
+/// pool of its config, if one passes `usable` (the adapter's probe): where
+/// an acquire or enqueue would otherwise connect.
+pub(crate) fn checkout<C: Send + 'static>(
+    s: &Settings,
+    usable: impl FnMut(&mut C) -> bool,
+) -> Result<Option<C>, Error<io::Error>> {
+    let server = s.server_index()?;
+    Ok(s.config.pool::<C>().and_then(|p| p.take(server, usable)))
 }
 
-impl<C> core::fmt::Debug for Home<C> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Home")
-            .field("server", &self.server)
-            .finish()
-    }
-}
-
-impl<C> Clone for Home<C> {
-    fn clone(&self) -> Self {
-        Self {
-            pool: self.pool.clone(),
-            server: self.server,
-        }
-    }
-}
-
-impl<C: Send + 'static> Home<C> {
-    pub(crate) fn new(pool: Arc<Pool<C>>, server: usize) -> Self {
-        Self { pool, server }
-    }
-
-    /// An idle connection to this server, if one passes `usable`.
-    pub(crate) fn take(&self, usable: impl FnMut(&mut C) -> bool) -> Option<C> {
-        self.pool.take(self.server, usable)
-    }
-
-    /// Puts back a connection whose lease was released cleanly.
-    pub(crate) fn put(&self, conn: C) {
-        self.pool.put(self.server, conn);
+/// Puts back the connection of a lease on the key of `s` that was
+/// released cleanly (the server confirmed the release, the connection is
+/// usable): the one place a connection is reused.
+pub(crate) fn checkin<C: Send + 'static>(s: &Settings, conn: C) {
+    if let (Ok(server), Some(pool)) = (s.server_index(), s.config.pool::<C>()) {
+        pool.put(server, conn);
     }
 }
 

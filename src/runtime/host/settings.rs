@@ -18,6 +18,8 @@ use crate::lock::{Jitter, LockOptions, LockSpec, RenewRatio};
 use crate::routing::{Crc32Mod, RouteError, Strategy, route};
 use crate::runtime::{AuthToken, ConnectOptions, DEFAULT_CONNECT_TIMEOUT};
 use crate::{ConfigError, Error, Kind};
+use core::any::Any;
+use std::sync::OnceLock;
 
 /// The server used when none is given: `127.0.0.1:6388`.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:6388";
@@ -37,6 +39,9 @@ pub struct ClientConfig {
     pub(crate) read_timeout: Duration,
     pub(crate) pool_max_idle: usize,
     pub(crate) pool_idle_timeout: Duration,
+    /// The pool of idle connections, made by the first acquire (it knows
+    /// the connection type; see [`pool`](Self::pool)).
+    pub(crate) pool: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 impl core::fmt::Debug for ClientConfig {
@@ -66,6 +71,7 @@ impl Default for ClientConfig {
             read_timeout: LockOptions::DEFAULT.read_timeout,
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool: OnceLock::new(),
         }
     }
 }
@@ -79,13 +85,19 @@ impl ClientConfig {
         self
     }
 
-    /// An empty pool for these servers with these pool options.
-    pub(crate) fn pool<C>(&self) -> Pool<C> {
-        Pool::new(
-            self.servers.len(),
-            self.pool_max_idle,
-            max_age(self.pool_idle_timeout, self.read_timeout),
-        )
+    /// The pool of idle `C` connections to these servers, made on first
+    /// use with these pool options and shared by every lock of this config.
+    /// `None` only if the config was first used with another connection
+    /// type (never: a config belongs to one runtime's locks).
+    pub(crate) fn pool<C: Send + 'static>(&self) -> Option<Arc<Pool<C>>> {
+        let pool = self.pool.get_or_init(|| {
+            Arc::new(Pool::<C>::new(
+                self.servers.len(),
+                self.pool_max_idle,
+                max_age(self.pool_idle_timeout, self.read_timeout),
+            ))
+        });
+        pool.clone().downcast().ok()
     }
 
     /// How to connect to any server.
@@ -205,10 +217,24 @@ impl Settings {
         LockSpec::new(&self.key, self.kind).with_options(self.options)
     }
 
-    /// The index of the server that owns the key, and its address.
-    pub(crate) fn server(&self) -> Result<(usize, &str), Error<io::Error>> {
-        let i = self.config.route(&self.key)?;
-        Ok((i, &self.config.servers[i]))
+    /// The address of the server that owns the key.
+    pub(crate) fn server(&self) -> Result<&str, Error<io::Error>> {
+        Ok(&self.config.servers[self.server_index()?])
+    }
+
+    /// The index of the server that owns the key.
+    pub(crate) fn server_index(&self) -> Result<usize, Error<io::Error>> {
+        self.config.route(&self.key)
+    }
+}
+
+/// A lock's settings read as the client-wide ones too
+/// (`settings.connect_timeout`, `settings.tls_for(addr)`).
+impl core::ops::Deref for Settings {
+    type Target = ClientConfig;
+
+    fn deref(&self) -> &ClientConfig {
+        &self.config
     }
 }
 
@@ -330,19 +356,9 @@ macro_rules! config_setters {
 pub(crate) use config_setters;
 
 pub(crate) mod sealed {
-    use std::sync::Arc;
-
-    /// Host lock types a [`LockBuilder`](super::LockBuilder) or a `Client`
-    /// can build.
+    /// Host lock types a [`LockBuilder`](super::LockBuilder) can build.
     pub trait FromSettings {
-        /// The connection the lock's pool keeps.
-        type Conn: Send + 'static;
-        /// The lock with these settings, taking and putting back
-        /// connections in `pool`.
-        fn from_settings(
-            settings: super::Settings,
-            pool: Arc<super::super::pool::Pool<Self::Conn>>,
-        ) -> Self;
+        fn from_settings(settings: super::Settings) -> Self;
     }
 }
 
@@ -439,10 +455,8 @@ impl<L: sealed::FromSettings> LockBuilder<L> {
 
     /// Builds the lock. Nothing is connected until it is acquired.
     pub fn build(self) -> L {
-        let config = self.config.finish();
-        let pool = Arc::new(config.pool());
-        let settings = Settings::new(Arc::new(config), self.key, self.kind, self.options);
-        L::from_settings(settings, pool)
+        let config = Arc::new(self.config.finish());
+        L::from_settings(Settings::new(config, self.key, self.kind, self.options))
     }
 }
 

@@ -1,10 +1,8 @@
 //! Distributed locks and semaphores on tokio, renewed by a background task.
 //!
 //! Named like the other dflockd clients: [`DistributedLock`] and
-//! [`DistributedSemaphore`], made from a [`Client`](super::Client) or by
-//! their own builder. Each acquire takes a connection to the server that
-//! owns the key (see [`routing`](crate::routing)): an idle one from the
-//! pool, or a new one; a granted
+//! [`DistributedSemaphore`]. Each acquire opens its own connection to the
+//! server that owns the key (see [`routing`](crate::routing)); a granted
 //! [`LeaseGuard`] hands that connection to a background task that renews
 //! the lease with the core schedule ([`Lease::hold`]) until the guard is
 //! released or dropped. Connections are plain TCP, or TLS with the
@@ -42,11 +40,11 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use super::{HostConnection, TokioTimer, connect_host, tokio_instant};
+use super::{ConnectOptions, HostConnection, TokioTimer, connect_host, tokio_instant};
 use crate::lock::Lease;
 #[cfg(unix)]
 use crate::runtime::host::hung_up;
-use crate::runtime::host::pool::{Home, Pool};
+use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{
     LINE, LockBuilder, Settings, sealed::FromSettings, secs_ceil,
 };
@@ -56,7 +54,7 @@ use crate::{Error, Grant, Kind, Token};
 
 use super::Result;
 
-pub(crate) type Conn = HostConnection<LINE, 0>;
+type Conn = HostConnection<LINE, 0>;
 
 /// Runs a connection request with a client-side deadline.
 async fn bounded<T, F>(dur: Duration, fut: F) -> Result<T>
@@ -67,11 +65,6 @@ where
         .await
         .map_err(|_| Error::Timeout)?
 }
-
-/// What locks and semaphores share: their settings and the pool of idle
-/// connections (the client's, or the lock's own).
-#[derive(Debug, Clone)]
-struct Resource(Arc<Settings>, Arc<Pool<Conn>>);
 
 /// Whether a pooled connection can carry the next request: not poisoned,
 /// and the server has not closed it (nor, on plain TCP, sent anything).
@@ -92,51 +85,51 @@ fn reusable(conn: &mut Conn) -> bool {
     true
 }
 
+/// What locks and semaphores share.
+#[derive(Debug, Clone)]
+struct Resource(Arc<Settings>);
+
 impl Resource {
-    /// An idle connection to the key's server from the pool, or a new one.
-    async fn connect(&self) -> Result<(Conn, Home<Conn>)> {
-        let (server, addr) = self.0.server()?;
-        let home = Home::new(self.1.clone(), server);
-        if let Some(conn) = home.take(reusable) {
-            return Ok((conn, home));
+    async fn connect(&self) -> Result<Conn> {
+        let s = &self.0;
+        if let Some(conn) = checkout(s, reusable)? {
+            return Ok(conn);
         }
-        let c = &self.0.config;
-        let tls = c.tls_for(addr)?;
-        let conn = connect_host::<LINE, 0>(addr, &c.connect_options(), tls.as_ref()).await?;
-        Ok((conn, home))
+        let opts = ConnectOptions {
+            connect_timeout: s.connect_timeout,
+            io_timeout: s.options.io_timeout,
+            auth_token: s.auth_token.clone(),
+        };
+        let addr = s.server()?;
+        let tls = s.tls_for(addr)?;
+        connect_host::<LINE, 0>(addr, &opts, tls.as_ref()).await
     }
 
     async fn acquire_within(&self, timeout: Duration) -> Result<Option<LeaseGuard>> {
         let s = &self.0;
-        let (mut conn, home) = self.connect().await?;
+        let mut conn = self.connect().await?;
         let secs = secs_ceil(timeout);
         let limit = Duration::from_secs(secs).saturating_add(s.options.io_timeout);
         let lease = s.spec().options().lease_ttl.map(|d| secs_ceil(d).max(1));
         let sent = TokioTimer.now();
         let grant = bounded(limit, conn.acquire(s.kind, &s.key, secs, lease)).await?;
         let received = TokioTimer.now();
-        Ok(grant.map(|g| LeaseGuard::spawn(conn, home, self.0.clone(), g, sent, received)))
+        Ok(grant.map(|g| LeaseGuard::spawn(conn, self.0.clone(), g, sent, received)))
     }
 
     async fn enqueue(&self) -> Result<Enqueued> {
         let s = &self.0;
-        let (mut conn, home) = self.connect().await?;
+        let mut conn = self.connect().await?;
         let lease = s.spec().options().lease_ttl.map(|d| secs_ceil(d).max(1));
         let sent = TokioTimer.now();
         let reply = bounded(s.options.io_timeout, conn.enqueue(s.kind, &s.key, lease)).await?;
         let received = TokioTimer.now();
         Ok(Enqueued(match reply {
-            crate::Enqueued::Acquired(g) => EnqueuedState::Acquired(LeaseGuard::spawn(
-                conn,
-                home,
-                self.0.clone(),
-                g,
-                sent,
-                received,
-            )),
+            crate::Enqueued::Acquired(g) => {
+                EnqueuedState::Acquired(LeaseGuard::spawn(conn, self.0.clone(), g, sent, received))
+            }
             crate::Enqueued::Queued => EnqueuedState::Queued {
                 conn: Box::new(conn),
-                home,
                 settings: self.0.clone(),
             },
         }))
@@ -221,9 +214,7 @@ macro_rules! host_api {
 
 /// A distributed exclusive lock on one key.
 ///
-/// Cheap to clone; clones share the pool of idle connections (see
-/// [`Client`](super::Client)): every lease has a connection of its own,
-/// reused by a later acquire after a clean release.
+/// Cheap to clone; every acquire opens its own connection.
 #[derive(Debug, Clone)]
 pub struct DistributedLock(Resource);
 
@@ -243,17 +234,14 @@ impl DistributedLock {
 }
 
 impl FromSettings for DistributedLock {
-    type Conn = Conn;
-    fn from_settings(settings: Settings, pool: Arc<Pool<Conn>>) -> Self {
-        Self(Resource(Arc::new(settings), pool))
+    fn from_settings(settings: Settings) -> Self {
+        Self(Resource(Arc::new(settings)))
     }
 }
 
 /// A distributed counting semaphore on one key: at most `limit` holders.
 ///
-/// Cheap to clone; clones share the pool of idle connections (see
-/// [`Client`](super::Client)): every lease has a connection of its own,
-/// reused by a later acquire after a clean release. All clients of
+/// Cheap to clone; every acquire opens its own connection. All clients of
 /// a key must use the same limit (`error_limit_mismatch` otherwise).
 #[derive(Debug, Clone)]
 pub struct DistributedSemaphore(Resource);
@@ -282,9 +270,8 @@ impl DistributedSemaphore {
 }
 
 impl FromSettings for DistributedSemaphore {
-    type Conn = Conn;
-    fn from_settings(settings: Settings, pool: Arc<Pool<Conn>>) -> Self {
-        Self(Resource(Arc::new(settings), pool))
+    fn from_settings(settings: Settings) -> Self {
+        Self(Resource(Arc::new(settings)))
     }
 }
 
@@ -300,7 +287,6 @@ enum EnqueuedState {
     Acquired(LeaseGuard),
     Queued {
         conn: Box<Conn>,
-        home: Home<Conn>,
         settings: Arc<Settings>,
     },
 }
@@ -329,17 +315,13 @@ impl Enqueued {
     pub async fn wait_within(self, timeout: Duration) -> Result<Option<LeaseGuard>> {
         match self.0 {
             EnqueuedState::Acquired(guard) => Ok(Some(guard)),
-            EnqueuedState::Queued {
-                mut conn,
-                home,
-                settings,
-            } => {
+            EnqueuedState::Queued { mut conn, settings } => {
                 let secs = secs_ceil(timeout);
                 let limit = Duration::from_secs(secs).saturating_add(settings.options.io_timeout);
                 let sent = TokioTimer.now();
                 let grant = bounded(limit, conn.wait(settings.kind, &settings.key, secs)).await?;
                 let received = TokioTimer.now();
-                Ok(grant.map(|g| LeaseGuard::spawn(*conn, home, settings, g, sent, received)))
+                Ok(grant.map(|g| LeaseGuard::spawn(*conn, settings, g, sent, received)))
             }
         }
     }
@@ -394,7 +376,6 @@ async fn closed(conn: &mut Conn) {
 impl LeaseGuard {
     fn spawn(
         mut conn: Conn,
-        home: Home<Conn>,
         settings: Arc<Settings>,
         grant: Grant,
         sent: Instant,
@@ -445,11 +426,11 @@ impl LeaseGuard {
                     // Bounded by the reply timeout and the lease's deadline.
                     let out = lease.release(&mut conn, &TokioTimer).await;
                     state_tx.send_replace(State::Released);
-                    // Released cleanly: the connection is reusable (before
-                    // the reply, so the caller's next acquire finds it).
+                    // Released cleanly: the connection is reused (put back
+                    // before the reply, so the caller's next acquire finds it).
                     if out.is_ok() && conn.is_usable() {
                         closer.0.keep_open();
-                        home.put(conn);
+                        checkin(&task_settings, conn);
                     }
                     if let Some(reply) = reply {
                         let _ = reply.send(out);
