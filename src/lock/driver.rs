@@ -288,37 +288,37 @@ impl LeaseDriver {
 
     /// The connection closed (or became unusable) while no request was in
     /// flight: the lease is lost (the server frees a closed connection's
-    /// leases).
+    /// leases). Final.
     pub fn closed(&mut self) {
-        if self.phase != Phase::Done {
-            self.phase = Phase::Lost;
-        }
+        self.phase = Phase::Lost;
     }
 
     /// What to do at `now`. Sending a renew or a release is recorded here:
     /// feed its reply to [`renewed`](Self::renewed) or
     /// [`released`](Self::released) before asking again.
     pub fn next(&mut self, now: Instant) -> Action {
-        match self.phase {
-            Phase::Lost => Action::Lost,
-            Phase::Done => Action::Done,
-            Phase::ReleaseAsked => match self.release_limit(now) {
-                Some(limit) => Action::Release { limit },
-                None => {
-                    self.phase = Phase::Lost;
-                    Action::Lost
-                }
-            },
-            Phase::Held if now < self.next_renew && now < self.deadline => Action::Wait {
-                until: self.next_renew,
-            },
-            Phase::Held => match self.start_renew(now) {
-                Some(limit) => Action::Renew { limit },
-                None => {
-                    self.phase = Phase::Lost;
-                    Action::Lost
-                }
-            },
+        let release = match self.phase {
+            Phase::Lost => return Action::Lost,
+            Phase::Done => return Action::Done,
+            // The renew is always due before the deadline.
+            Phase::Held if now < self.next_renew => {
+                return Action::Wait {
+                    until: self.next_renew,
+                };
+            }
+            Phase::Held => false,
+            Phase::ReleaseAsked => true,
+        };
+        if now >= self.deadline {
+            self.phase = Phase::Lost;
+            return Action::Lost;
+        }
+        let limit = add_ms(now, self.io_ms).min(self.deadline);
+        if release {
+            Action::Release { limit }
+        } else {
+            self.last_sent = now;
+            Action::Renew { limit }
         }
     }
 
@@ -387,9 +387,11 @@ impl LeaseDriver {
     /// * no reply by the reply timeout: [`Error::Timeout`]; other errors as
     ///   the connection reported them.
     ///
-    /// Every failure ends the [`next`](Self::next) loop ([`Action::Lost`]);
-    /// a later successful renew (a cluster client re-sending it to a new
-    /// leader) makes the lease held again.
+    /// Every failure ends the [`next`](Self::next) loop for good
+    /// ([`Action::Lost`]): the holder cannot know whether the server still
+    /// counts the lease. (A client that re-sends a failed renew itself, as
+    /// the cluster client does after a failover, uses the deadline, not
+    /// `next`.)
     pub fn renewed_with_rng<E>(
         &mut self,
         reply: Reply<u64, E>,
@@ -404,16 +406,11 @@ impl LeaseDriver {
                 self.renewed_at = sent;
                 self.deadline = add_ms(sent, self.ttl_ms);
                 self.reschedule(rng);
-                if self.phase == Phase::Lost {
-                    self.phase = Phase::Held;
-                }
                 return Ok(());
             }
             Err(e) => e,
         };
-        if self.phase != Phase::Done {
-            self.phase = Phase::Lost;
-        }
+        self.phase = Phase::Lost;
         Err(out)
     }
 

@@ -4,6 +4,7 @@
 //! adapters import from here, never from each other.
 
 pub mod cluster;
+pub(crate) mod lock;
 #[cfg(feature = "rustls")]
 pub mod rustls;
 pub mod settings;
