@@ -25,16 +25,12 @@
 
 use std::boxed::Box;
 use std::io;
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Condvar};
 use std::time::Duration;
 
-use super::{
-    BlockingTransport, ConnectOptions, HostConnection, StdTimer, block_on, std_instant,
-    timeout_kind,
-};
+use super::{BlockingTransport, HostConnection, StdTimer, block_on, std_instant, timeout_kind};
 use crate::lock::{LeaseDriver, Reply, wire_secs};
-use crate::runtime::host::lock::{Guard, RenewIo, Woken, drive, lock_api};
+use crate::runtime::host::lock::{Guard, RenewIo, Shared, dial, drive, lock_api};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
 use crate::runtime::host::{HangUp, HangUpCloser};
 use crate::time::{Instant, Timer};
@@ -83,13 +79,7 @@ lock_api! {
 /// Opens the connection of one acquire or enqueue: the one place a lock
 /// connects.
 fn connect(s: &Settings) -> Result<Conn> {
-    let opts = ConnectOptions {
-        connect_timeout: s.connect_timeout,
-        io_timeout: s.options.io_timeout,
-        auth_token: s.auth_token.clone(),
-    };
-    let addr = s.server()?;
-    let tls = s.tls_for(addr)?;
+    let (addr, opts, tls) = dial(s)?;
     Conn::connect_host(addr, &opts, tls.as_ref())
 }
 
@@ -137,8 +127,6 @@ fn wait_within(
 
 // ---- the guard ----------------------------------------------------------------
 
-type ReleaseReply = mpsc::SyncSender<Result<()>>;
-
 /// A held lock or semaphore slot, renewed by a background thread.
 ///
 /// * [`release`](Self::release) releases and reports the outcome.
@@ -155,7 +143,7 @@ type ReleaseReply = mpsc::SyncSender<Result<()>>;
 /// whatever the renewal thread is doing (a renew stuck on a dead network
 /// cannot keep it "held").
 #[derive(Debug)]
-pub struct LeaseGuard(Guard<Condvar, mpsc::Sender<ReleaseReply>>);
+pub struct LeaseGuard(Guard<Condvar>);
 
 impl LeaseGuard {
     fn spawn(mut conn: Conn, settings: Arc<Settings>, driver: LeaseDriver) -> Result<Self> {
@@ -166,17 +154,10 @@ impl LeaseGuard {
         };
         #[cfg(not(unix))]
         let hangup = HangUp::none();
-        let (release, rx) = mpsc::channel();
-        let (guard, renewer) = Guard::new(
-            settings.clone(),
-            &driver,
-            hangup.clone(),
-            release,
-            Condvar::new(),
-        );
+        let (guard, renewer) =
+            Guard::new(settings.clone(), &driver, hangup.clone(), Condvar::new());
         let io = ThreadIo {
             conn,
-            release: rx,
             _closer: HangUpCloser(hangup),
         };
         std::thread::Builder::new()
@@ -228,27 +209,30 @@ impl LeaseGuard {
     /// [`Error::LeaseLost`] when it was lost before; other errors as the
     /// release request reports them (the connection closes anyway, which
     /// frees the lease on the server).
-    pub fn release(mut self) -> Result<()> {
-        let (reply, outcome) = mpsc::sync_channel(1);
-        match self.0.release.take().map(|tx| tx.send(reply)) {
-            Some(Ok(())) => outcome.recv().unwrap_or(Err(Error::LeaseLost)),
-            _ => Err(Error::LeaseLost),
+    pub fn release(self) -> Result<()> {
+        self.0.ask_release();
+        let shared = &self.0.shared;
+        let mut status = shared.lock();
+        loop {
+            if let Some(out) = status.outcome() {
+                return out;
+            }
+            status = shared.wake.wait(status).unwrap_or_else(|e| e.into_inner());
         }
     }
 }
 
-/// The renewal thread's IO: the connection, the release channel, and the
-/// closer that shuts the socket down when the thread ends, whatever the
-/// guard's duplicate descriptor does. Its futures block the thread (run by
-/// `block_on`).
+/// The renewal thread's IO: the connection, and the closer that shuts the
+/// socket down when the thread ends, whatever the guard's duplicate
+/// descriptor does. Its futures block the thread (run by `block_on`).
 struct ThreadIo {
     conn: Conn,
-    release: mpsc::Receiver<ReleaseReply>,
     _closer: HangUpCloser,
 }
 
 impl ThreadIo {
-    /// Gives the next request one deadline: the driver's reply limit.
+    /// Gives the driver's next request its reply limit as the transport's
+    /// deadline.
     fn arm(&mut self, limit: Instant) -> Result<()> {
         let transport = self.conn.get_mut().transport_mut();
         transport
@@ -258,44 +242,29 @@ impl ThreadIo {
 }
 
 impl RenewIo for ThreadIo {
-    type Answer = ReleaseReply;
+    type Wake = Condvar;
 
     fn now(&self) -> Instant {
         StdTimer.now()
     }
 
-    fn release_asked(&mut self) -> Option<Option<ReleaseReply>> {
-        match self.release.try_recv() {
-            Ok(reply) => Some(Some(reply)),
-            Err(TryRecvError::Disconnected) => Some(None),
-            Err(TryRecvError::Empty) => None,
-        }
-    }
-
-    async fn wait(&mut self, until: Instant) -> Woken<ReleaseReply> {
-        loop {
+    async fn wait(&mut self, until: Instant, shared: &Shared<Condvar>) -> bool {
+        let status = shared.lock();
+        if !status.release_asked() {
+            // Wakes this often to look at the connection.
             let left = until.saturating_duration_since(StdTimer.now());
-            match self.release.recv_timeout(left.min(CLOSED_POLL)) {
-                Ok(reply) => return Woken::Release(Some(reply)),
-                Err(RecvTimeoutError::Disconnected) => return Woken::Release(None),
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            // A non-blocking peek: the server closed the connection, or
-            // sent something nobody asked for (its idle-timeout `error`).
-            if !self.conn.is_usable() || self.conn.get_mut().transport_mut().peer_closed() {
-                return Woken::Closed;
-            }
-            if StdTimer.now() >= until {
-                return Woken::Due;
-            }
+            drop(shared.wake.wait_timeout(status, left.min(CLOSED_POLL)));
         }
+        // A non-blocking peek: the server closed the connection, or sent
+        // something nobody asked for (its idle-timeout `error`).
+        self.conn.is_usable() && !self.conn.get_mut().transport_mut().peer_closed()
     }
 
     async fn renew(&mut self, d: &LeaseDriver, key: &str, limit: Instant) -> Reply<u64, io::Error> {
+        let token = *d.token();
         if let Err(e) = self.arm(limit) {
             return Ok(Err(e));
         }
-        let token = *d.token();
         let renew = self
             .conn
             .get_mut()
@@ -309,16 +278,12 @@ impl RenewIo for ThreadIo {
         key: &str,
         limit: Instant,
     ) -> Reply<(), io::Error> {
+        let token = *d.token();
         if let Err(e) = self.arm(limit) {
             return Ok(Err(e));
         }
-        let token = *d.token();
         let release = self.conn.get_mut().release(d.kind(), key, &token);
         Ok(release.await.map_err(timeout_kind))
-    }
-
-    fn answer(answer: ReleaseReply, out: Result<()>) {
-        let _ = answer.send(out);
     }
 
     fn finish(self, _released: bool) {

@@ -1,27 +1,35 @@
 //! What the tokio and blocking lock adapters share, knowing no runtime:
-//!
-//! * [`lock_api!`]: the public API of `DistributedLock`,
-//!   `DistributedSemaphore`, `Enqueued` and `LeaseGuard`, documented once
-//!   and expanded in each adapter (`async` there, plain here);
-//! * [`Guard`]: what a lease guard holds, and the status it shares with its
-//!   renewal side ([`Shared`], [`Renewer`]);
-//! * [`drive`]: the renewal loop around the core [`LeaseDriver`], over the
-//!   IO an adapter supplies ([`RenewIo`]).
-//!
-//! The decisions (when to renew, when the lease is lost, release before
-//! renew) are the core driver's; the adapters only do the IO.
+//! the public API ([`lock_api!`], documented once), the guard and the
+//! status it shares with its renewal side, and the renewal loop ([`drive`])
+//! around the core [`LeaseDriver`], which makes every decision; the
+//! adapters only do the IO ([`RenewIo`]).
 
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::HangUp;
 use super::settings::Settings;
+use super::{HangUp, HostTls};
 use crate::lock::{Action, LeaseDriver, Reply};
+use crate::runtime::ConnectOptions;
 use crate::time::Instant;
 use crate::{Error, Token};
 
-/// Where a lease guard stands, by its renewal side's word.
+type Result<T> = core::result::Result<T, Error<io::Error>>;
+
+/// Where a lock connects: the server that owns the key, the connect
+/// options and the TLS connector for it.
+pub(crate) fn dial(s: &Settings) -> Result<(&str, ConnectOptions, Option<HostTls>)> {
+    let opts = ConnectOptions {
+        connect_timeout: s.connect_timeout,
+        io_timeout: s.options.io_timeout,
+        auth_token: s.auth_token.clone(),
+    };
+    let addr = s.server()?;
+    Ok((addr, opts, s.tls_for(addr)?))
+}
+
+/// Where a lease stands, by its renewal side's word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
     Held,
@@ -29,13 +37,17 @@ pub(crate) enum State {
     Released,
 }
 
-/// What a guard and its renewal side share.
-#[derive(Debug, Clone, Copy)]
+/// What a guard and its renewal side share, behind a mutex.
+#[derive(Debug)]
 pub(crate) struct Status {
     pub(crate) state: State,
-    /// The conservative deadline of the lease: when the acquire or the last
-    /// successful renew was sent, plus the lease (adapter timer time).
+    /// The conservative deadline (adapter timer time): when the acquire or
+    /// the last successful renew was sent, plus the lease.
     pub(crate) deadline: Instant,
+    /// The release was asked for (by `release`, or by dropping the guard).
+    release: bool,
+    /// The release's result, for `release`.
+    outcome: Option<Result<()>>,
 }
 
 impl Status {
@@ -43,10 +55,20 @@ impl Status {
     pub(crate) fn is_lost(&self, now: Instant) -> bool {
         self.state != State::Held || now >= self.deadline
     }
+
+    /// Whether the renewal side should release.
+    pub(crate) fn release_asked(&self) -> bool {
+        self.release
+    }
+
+    /// The result of an asked release, once the renewal side is done.
+    pub(crate) fn outcome(&mut self) -> Option<Result<()>> {
+        (self.state != State::Held).then(|| self.outcome.take().unwrap_or(Err(Error::LeaseLost)))
+    }
 }
 
-/// Wakes whoever waits for a guard's status to change: a `Condvar` for
-/// blocking waits, tokio's `Notify` for async ones.
+/// Wakes every waiter of a status (guard and renewal side): a `Condvar`
+/// for blocking waits, tokio's `Notify` for async ones.
 pub(crate) trait Wake {
     fn wake(&self);
 }
@@ -57,7 +79,7 @@ impl Wake for Condvar {
     }
 }
 
-/// The status behind a mutex, and its wake-up.
+/// The status and its wake-up.
 #[derive(Debug)]
 pub(crate) struct Shared<W> {
     status: Mutex<Status>,
@@ -69,32 +91,17 @@ impl<W: Wake> Shared<W> {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn get(&self) -> Status {
-        *self.lock()
-    }
-
     fn update(&self, f: impl FnOnce(&mut Status)) {
         f(&mut self.lock());
         self.wake.wake();
     }
 }
 
-/// The renewal side's handle on the status: publishes each renewed
-/// deadline and the end. A renewal side that vanishes without saying how
-/// it ended (a task dropped when its runtime shut down, a thread that
-/// panicked) leaves the lease lost.
+/// The renewal side's handle on the status. A renewal side that vanishes
+/// without saying how it ended (a task dropped when its runtime shut down,
+/// a thread that panicked) leaves the lease lost.
 #[derive(Debug)]
-pub(crate) struct Renewer<W: Wake>(Arc<Shared<W>>);
-
-impl<W: Wake> Renewer<W> {
-    fn renewed(&self, deadline: Instant) {
-        self.0.update(|s| s.deadline = deadline);
-    }
-
-    fn end(&self, state: State) {
-        self.0.update(|s| s.state = state);
-    }
-}
+pub(crate) struct Renewer<W: Wake>(pub(crate) Arc<Shared<W>>);
 
 impl<W: Wake> Drop for Renewer<W> {
     fn drop(&mut self) {
@@ -107,90 +114,83 @@ impl<W: Wake> Drop for Renewer<W> {
 }
 
 /// What a lease guard holds: the lock's settings, the lease as granted,
-/// the status shared with the renewal side, the connection's hang-up
-/// watch and the way to ask for the release (`R`, a channel's sender).
+/// the shared status and the connection's hang-up watch. Dropping it asks
+/// for the release (done by the renewal side; never blocks).
 #[derive(Debug)]
-pub(crate) struct Guard<W, R> {
+pub(crate) struct Guard<W: Wake> {
     pub(crate) settings: Arc<Settings>,
     pub(crate) token: Token,
     pub(crate) ttl: Duration,
     pub(crate) shared: Arc<Shared<W>>,
-    /// The connection's hang-up, seen at once by `is_lost`.
-    pub(crate) hangup: Arc<HangUp>,
-    pub(crate) release: Option<R>,
+    hangup: Arc<HangUp>,
 }
 
-impl<W: Wake, R> Guard<W, R> {
-    /// The guard of `driver`'s lease, and the handle its renewal side
-    /// publishes through.
+impl<W: Wake> Guard<W> {
+    /// The guard of `driver`'s lease, and its renewal side's handle.
     pub(crate) fn new(
         settings: Arc<Settings>,
         driver: &LeaseDriver,
         hangup: Arc<HangUp>,
-        release: R,
         wake: W,
     ) -> (Self, Renewer<W>) {
         let shared = Arc::new(Shared {
             status: Mutex::new(Status {
                 state: State::Held,
                 deadline: driver.deadline(),
+                release: false,
+                outcome: None,
             }),
             wake,
         });
+        let (token, ttl) = (*driver.token(), driver.ttl());
+        let renewer = Renewer(shared.clone());
         let guard = Guard {
             settings,
-            token: *driver.token(),
-            ttl: driver.ttl(),
-            shared: shared.clone(),
+            token,
+            ttl,
+            shared,
             hangup,
-            release: Some(release),
         };
-        (guard, Renewer(shared))
+        (guard, renewer)
     }
 
-    /// Lost by the renewal side's word (including a renewal side that is
-    /// gone), by the clock at `now`, or by the connection's hang-up.
+    /// Lost by the renewal side's word (or its absence), by the clock at
+    /// `now`, or by the connection's hang-up.
     pub(crate) fn is_lost(&self, now: Instant) -> bool {
-        self.shared.get().is_lost(now) || self.hangup.seen()
+        self.shared.lock().is_lost(now) || self.hangup.seen()
     }
 
     /// The lease's conservative deadline (adapter timer time).
     pub(crate) fn deadline(&self) -> Instant {
-        self.shared.get().deadline
+        self.shared.lock().deadline
+    }
+
+    /// Asks the renewal side for the release (see [`Status::outcome`]).
+    pub(crate) fn ask_release(&self) {
+        self.shared.update(|s| s.release = true);
+    }
+}
+
+impl<W: Wake> Drop for Guard<W> {
+    fn drop(&mut self) {
+        self.ask_release();
     }
 }
 
 // ---- the renewal loop --------------------------------------------------------
 
-/// What ended a wait of the renewal side.
-pub(crate) enum Woken<A> {
-    /// The time waited for came.
-    Due,
-    /// The release was asked for (`None`: the guard was dropped, nobody
-    /// waits for the result).
-    Release(Option<A>),
-    /// The connection closed (or the server sent something unasked, such
-    /// as its idle-timeout `error`).
-    Closed,
-}
-
-/// The IO a renewal task or thread does for [`drive`]: one connection, a
-/// clock and the guard's release channel.
+/// The IO a renewal task or thread does for [`drive`] on its connection.
 pub(crate) trait RenewIo {
-    /// Where a release's result goes.
-    type Answer;
+    type Wake: Wake;
 
     /// The adapter timer's time.
     fn now(&self) -> Instant;
 
-    /// A release request that has arrived, without waiting (`Some(None)`:
-    /// the guard was dropped).
-    fn release_asked(&mut self) -> Option<Option<Self::Answer>>;
+    /// Waits until `until`, a change of `shared` (a release asked for) or
+    /// the connection's close (`false`). May return early.
+    async fn wait(&mut self, until: Instant, shared: &Shared<Self::Wake>) -> bool;
 
-    /// Waits until `until`, a release request or the connection's close.
-    async fn wait(&mut self, until: Instant) -> Woken<Self::Answer>;
-
-    /// Sends `driver`'s renew for `key`; the reply, or `Elapsed` (or an
+    /// Sends `driver`'s renew for `key`: the reply, or `Elapsed` (or an
     /// `Error::Timeout`) at `limit`.
     async fn renew(
         &mut self,
@@ -207,64 +207,48 @@ pub(crate) trait RenewIo {
         limit: Instant,
     ) -> Reply<(), io::Error>;
 
-    /// Hands a release's result to whoever asked.
-    fn answer(answer: Self::Answer, out: Result<(), Error<io::Error>>);
-
-    /// The one place where the renewal side gives its connection up, when
-    /// the lease ends: `released` after a release the server confirmed
-    /// (the connection is in a known, clean state), otherwise it must be
-    /// closed.
+    /// The one place where the renewal side gives its connection up:
+    /// `released` after a release the server confirmed (a known, clean
+    /// state), otherwise it must close.
     fn finish(self, released: bool);
 }
 
-/// The renewal loop of a host lease guard: drives `driver` for the lease on
-/// `key` over `io`, publishing through `renewer`, until the lease is
-/// released (on request, or when the guard is dropped) or lost. A release
-/// request is looked at before every renew.
-pub(crate) async fn drive<I: RenewIo, W: Wake>(
+/// The renewal loop of a host lease guard: drives `driver` for the lease
+/// on `key` over `io` until it is released (asked for, or the guard
+/// dropped) or lost. A release asked for is looked at before every renew.
+pub(crate) async fn drive<I: RenewIo>(
     mut io: I,
     key: &str,
     mut driver: LeaseDriver,
-    renewer: Renewer<W>,
+    renewer: Renewer<I::Wake>,
 ) {
-    let mut answer = None;
-    let mut asked = false;
+    let shared = &*renewer.0;
     loop {
-        if !asked && let Some(a) = io.release_asked() {
-            (asked, answer) = (true, a);
+        if shared.lock().release_asked() {
             driver.request_release();
         }
         match driver.next(io.now()) {
-            Action::Wait { until } => match io.wait(until).await {
-                Woken::Due => {}
-                Woken::Release(a) => {
-                    (asked, answer) = (true, a);
-                    driver.request_release();
+            Action::Wait { until } => {
+                if !io.wait(until, shared).await {
+                    driver.closed();
                 }
-                Woken::Closed => driver.closed(),
-            },
+            }
             Action::Renew { limit } => {
                 let reply = io.renew(&driver, key, limit).await;
                 if driver.renewed(reply, io.now()).is_ok() {
-                    renewer.renewed(driver.deadline());
+                    shared.update(|s| s.deadline = driver.deadline());
                 }
             }
             Action::Release { limit } => {
                 let reply = io.release(&driver, key, limit).await;
                 let out = driver.released(reply, io.now());
-                renewer.end(State::Released);
                 let clean = out.is_ok();
-                if let Some(a) = answer {
-                    I::answer(a, out);
-                }
+                shared.update(|s| (s.state, s.outcome) = (State::Released, Some(out)));
                 return io.finish(clean);
             }
             Action::Lost | Action::Done => {
                 warn!("lease on {} lost", key);
-                renewer.end(State::Lost);
-                if let Some(a) = answer {
-                    I::answer(a, Err(Error::LeaseLost));
-                }
+                shared.update(|s| s.state = State::Lost);
                 return io.finish(false);
             }
         }

@@ -37,11 +37,11 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
-use super::{ConnectOptions, HostConnection, TokioTimer, connect_host, tokio_instant};
+use super::{HostConnection, TokioTimer, connect_host, tokio_instant};
 use crate::lock::{LeaseDriver, Reply};
-use crate::runtime::host::lock::{Guard, RenewIo, Wake, Woken, drive, lock_api};
+use crate::runtime::host::lock::{Guard, RenewIo, Shared, Status, Wake, dial, drive, lock_api};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
 use crate::runtime::host::{HangUp, HangUpCloser};
 use crate::time::{Instant, Timer, with_deadline};
@@ -89,13 +89,7 @@ lock_api! {
 /// Opens the connection of one acquire or enqueue: the one place a lock
 /// connects.
 async fn connect(s: &Settings) -> Result<Conn> {
-    let opts = ConnectOptions {
-        connect_timeout: s.connect_timeout,
-        io_timeout: s.options.io_timeout,
-        auth_token: s.auth_token.clone(),
-    };
-    let addr = s.server()?;
-    let tls = s.tls_for(addr)?;
+    let (addr, opts, tls) = dial(s)?;
     connect_host::<LINE, 0>(addr, &opts, tls.as_ref()).await
 }
 
@@ -143,8 +137,6 @@ impl Wake for Notify {
     }
 }
 
-type ReleaseReply = oneshot::Sender<Result<()>>;
-
 /// A held lock or semaphore slot, renewed by a background task.
 ///
 /// * [`release`](Self::release) releases and reports the outcome.
@@ -160,7 +152,7 @@ type ReleaseReply = oneshot::Sender<Result<()>>;
 /// successful renew was sent, plus the lease) it reports the lease lost,
 /// whatever the renewal task is doing.
 #[derive(Debug)]
-pub struct LeaseGuard(Guard<Notify, oneshot::Sender<ReleaseReply>>);
+pub struct LeaseGuard(Guard<Notify>);
 
 impl LeaseGuard {
     fn spawn(mut conn: Conn, settings: Arc<Settings>, driver: LeaseDriver) -> Self {
@@ -175,21 +167,35 @@ impl LeaseGuard {
         };
         #[cfg(not(unix))]
         let hangup = HangUp::none();
-        let (release, rx) = oneshot::channel();
-        let (guard, renewer) = Guard::new(
-            settings.clone(),
-            &driver,
-            hangup.clone(),
-            release,
-            Notify::new(),
-        );
+        let (guard, renewer) = Guard::new(settings.clone(), &driver, hangup.clone(), Notify::new());
         let io = TaskIo {
             conn,
-            release: rx,
             _closer: HangUpCloser(hangup),
         };
         tokio::spawn(async move { drive(io, &settings.key, driver, renewer).await });
         LeaseGuard(guard)
+    }
+
+    /// Waits until `f` finds what it waits for in the status, looking again
+    /// at every change and, with `by_clock`, at the lease's deadline.
+    async fn until<T>(&self, by_clock: bool, mut f: impl FnMut(&mut Status) -> Option<T>) -> T {
+        let shared = &self.0.shared;
+        loop {
+            // Registered before the status is read: no change is missed.
+            let mut changed = std::pin::pin!(shared.wake.notified());
+            changed.as_mut().enable();
+            let deadline = {
+                let mut status = shared.lock();
+                if let Some(out) = f(&mut status) {
+                    return out;
+                }
+                status.deadline
+            };
+            tokio::select! {
+                () = changed => {}
+                () = TokioTimer.sleep_until(deadline), if by_clock => {}
+            }
+        }
     }
 
     /// Completes when the lease is lost: a renew failed, the connection
@@ -199,20 +205,8 @@ impl LeaseGuard {
     ///
     /// Cancel-safe.
     pub async fn lost(&self) {
-        let shared = &self.0.shared;
-        loop {
-            // Registered before the status is read: no change is missed.
-            let mut changed = std::pin::pin!(shared.wake.notified());
-            changed.as_mut().enable();
-            let status = shared.get();
-            if status.is_lost(TokioTimer.now()) {
-                return;
-            }
-            tokio::select! {
-                () = changed => {}
-                () = TokioTimer.sleep_until(status.deadline) => {}
-            }
-        }
+        self.until(true, |s| s.is_lost(TokioTimer.now()).then_some(()))
+            .await;
     }
 
     /// Releases the lease and closes its connection.
@@ -223,50 +217,43 @@ impl LeaseGuard {
     ///
     /// Cancel-safe: once called, the release completes in the background
     /// even if this future is dropped.
-    pub async fn release(mut self) -> Result<()> {
-        let (reply, outcome) = oneshot::channel();
-        match self.0.release.take().map(|tx| tx.send(reply)) {
-            Some(Ok(())) => outcome.await.unwrap_or(Err(Error::LeaseLost)),
-            _ => Err(Error::LeaseLost),
-        }
+    pub async fn release(self) -> Result<()> {
+        self.0.ask_release();
+        self.until(false, Status::outcome).await
     }
 }
 
-/// The renewal task's IO: the connection, the release channel, and the
-/// closer that shuts the socket down when the task ends or is dropped,
-/// whatever the guard's duplicate descriptor does.
+/// The renewal task's IO: the connection, and the closer that shuts the
+/// socket down when the task ends or is dropped, whatever the guard's
+/// duplicate descriptor does.
 struct TaskIo {
     conn: Conn,
-    release: oneshot::Receiver<ReleaseReply>,
     _closer: HangUpCloser,
 }
 
 impl RenewIo for TaskIo {
-    type Answer = ReleaseReply;
+    type Wake = Notify;
 
     fn now(&self) -> Instant {
         TokioTimer.now()
     }
 
-    fn release_asked(&mut self) -> Option<Option<ReleaseReply>> {
-        match self.release.try_recv() {
-            Ok(reply) => Some(Some(reply)),
-            Err(oneshot::error::TryRecvError::Closed) => Some(None),
-            Err(oneshot::error::TryRecvError::Empty) => None,
+    async fn wait(&mut self, until: Instant, shared: &Shared<Notify>) -> bool {
+        let mut changed = std::pin::pin!(shared.wake.notified());
+        changed.as_mut().enable();
+        if shared.lock().release_asked() {
+            return true;
         }
-    }
-
-    async fn wait(&mut self, until: Instant) -> Woken<ReleaseReply> {
-        let TaskIo { conn, release, .. } = self;
+        let conn = &mut self.conn;
         tokio::select! {
             biased;
-            r = release => Woken::Release(r.ok()),
-            () = TokioTimer.sleep_until(until) => Woken::Due,
+            () = changed => true,
+            () = TokioTimer.sleep_until(until) => true,
             // The connection keeps no pushes, so every push is dropped and
             // only an error ends the loop: end of stream, a transport
             // error, or an unsolicited line such as the server's
             // idle-timeout `error`. Cancel-safe between lines.
-            () = async { while conn.next_signal().await.is_ok() {} } => Woken::Closed,
+            () = async { while conn.next_signal().await.is_ok() {} } => false,
         }
     }
 
@@ -284,10 +271,6 @@ impl RenewIo for TaskIo {
     ) -> Reply<(), io::Error> {
         let token = *d.token();
         with_deadline(&TokioTimer, limit, self.conn.release(d.kind(), key, &token)).await
-    }
-
-    fn answer(answer: ReleaseReply, out: Result<()>) {
-        let _ = answer.send(out);
     }
 
     fn finish(self, _released: bool) {
