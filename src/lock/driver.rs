@@ -297,21 +297,19 @@ impl LeaseDriver {
     /// feed its reply to [`renewed`](Self::renewed) or
     /// [`released`](Self::released) before asking again.
     pub fn next(&mut self, now: Instant) -> Action {
-        let release = match self.phase {
-            Phase::Lost => return Action::Lost,
-            Phase::Done => return Action::Done,
-            // The renew is always due before the deadline.
-            Phase::Held if now < self.next_renew => {
-                return Action::Wait {
-                    until: self.next_renew,
-                };
-            }
-            Phase::Held => false,
-            Phase::ReleaseAsked => true,
-        };
-        if now >= self.deadline {
+        if self.phase == Phase::Done {
+            return Action::Done;
+        }
+        if self.phase == Phase::Lost || now >= self.deadline {
             self.phase = Phase::Lost;
             return Action::Lost;
+        }
+        let release = self.phase == Phase::ReleaseAsked;
+        // The renew is always due before the deadline.
+        if !release && now < self.next_renew {
+            return Action::Wait {
+                until: self.next_renew,
+            };
         }
         let limit = add_ms(now, self.io_ms).min(self.deadline);
         if release {
