@@ -242,12 +242,6 @@ impl LeaseDriver {
         now >= self.deadline
     }
 
-    /// Whether the driver has given the lease up: lost (a failed renew, a
-    /// closed connection, the deadline) or released.
-    pub fn is_finished(&self) -> bool {
-        matches!(self.phase, Phase::Lost | Phase::Done)
-    }
-
     /// Recomputes [`next_renew_at`](Self::next_renew_at), drawing the
     /// jitter from `rng`:
     /// `min(renewed_at + ratio·ttl − rtt − jitter, last_sent + idle − idle/4 − rtt)`,
@@ -300,8 +294,8 @@ impl LeaseDriver {
         if self.phase == Phase::Done {
             return Action::Done;
         }
+        // Past the deadline for good: no renew can move it any more.
         if self.phase == Phase::Lost || now >= self.deadline {
-            self.phase = Phase::Lost;
             return Action::Lost;
         }
         let release = self.phase == Phase::ReleaseAsked;
