@@ -420,11 +420,11 @@ impl LeaseDriver {
     fn failure<T, E>(&self, reply: Reply<T, E>, now: Instant) -> Result<T, E> {
         match reply {
             Ok(Ok(v)) => Ok(v),
+            // Nothing is held past the deadline, whatever went wrong.
+            _ if now >= self.deadline => Err(Error::LeaseLost),
             Ok(Err(Error::Server(ServerError::Error | ServerError::LeaseExpired))) => {
                 Err(Error::LeaseLost)
             }
-            // Nothing is held past the deadline, whatever went wrong.
-            Ok(Err(_)) | Err(Elapsed) if now >= self.deadline => Err(Error::LeaseLost),
             Ok(Err(e)) => Err(e),
             Err(Elapsed) => Err(Error::Timeout),
         }
