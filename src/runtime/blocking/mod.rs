@@ -22,17 +22,9 @@ pub use self::lock::{DistributedLock, DistributedSemaphore, Enqueued, LeaseGuard
 #[cfg(feature = "rustls")]
 pub use self::signal::emit_tls;
 pub use self::signal::{Item, SignalConn, SignalHandle, emit};
-pub use crate::runtime::host::cluster::{ClusterBuilder, Renewal};
-#[cfg(feature = "rustls")]
-pub use crate::runtime::host::rustls::{RustlsConnector, rustls_error};
-pub use crate::runtime::host::settings::{DEFAULT_SERVER, LockBuilder};
-pub use crate::runtime::host::signal::{
-    DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, MAX_SIGNAL_LINE, Reconnect, Signal, SignalEvent,
-    SignalOptions,
-};
-pub use crate::runtime::{
-    AuthToken, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_LINE_BUF,
-};
+/// The names both host adapters share (the same types in `tokio` and
+/// `blocking`).
+pub use crate::runtime::host::shared::*;
 
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -40,6 +32,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::runtime::host::HostTls;
+use crate::runtime::host::sock::{Bounded, POLLIN, is_timeout, poll_until};
 use crate::time::{Instant, Timer};
 use crate::{Connection, Error, Grant, Kind, Token};
 
@@ -105,121 +98,6 @@ impl From<TcpStream> for StdStream {
     }
 }
 
-fn deadline_passed() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "request deadline passed")
-}
-
-/// Waits until `sock` is ready for `events` (`POLLIN`/`POLLOUT`) or
-/// `deadline` passed (`Ok(false)`). Error and hang-up count as ready: the
-/// following read or write reports them.
-#[cfg(unix)]
-fn poll_until(
-    sock: &TcpStream,
-    events: libc::c_short,
-    deadline: Option<std::time::Instant>,
-) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    loop {
-        let timeout_ms: libc::c_int = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    return Ok(false);
-                }
-                // Rounded up: poll(2) never wakes before the deadline.
-                let ms = left.as_micros().div_ceil(1000);
-                libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
-            }
-        };
-        let mut pfd = libc::pollfd {
-            fd: sock.as_raw_fd(),
-            events,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is a valid, exclusively borrowed array of one
-        // pollfd for the duration of the call; the fd is owned by `sock`.
-        let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        match r {
-            r if r > 0 => return Ok(true),
-            // Timed out: the loop checks the clock again.
-            0 => {}
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-}
-
-/// Without `poll(2)`: a read timeout for the time left (rounded up by the
-/// OS), set before each read.
-#[cfg(not(unix))]
-fn poll_until(
-    sock: &TcpStream,
-    _events: i16,
-    deadline: Option<std::time::Instant>,
-) -> io::Result<bool> {
-    if let Some(d) = deadline {
-        let left = d.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Ok(false);
-        }
-        sock.set_read_timeout(Some(left))?;
-    }
-    Ok(true)
-}
-
-#[cfg(unix)]
-const POLLIN: i16 = libc::POLLIN;
-#[cfg(unix)]
-const POLLOUT: i16 = libc::POLLOUT;
-#[cfg(not(unix))]
-const POLLIN: i16 = 1;
-#[cfg(not(unix))]
-const POLLOUT: i16 = 4;
-
-/// `io::Read`/`io::Write` over a socket, bounded by a deadline.
-struct Bounded<'a>(&'a TcpStream, Option<std::time::Instant>);
-
-impl io::Read for Bounded<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if !poll_until(self.0, POLLIN, self.1)? {
-                return Err(deadline_passed());
-            }
-            match io::Read::read(&mut &*self.0, buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // A spurious wake-up (or a non-Unix read timeout).
-                Err(e) if is_timeout(&e) => {}
-                r => return r,
-            }
-        }
-    }
-}
-
-impl io::Write for Bounded<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        loop {
-            match io::Write::write(&mut &*self.0, buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !poll_until(self.0, POLLOUT, self.1)? {
-                        return Err(deadline_passed());
-                    }
-                }
-                r => return r,
-            }
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 impl embedded_io_async::ErrorType for StdStream {
     type Error = io::Error;
 }
@@ -270,13 +148,6 @@ pub trait BlockingTransport:
     /// stream) without blocking, consuming nothing the connection needs.
     /// `Ok(false)` when the time passed first.
     fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool>;
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 impl BlockingTransport for StdStream {
@@ -515,148 +386,6 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
     }
 }
 
-/// A rustls client stream over `std::net::TcpStream` (feature `rustls`),
-/// behind the `embedded_io_async` traits like [`StdStream`].
-///
-/// A server that closes without `close_notify` reads as end of stream, so
-/// the connection reports [`Error::Disconnected`] as over plain TCP.
-#[cfg(feature = "rustls")]
-pub struct StdTlsStream(
-    rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
-    Option<std::time::Instant>,
-);
-
-#[cfg(feature = "rustls")]
-impl core::fmt::Debug for StdTlsStream {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("StdTlsStream")
-            .field("peer", &self.0.sock.peer_addr().ok())
-            .field("protocol", &self.0.conn.protocol_version())
-            .field("cipher_suite", &self.0.conn.negotiated_cipher_suite())
-            .finish_non_exhaustive()
-    }
-}
-
-#[cfg(feature = "rustls")]
-fn tls_io_error(e: rustls::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
-}
-
-#[cfg(feature = "rustls")]
-impl StdTlsStream {
-    /// Runs the TLS handshake over a connected socket, verified by `tls`,
-    /// giving up after `timeout` (an [`io::ErrorKind::WouldBlock`] or
-    /// [`io::ErrorKind::TimedOut`] error). Verification failures are
-    /// [`io::ErrorKind::InvalidData`] errors carrying the `rustls::Error`
-    /// (see [`rustls_error`](crate::tls_rustls::rustls_error)).
-    pub fn handshake(
-        mut tcp: TcpStream,
-        tls: &crate::runtime::host::rustls::RustlsConnector,
-        timeout: Duration,
-    ) -> io::Result<Self> {
-        let mut conn =
-            rustls::ClientConnection::new(tls.config().clone(), tls.server_name().clone())
-                .map_err(tls_io_error)?;
-        let deadline = std::time::Instant::now() + timeout;
-        while conn.is_handshaking() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "TLS handshake timed out",
-                ));
-            }
-            tcp.set_read_timeout(Some(left))?;
-            conn.complete_io(&mut tcp)?;
-        }
-        #[cfg(unix)]
-        tcp.set_nonblocking(true)?;
-        Ok(Self(rustls::StreamOwned::new(conn, tcp), None))
-    }
-
-    /// The TCP socket underneath.
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.0.sock
-    }
-
-    /// The rustls connection state (negotiated version, cipher suite, …).
-    pub fn connection(&self) -> &rustls::ClientConnection {
-        &self.0.conn
-    }
-}
-
-#[cfg(feature = "rustls")]
-impl StdTlsStream {
-    /// [`HostStream::peer_closed`] on a socket already set non-blocking:
-    /// reads whatever records have arrived into rustls (nothing is lost),
-    /// and reports data, a `close_notify`, end of stream or an error.
-    fn peer_closed(&mut self) -> bool {
-        loop {
-            match self.0.conn.process_new_packets() {
-                Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => {
-                    return true;
-                }
-                Ok(_) => {}
-                Err(_) => return true,
-            }
-            match self.0.conn.read_tls(&mut self.0.sock) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return !is_timeout(&e),
-            }
-        }
-    }
-}
-
-#[cfg(feature = "rustls")]
-impl embedded_io_async::ErrorType for StdTlsStream {
-    type Error = io::Error;
-}
-
-#[cfg(feature = "rustls")]
-impl StdTlsStream {
-    /// Sends every TLS record rustls has queued, within the deadline.
-    fn push(&mut self) -> io::Result<()> {
-        while self.0.conn.wants_write() {
-            self.0.conn.write_tls(&mut Bounded(&self.0.sock, self.1))?;
-        }
-        Ok(())
-    }
-}
-
-#[cfg(feature = "rustls")]
-impl embedded_io_async::Read for StdTlsStream {
-    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match io::Read::read(&mut self.0.conn.reader(), buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                r => return r,
-            }
-            // Nothing decrypted yet: one more read from the socket, within
-            // the request's deadline.
-            if self.0.conn.read_tls(&mut Bounded(&self.0.sock, self.1))? == 0 {
-                return Ok(0);
-            }
-            self.0.conn.process_new_packets().map_err(tls_io_error)?;
-        }
-    }
-}
-
-#[cfg(feature = "rustls")]
-impl embedded_io_async::Write for StdTlsStream {
-    async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = io::Write::write(&mut self.0.conn.writer(), buf)?;
-        self.push()?;
-        Ok(n)
-    }
-
-    async fn flush(&mut self) -> io::Result<()> {
-        self.push()
-    }
-}
-
 #[cfg(feature = "rustls")]
 impl BlockingTransport for StdTlsStream {
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
@@ -671,7 +400,11 @@ impl BlockingTransport for StdTlsStream {
     fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let state = self.0.conn.process_new_packets().map_err(tls_io_error)?;
+            let state = self
+                .0
+                .conn
+                .process_new_packets()
+                .map_err(crate::runtime::host::rustls::tls_io_error)?;
             if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
                 return Ok(true);
             }
@@ -723,35 +456,25 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P, StdTlsStream> {
         Ok(conn)
     }
 }
+#[cfg(feature = "rustls")]
+pub use crate::runtime::host::rustls::StdTlsStream;
 
-/// The transport of the high-level blocking APIs
-/// ([`DistributedLock`](crate::blocking::DistributedLock),
-/// [`SignalConn`](crate::blocking::SignalConn)): plain TCP or, with
-/// the `rustls` feature, TLS, chosen when connecting. It is a
-/// [`BlockingTransport`] that delegates to the arm it holds.
-///
-/// Without the `rustls` feature there is only the plain arm, so the enum is
-/// exactly a [`StdStream`] (no tag, no branch).
-#[derive(Debug)]
-pub enum HostStream {
-    /// Plain TCP.
-    Plain(StdStream),
-    /// rustls over TCP (feature `rustls`). Boxed: the TLS state is large,
-    /// and the plain arm should not pay for it.
-    #[cfg(feature = "rustls")]
-    Tls(std::boxed::Box<StdTlsStream>),
+crate::runtime::host::stream::host_stream! {
+
+    /// The transport of the high-level blocking APIs
+    /// ([`DistributedLock`](crate::blocking::DistributedLock),
+    /// [`SignalConn`](crate::blocking::SignalConn)): plain TCP or, with
+    /// the `rustls` feature, TLS, chosen when connecting. It is a
+    /// [`BlockingTransport`] that delegates to the arm it holds.
+    ///
+    /// Without the `rustls` feature there is only the plain arm, so the enum is
+    /// exactly a [`StdStream`] (no tag, no branch).
+    #[derive(Debug)]
+    plain: StdStream,
+    tls: crate::runtime::host::rustls::StdTlsStream,
 }
 
 impl HostStream {
-    /// Whether this is a TLS stream.
-    pub fn is_tls(&self) -> bool {
-        match self {
-            Self::Plain(_) => false,
-            #[cfg(feature = "rustls")]
-            Self::Tls(_) => true,
-        }
-    }
-
     /// The TCP socket underneath.
     pub fn tcp(&self) -> &TcpStream {
         match self {
@@ -789,51 +512,6 @@ impl HostStream {
             return true;
         }
         closed
-    }
-}
-
-impl From<StdStream> for HostStream {
-    fn from(s: StdStream) -> Self {
-        Self::Plain(s)
-    }
-}
-
-#[cfg(feature = "rustls")]
-impl From<StdTlsStream> for HostStream {
-    fn from(s: StdTlsStream) -> Self {
-        Self::Tls(std::boxed::Box::new(s))
-    }
-}
-
-impl embedded_io_async::ErrorType for HostStream {
-    type Error = io::Error;
-}
-
-impl embedded_io_async::Read for HostStream {
-    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Self::Plain(s) => s.read(buf).await,
-            #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.read(buf).await,
-        }
-    }
-}
-
-impl embedded_io_async::Write for HostStream {
-    async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Self::Plain(s) => s.write(buf).await,
-            #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.write(buf).await,
-        }
-    }
-
-    async fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Self::Plain(s) => s.flush().await,
-            #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.flush().await,
-        }
     }
 }
 

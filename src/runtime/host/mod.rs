@@ -1,7 +1,9 @@
 //! What the std host adapters (tokio and blocking) share and neither owns:
-//! lock and signal settings and builders, the cluster builder, rustls, and
-//! the hang-up watch of lease guards. Nothing here knows a runtime; the
-//! adapters import from here, never from each other.
+//! lock and signal settings and builders, the cluster builder, the
+//! transport enum (`stream`), deadline-bounded socket IO (`sock`), every
+//! line of rustls code (`rustls`, the tokio handshake included), and the
+//! hang-up watch of lease guards. The adapters import from here, never from
+//! each other; nothing here imports an adapter.
 
 pub mod cluster;
 pub(crate) mod lock;
@@ -9,6 +11,24 @@ pub(crate) mod lock;
 pub mod rustls;
 pub mod settings;
 pub mod signal;
+pub(crate) mod sock;
+pub(crate) mod stream;
+
+/// The names both host adapters re-export: the same types in `tokio` and
+/// `blocking`.
+pub mod shared {
+    pub use super::cluster::{ClusterBuilder, Renewal};
+    #[cfg(feature = "rustls")]
+    pub use super::rustls::{RustlsConnector, rustls_error};
+    pub use super::settings::{DEFAULT_SERVER, LockBuilder};
+    pub use super::signal::{
+        DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, MAX_SIGNAL_LINE, Reconnect, Signal,
+        SignalEvent, SignalOptions,
+    };
+    pub use crate::runtime::{
+        AuthToken, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_LINE_BUF,
+    };
+}
 
 use std::net::TcpStream;
 

@@ -31,7 +31,11 @@
 
 use std::borrow::ToOwned;
 use std::io;
+use std::net::TcpStream;
 use std::sync::Arc;
+use std::time::Duration;
+
+use super::sock::{Bounded, is_timeout};
 
 use crate::ConfigError;
 
@@ -134,4 +138,167 @@ impl RustlsConnector {
 /// `UnknownIssuer`, a peer alert, a corrupt message from a plaintext peer).
 pub fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
     e.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+// ---- the blocking TLS stream -------------------------------------------------
+
+/// A rustls client stream over `std::net::TcpStream` (feature `rustls`),
+/// behind the `embedded_io_async` traits like [`StdStream`](crate::blocking::StdStream).
+///
+/// A server that closes without `close_notify` reads as end of stream, so
+/// the connection reports [`Error::Disconnected`](crate::Error::Disconnected) as over plain TCP.
+pub struct StdTlsStream(
+    pub(crate) rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    pub(crate) Option<std::time::Instant>,
+);
+
+impl core::fmt::Debug for StdTlsStream {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("StdTlsStream")
+            .field("peer", &self.0.sock.peer_addr().ok())
+            .field("protocol", &self.0.conn.protocol_version())
+            .field("cipher_suite", &self.0.conn.negotiated_cipher_suite())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn tls_io_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl StdTlsStream {
+    /// Runs the TLS handshake over a connected socket, verified by `tls`,
+    /// giving up after `timeout` (an [`io::ErrorKind::WouldBlock`] or
+    /// [`io::ErrorKind::TimedOut`] error). Verification failures are
+    /// [`io::ErrorKind::InvalidData`] errors carrying the `rustls::Error`
+    /// (see [`rustls_error`](rustls_error)).
+    pub fn handshake(
+        mut tcp: TcpStream,
+        tls: &crate::runtime::host::rustls::RustlsConnector,
+        timeout: Duration,
+    ) -> io::Result<Self> {
+        let mut conn =
+            rustls::ClientConnection::new(tls.config().clone(), tls.server_name().clone())
+                .map_err(tls_io_error)?;
+        let deadline = std::time::Instant::now() + timeout;
+        while conn.is_handshaking() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                ));
+            }
+            tcp.set_read_timeout(Some(left))?;
+            conn.complete_io(&mut tcp)?;
+        }
+        #[cfg(unix)]
+        tcp.set_nonblocking(true)?;
+        Ok(Self(rustls::StreamOwned::new(conn, tcp), None))
+    }
+
+    /// The TCP socket underneath.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.0.sock
+    }
+
+    /// The rustls connection state (negotiated version, cipher suite, …).
+    pub fn connection(&self) -> &rustls::ClientConnection {
+        &self.0.conn
+    }
+}
+
+impl StdTlsStream {
+    /// `HostStream::peer_closed` on a socket already set non-blocking:
+    /// reads whatever records have arrived into rustls (nothing is lost),
+    /// and reports data, a `close_notify`, end of stream or an error.
+    pub(crate) fn peer_closed(&mut self) -> bool {
+        loop {
+            match self.0.conn.process_new_packets() {
+                Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => {
+                    return true;
+                }
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+            match self.0.conn.read_tls(&mut self.0.sock) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return !is_timeout(&e),
+            }
+        }
+    }
+}
+
+impl embedded_io_async::ErrorType for StdTlsStream {
+    type Error = io::Error;
+}
+
+impl StdTlsStream {
+    /// Sends every TLS record rustls has queued, within the deadline.
+    fn push(&mut self) -> io::Result<()> {
+        while self.0.conn.wants_write() {
+            self.0.conn.write_tls(&mut Bounded(&self.0.sock, self.1))?;
+        }
+        Ok(())
+    }
+}
+
+impl embedded_io_async::Read for StdTlsStream {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match io::Read::read(&mut self.0.conn.reader(), buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                r => return r,
+            }
+            // Nothing decrypted yet: one more read from the socket, within
+            // the request's deadline.
+            if self.0.conn.read_tls(&mut Bounded(&self.0.sock, self.1))? == 0 {
+                return Ok(0);
+            }
+            self.0.conn.process_new_packets().map_err(tls_io_error)?;
+        }
+    }
+}
+
+impl embedded_io_async::Write for StdTlsStream {
+    async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = io::Write::write(&mut self.0.conn.writer(), buf)?;
+        self.push()?;
+        Ok(n)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.push()
+    }
+}
+
+// ---- tokio ---------------------------------------------------------------------
+
+/// The TLS transport of the tokio adapter's `connect_tls`: a rustls client
+/// stream over tokio TCP, seen through `embedded_io_async`.
+#[cfg(feature = "tokio")]
+pub type TokioTlsStream = embedded_io_adapters::tokio_1::FromTokio<
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+>;
+
+/// The TLS handshake over a tokio stream, verified by `tls`, within
+/// `timeout`.
+#[cfg(feature = "tokio")]
+pub(crate) async fn tokio_handshake(
+    stream: tokio::net::TcpStream,
+    timeout: Duration,
+    tls: &RustlsConnector,
+) -> Result<TokioTlsStream, crate::Error<io::Error>> {
+    let connector = tokio_rustls::TlsConnector::from(tls.config().clone());
+    let stream = tokio::time::timeout(
+        timeout,
+        connector.connect(tls.server_name().clone(), stream),
+    )
+    .await
+    .map_err(|_| crate::Error::Timeout)?
+    .map_err(crate::Error::Io)?;
+    Ok(embedded_io_adapters::tokio_1::FromTokio::new(stream))
 }

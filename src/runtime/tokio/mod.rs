@@ -21,17 +21,9 @@ pub use self::lock::{DistributedLock, DistributedSemaphore, Enqueued, LeaseGuard
 #[cfg(feature = "rustls")]
 pub use self::signal::emit_tls;
 pub use self::signal::{Item, SignalConn, SignalHandle, emit};
-pub use crate::runtime::host::cluster::{ClusterBuilder, Renewal};
-#[cfg(feature = "rustls")]
-pub use crate::runtime::host::rustls::{RustlsConnector, rustls_error};
-pub use crate::runtime::host::settings::{DEFAULT_SERVER, LockBuilder};
-pub use crate::runtime::host::signal::{
-    DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, MAX_SIGNAL_LINE, Reconnect, Signal, SignalEvent,
-    SignalOptions,
-};
-pub use crate::runtime::{
-    AuthToken, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_LINE_BUF,
-};
+/// The names both host adapters share (the same types in `tokio` and
+/// `blocking`).
+pub use crate::runtime::host::shared::*;
 
 use std::io;
 use std::sync::OnceLock;
@@ -40,6 +32,8 @@ use std::time::Duration;
 use embedded_io_adapters::tokio_1::FromTokio;
 use tokio::net::TcpStream;
 
+#[cfg(feature = "rustls")]
+use crate::runtime::host::rustls::tokio_handshake;
 use crate::time::{Instant, Timer};
 use crate::{Connection, Error};
 
@@ -142,10 +136,8 @@ impl Timer for TokioTimer {
     }
 }
 
-/// The TLS transport of [`connect_tls`]: a rustls client stream over tokio
-/// TCP, seen through `embedded_io_async`.
 #[cfg(feature = "rustls")]
-pub type TokioTlsStream = FromTokio<tokio_rustls::client::TlsStream<TcpStream>>;
+pub use crate::runtime::host::rustls::TokioTlsStream;
 
 /// A connection over rustls on tokio TCP.
 #[cfg(feature = "rustls")]
@@ -175,53 +167,21 @@ pub async fn connect_tls<const N: usize, const P: usize>(
     opts: &ConnectOptions,
     tls: &crate::runtime::host::rustls::RustlsConnector,
 ) -> Result<TokioTlsConnection<N, P>> {
-    let stream = tls_handshake(tcp(addr, opts).await?, opts, tls).await?;
-    authenticate(Connection::new(FromTokio::new(stream)), opts).await
+    let stream = tokio_handshake(tcp(addr, opts).await?, opts.connect_timeout, tls).await?;
+    authenticate(Connection::new(stream), opts).await
 }
 
-/// The TLS handshake over `stream` within the connect timeout.
-#[cfg(feature = "rustls")]
-async fn tls_handshake(
-    stream: TcpStream,
-    opts: &ConnectOptions,
-    tls: &crate::runtime::host::rustls::RustlsConnector,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let connector = tokio_rustls::TlsConnector::from(tls.config().clone());
-    tokio::time::timeout(
-        opts.connect_timeout,
-        connector.connect(tls.server_name().clone(), stream),
-    )
-    .await
-    .map_err(|_| Error::Timeout)?
-    .map_err(Error::Io)
-}
-
-/// The transport of the high-level tokio APIs
-/// ([`DistributedLock`](crate::tokio::DistributedLock),
-/// [`SignalConn`](crate::tokio::SignalConn)): plain TCP or, with
-/// the `rustls` feature, TLS, chosen when connecting. Both arms are
-/// `embedded_io_async` transports; the enum delegates to the one it holds.
-///
-/// Without the `rustls` feature there is only the plain arm, so the enum is
-/// exactly a [`TokioStream`] (no tag, no branch).
-pub enum HostStream {
-    /// Plain TCP.
-    Plain(TokioStream),
-    /// rustls over TCP (feature `rustls`). Boxed: the TLS state is large,
-    /// and the plain arm should not pay for it.
-    #[cfg(feature = "rustls")]
-    Tls(std::boxed::Box<TokioTlsStream>),
-}
-
-impl HostStream {
-    /// Whether this is a TLS stream.
-    pub fn is_tls(&self) -> bool {
-        match self {
-            Self::Plain(_) => false,
-            #[cfg(feature = "rustls")]
-            Self::Tls(_) => true,
-        }
-    }
+crate::runtime::host::stream::host_stream! {
+    /// The transport of the high-level tokio APIs
+    /// ([`DistributedLock`](crate::tokio::DistributedLock),
+    /// [`SignalConn`](crate::tokio::SignalConn)): plain TCP or, with
+    /// the `rustls` feature, TLS, chosen when connecting. Both arms are
+    /// `embedded_io_async` transports; the enum delegates to the one it holds.
+    ///
+    /// Without the `rustls` feature there is only the plain arm, so the enum is
+    /// exactly a [`TokioStream`] (no tag, no branch).
+    plain: TokioStream,
+    tls: TokioTlsStream,
 }
 
 impl core::fmt::Debug for HostStream {
@@ -244,55 +204,6 @@ impl core::fmt::Debug for HostStream {
     }
 }
 
-impl From<TokioStream> for HostStream {
-    fn from(s: TokioStream) -> Self {
-        Self::Plain(s)
-    }
-}
-
-#[cfg(feature = "rustls")]
-impl From<TokioTlsStream> for HostStream {
-    fn from(s: TokioTlsStream) -> Self {
-        Self::Tls(std::boxed::Box::new(s))
-    }
-}
-
-impl embedded_io_async::ErrorType for HostStream {
-    type Error = io::Error;
-}
-
-impl embedded_io_async::Read for HostStream {
-    /// Cancel-safe as the arm it delegates to (both are: bytes are either
-    /// returned or stay buffered in the socket or in rustls).
-    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Self::Plain(s) => s.read(buf).await,
-            #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.read(buf).await,
-        }
-    }
-}
-
-impl embedded_io_async::Write for HostStream {
-    /// Delegates to the arm it holds.
-    async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Self::Plain(s) => s.write(buf).await,
-            #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.write(buf).await,
-        }
-    }
-
-    /// Delegates to the arm it holds.
-    async fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Self::Plain(s) => s.flush().await,
-            #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.flush().await,
-        }
-    }
-}
-
 /// A connection over [`HostStream`]: plain or TLS.
 pub type HostConnection<const N: usize = { crate::runtime::DEFAULT_LINE_BUF }, const P: usize = 0> =
     Connection<HostStream, N, P>;
@@ -308,12 +219,9 @@ pub(crate) async fn open_host(
     match tls {
         None => Ok(HostStream::Plain(FromTokio::new(stream))),
         #[cfg(feature = "rustls")]
-        Some(tls) => {
-            let stream = tls_handshake(stream, opts, tls).await?;
-            Ok(HostStream::Tls(std::boxed::Box::new(FromTokio::new(
-                stream,
-            ))))
-        }
+        Some(tls) => Ok(HostStream::Tls(std::boxed::Box::new(
+            tokio_handshake(stream, opts.connect_timeout, tls).await?,
+        ))),
         #[cfg(not(feature = "rustls"))]
         Some(never) => match *never {},
     }
