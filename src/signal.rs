@@ -45,9 +45,13 @@ use embassy_futures::select::{Either, select};
 use embedded_io_async::{Read, Write};
 
 use crate::conn::{Connection, Result};
-use crate::error::{Error, ServerError};
+use crate::error::Error;
 use crate::protocol::{ProtocolError, Request, Signal};
 use crate::time::{Instant, Timer};
+
+pub mod driver;
+
+use driver::{Keepalive, keepalive_reply};
 
 /// Default heartbeat interval: a `ping` after 15 s without a request, as the
 /// other dflockd clients do.
@@ -143,16 +147,14 @@ pub enum Wake {
 pub struct SignalConn<T, Tm, const N: usize, const P: usize> {
     conn: Connection<T, N, P>,
     timer: Tm,
-    heartbeat: Heartbeat,
-    last_sent: Instant,
+    keepalive: Keepalive,
 }
 
 impl<T, Tm, const N: usize, const P: usize> core::fmt::Debug for SignalConn<T, Tm, N, P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SignalConn")
             .field("conn", &self.conn)
-            .field("heartbeat", &self.heartbeat)
-            .field("last_sent", &self.last_sent)
+            .field("keepalive", &self.keepalive)
             .finish_non_exhaustive()
     }
 }
@@ -167,12 +169,11 @@ impl<T: Read + Write, Tm: Timer, const N: usize, const P: usize> SignalConn<T, T
     /// Like [`new`](Self::new), with a heartbeat checked against the
     /// server's read timeout (see [`Heartbeat::new`]).
     pub fn with_heartbeat(conn: Connection<T, N, P>, timer: Tm, heartbeat: Heartbeat) -> Self {
-        let last_sent = timer.now();
+        let keepalive = Keepalive::new(heartbeat, timer.now());
         Self {
             conn,
             timer,
-            heartbeat,
-            last_sent,
+            keepalive,
         }
     }
 
@@ -193,7 +194,7 @@ impl<T: Read + Write, Tm: Timer, const N: usize, const P: usize> SignalConn<T, T
 
     /// The heartbeat in use.
     pub fn heartbeat(&self) -> Heartbeat {
-        self.heartbeat
+        self.keepalive.heartbeat()
     }
 
     /// Whether the connection can still carry requests.
@@ -215,11 +216,11 @@ impl<T: Read + Write, Tm: Timer, const N: usize, const P: usize> SignalConn<T, T
     /// When the next heartbeat is due: the heartbeat interval after the
     /// last request sent.
     pub fn next_heartbeat(&self) -> Instant {
-        self.last_sent + self.heartbeat.interval
+        self.keepalive.due()
     }
 
     fn sent(&mut self) {
-        self.last_sent = self.timer.now();
+        self.keepalive.sent(self.timer.now());
     }
 
     /// `listen`: subscribes to `pattern`, optionally as a member of the
@@ -267,10 +268,7 @@ impl<T: Read + Write, Tm: Timer, const N: usize, const P: usize> SignalConn<T, T
     /// unusable.
     pub async fn keepalive(&mut self) -> Result<(), T::Error> {
         self.sent();
-        match self.conn.ping().await {
-            Ok(()) | Err(Error::Server(ServerError::Error)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        keepalive_reply(self.conn.ping().await)
     }
 
     /// Waits until a signal is queued or the heartbeat is due, sending
@@ -284,8 +282,8 @@ impl<T: Read + Write, Tm: Timer, const N: usize, const P: usize> SignalConn<T, T
         if self.conn.queued_signals() > 0 {
             return Ok(Wake::Signal);
         }
-        let due = self.next_heartbeat();
-        if self.timer.now() >= due {
+        let due = self.keepalive.due();
+        if self.keepalive.is_due(self.timer.now()) {
             return Ok(Wake::HeartbeatDue);
         }
         match select(self.conn.wait_signal(), self.timer.sleep_until(due)).await {

@@ -1,40 +1,63 @@
-//! Signals (pub/sub) on hosts: a background task ([`tokio`])
-//! or thread ([`blocking`]) owns the connection, keeps it alive with the
+//! Signals (pub/sub) on hosts: a background task ([`tokio`](crate::tokio))
+//! or thread ([`blocking`](crate::blocking)) owns the connection, keeps it alive with the
 //! `ping` heartbeat, and hands received signals to a `Stream` or an
 //! `Iterator`; cloneable handles listen, unlisten and emit from anywhere.
 //!
 //! Both hosts share the types here: the owned [`Signal`], the stream item
 //! [`SignalEvent`], the [`SignalOptions`] and the optional
-//! [`Reconnect`] policy.
+//! [`Reconnect`] policy; and the one loop, [`run`], that carries out what
+//! the core [`SignalDriver`] decides. A runtime only supplies a [`Port`]:
+//! connecting, a request within the request timeout, and one wait over its
+//! command channel, the consumer's queue, the socket and the clock.
 //!
 //! # Delivery and drops
 //!
 //! Received signals wait in a bounded queue of [`SignalOptions::queue`]
-//! signals. When it is full the host stops reading the socket, so a
+//! signals. When it is full the host stops reading the socket (and still
+//! runs commands and sends the heartbeat), so a
 //! consumer that stops reading is, as on the server's side, soon dropped by
 //! the server (its push buffer holds 64 lines); the stream then yields the
 //! disconnect as an `Err` item instead of ending silently. Signals longer
 //! than the line buffer `N` are counted in `dropped_signals()`, never
-//! truncated.
+//! truncated; the count is kept over reconnects. When the connection is
+//! lost, the signals it already received are delivered first, then the
+//! error.
 //!
 //! # Reconnect
 //!
 //! Off by default. With [`SignalOptions::reconnect`] set, a lost connection
 //! is reported as an `Err` item, then re-established with exponential
-//! backoff; every subscription is made again and the stream yields
+//! backoff ([`Reconnect::backoff`]; after `max_attempts` failures the last
+//! error is yielded and the stream ends); every subscription is made again,
+//! in the order it was first made, and the stream yields
 //! [`SignalEvent::Reconnected`] with the length of the gap. Signals emitted
 //! during the gap are lost (the server has no replay). While disconnected,
 //! `listen` and `emit` fail at once with [`Error::Disconnected`];
 //! `unlisten` succeeds and the subscription is not made again.
 
+use std::boxed::Box;
+use std::io;
 use std::string::String;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::vec::Vec;
 
 use core::time::Duration;
 
-use crate::protocol::validate::trim_group;
+use embedded_io_async::{ErrorType, Read, Write};
+
+use crate::protocol::{ProtocolError, Request};
+pub use crate::signal::driver::Reconnect;
+use crate::signal::driver::{
+    Action, Admit, Outcome, SignalDriver, SubscriptionStore, keepalive_reply,
+};
 use crate::signal::{DEFAULT_HEARTBEAT, DEFAULT_READ_TIMEOUT, Heartbeat};
-use crate::{ConfigError, Error};
+use crate::time::{Instant, Timer};
+use crate::{ConfigError, Connection, Error};
+
+type Result<T> = core::result::Result<T, Error<io::Error>>;
+
+/// An item of a host signal stream.
+pub type Item = Result<SignalEvent>;
 
 /// Default line buffer of host signal connections: 4 KiB, room for
 /// payloads up to about 4000 bytes. Use [`MAX_SIGNAL_LINE`] for any payload.
@@ -93,43 +116,6 @@ impl SignalEvent {
     }
 }
 
-/// Automatic reconnect with exponential backoff.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reconnect {
-    /// Wait before the first attempt; doubled after each failure.
-    /// Default 100 ms.
-    pub initial_backoff: Duration,
-    /// Longest wait between attempts. Default 5 s.
-    pub max_backoff: Duration,
-    /// Gives up after this many failed attempts (`None`: never). When it
-    /// gives up the stream yields the last error and ends. Default `None`.
-    pub max_attempts: Option<u32>,
-}
-
-impl Default for Reconnect {
-    fn default() -> Self {
-        Self {
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
-            max_attempts: None,
-        }
-    }
-}
-
-impl Reconnect {
-    /// The wait before attempt `attempt` (1-based).
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let shift = attempt.saturating_sub(1).min(20);
-        self.initial_backoff
-            .saturating_mul(1u32 << shift)
-            .min(self.max_backoff)
-    }
-
-    pub(crate) fn gives_up_after(&self, failed: u32) -> bool {
-        self.max_attempts.is_some_and(|max| failed >= max)
-    }
-}
-
 /// Options of a host signal connection.
 #[derive(Debug, Clone)]
 pub struct SignalOptions {
@@ -161,9 +147,17 @@ impl Default for SignalOptions {
 }
 
 impl SignalOptions {
-    /// Checks the options: the heartbeat below the read timeout, a queue of
-    /// at least one signal, a non-zero request timeout.
-    pub(crate) fn check(&self) -> Result<Heartbeat, Error<std::io::Error>> {
+    /// Checks the options for a connection with line buffer `N` and push
+    /// queue `P`: `P` holds a line (at compile time), the heartbeat is
+    /// below the read timeout, the queue holds a signal, the request
+    /// timeout is non-zero.
+    pub(crate) fn check<const N: usize, const P: usize>(&self) -> Result<Heartbeat> {
+        const {
+            assert!(
+                P >= N,
+                "the push queue P must hold at least one line of N bytes"
+            )
+        };
         let hb = Heartbeat::new(self.heartbeat, self.read_timeout).map_err(|_| {
             ConfigError::new("heartbeat", "must be non-zero and below `read_timeout`")
         })?;
@@ -177,42 +171,82 @@ impl SignalOptions {
     }
 }
 
-/// The subscriptions to make again after a reconnect, in order. Groups are
-/// kept as the server keeps them, trimmed of surrounding whitespace, so
-/// `"g "` and `"g"` are one subscription.
+/// Documentation shared by the tokio and blocking signal types, written
+/// once: `#[doc = signal_doc!(topic)]`.
+macro_rules! signal_doc {
+    (buffers) => {
+        "`N` is the line buffer: a signal whose `sig <channel> <payload>` line is
+longer is counted dropped (use [`MAX_SIGNAL_LINE`](super::MAX_SIGNAL_LINE)
+for 64 KiB payloads). `P` is the connection's own push queue in bytes:
+at least `N` (checked at compile time), where signals wait while a reply
+is awaited or the consumer is behind; for 64 KiB payloads use
+`SignalConn<MAX_SIGNAL_LINE, { 2 * MAX_SIGNAL_LINE }>`.
+
+The connection's owner reads signals into a queue of
+[`SignalOptions::queue`] items, sends the `ping` heartbeat, runs the
+commands of every [`SignalHandle`], and reconnects if
+[`SignalOptions::reconnect`] says so. Signals already received are
+delivered before the error that lost the connection; the items end after
+that error (unless reconnecting), or once every handle and the
+`SignalConn` are dropped, which closes the connection."
+    };
+    (listen) => {
+        "Subscribes to `pattern` (`*` matches one dot-separated token, `>`
+one or more trailing tokens), optionally as a member of the queue
+`group` (each signal then goes to one member of the group, round
+robin). Listening twice on the same pattern and group is a no-op;
+groups are trimmed of surrounding whitespace, as the server trims
+them, so `\"g \"` and `\"g\"` are one group (also for `unlisten` and the
+subscriptions made again after a reconnect).
+
+The pattern and group are checked before anything is sent
+([`Error::InvalidArgument`]). While a reconnect is under way this is
+[`Error::Disconnected`]."
+    };
+    (unlisten) => {
+        "Drops the subscription made with the same pattern and group (`Ok`
+also when there was none, and at once while a reconnect is under way:
+the subscription is then not made again)."
+    };
+    (emit) => {
+        "Publishes `payload` on the literal `channel`; returns the number of
+deliveries (each queue group counts once). A wildcard channel or an
+empty, blank or multi-line payload is [`Error::InvalidArgument`]
+before anything is sent; while a reconnect is under way this is
+[`Error::Disconnected`]."
+    };
+    (dropped) => {
+        "Signals dropped so far, over every connection: the connection's
+queue was full, or a push was longer than the line buffer."
+    };
+}
+pub(crate) use signal_doc;
+
+/// The subscriptions a reconnect makes again, in order (the driver decides
+/// what goes in; groups arrive trimmed as the server trims them).
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions(Vec<(String, Option<String>)>);
 
-impl Subscriptions {
-    pub(crate) fn add(&mut self, pattern: &str, group: Option<&str>) {
-        let group = group.map(trim_group);
-        if !self.contains(pattern, group) {
-            self.0.push((pattern.into(), group.map(Into::into)));
-        }
+impl SubscriptionStore for Subscriptions {
+    fn len(&self) -> usize {
+        self.0.len()
     }
-
-    pub(crate) fn remove(&mut self, pattern: &str, group: Option<&str>) {
-        let group = group.map(trim_group);
-        self.0
-            .retain(|(p, g)| !(p == pattern && g.as_deref() == group));
+    fn get(&self, index: usize) -> Option<(&str, Option<&str>)> {
+        self.0.get(index).map(|(p, g)| (p.as_str(), g.as_deref()))
     }
-
-    fn contains(&self, pattern: &str, group: Option<&str>) -> bool {
-        self.0
-            .iter()
-            .any(|(p, g)| p == pattern && g.as_deref() == group)
+    fn push(&mut self, pattern: &str, group: Option<&str>) {
+        self.0.push((pattern.into(), group.map(Into::into)));
     }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
-        self.0.iter().map(|(p, g)| (p.as_str(), g.as_deref()))
+    fn remove(&mut self, index: usize) {
+        self.0.remove(index);
     }
 }
 
 /// A copy of `e` for a second recipient (the stream, when a command's
 /// caller gets the original).
-pub(crate) fn dup_error(e: &Error<std::io::Error>) -> Error<std::io::Error> {
+fn dup_error(e: &Error<io::Error>) -> Error<io::Error> {
     match e {
-        Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), std::format!("{io}"))),
+        Error::Io(io) => Error::Io(io::Error::new(io.kind(), std::format!("{io}"))),
         Error::Timeout => Error::Timeout,
         Error::LineTooLong => Error::LineTooLong,
         Error::Protocol(p) => Error::Protocol(*p),
@@ -223,85 +257,319 @@ pub(crate) fn dup_error(e: &Error<std::io::Error>) -> Error<std::io::Error> {
     }
 }
 
-/// Commands from handles to the task or thread that owns the connection.
-pub(crate) enum Command<R> {
-    Listen {
-        pattern: String,
-        group: Option<String>,
-        reply: R,
-    },
-    Unlisten {
-        pattern: String,
-        group: Option<String>,
-        reply: R,
-    },
-    Emit {
-        channel: String,
-        payload: String,
-        reply: R,
-    },
+/// What handles and the connection's task or thread share.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Signals dropped over every connection so far.
+    dropped: AtomicU64,
 }
 
-/// The answer to a [`Command`]: `()` for listen/unlisten, the delivery
-/// count for emit (0 for the others).
-pub(crate) type CommandResult = Result<u64, Error<std::io::Error>>;
+impl Shared {
+    pub(crate) fn dropped_signals(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A request from a handle, checked before it is queued.
+pub(crate) enum Cmd {
+    Listen(String, Option<String>),
+    Unlisten(String, Option<String>),
+    Emit(String, String),
+}
+
+impl Cmd {
+    pub(crate) fn listen(pattern: &str, group: Option<&str>) -> Result<Self> {
+        Request::Listen { pattern, group }.validate()?;
+        Ok(Cmd::Listen(pattern.into(), group.map(Into::into)))
+    }
+
+    pub(crate) fn unlisten(pattern: &str, group: Option<&str>) -> Result<Self> {
+        Request::Unlisten { pattern, group }.validate()?;
+        Ok(Cmd::Unlisten(pattern.into(), group.map(Into::into)))
+    }
+
+    pub(crate) fn emit(channel: &str, payload: &str) -> Result<Self> {
+        Request::Signal { channel, payload }.validate()?;
+        Ok(Cmd::Emit(channel.into(), payload.into()))
+    }
+
+    fn request(&self) -> Request<'_> {
+        match self {
+            Cmd::Listen(pattern, group) => Request::Listen {
+                pattern,
+                group: group.as_deref(),
+            },
+            Cmd::Unlisten(pattern, group) => Request::Unlisten {
+                pattern,
+                group: group.as_deref(),
+            },
+            Cmd::Emit(channel, payload) => Request::Signal { channel, payload },
+        }
+    }
+}
+
+/// A [`Cmd`] and where its answer goes: `()` for listen/unlisten, the
+/// delivery count for emit (0 for the others).
+pub(crate) struct Command<R>(pub(crate) Cmd, pub(crate) R);
+
+/// The answer to a [`Command`].
+pub(crate) type CommandResult = Result<u64>;
+
+/// What a [`Port::wait`] ended with.
+pub(crate) enum Wake<R> {
+    /// A command from a handle.
+    Command(Command<R>),
+    /// Something moved (a signal arrived, the held item was handed over) or
+    /// the time is up: ask the driver again.
+    Progress,
+    /// Every handle is gone: close.
+    Closed,
+    /// Reading the connection failed.
+    Lost(Error<io::Error>),
+}
+
+/// What one runtime (a tokio task, a std thread) gives the shared signal
+/// loop [`run`]: connecting, a request within the request timeout, and one
+/// wait over its channels, the socket and the clock.
+pub(crate) trait Port {
+    /// The runtime's transport.
+    type Stream: Read + Write + ErrorType<Error = io::Error>;
+    /// Where a command's answer goes.
+    type Reply;
+    /// The runtime's clock.
+    type Timer: Timer + Default;
+
+    /// The time on the runtime's clock.
+    fn now(&self) -> Instant {
+        Self::Timer::default().now()
+    }
+
+    /// Sends a command's answer (a caller that gave up is ignored).
+    fn answer(reply: Self::Reply, result: CommandResult);
+
+    /// A new connection, authenticated, built in a box.
+    async fn open<const N: usize, const P: usize>(
+        &mut self,
+    ) -> Result<Box<Connection<Self::Stream, N, P>>>;
+
+    /// Runs `req` on `conn` within the request timeout ([`send`]).
+    async fn request<const N: usize, const P: usize>(
+        &mut self,
+        conn: &mut Connection<Self::Stream, N, P>,
+        req: Request<'_>,
+    ) -> Result<u64>;
+
+    /// Waits for the first of: a command; the consumer taking `held` (when
+    /// set); a signal on `conn` (when given and nothing is held); `until`.
+    /// May also return [`Wake::Progress`] early.
+    async fn wait<const N: usize, const P: usize>(
+        &mut self,
+        conn: Option<&mut Connection<Self::Stream, N, P>>,
+        held: &mut Option<Item>,
+        until: Option<Instant>,
+    ) -> Wake<Self::Reply>;
+}
+
+/// Sends `req` (a signal request or the ping) on `conn` and reads its
+/// reply (the ping's as [`keepalive_reply`] counts it).
+pub(crate) async fn send<T: Read + Write, const N: usize, const P: usize>(
+    conn: &mut Connection<T, N, P>,
+    req: Request<'_>,
+) -> core::result::Result<u64, Error<T::Error>> {
+    match req {
+        Request::Listen { pattern, group } => conn.listen(pattern, group).await.map(|()| 0),
+        Request::Unlisten { pattern, group } => conn.unlisten(pattern, group).await.map(|()| 0),
+        Request::Signal { channel, payload } => conn.emit(channel, payload).await,
+        Request::Ping => keepalive_reply(conn.ping().await).map(|()| 0),
+        // Never built by this module: nothing is sent.
+        _ => Err(Error::Protocol(ProtocolError::Unexpected)),
+    }
+}
+
+fn signal_item(s: crate::Signal<'_>) -> Item {
+    Ok(SignalEvent::Signal(s.into()))
+}
+
+/// The connection's task or thread: carries out what the core
+/// [`SignalDriver`] decides, on `conn` (already open) and its successors,
+/// until the stream ends or every handle is gone.
+pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
+    port: &mut R,
+    mut conn: Box<Connection<R::Stream, N, P>>,
+    heartbeat: Heartbeat,
+    reconnect: Option<Reconnect>,
+    shared: &Shared,
+) {
+    let mut driver = SignalDriver::new(heartbeat, reconnect, Subscriptions::default(), port.now());
+    // An item waiting for room in the consumer's queue.
+    let mut held: Option<Item> = None;
+    // The error to report: the one that lost the connection, or the last
+    // failed reconnect attempt's.
+    let mut error = Error::Disconnected;
+    loop {
+        let dropped = driver.dropped(conn.dropped_signals());
+        shared.dropped.store(dropped, Ordering::Relaxed);
+        match driver.poll(port.now()) {
+            Action::Serve { heartbeat_at } => {
+                if held.is_none() {
+                    held = conn.try_next_signal().map(signal_item);
+                }
+                match port
+                    .wait(Some(&mut conn), &mut held, Some(heartbeat_at))
+                    .await
+                {
+                    Wake::Command(cmd) => {
+                        if let Some(e) = execute(port, &mut driver, &mut conn, cmd).await {
+                            error = e;
+                        }
+                    }
+                    Wake::Progress => {}
+                    Wake::Closed => return,
+                    Wake::Lost(e) => {
+                        driver.lost(port.now(), conn.dropped_signals());
+                        error = e;
+                    }
+                }
+            }
+            Action::Ping => {
+                let r = port.request(&mut conn, Request::Ping).await;
+                let outcome = Outcome::of(&r, conn.is_usable());
+                driver.completed(port.now(), Request::Ping, outcome, conn.dropped_signals());
+                if let Err(e) = r {
+                    error = e;
+                }
+            }
+            Action::Drain => {
+                if held.is_none() {
+                    held = conn.try_next_signal().map(signal_item);
+                }
+                if held.is_none() {
+                    warn!("signal connection lost");
+                    driver.drained();
+                } else if !hand_over::<R, N, P>(port, &mut driver, &mut held).await {
+                    return;
+                }
+            }
+            Action::ReportLost => {
+                held = Some(Err(core::mem::replace(&mut error, Error::Disconnected)));
+                if !hand_over::<R, N, P>(port, &mut driver, &mut held).await {
+                    return;
+                }
+                driver.reported(port.now());
+            }
+            Action::BackOff { until } => {
+                match port.wait::<N, P>(None, &mut None, Some(until)).await {
+                    Wake::Command(cmd) => {
+                        execute(port, &mut driver, &mut conn, cmd).await;
+                    }
+                    Wake::Closed => return,
+                    Wake::Progress | Wake::Lost(_) => {}
+                }
+            }
+            Action::Connect { attempt } => match port.open::<N, P>().await {
+                Ok(new) => {
+                    conn = new;
+                    driver.connected(port.now());
+                }
+                Err(e) => {
+                    debug!("reconnect attempt {} failed", attempt);
+                    error = e;
+                    driver.connect_failed(port.now());
+                }
+            },
+            Action::Resubscribe { pattern, group } => {
+                let r = port
+                    .request(&mut conn, Request::Listen { pattern, group })
+                    .await;
+                let outcome = Outcome::of(&r, conn.is_usable());
+                if let Err(e) = r {
+                    error = e;
+                }
+                driver.resubscribed(port.now(), outcome);
+            }
+            Action::Reconnected { gap, attempts } => {
+                debug!("signal connection back after {} attempts", attempts);
+                held = Some(Ok(SignalEvent::Reconnected { gap, attempts }));
+            }
+            Action::GiveUp => {
+                held = Some(Err(core::mem::replace(&mut error, Error::Disconnected)));
+                hand_over::<R, N, P>(port, &mut driver, &mut held).await;
+                return;
+            }
+            Action::End => return,
+        }
+    }
+}
+
+/// Hands `held` to the consumer while disconnected, answering commands
+/// meanwhile. `false` when every handle is gone.
+async fn hand_over<R: Port, const N: usize, const P: usize>(
+    port: &mut R,
+    driver: &mut SignalDriver<Subscriptions>,
+    held: &mut Option<Item>,
+) -> bool {
+    while held.is_some() {
+        match port.wait::<N, P>(None, held, None).await {
+            Wake::Command(Command(cmd, reply)) => {
+                let answer = match driver.admit(port.now(), cmd.request()) {
+                    Admit::Done => Ok(0),
+                    Admit::Send | Admit::Refuse => Err(Error::Disconnected),
+                };
+                R::answer(reply, answer);
+            }
+            Wake::Closed => return false,
+            Wake::Progress | Wake::Lost(_) => {}
+        }
+    }
+    true
+}
+
+/// Runs (or refuses) a command; the error that lost the connection, if it
+/// did (its caller gets the error too).
+async fn execute<R: Port, const N: usize, const P: usize>(
+    port: &mut R,
+    driver: &mut SignalDriver<Subscriptions>,
+    conn: &mut Connection<R::Stream, N, P>,
+    Command(cmd, reply): Command<R::Reply>,
+) -> Option<Error<io::Error>> {
+    let req = cmd.request();
+    let result = match driver.admit(port.now(), req) {
+        Admit::Send => port.request(conn, req).await,
+        Admit::Done => Ok(0),
+        Admit::Refuse => Err(Error::Disconnected),
+    };
+    let was_connected = driver.is_connected();
+    let outcome = Outcome::of(&result, conn.is_usable());
+    driver.completed(port.now(), req, outcome, conn.dropped_signals());
+    let lost = match &result {
+        Err(e) if was_connected && !driver.is_connected() => Some(dup_error(e)),
+        _ => None,
+    };
+    R::answer(reply, result);
+    lost
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let r = Reconnect::default();
-        assert_eq!(r.backoff(1), Duration::from_millis(100));
-        assert_eq!(r.backoff(2), Duration::from_millis(200));
-        assert_eq!(r.backoff(4), Duration::from_millis(800));
-        assert_eq!(r.backoff(10), Duration::from_secs(5));
-        assert_eq!(r.backoff(u32::MAX), Duration::from_secs(5));
-        assert!(!r.gives_up_after(1000));
-        let r = Reconnect {
-            max_attempts: Some(3),
-            ..Reconnect::default()
-        };
-        assert!(!r.gives_up_after(2));
-        assert!(r.gives_up_after(3));
-    }
-
-    #[test]
     fn options_are_checked() {
-        assert!(SignalOptions::default().check().is_ok());
+        assert!(SignalOptions::default().check::<1, 1>().is_ok());
         let bad = SignalOptions {
             heartbeat: Duration::from_secs(30),
             ..SignalOptions::default()
         };
-        assert!(matches!(bad.check(), Err(Error::Config(c)) if c.option == "heartbeat"));
+        assert!(matches!(bad.check::<1, 1>(), Err(Error::Config(c)) if c.option == "heartbeat"));
         let bad = SignalOptions {
             queue: 0,
             ..SignalOptions::default()
         };
-        assert!(matches!(bad.check(), Err(Error::Config(c)) if c.option == "queue"));
+        assert!(matches!(bad.check::<1, 1>(), Err(Error::Config(c)) if c.option == "queue"));
         let bad = SignalOptions {
             io_timeout: Duration::ZERO,
             ..SignalOptions::default()
         };
-        assert!(matches!(bad.check(), Err(Error::Config(c)) if c.option == "io_timeout"));
-    }
-
-    #[test]
-    fn subscriptions_dedupe_and_remove_by_pattern_and_group() {
-        let mut s = Subscriptions::default();
-        s.add("a.>", None);
-        s.add("a.>", None);
-        s.add("a.>", Some("g"));
-        assert_eq!(s.iter().count(), 2);
-        s.remove("a.>", None);
-        assert_eq!(s.iter().collect::<Vec<_>>(), [("a.>", Some("g"))]);
-        // Groups as the server trims them: one subscription.
-        s.add("a.>", Some(" g\t"));
-        assert_eq!(s.iter().count(), 1);
-        s.remove("a.>", Some("g "));
-        assert_eq!(s.iter().count(), 0);
-        s.add("b", Some("  h "));
-        assert_eq!(s.iter().collect::<Vec<_>>(), [("b", Some("h"))]);
+        assert!(matches!(bad.check::<1, 1>(), Err(Error::Config(c)) if c.option == "io_timeout"));
     }
 }

@@ -24,40 +24,28 @@
 //! ```
 
 use std::boxed::Box;
-use std::io;
 use std::string::String;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::tokio::sync::{mpsc, oneshot};
-use ::tokio::time::{Instant, sleep_until, timeout};
+use ::tokio::time::timeout;
 
 use super::{ConnectOptions, HostStream, TokioTimer, connect_host, open_host};
+use crate::Connection;
+use crate::Error;
 use crate::protocol::Request;
 use crate::runtime::host::HostTls;
 use crate::runtime::host::signal::{
-    Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, SignalEvent,
-    SignalOptions, Subscriptions, dup_error,
+    Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, Shared,
+    SignalOptions, Wake, run, send, signal_doc,
 };
-use crate::signal::{Heartbeat, Wake};
-use crate::time::Timer;
-use crate::{Connection, Error};
+use crate::time::{Instant, Timer};
 
 use super::Result;
 
-/// An item of the signal stream.
-pub type Item = Result<SignalEvent>;
+pub use crate::runtime::host::signal::Item;
 
-type Core<const N: usize, const P: usize> = crate::signal::SignalConn<HostStream, TokioTimer, N, P>;
 type Reply = oneshot::Sender<CommandResult>;
-
-#[derive(Debug, Default)]
-struct Shared {
-    /// Signals dropped by earlier connections (before a reconnect).
-    dropped_before: AtomicU64,
-    /// Signals dropped by the current connection.
-    dropped_now: AtomicU64,
-}
 
 /// Listens, unlistens and emits through a [`SignalConn`]'s connection from
 /// any task. Cheap to clone.
@@ -70,74 +58,42 @@ pub struct SignalHandle {
 }
 
 impl SignalHandle {
-    async fn call(&self, cmd: impl FnOnce(Reply) -> Command<Reply>) -> CommandResult {
+    async fn call(&self, cmd: Result<Cmd>) -> CommandResult {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(cmd(reply))
+            .send(Command(cmd?, reply))
             .await
             .map_err(|_| Error::Disconnected)?;
         rx.await.map_err(|_| Error::Disconnected)?
     }
 
-    /// Subscribes to `pattern` (`*` matches one dot-separated token, `>`
-    /// one or more trailing tokens), optionally as a member of the queue
-    /// `group` (each signal then goes to one member of the group, round
-    /// robin). Listening twice on the same pattern and group is a no-op;
-    /// groups are trimmed of surrounding whitespace, as the server trims
-    /// them, so `"g "` and `"g"` are one group (also for `unlisten` and the
-    /// subscriptions made again after a reconnect).
-    ///
-    /// The pattern and group are checked before anything is sent
-    /// ([`Error::InvalidArgument`]). While a reconnect is under way this is
-    /// [`Error::Disconnected`].
+    #[doc = signal_doc!(listen)]
     ///
     /// Cancel-safe: if the future is dropped, the request may still be made
     /// (the connection's task completes it) and the connection stays
     /// usable.
     pub async fn listen(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-        Request::Listen { pattern, group }.validate()?;
-        self.call(|reply| Command::Listen {
-            pattern: pattern.into(),
-            group: group.map(Into::into),
-            reply,
-        })
-        .await
-        .map(drop)
+        self.call(Cmd::listen(pattern, group)).await.map(drop)
     }
 
-    /// Drops the subscription made with the same pattern and group (`Ok`
-    /// also when there was none). Cancel-safe like [`listen`](Self::listen).
+    #[doc = signal_doc!(unlisten)]
+    ///
+    /// Cancel-safe like [`listen`](Self::listen).
     pub async fn unlisten(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-        Request::Unlisten { pattern, group }.validate()?;
-        self.call(|reply| Command::Unlisten {
-            pattern: pattern.into(),
-            group: group.map(Into::into),
-            reply,
-        })
-        .await
-        .map(drop)
+        self.call(Cmd::unlisten(pattern, group)).await.map(drop)
     }
 
-    /// Publishes `payload` on the literal `channel`; returns the number of
-    /// deliveries (each queue group counts once). A wildcard channel or an
-    /// empty, blank or multi-line payload is [`Error::InvalidArgument`]
-    /// before anything is sent. Cancel-safe like [`listen`](Self::listen)
+    #[doc = signal_doc!(emit)]
+    ///
+    /// Cancel-safe like [`listen`](Self::listen)
     /// (a dropped emit may still be published).
     pub async fn emit(&self, channel: &str, payload: &str) -> Result<u64> {
-        Request::Signal { channel, payload }.validate()?;
-        self.call(|reply| Command::Emit {
-            channel: channel.into(),
-            payload: payload.into(),
-            reply,
-        })
-        .await
+        self.call(Cmd::emit(channel, payload)).await
     }
 
-    /// Signals dropped so far, over every connection: the connection's
-    /// queue was full, or a push was longer than the line buffer.
+    #[doc = signal_doc!(dropped)]
     pub fn dropped_signals(&self) -> u64 {
-        self.shared.dropped_before.load(Ordering::Relaxed)
-            + self.shared.dropped_now.load(Ordering::Relaxed)
+        self.shared.dropped_signals()
     }
 }
 
@@ -145,18 +101,7 @@ impl SignalHandle {
 /// [`Item`]s (`Result<SignalEvent, Error>`), also readable with
 /// [`recv`](Self::recv).
 ///
-/// `N` is the line buffer: a signal whose `sig <channel> <payload>` line is
-/// longer is counted dropped (use [`MAX_SIGNAL_LINE`](super::MAX_SIGNAL_LINE)
-/// for 64 KiB payloads). `P` is the connection's own push queue in bytes:
-/// at least `N` (checked at compile time), where signals wait while a reply
-/// is awaited or the consumer is behind; for 64 KiB payloads use
-/// `SignalConn<MAX_SIGNAL_LINE, { 2 * MAX_SIGNAL_LINE }>`.
-///
-/// A background task owns the connection: it reads signals into a queue of
-/// [`SignalOptions::queue`] items, sends the `ping` heartbeat, and runs the
-/// commands of every [`SignalHandle`]. The stream ends (`None`) after the
-/// error that lost the connection (unless reconnecting), or once every
-/// handle and the `SignalConn` are dropped, which closes the connection.
+#[doc = signal_doc!(buffers)]
 #[derive(Debug)]
 pub struct SignalConn<const N: usize = DEFAULT_SIGNAL_LINE_BUF, const P: usize = DEFAULT_PUSH_QUEUE>
 {
@@ -178,7 +123,7 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         connect_opts: &ConnectOptions,
         opts: SignalOptions,
     ) -> Result<Self> {
-        Self::start(addr, connect_opts, None, opts).await
+        Self::connect_with(addr, connect_opts, None, opts).await
     }
 
     /// [`connect`](Self::connect) over TLS (feature `rustls`): the
@@ -201,43 +146,37 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         tls: &crate::runtime::host::rustls::RustlsConnector,
         opts: SignalOptions,
     ) -> Result<Self> {
-        Self::start(addr, connect_opts, Some(tls.clone()), opts).await
+        Self::connect_with(addr, connect_opts, Some(tls.clone()), opts).await
     }
 
-    async fn start(
+    /// [`connect`](Self::connect) or [`connect_tls`](Self::connect_tls)
+    /// by the TLS choice: the constructor for callers that hold their
+    /// servers, auth, TLS and timeouts once (the `Client`).
+    pub(crate) async fn connect_with(
         addr: &str,
         connect_opts: &ConnectOptions,
         tls: Option<HostTls>,
         opts: SignalOptions,
     ) -> Result<Self> {
-        const {
-            assert!(
-                P >= N,
-                "the push queue P must hold at least one line of N bytes"
-            )
-        };
-        let heartbeat = opts.check()?;
-        let core = open::<N, P>(addr, connect_opts, tls.as_ref(), heartbeat).await?;
+        let heartbeat = opts.check::<N, P>()?;
         let (tx, cmd_rx) = mpsc::channel(16);
         let (out, rx) = mpsc::channel(opts.queue);
-        let shared = Arc::new(Shared::default());
-        let task = Task {
+        let mut task = Task {
             addr: addr.into(),
             connect: connect_opts.clone(),
             tls,
-            opts,
-            heartbeat,
+            io_timeout: opts.io_timeout,
             cmd_rx,
             out,
-            shared: shared.clone(),
-            subs: Subscriptions::default(),
-            held: None,
         };
-        ::tokio::spawn(task.run(core));
-        Ok(Self {
-            rx,
-            handle: SignalHandle { tx, shared },
-        })
+        let conn = task.open::<N, P>().await?;
+        let shared = Arc::new(Shared::default());
+        let handle = SignalHandle { tx, shared };
+        let shared = handle.shared.clone();
+        ::tokio::spawn(async move {
+            run(&mut task, conn, heartbeat, opts.reconnect, &shared).await;
+        });
+        Ok(Self { rx, handle })
     }
 
     /// A handle for listening and emitting from other tasks.
@@ -336,288 +275,101 @@ async fn emit_over(
         .map_err(|_| Error::Timeout)?
 }
 
-async fn open<const N: usize, const P: usize>(
-    addr: &str,
-    opts: &ConnectOptions,
-    tls: Option<&HostTls>,
-    heartbeat: Heartbeat,
-) -> Result<Box<Core<N, P>>> {
-    // Not `runtime::tokio::connect`: its future holds the connection (and
-    // its buffers, up to 200 KB here) by value; this one boxes it at once.
-    let stream = open_host(addr, opts, tls).await?;
-    let mut core = boxed_core::<N, P>(stream, heartbeat);
-    if let Some(token) = &opts.auth_token {
-        timeout(
-            opts.connect_timeout,
-            core.connection_mut().auth(token.expose()),
-        )
-        .await
-        .map_err(|_| Error::Timeout)??;
-    }
-    Ok(core)
-}
-
-/// Builds the connection straight into a box, outside any future.
+/// Builds the connection straight into a box, outside any future: its
+/// buffers (up to 200 KB) never sit in the task's future.
 #[inline(never)]
-fn boxed_core<const N: usize, const P: usize>(
-    stream: HostStream,
-    heartbeat: Heartbeat,
-) -> Box<Core<N, P>> {
-    Box::new(Core::with_heartbeat(
-        Connection::new(stream),
-        TokioTimer,
-        heartbeat,
-    ))
+fn boxed<const N: usize, const P: usize>(stream: HostStream) -> Box<Connection<HostStream, N, P>> {
+    Box::new(Connection::new(stream))
 }
 
-/// Why the connected phase ended.
-enum Exit {
-    /// Every handle is gone: close.
-    Closed,
-    /// The connection was lost.
-    Lost(Error<io::Error>),
+/// Completes at `until`, or never.
+async fn sleep_until(until: Option<Instant>) {
+    match until {
+        Some(t) => TokioTimer.sleep_until(t).await,
+        None => core::future::pending().await,
+    }
 }
 
+/// Waits for a signal on `conn`, or forever without one.
+async fn readable<const N: usize, const P: usize>(
+    conn: Option<&mut Connection<HostStream, N, P>>,
+) -> Result<()> {
+    match conn {
+        Some(conn) => conn.wait_signal().await,
+        None => core::future::pending().await,
+    }
+}
+
+/// The connection's task: the tokio side of the shared signal loop.
 struct Task {
     addr: String,
     connect: ConnectOptions,
     /// Verifies every (re)connection when set.
     tls: Option<HostTls>,
-    opts: SignalOptions,
-    heartbeat: Heartbeat,
+    io_timeout: core::time::Duration,
     cmd_rx: mpsc::Receiver<Command<Reply>>,
     out: mpsc::Sender<Item>,
-    shared: Arc<Shared>,
-    subs: Subscriptions,
-    /// An event waiting for room in `out`, ahead of queued signals.
-    held: Option<Item>,
 }
 
-impl Task {
-    async fn run<const N: usize, const P: usize>(mut self, mut core: Box<Core<N, P>>) {
-        loop {
-            let lost = match self.serve(&mut core).await {
-                Exit::Closed => return,
-                Exit::Lost(e) => e,
-            };
-            let lost_at = Instant::now();
-            warn!("signal connection lost");
-            self.retire(&core);
-            // What was received is still delivered, before the error.
-            if let Some(held) = self.held.take()
-                && !self.deliver(held).await
-            {
-                return;
-            }
-            while let Some(sig) = core.try_next() {
-                let item = Ok(SignalEvent::Signal(sig.into()));
-                if !self.deliver(item).await {
-                    return;
-                }
-            }
-            if !self.deliver(Err(lost)).await {
-                return;
-            }
-            let Some(policy) = self.opts.reconnect.clone() else {
-                return;
-            };
-            let mut attempts = 0u32;
-            core = loop {
-                attempts = attempts.saturating_add(1);
-                if !self.idle_for(policy.backoff(attempts)).await {
-                    return;
-                }
-                match self.reopen::<N, P>().await {
-                    Ok(core) => break core,
-                    Err(e) if policy.gives_up_after(attempts) => {
-                        self.deliver(Err(e)).await;
-                        return;
-                    }
-                    Err(_) => debug!("reconnect attempt {} failed", attempts),
-                }
-            };
-            debug!(
-                "signal connection re-established after {} attempts",
-                attempts
-            );
-            // Handed over by `serve`, which runs commands meanwhile.
-            self.held = Some(Ok(SignalEvent::Reconnected {
-                gap: lost_at.elapsed(),
-                attempts,
-            }));
-        }
+impl Port for Task {
+    type Stream = HostStream;
+    type Reply = Reply;
+    type Timer = TokioTimer;
+
+    fn answer(reply: Reply, result: CommandResult) {
+        let _ = reply.send(result);
     }
 
-    /// Moves the lost connection's drop count to the total.
-    fn retire<const N: usize, const P: usize>(&self, core: &Core<N, P>) {
-        self.shared
-            .dropped_before
-            .fetch_add(core.dropped_signals(), Ordering::Relaxed);
-        self.shared.dropped_now.store(0, Ordering::Relaxed);
-    }
-
-    async fn reopen<const N: usize, const P: usize>(&mut self) -> Result<Box<Core<N, P>>> {
-        let mut core =
-            open::<N, P>(&self.addr, &self.connect, self.tls.as_ref(), self.heartbeat).await?;
-        for (pattern, group) in self.subs.iter() {
-            timeout(self.opts.io_timeout, core.listen(pattern, group))
+    async fn open<const N: usize, const P: usize>(
+        &mut self,
+    ) -> Result<Box<Connection<HostStream, N, P>>> {
+        // Not `runtime::tokio::connect`: its future holds the connection by
+        // value; this one boxes it at once.
+        let stream = open_host(&self.addr, &self.connect, self.tls.as_ref()).await?;
+        let mut conn = boxed::<N, P>(stream);
+        if let Some(token) = &self.connect.auth_token {
+            timeout(self.connect.connect_timeout, conn.auth(token.expose()))
                 .await
                 .map_err(|_| Error::Timeout)??;
         }
-        Ok(core)
+        Ok(conn)
     }
 
-    /// Hands `item` to the consumer, answering commands meanwhile as
-    /// disconnected. `false` when every handle is gone.
-    async fn deliver(&mut self, item: Item) -> bool {
-        loop {
-            ::tokio::select! {
-                permit = self.out.reserve() => {
-                    if let Ok(permit) = permit {
-                        permit.send(item);
-                    }
-                    return true;
-                }
-                cmd = self.cmd_rx.recv() => match cmd {
-                    Some(cmd) => refuse(&mut self.subs, cmd),
-                    None => return false,
-                },
-            }
-        }
-    }
-
-    /// Waits `dur` while disconnected, answering commands. `false` when
-    /// every handle is gone.
-    async fn idle_for(&mut self, dur: core::time::Duration) -> bool {
-        let until = Instant::now() + dur;
-        loop {
-            ::tokio::select! {
-                () = sleep_until(until) => return true,
-                cmd = self.cmd_rx.recv() => match cmd {
-                    Some(cmd) => refuse(&mut self.subs, cmd),
-                    None => return false,
-                },
-            }
-        }
-    }
-
-    /// The connected phase: runs commands, moves signals to the consumer,
-    /// sends heartbeats.
-    async fn serve<const N: usize, const P: usize>(&mut self, core: &mut Core<N, P>) -> Exit {
-        loop {
-            self.shared
-                .dropped_now
-                .store(core.dropped_signals(), Ordering::Relaxed);
-            let due = core.next_heartbeat();
-            let wake = if self.held.is_some() || core.queued_signals() > 0 {
-                // An item waits for room in the consumer's queue.
-                ::tokio::select! {
-                    cmd = self.cmd_rx.recv() => match cmd {
-                        Some(cmd) => Some(cmd),
-                        None => return Exit::Closed,
-                    },
-                    permit = self.out.reserve() => {
-                        let item = match self.held.take() {
-                            Some(item) => Some(item),
-                            None => core.try_next().map(|s| Ok(SignalEvent::Signal(s.into()))),
-                        };
-                        if let (Some(item), Ok(permit)) = (item, permit) {
-                            permit.send(item);
-                        }
-                        continue;
-                    }
-                    () = Timer::sleep_until(&TokioTimer, due) => None,
-                }
-            } else {
-                ::tokio::select! {
-                    cmd = self.cmd_rx.recv() => match cmd {
-                        Some(cmd) => Some(cmd),
-                        None => return Exit::Closed,
-                    },
-                    wake = core.wait() => match wake {
-                        Ok(Wake::Signal) => continue,
-                        Ok(Wake::HeartbeatDue) => None,
-                        Err(e) => return Exit::Lost(e),
-                    },
-                }
-            };
-            let result = match wake {
-                Some(cmd) => self.execute(core, cmd).await,
-                None => self.request(core.keepalive()).await,
-            };
-            if let Err(e) = result {
-                return Exit::Lost(e);
-            }
-        }
-    }
-
-    /// Runs a request with the request timeout.
-    async fn request<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
-        timeout(self.opts.io_timeout, fut)
+    async fn request<const N: usize, const P: usize>(
+        &mut self,
+        conn: &mut Connection<HostStream, N, P>,
+        req: Request<'_>,
+    ) -> Result<u64> {
+        timeout(self.io_timeout, send(conn, req))
             .await
             .map_err(|_| Error::Timeout)?
     }
 
-    /// Runs a command; `Err` when it lost the connection (its caller gets
-    /// the error too).
-    async fn execute<const N: usize, const P: usize>(
+    async fn wait<const N: usize, const P: usize>(
         &mut self,
-        core: &mut Core<N, P>,
-        cmd: Command<Reply>,
-    ) -> Result<()> {
-        let (result, reply) = match cmd {
-            Command::Listen {
-                pattern,
-                group,
-                reply,
-            } => {
-                let r = self.request(core.listen(&pattern, group.as_deref())).await;
-                if r.is_ok() {
-                    self.subs.add(&pattern, group.as_deref());
+        conn: Option<&mut Connection<HostStream, N, P>>,
+        held: &mut Option<Item>,
+        until: Option<Instant>,
+    ) -> Wake<Reply> {
+        let holding = held.is_some();
+        let conn = if holding { None } else { conn };
+        ::tokio::select! {
+            cmd = self.cmd_rx.recv() => match cmd {
+                Some(cmd) => Wake::Command(cmd),
+                None => Wake::Closed,
+            },
+            permit = self.out.reserve(), if holding => {
+                // A consumer that is gone takes everything.
+                if let (Ok(permit), Some(item)) = (permit, held.take()) {
+                    permit.send(item);
                 }
-                (r.map(|()| 0), reply)
+                Wake::Progress
             }
-            Command::Unlisten {
-                pattern,
-                group,
-                reply,
-            } => {
-                let r = self
-                    .request(core.unlisten(&pattern, group.as_deref()))
-                    .await;
-                if r.is_ok() {
-                    self.subs.remove(&pattern, group.as_deref());
-                }
-                (r.map(|()| 0), reply)
-            }
-            Command::Emit {
-                channel,
-                payload,
-                reply,
-            } => (self.request(core.emit(&channel, &payload)).await, reply),
-        };
-        let fatal = match &result {
-            Err(e) if !e.is_recoverable() || !core.is_usable() => Some(dup_error(e)),
-            _ => None,
-        };
-        let _ = reply.send(result);
-        fatal.map_or(Ok(()), Err)
-    }
-}
-
-/// Answers a command while disconnected.
-fn refuse(subs: &mut Subscriptions, cmd: Command<Reply>) {
-    match cmd {
-        Command::Unlisten {
-            pattern,
-            group,
-            reply,
-        } => {
-            subs.remove(&pattern, group.as_deref());
-            let _ = reply.send(Ok(0));
-        }
-        Command::Listen { reply, .. } | Command::Emit { reply, .. } => {
-            let _ = reply.send(Err(Error::Disconnected));
+            r = readable(conn) => match r {
+                Ok(()) => Wake::Progress,
+                Err(e) => Wake::Lost(e),
+            },
+            () = sleep_until(until) => Wake::Progress,
         }
     }
 }
