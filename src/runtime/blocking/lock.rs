@@ -250,7 +250,7 @@ impl RenewIo for ThreadIo {
 
     async fn wait(&mut self, until: Instant, shared: &Shared<Condvar>) -> bool {
         let status = shared.lock();
-        if !status.release_asked() {
+        if !status.release {
             // Wakes this often to look at the connection.
             let left = until.saturating_duration_since(StdTimer.now());
             drop(shared.wake.wait_timeout(status, left.min(CLOSED_POLL)));

@@ -45,7 +45,7 @@ pub(crate) struct Status {
     /// the last successful renew was sent, plus the lease.
     pub(crate) deadline: Instant,
     /// The release was asked for (by `release`, or by dropping the guard).
-    release: bool,
+    pub(crate) release: bool,
     /// The release's result, for `release`.
     outcome: Option<Result<()>>,
 }
@@ -54,11 +54,6 @@ impl Status {
     /// Lost by the renewal side's word or by the clock at `now`.
     pub(crate) fn is_lost(&self, now: Instant) -> bool {
         self.state != State::Held || now >= self.deadline
-    }
-
-    /// Whether the renewal side should release.
-    pub(crate) fn release_asked(&self) -> bool {
-        self.release
     }
 
     /// The result of an asked release, once the renewal side is done.
@@ -142,8 +137,8 @@ impl<W: Wake> Guard<W> {
             }),
             wake,
         });
-        let (token, ttl) = (*driver.token(), driver.ttl());
         let renewer = Renewer(shared.clone());
+        let (token, ttl) = (*driver.token(), driver.ttl());
         let guard = Guard {
             settings,
             token,
@@ -224,7 +219,7 @@ pub(crate) async fn drive<I: RenewIo>(
 ) {
     let shared = &*renewer.0;
     loop {
-        if shared.lock().release_asked() {
+        if shared.lock().release {
             driver.request_release();
         }
         match driver.next(io.now()) {

@@ -241,7 +241,7 @@ impl RenewIo for TaskIo {
     async fn wait(&mut self, until: Instant, shared: &Shared<Notify>) -> bool {
         let mut changed = std::pin::pin!(shared.wake.notified());
         changed.as_mut().enable();
-        if shared.lock().release_asked() {
+        if shared.lock().release {
             return true;
         }
         let conn = &mut self.conn;
