@@ -6,6 +6,7 @@
 //! each other; nothing here imports an adapter.
 
 pub mod cluster;
+pub(crate) mod lock;
 #[cfg(feature = "rustls")]
 pub mod rustls;
 pub mod settings;

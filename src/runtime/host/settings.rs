@@ -135,11 +135,6 @@ fn route_error(e: RouteError) -> Error<io::Error> {
     })
 }
 
-/// Whole seconds, rounded up (the wire counts seconds).
-pub(crate) fn secs_ceil(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
 pub(crate) mod sealed {
     /// Host lock types a [`LockBuilder`](super::LockBuilder) can build.
     pub trait FromSettings {
