@@ -130,6 +130,10 @@ pub struct Connection<T, const N: usize, const P: usize = 0> {
     poisoned: bool,
     /// Skipping the rest of a push line longer than the buffer.
     discarding: bool,
+    /// The leader address of the last reply if it was
+    /// `error_not_leader <addr>`: its range in `buf` (empty when none).
+    /// Cleared before anything can overwrite those bytes.
+    hint: (usize, usize),
     pushes: PushQueue<P>,
 }
 
@@ -259,6 +263,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
             end: 0,
             poisoned: false,
             discarding: false,
+            hint: (0, 0),
             pushes: PushQueue::new(),
         }
     }
@@ -289,6 +294,25 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         self.pushes.len
     }
 
+    /// The leader address named by the last reply, when it was
+    /// `error_not_leader <host:port>` (a v2 cluster follower; a hint that
+    /// may be stale): the whole address, up to
+    /// [`MAX_LEADER_ADDR`](crate::MAX_LEADER_ADDR) bytes, read in place
+    /// from the line buffer (which needs
+    /// [`CLUSTER_MIN_LINE_BUF`](crate::cluster::CLUSTER_MIN_LINE_BUF) bytes
+    /// for the longest one). `None` after any other reply, and once the
+    /// connection sends or reads again. `stats` replies are read into the
+    /// caller's buffer and leave no hint.
+    ///
+    /// This is where `no_std` code finds the address: there
+    /// [`ServerError::NotLeader`] only says that one was named (see
+    /// [`LeaderAddr`](crate::LeaderAddr)), so that [`Error`] stays small.
+    pub fn leader_hint(&self) -> Option<&str> {
+        let (from, to) = self.hint;
+        let bytes = self.buf.get(from..to).filter(|b| !b.is_empty())?;
+        core::str::from_utf8(bytes).ok()
+    }
+
     // ---- reading -------------------------------------------------------
 
     /// Reads more bytes into the free tail of the buffer.
@@ -308,6 +332,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// Makes room at the tail: resets an empty buffer, or moves unread bytes
     /// to the front when the tail is full.
     fn compact(&mut self) {
+        self.hint = (0, 0);
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -352,6 +377,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// Cancel-safe if the transport's read is: state only changes after a
     /// read completed.
     async fn read_line(&mut self) -> Result<(usize, usize), T::Error> {
+        self.hint = (0, 0);
         loop {
             self.finish_discard().await?;
             let mut scanned = self.start;
@@ -412,6 +438,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// Validates and writes one request: a single `write` when it fits the
     /// buffer's free tail, else its three lines in pieces.
     async fn send(&mut self, req: &Request<'_>) -> Result<(), T::Error> {
+        self.hint = (0, 0);
         req.validate()?;
         if self.poisoned {
             return Err(Error::Unusable);
@@ -456,6 +483,12 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         self.send(req).await?;
         let (s, e) = self.read_reply_line().await?;
         let reply = parse_reply(&self.buf[s..e], expect)?;
+        if let Reply::Status(Status::NotLeader(Some(addr))) = reply {
+            // `addr` is a subslice of `buf[s..e]`: keep its range.
+            // (`leader_hint` checks the range again.)
+            let from = (addr.as_ptr() as usize).wrapping_sub(self.buf.as_ptr() as usize);
+            self.hint = (from, from.wrapping_add(addr.len()));
+        }
         // Framing is intact; only a closing server ends the session: after
         // `error_auth`, `error_draining`, and `error` to a line over 256
         // bytes from a server that caps every line there (v1.11 to v1.14;

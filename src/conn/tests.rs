@@ -577,3 +577,44 @@ fn error_to_an_over_long_line_makes_the_connection_unusable() {
         assert!(!c.is_usable());
     });
 }
+
+/// Issue 12 defect 6, kept out of `Error` (issue 17): the connection keeps
+/// the leader address of `error_not_leader <addr>` (CR stripped) until its
+/// next request or read, and only for that status.
+#[test]
+fn the_leader_hint_lives_in_the_connection_until_the_next_request() {
+    let mut c = conn("error_not_leader 10.0.0.2:6388\r\nok\nerror_not_leader\nerror\n");
+    assert_eq!(c.leader_hint(), None);
+    let err = block_on(c.acquire(Kind::Lock, "k", 1, None)).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::Server(ServerError::NotLeader(Some(_)))
+    ));
+    assert_eq!(c.leader_hint(), Some("10.0.0.2:6388"));
+    assert_eq!(
+        c.leader_hint(),
+        Some("10.0.0.2:6388"),
+        "reading it is idempotent"
+    );
+    block_on(c.ping()).unwrap();
+    assert_eq!(c.leader_hint(), None, "the next request clears it");
+    let err = block_on(c.ping()).unwrap_err();
+    assert!(matches!(err, Error::Server(ServerError::NotLeader(None))));
+    assert_eq!(c.leader_hint(), None, "a bare error_not_leader names none");
+    assert!(block_on(c.ping()).is_err());
+    assert_eq!(c.leader_hint(), None);
+}
+
+/// A request refused before sending also forgets the previous hint: the
+/// hint always belongs to the last reply.
+#[test]
+fn a_refused_request_forgets_the_leader_hint() {
+    let mut c = conn("error_not_leader h:1\n");
+    assert!(block_on(c.ping()).is_err());
+    assert_eq!(c.leader_hint(), Some("h:1"));
+    assert!(matches!(
+        block_on(c.acquire(Kind::Lock, "a key", 1, None)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(c.leader_hint(), None);
+}
