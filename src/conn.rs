@@ -407,6 +407,14 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
 
     /// Queues a push line (range into the buffer) or counts it dropped.
     fn accept_push(&mut self, start: usize, end: usize) {
+        if P == 0 {
+            // No push queue (a lock-only connection): every push is dropped,
+            // well-formed or not, so none is parsed (a lock-only firmware
+            // links no push parser).
+            self.pushes.dropped = self.pushes.dropped.saturating_add(1);
+            warn!("signal dropped: no push queue");
+            return;
+        }
         let line = &self.buf[start..end];
         // Exactly what parse_push accepts (it strips one CR) is queued.
         match parse_push(line) {

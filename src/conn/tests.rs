@@ -618,3 +618,17 @@ fn a_refused_request_forgets_the_leader_hint() {
     ));
     assert_eq!(c.leader_hint(), None);
 }
+
+/// A connection without a push queue (`P = 0`, lock-only) counts every
+/// push dropped, well-formed or not, without parsing it, and the reply
+/// after them still arrives.
+#[test]
+fn a_lock_only_connection_counts_every_push_dropped() {
+    let mut c: Conn<64, 0> =
+        Connection::new(Scripted::new(&b"sig ch p\nsig \xff\nsig x\nok\n"[..]));
+    block_on(c.ping()).unwrap();
+    assert_eq!(c.dropped_signals(), 3);
+    assert_eq!(c.queued_signals(), 0);
+    assert!(c.try_next_signal().is_none());
+    assert!(c.is_usable());
+}
