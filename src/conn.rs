@@ -131,9 +131,10 @@ pub struct Connection<T, const N: usize, const P: usize = 0> {
     /// Skipping the rest of a push line longer than the buffer.
     discarding: bool,
     /// The leader address of the last reply if it was
-    /// `error_not_leader <addr>`: its range in `buf` (empty when none).
+    /// `error_not_leader <addr>`: its range in `buf` (empty when none;
+    /// `u32` keeps the state within a few words on 64-bit hosts).
     /// Cleared before anything can overwrite those bytes.
-    hint: (usize, usize),
+    hint: (u32, u32),
     pushes: PushQueue<P>,
 }
 
@@ -308,7 +309,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// [`ServerError::NotLeader`] only says that one was named (see
     /// [`LeaderAddr`](crate::LeaderAddr)), so that [`Error`] stays small.
     pub fn leader_hint(&self) -> Option<&str> {
-        let (from, to) = self.hint;
+        let (from, to) = (self.hint.0 as usize, self.hint.1 as usize);
         let bytes = self.buf.get(from..to).filter(|b| !b.is_empty())?;
         core::str::from_utf8(bytes).ok()
     }
@@ -495,7 +496,13 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
             // `addr` is a subslice of `buf[s..e]`: keep its range.
             // (`leader_hint` checks the range again.)
             let from = (addr.as_ptr() as usize).wrapping_sub(self.buf.as_ptr() as usize);
-            self.hint = (from, from.wrapping_add(addr.len()));
+            // A buffer beyond 4 GiB (never on a device) keeps no hint.
+            if let (Ok(a), Ok(b)) = (
+                u32::try_from(from),
+                u32::try_from(from.wrapping_add(addr.len())),
+            ) {
+                self.hint = (a, b);
+            }
         }
         // Framing is intact; only a closing server ends the session: after
         // `error_auth`, `error_draining`, and `error` to a line over 256
