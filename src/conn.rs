@@ -375,34 +375,67 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// range (without `\n`). Push lines longer than the buffer are skipped
     /// and counted dropped; any other over-long line is `LineTooLong`.
     ///
-    /// Cancel-safe if the transport's read is: state only changes after a
-    /// read completed.
+    /// One `fill` await point (the buffer work is in [`scan_line`](Self::scan_line)):
+    /// each await point would inline another copy of the transport's read.
+    ///
+    /// Cancel-safe if the transport's read is: the buffer's state is whole
+    /// at the await point, and only a completed read adds to it.
     async fn read_line(&mut self) -> Result<(usize, usize), T::Error> {
         self.hint = (0, 0);
+        let mut scanned = self.start;
         loop {
-            self.finish_discard().await?;
-            let mut scanned = self.start;
-            loop {
-                if let Some(pos) = find_newline(&self.buf[scanned..self.end]) {
-                    let nl = scanned + pos;
-                    let line_start = self.start;
-                    self.start = nl + 1;
-                    return Ok((line_start, nl));
-                }
-                if self.end == N && self.start == 0 {
-                    if !is_push(&self.buf) {
-                        self.poisoned = true;
-                        return Err(Error::LineTooLong);
-                    }
-                    self.discarding = true;
-                    self.start = self.end;
-                    break;
-                }
-                // Everything unread has been scanned: no newline in it.
-                self.compact();
-                scanned = self.end;
-                self.fill().await?;
+            if let Some(line) = self.scan_line(&mut scanned)? {
+                return Ok(line);
             }
+            self.fill().await?;
+        }
+    }
+
+    /// The buffer side of [`read_line`](Self::read_line): finishes skipping
+    /// an over-long push (possibly begun by a cancelled
+    /// [`wait_signal`](Self::wait_signal)), then takes the next whole line
+    /// if one is buffered; `None` when more bytes are needed (room for them
+    /// made). `scanned`: bytes up to here hold no newline.
+    fn scan_line(&mut self, scanned: &mut usize) -> Result<Option<(usize, usize)>, T::Error> {
+        loop {
+            if self.discarding {
+                if let Some(pos) = find_newline(&self.buf[self.start..self.end]) {
+                    self.start += pos + 1;
+                    self.discarding = false;
+                    self.pushes.dropped = self.pushes.dropped.saturating_add(1);
+                    warn!(
+                        "signal dropped: push line longer than the {} byte buffer",
+                        N
+                    );
+                    *scanned = self.start;
+                    continue;
+                }
+                self.start = self.end;
+                self.compact();
+                *scanned = self.end;
+                return Ok(None);
+            }
+            let from = (*scanned).max(self.start);
+            if let Some(pos) = find_newline(&self.buf[from..self.end]) {
+                let nl = from + pos;
+                let line_start = self.start;
+                self.start = nl + 1;
+                *scanned = self.start;
+                return Ok(Some((line_start, nl)));
+            }
+            if self.end == N && self.start == 0 {
+                if !is_push(&self.buf) {
+                    self.poisoned = true;
+                    return Err(Error::LineTooLong);
+                }
+                self.discarding = true;
+                self.start = self.end;
+                continue;
+            }
+            // Everything unread has been scanned: no newline in it.
+            self.compact();
+            *scanned = self.end;
+            return Ok(None);
         }
     }
 
