@@ -235,6 +235,10 @@ impl FromValue for u64 {
 /// machine of its own.
 struct Call<F, O> {
     fut: F,
+    /// An argument of a non-lock command, refused when the call was made
+    /// (the shared future checks only lock requests): returned at the
+    /// first poll, without polling `fut` (nothing is sent).
+    refused: Option<crate::protocol::InvalidArgument>,
     out: PhantomData<fn() -> O>,
 }
 
@@ -247,8 +251,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // SAFETY: `fut` is structurally pinned: never moved out of `self`;
-        // `Call` has no Drop impl and is `Unpin` only when `F` is.
-        let fut = unsafe { self.map_unchecked_mut(|s| &mut s.fut) };
+        // `refused` is plain data, never pinned; `Call` has no Drop impl
+        // and is `Unpin` only when `F` is.
+        let this = unsafe { self.get_unchecked_mut() };
+        if let Some(refused) = this.refused.take() {
+            return Poll::Ready(Err(refused.into()));
+        }
+        // SAFETY: as above; `this.fut` is never moved.
+        let fut = unsafe { Pin::new_unchecked(&mut this.fut) };
         fut.poll(cx).map(O::pick)
     }
 }
@@ -479,9 +489,15 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
 
     /// Validates and writes one request: a single `write` when it fits the
     /// buffer's free tail, else its three lines in pieces.
+    ///
+    /// Runs only the lock requests' checks
+    /// ([`Request::validate_lock_shape`]): the callers of the other requests
+    /// check those first ([`request`](Self::request) and the typed commands
+    /// do), so a lock-only firmware links none of the signal, auth or
+    /// stable-ref checks.
     async fn send(&mut self, req: &Request<'_>) -> Result<(), T::Error> {
         self.hint = (0, 0);
-        req.validate()?;
+        req.validate_lock_shape()?;
         if self.poisoned {
             return Err(Error::Unusable);
         }
@@ -518,6 +534,20 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// back as [`Reply::Status`], not as `Err`. Pushes that arrive first are
     /// queued. Not cancel-safe (see the type's docs).
     pub async fn request(
+        &mut self,
+        req: &Request<'_>,
+        expect: Expect,
+    ) -> Result<Reply<'_>, T::Error> {
+        if let Err(e) = req.validate_other_shape() {
+            self.hint = (0, 0);
+            return Err(e.into());
+        }
+        self.round_trip(req, expect).await
+    }
+
+    /// [`request`](Self::request) once the request's non-lock arguments
+    /// were checked (`send` checks the lock ones).
+    async fn round_trip(
         &mut self,
         req: &Request<'_>,
         expect: Expect,
@@ -564,7 +594,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         req: Request<'_>,
         expect: Expect,
     ) -> Result<Value, T::Error> {
-        match self.request(&req, expect).await? {
+        match self.round_trip(&req, expect).await? {
             Reply::Ok => Ok(Value::Unit),
             Reply::Granted(g) => Ok(Value::Grant(Some(g))),
             Reply::Timeout => Ok(Value::Grant(None)),
@@ -584,6 +614,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         expect: Expect,
     ) -> Call<impl Future<Output = Result<Value, T::Error>> + 'c, O> {
         Call {
+            refused: req.validate_other_shape().err(),
             fut: self.exchange(req, expect),
             out: PhantomData,
         }

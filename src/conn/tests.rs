@@ -632,3 +632,43 @@ fn a_lock_only_connection_counts_every_push_dropped() {
     assert!(c.try_next_signal().is_none());
     assert!(c.is_usable());
 }
+
+/// The shared request future checks only lock requests; every other
+/// request is checked by its caller first (the typed commands when called,
+/// `request` before sending): each is still refused with nothing sent and
+/// the connection usable, and a refused typed command can be dropped
+/// unpolled without harm.
+#[test]
+fn non_lock_requests_are_checked_before_the_shared_future() {
+    let mut c = conn("ok\n");
+    let refused = |e: Error<ScriptError>, arg: Arg| {
+        assert!(
+            matches!(e, Error::InvalidArgument(InvalidArgument { arg: a, .. }) if a == arg),
+            "{e:?}"
+        );
+    };
+    block_on(async {
+        refused(c.auth(" ").await.unwrap_err(), Arg::AuthToken);
+        refused(c.listen("a*", None).await.unwrap_err(), Arg::Pattern);
+        refused(c.listen("a", Some(" ")).await.unwrap_err(), Arg::Group);
+        refused(c.unlisten("", None).await.unwrap_err(), Arg::Pattern);
+        refused(c.emit("c", " ").await.unwrap_err(), Arg::Payload);
+        let stable_ref = Request::StableRef { reference: "" };
+        refused(
+            c.request(&stable_ref, Expect::Ok).await.unwrap_err(),
+            Arg::StableRef,
+        );
+        let signal = Request::Signal {
+            channel: "a.>",
+            payload: "p",
+        };
+        refused(
+            c.request(&signal, Expect::Count).await.unwrap_err(),
+            Arg::Channel,
+        );
+        drop(c.listen("a*", None));
+        assert!(c.transport_mut().written.is_empty());
+        assert!(c.is_usable());
+        c.ping().await.unwrap();
+    });
+}

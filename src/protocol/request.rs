@@ -223,8 +223,18 @@ pub struct BufferTooSmall {
 impl<'a> Request<'a> {
     /// Checks every argument exactly as the server would.
     pub fn validate(&self) -> Result<(), InvalidArgument> {
+        self.validate_lock_shape()?;
+        self.validate_other_shape()
+    }
+
+    /// The checks of the lock requests (`l`/`sl`, `r`/`sr`, `n`/`sn`,
+    /// `e`/`se`, `w`/`sw`; `stats`, `ping` and `barrier` have none); `Ok`
+    /// for every other request. The shared request future runs only these,
+    /// so a lock-only firmware links no signal, auth or stable-ref checks;
+    /// the callers of the other requests run
+    /// [`validate_other_shape`](Self::validate_other_shape) first.
+    pub(crate) fn validate_lock_shape(&self) -> Result<(), InvalidArgument> {
         match *self {
-            Request::Auth { token } => validate::auth_token(token.0),
             Request::Acquire {
                 kind,
                 key,
@@ -253,7 +263,16 @@ impl<'a> Request<'a> {
                 kind.validate()?;
                 validate::timeout(timeout)
             }
-            Request::Stats | Request::Ping | Request::Barrier => Ok(()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The checks of every request that is not a lock request (`auth`,
+    /// `stable-ref`, `listen`, `unlisten`, `signal`); `Ok` for the lock
+    /// requests.
+    pub(crate) fn validate_other_shape(&self) -> Result<(), InvalidArgument> {
+        match *self {
+            Request::Auth { token } => validate::auth_token(token.0),
             Request::StableRef { reference } => validate::stable_ref(reference),
             Request::Listen { pattern, group } | Request::Unlisten { pattern, group } => {
                 validate::pattern(pattern)?;
@@ -263,6 +282,7 @@ impl<'a> Request<'a> {
                 validate::channel(channel)?;
                 validate::payload(channel, payload)
             }
+            _ => Ok(()),
         }
     }
 
