@@ -492,9 +492,10 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     ///
     /// Runs only the lock requests' checks
     /// ([`Request::validate_lock_shape`]): the callers of the other requests
-    /// check those first ([`request`](Self::request) and the typed commands
-    /// do), so a lock-only firmware links none of the signal, auth or
-    /// stable-ref checks.
+    /// check those and trim the queue group first
+    /// ([`Request::checked_other`]: [`request`](Self::request) and the
+    /// typed commands do), so a lock-only firmware links none of the
+    /// signal, auth or stable-ref checks.
     async fn send(&mut self, req: &Request<'_>) -> Result<(), T::Error> {
         self.hint = (0, 0);
         req.validate_lock_shape()?;
@@ -538,11 +539,14 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         req: &Request<'_>,
         expect: Expect,
     ) -> Result<Reply<'_>, T::Error> {
-        if let Err(e) = req.validate_other_shape() {
-            self.hint = (0, 0);
-            return Err(e.into());
-        }
-        self.round_trip(req, expect).await
+        let req = match req.checked_other() {
+            Ok(req) => req,
+            Err(e) => {
+                self.hint = (0, 0);
+                return Err(e.into());
+            }
+        };
+        self.round_trip(&req, expect).await
     }
 
     /// [`request`](Self::request) once the request's non-lock arguments
@@ -613,8 +617,12 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         req: Request<'c>,
         expect: Expect,
     ) -> Call<impl Future<Output = Result<Value, T::Error>> + 'c, O> {
+        let (req, refused) = match req.checked_other() {
+            Ok(checked) => (checked, None),
+            Err(e) => (req, Some(e)),
+        };
         Call {
-            refused: req.validate_other_shape().err(),
+            refused,
             fut: self.exchange(req, expect),
             out: PhantomData,
         }

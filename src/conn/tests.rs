@@ -672,3 +672,32 @@ fn non_lock_requests_are_checked_before_the_shared_future() {
         c.ping().await.unwrap();
     });
 }
+
+/// The queue group is trimmed by the callers of the shared future (typed
+/// `listen` / `unlisten`, `request`) and by `encode`: the same bytes on the
+/// wire every way.
+#[test]
+fn queue_groups_are_sent_trimmed_every_way() {
+    let mut c = conn("ok\nok\nok\n");
+    block_on(async {
+        c.listen("a", Some(" g\t")).await.unwrap();
+        c.unlisten("a", Some("g ")).await.unwrap();
+        let req = Request::Listen {
+            pattern: "a",
+            group: Some("\u{3000}g"),
+        };
+        c.request(&req, Expect::Ok).await.unwrap();
+    });
+    assert_eq!(
+        written(&mut c),
+        "listen\na\ng\nunlisten\na\ng\nlisten\na\ng\n"
+    );
+    let mut out = [0u8; 32];
+    let n = Request::Unlisten {
+        pattern: "a",
+        group: Some(" g "),
+    }
+    .encode(&mut out)
+    .unwrap();
+    assert_eq!(&out[..n], b"unlisten\na\ng\n");
+}
