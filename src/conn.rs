@@ -233,19 +233,38 @@ impl FromValue for u64 {
 /// The future of every typed command: the shared request future and a
 /// by-type pick of its output. Hand-written, so a command adds no state
 /// machine of its own.
-struct Call<F, O> {
+struct Call<F, O, R = ()> {
     fut: F,
-    /// An argument of a non-lock command, refused when the call was made
+    /// For a non-lock command, an argument refused when the call was made
     /// (the shared future checks only lock requests): returned at the
-    /// first poll, without polling `fut` (nothing is sent).
-    refused: Option<crate::protocol::InvalidArgument>,
+    /// first poll, without polling `fut` (nothing is sent). `()` for the
+    /// lock commands, which `send` checks, so their futures carry nothing.
+    refused: R,
     out: PhantomData<fn() -> O>,
 }
 
-impl<F, O, E> Future for Call<F, O>
+/// What a [`Call`] may have refused before it was first polled.
+trait Refusal {
+    fn take(&mut self) -> Option<crate::protocol::InvalidArgument>;
+}
+
+impl Refusal for () {
+    fn take(&mut self) -> Option<crate::protocol::InvalidArgument> {
+        None
+    }
+}
+
+impl Refusal for Option<crate::protocol::InvalidArgument> {
+    fn take(&mut self) -> Option<crate::protocol::InvalidArgument> {
+        Option::take(self)
+    }
+}
+
+impl<F, O, R, E> Future for Call<F, O, R>
 where
     F: Future<Output = Result<Value, E>>,
     O: FromValue,
+    R: Refusal,
 {
     type Output = Result<O, E>;
 
@@ -611,12 +630,31 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         }
     }
 
-    /// A typed command: the shared request future, its output picked by `O`.
+    /// A typed lock command (or `ping`): the shared request future, its
+    /// output picked by `O`; `send` checks the arguments.
     fn call<'c, O: FromValue>(
         &'c mut self,
         req: Request<'c>,
         expect: Expect,
     ) -> Call<impl Future<Output = Result<Value, T::Error>> + 'c, O> {
+        Call {
+            refused: (),
+            fut: self.exchange(req, expect),
+            out: PhantomData,
+        }
+    }
+
+    /// A typed non-lock command: its arguments checked (and its queue
+    /// group trimmed) now, then the shared request future.
+    fn call_checked<'c, O: FromValue>(
+        &'c mut self,
+        req: Request<'c>,
+        expect: Expect,
+    ) -> Call<
+        impl Future<Output = Result<Value, T::Error>> + 'c,
+        O,
+        Option<crate::protocol::InvalidArgument>,
+    > {
         let (req, refused) = match req.checked_other() {
             Ok(checked) => (checked, None),
             Err(e) => (req, Some(e)),
@@ -641,7 +679,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         &'c mut self,
         token: &'c str,
     ) -> impl Future<Output = Result<(), T::Error>> + 'c {
-        self.call(
+        self.call_checked(
             Request::Auth {
                 token: Secret(token),
             },
@@ -748,7 +786,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         pattern: &'c str,
         group: Option<&'c str>,
     ) -> impl Future<Output = Result<(), T::Error>> + 'c {
-        self.call(Request::Listen { pattern, group }, Expect::Ok)
+        self.call_checked(Request::Listen { pattern, group }, Expect::Ok)
     }
 
     /// `unlisten`: drops the subscription made with the same pattern and
@@ -758,7 +796,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         pattern: &'c str,
         group: Option<&'c str>,
     ) -> impl Future<Output = Result<(), T::Error>> + 'c {
-        self.call(Request::Unlisten { pattern, group }, Expect::Ok)
+        self.call_checked(Request::Unlisten { pattern, group }, Expect::Ok)
     }
 
     /// `signal`: publishes `payload` on the literal `channel` and returns
@@ -775,7 +813,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         channel: &'c str,
         payload: &'c str,
     ) -> impl Future<Output = Result<u64, T::Error>> + 'c {
-        self.call(Request::Signal { channel, payload }, Expect::Count)
+        self.call_checked(Request::Signal { channel, payload }, Expect::Count)
     }
 
     /// `stats`: reads the server's statistics JSON into `out` and returns it.
