@@ -513,11 +513,13 @@ enum Outcome<E> {
     Final(Error<E>),
 }
 
-fn classify<E>(e: Error<E>, members: &impl Members) -> Outcome<E> {
+/// Classifies a failed attempt. `hint` is the member the answering node
+/// named in `error_not_leader <addr>`, looked up from its connection's
+/// [`Connection::leader_hint`] (the error itself holds no address on
+/// `no_std`).
+fn classify<E>(e: Error<E>, hint: Option<usize>) -> Outcome<E> {
     match e {
-        Error::Server(ServerError::NotLeader(hint)) => {
-            Outcome::Redirect(hint.and_then(|h| members.find(h.as_str())))
-        }
+        Error::Server(ServerError::NotLeader(_)) => Outcome::Redirect(hint),
         Error::Server(ServerError::Draining)
         | Error::Io(_)
         | Error::Disconnected
@@ -527,6 +529,14 @@ fn classify<E>(e: Error<E>, members: &impl Members) -> Outcome<E> {
         | Error::Protocol(_) => Outcome::NodeFailed(e),
         other => Outcome::Final(other),
     }
+}
+
+/// The member named by the last `error_not_leader <addr>` on `conn`.
+fn hint_of<Io: Read + Write, const N: usize>(
+    conn: &Connection<Io, N>,
+    members: &impl Members,
+) -> Option<usize> {
+    conn.leader_hint().and_then(|addr| members.find(addr))
 }
 
 /// One lane of a cluster client: at most one connection, to the member
@@ -638,8 +648,9 @@ where
     }
 
     /// Makes sure the lane is connected to `member`, dialling it and
-    /// sending `auth` and `stable-ref` if not.
-    async fn ensure(&mut self, member: usize) -> Res<(), C> {
+    /// sending `auth` and `stable-ref` if not; a failure comes back
+    /// classified (with the leader hint its connection kept).
+    async fn ensure(&mut self, member: usize) -> Result<(), Outcome<<C::Io as ErrorType>::Error>> {
         if let Some((at, conn)) = &self.conn
             && *at == member
             && conn.is_usable()
@@ -650,7 +661,10 @@ where
         self.connects = self.connects.saturating_add(1);
         let addr = self.members.member(member);
         debug!("cluster: connecting to member {}", member);
-        let mut io = self.connector.connect(addr).await?;
+        let mut io = match self.connector.connect(addr).await {
+            Ok(io) => io,
+            Err(e) => return Err(classify(e, None)),
+        };
         self.connector.prepare(&mut io, self.io_timeout);
         let mut conn: Connection<C::Io, N> = Connection::new(io);
         let limit = add(self.timer.now(), self.io_timeout);
@@ -675,8 +689,8 @@ where
                 self.conn = Some((member, conn));
                 Ok(())
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::Timeout),
+            Ok(Err(e)) => Err(classify(e, hint_of(&conn, &self.members))),
+            Err(_) => Err(classify(Error::Timeout, None)),
         }
     }
 
@@ -694,7 +708,7 @@ where
                 self.timer.sleep_until(until).await;
             }
             let outcome = match self.ensure(route.member).await {
-                Err(e) => classify(e, &self.members),
+                Err(outcome) => outcome,
                 Ok(()) => {
                     let wait = op.max_wait(&self.timer, self.io_timeout);
                     let Some((_, conn)) = self.conn.as_mut() else {
@@ -709,7 +723,7 @@ where
                             self.router.answered(route.member, write);
                             return Ok(r);
                         }
-                        Err(e) => classify(e, &self.members),
+                        Err(e) => classify(e, hint_of(conn, &self.members)),
                     }
                 }
             };

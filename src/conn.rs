@@ -134,6 +134,11 @@ pub struct Connection<T, const N: usize, const P: usize = 0> {
     poisoned: bool,
     /// Skipping the rest of a push line longer than the buffer.
     discarding: bool,
+    /// The leader address of the last reply if it was
+    /// `error_not_leader <addr>`: its range in `buf` (empty when none;
+    /// `u32` keeps the state within a few words on 64-bit hosts).
+    /// Cleared before anything can overwrite those bytes.
+    hint: (u32, u32),
     pushes: PushQueue<P>,
 }
 
@@ -232,22 +237,51 @@ impl FromValue for u64 {
 /// The future of every typed command: the shared request future and a
 /// by-type pick of its output. Hand-written, so a command adds no state
 /// machine of its own.
-struct Call<F, O> {
+struct Call<F, O, R = ()> {
     fut: F,
+    /// For a non-lock command, an argument refused when the call was made
+    /// (the shared future checks only lock requests): returned at the
+    /// first poll, without polling `fut` (nothing is sent). `()` for the
+    /// lock commands, which `send` checks, so their futures carry nothing.
+    refused: R,
     out: PhantomData<fn() -> O>,
 }
 
-impl<F, O, E> Future for Call<F, O>
+/// What a [`Call`] may have refused before it was first polled.
+trait Refusal {
+    fn take(&mut self) -> Option<crate::protocol::InvalidArgument>;
+}
+
+impl Refusal for () {
+    fn take(&mut self) -> Option<crate::protocol::InvalidArgument> {
+        None
+    }
+}
+
+impl Refusal for Option<crate::protocol::InvalidArgument> {
+    fn take(&mut self) -> Option<crate::protocol::InvalidArgument> {
+        Option::take(self)
+    }
+}
+
+impl<F, O, R, E> Future for Call<F, O, R>
 where
     F: Future<Output = Result<Value, E>>,
     O: FromValue,
+    R: Refusal,
 {
     type Output = Result<O, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // SAFETY: `fut` is structurally pinned: never moved out of `self`;
-        // `Call` has no Drop impl and is `Unpin` only when `F` is.
-        let fut = unsafe { self.map_unchecked_mut(|s| &mut s.fut) };
+        // `refused` is plain data, never pinned; `Call` has no Drop impl
+        // and is `Unpin` only when `F` is.
+        let this = unsafe { self.get_unchecked_mut() };
+        if let Some(refused) = this.refused.take() {
+            return Poll::Ready(Err(refused.into()));
+        }
+        // SAFETY: as above; `this.fut` is never moved.
+        let fut = unsafe { Pin::new_unchecked(&mut this.fut) };
         fut.poll(cx).map(O::pick)
     }
 }
@@ -263,6 +297,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
             end: 0,
             poisoned: false,
             discarding: false,
+            hint: (0, 0),
             pushes: PushQueue::new(),
         }
     }
@@ -293,6 +328,25 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         self.pushes.len
     }
 
+    /// The leader address named by the last reply, when it was
+    /// `error_not_leader <host:port>` (a v2 cluster follower; a hint that
+    /// may be stale): the whole address, up to
+    /// [`MAX_LEADER_ADDR`](crate::MAX_LEADER_ADDR) bytes, read in place
+    /// from the line buffer (which needs
+    /// [`CLUSTER_MIN_LINE_BUF`](crate::cluster::CLUSTER_MIN_LINE_BUF) bytes
+    /// for the longest one). `None` after any other reply, and once the
+    /// connection sends or reads again. `stats` replies are read into the
+    /// caller's buffer and leave no hint.
+    ///
+    /// This is where `no_std` code finds the address: there
+    /// [`ServerError::NotLeader`] only says that one was named (see
+    /// [`LeaderAddr`](crate::LeaderAddr)), so that [`Error`] stays small.
+    pub fn leader_hint(&self) -> Option<&str> {
+        let (from, to) = (self.hint.0 as usize, self.hint.1 as usize);
+        let bytes = self.buf.get(from..to).filter(|b| !b.is_empty())?;
+        core::str::from_utf8(bytes).ok()
+    }
+
     // ---- reading -------------------------------------------------------
 
     /// Reads more bytes into the free tail of the buffer.
@@ -312,6 +366,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// Makes room at the tail: resets an empty buffer, or moves unread bytes
     /// to the front when the tail is full.
     fn compact(&mut self) {
+        self.hint = (0, 0);
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -353,38 +408,80 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     /// range (without `\n`). Push lines longer than the buffer are skipped
     /// and counted dropped; any other over-long line is `LineTooLong`.
     ///
-    /// Cancel-safe if the transport's read is: state only changes after a
-    /// read completed.
+    /// One `fill` await point (the buffer work is in [`scan_line`](Self::scan_line)):
+    /// each await point would inline another copy of the transport's read.
+    ///
+    /// Cancel-safe if the transport's read is: the buffer's state is whole
+    /// at the await point, and only a completed read adds to it.
     async fn read_line(&mut self) -> Result<(usize, usize), T::Error> {
+        self.hint = (0, 0);
+        let mut scanned = self.start;
         loop {
-            self.finish_discard().await?;
-            let mut scanned = self.start;
-            loop {
-                if let Some(pos) = find_newline(&self.buf[scanned..self.end]) {
-                    let nl = scanned + pos;
-                    let line_start = self.start;
-                    self.start = nl + 1;
-                    return Ok((line_start, nl));
-                }
-                if self.end == N && self.start == 0 {
-                    if !is_push(&self.buf) {
-                        self.poisoned = true;
-                        return Err(Error::LineTooLong);
-                    }
-                    self.discarding = true;
-                    self.start = self.end;
-                    break;
-                }
-                // Everything unread has been scanned: no newline in it.
-                self.compact();
-                scanned = self.end;
-                self.fill().await?;
+            if let Some(line) = self.scan_line(&mut scanned)? {
+                return Ok(line);
             }
+            self.fill().await?;
+        }
+    }
+
+    /// The buffer side of [`read_line`](Self::read_line): finishes skipping
+    /// an over-long push (possibly begun by a cancelled
+    /// [`wait_signal`](Self::wait_signal)), then takes the next whole line
+    /// if one is buffered; `None` when more bytes are needed (room for them
+    /// made). `scanned`: bytes up to here hold no newline.
+    fn scan_line(&mut self, scanned: &mut usize) -> Result<Option<(usize, usize)>, T::Error> {
+        loop {
+            if self.discarding {
+                if let Some(pos) = find_newline(&self.buf[self.start..self.end]) {
+                    self.start += pos + 1;
+                    self.discarding = false;
+                    self.pushes.dropped = self.pushes.dropped.saturating_add(1);
+                    warn!(
+                        "signal dropped: push line longer than the {} byte buffer",
+                        N
+                    );
+                    *scanned = self.start;
+                    continue;
+                }
+                self.start = self.end;
+                self.compact();
+                *scanned = self.end;
+                return Ok(None);
+            }
+            let from = (*scanned).max(self.start);
+            if let Some(pos) = find_newline(&self.buf[from..self.end]) {
+                let nl = from + pos;
+                let line_start = self.start;
+                self.start = nl + 1;
+                *scanned = self.start;
+                return Ok(Some((line_start, nl)));
+            }
+            if self.end == N && self.start == 0 {
+                if !is_push(&self.buf) {
+                    self.poisoned = true;
+                    return Err(Error::LineTooLong);
+                }
+                self.discarding = true;
+                self.start = self.end;
+                continue;
+            }
+            // Everything unread has been scanned: no newline in it.
+            self.compact();
+            *scanned = self.end;
+            return Ok(None);
         }
     }
 
     /// Queues a push line (range into the buffer) or counts it dropped.
     fn accept_push(&mut self, start: usize, end: usize) {
+        if P == 0 {
+            // No push queue (a lock-only connection): every push is dropped,
+            // well-formed or not, so none is parsed (a lock-only firmware
+            // links no push parser).
+            self.pushes.dropped = self.pushes.dropped.saturating_add(1);
+            warn!("signal dropped: no push queue");
+            return;
+        }
         let line = &self.buf[start..end];
         // Exactly what parse_push accepts (it strips one CR) is queued.
         match parse_push(line) {
@@ -415,8 +512,16 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
 
     /// Validates and writes one request: a single `write` when it fits the
     /// buffer's free tail, else its three lines in pieces.
+    ///
+    /// Runs only the lock requests' checks
+    /// ([`Request::validate_lock_shape`]): the callers of the other requests
+    /// check those and trim the queue group first
+    /// ([`Request::checked_other`]: [`request`](Self::request) and the
+    /// typed commands do), so a lock-only firmware links none of the
+    /// signal, auth or stable-ref checks.
     async fn send(&mut self, req: &Request<'_>) -> Result<(), T::Error> {
-        req.validate()?;
+        self.hint = (0, 0);
+        req.validate_lock_shape()?;
         if self.poisoned {
             return Err(Error::Unusable);
         }
@@ -457,9 +562,38 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         req: &Request<'_>,
         expect: Expect,
     ) -> Result<Reply<'_>, T::Error> {
+        let req = match req.checked_other() {
+            Ok(req) => req,
+            Err(e) => {
+                self.hint = (0, 0);
+                return Err(e.into());
+            }
+        };
+        self.round_trip(&req, expect).await
+    }
+
+    /// [`request`](Self::request) once the request's non-lock arguments
+    /// were checked (`send` checks the lock ones).
+    async fn round_trip(
+        &mut self,
+        req: &Request<'_>,
+        expect: Expect,
+    ) -> Result<Reply<'_>, T::Error> {
         self.send(req).await?;
         let (s, e) = self.read_reply_line().await?;
         let reply = parse_reply(&self.buf[s..e], expect)?;
+        if let Reply::Status(Status::NotLeader(Some(addr))) = reply {
+            // `addr` is a subslice of `buf[s..e]`: keep its range.
+            // (`leader_hint` checks the range again.)
+            let from = (addr.as_ptr() as usize).wrapping_sub(self.buf.as_ptr() as usize);
+            // A buffer beyond 4 GiB (never on a device) keeps no hint.
+            if let (Ok(a), Ok(b)) = (
+                u32::try_from(from),
+                u32::try_from(from.wrapping_add(addr.len())),
+            ) {
+                self.hint = (a, b);
+            }
+        }
         // Framing is intact; only a closing server ends the session: after
         // `error_auth`, `error_draining`, and `error` to a line over 256
         // bytes from a server that caps every line there (v1.11 to v1.14;
@@ -487,7 +621,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         req: Request<'_>,
         expect: Expect,
     ) -> Result<Value, T::Error> {
-        match self.request(&req, expect).await? {
+        match self.round_trip(&req, expect).await? {
             Reply::Ok => Ok(Value::Unit),
             Reply::Granted(g) => Ok(Value::Grant(Some(g))),
             Reply::Timeout => Ok(Value::Grant(None)),
@@ -500,13 +634,37 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         }
     }
 
-    /// A typed command: the shared request future, its output picked by `O`.
+    /// A typed lock command (or `ping`): the shared request future, its
+    /// output picked by `O`; `send` checks the arguments.
     fn call<'c, O: FromValue>(
         &'c mut self,
         req: Request<'c>,
         expect: Expect,
     ) -> Call<impl Future<Output = Result<Value, T::Error>> + 'c, O> {
         Call {
+            refused: (),
+            fut: self.exchange(req, expect),
+            out: PhantomData,
+        }
+    }
+
+    /// A typed non-lock command: its arguments checked (and its queue
+    /// group trimmed) now, then the shared request future.
+    fn call_checked<'c, O: FromValue>(
+        &'c mut self,
+        req: Request<'c>,
+        expect: Expect,
+    ) -> Call<
+        impl Future<Output = Result<Value, T::Error>> + 'c,
+        O,
+        Option<crate::protocol::InvalidArgument>,
+    > {
+        let (req, refused) = match req.checked_other() {
+            Ok(checked) => (checked, None),
+            Err(e) => (req, Some(e)),
+        };
+        Call {
+            refused,
             fut: self.exchange(req, expect),
             out: PhantomData,
         }
@@ -525,7 +683,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         &'c mut self,
         token: &'c str,
     ) -> impl Future<Output = Result<(), T::Error>> + 'c {
-        self.call(
+        self.call_checked(
             Request::Auth {
                 token: Secret(token),
             },
@@ -632,7 +790,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         pattern: &'c str,
         group: Option<&'c str>,
     ) -> impl Future<Output = Result<(), T::Error>> + 'c {
-        self.call(Request::Listen { pattern, group }, Expect::Ok)
+        self.call_checked(Request::Listen { pattern, group }, Expect::Ok)
     }
 
     /// `unlisten`: drops the subscription made with the same pattern and
@@ -642,7 +800,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         pattern: &'c str,
         group: Option<&'c str>,
     ) -> impl Future<Output = Result<(), T::Error>> + 'c {
-        self.call(Request::Unlisten { pattern, group }, Expect::Ok)
+        self.call_checked(Request::Unlisten { pattern, group }, Expect::Ok)
     }
 
     /// `signal`: publishes `payload` on the literal `channel` and returns
@@ -659,7 +817,7 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         channel: &'c str,
         payload: &'c str,
     ) -> impl Future<Output = Result<u64, T::Error>> + 'c {
-        self.call(Request::Signal { channel, payload }, Expect::Count)
+        self.call_checked(Request::Signal { channel, payload }, Expect::Count)
     }
 
     /// `stats`: reads the server's statistics JSON into `out` and returns it.

@@ -13,8 +13,27 @@ pub type StatusText = heapless::String<STATUS_TEXT_CAP>;
 
 /// Longest leader address an `error_not_leader <host:port>` reply can
 /// carry: a 253-byte DNS name, `:` and a 5-digit port (259 bytes: the name
-/// and 6 more). [`ServerError::NotLeader`] keeps all of it.
+/// and 6 more). The connection that read the reply keeps all of it
+/// ([`Connection::leader_hint`](crate::Connection::leader_hint)), and so
+/// does [`ServerError::NotLeader`] where `std` is linked.
 pub const MAX_LEADER_ADDR: usize = 253 + 6;
+
+/// The leader address of an `error_not_leader <host:port>` reply.
+///
+/// **Where `std` is linked** (features `std`, `tokio`, WASI) it keeps the
+/// whole address (up to [`MAX_LEADER_ADDR`] bytes; longer text is cut at a
+/// character boundary) in a boxed string: `as_str()`.
+///
+/// **On `no_std`** there is no heap, and keeping 259 bytes inline would make
+/// every [`Error`] (and every future that holds a `Result`) about 290
+/// bytes. There this type is an empty marker, "the server named a leader",
+/// and the address stays in the connection's line buffer until its next
+/// request: read it with
+/// [`Connection::leader_hint`](crate::Connection::leader_hint), which works
+/// the same everywhere (the cluster client reads it there on every
+/// platform). `as_str` and `new` exist only where `std` is linked.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct LeaderAddr(LeaderRepr);
 
 #[cfg(any(
     feature = "std",
@@ -22,20 +41,76 @@ pub const MAX_LEADER_ADDR: usize = 253 + 6;
     all(feature = "wasi", target_os = "wasi", target_env = "p2")
 ))]
 type LeaderRepr = std::boxed::Box<str>;
+
+/// On `no_std`: nothing (the address is in the connection).
 #[cfg(not(any(
     feature = "std",
     test,
     all(feature = "wasi", target_os = "wasi", target_env = "p2")
 )))]
-type LeaderRepr = heapless::String<MAX_LEADER_ADDR>;
+type LeaderRepr = ();
 
 #[cfg(any(
     feature = "std",
     test,
     all(feature = "wasi", target_os = "wasi", target_env = "p2")
 ))]
-fn leader_repr(s: &str) -> LeaderRepr {
-    LeaderRepr::from(s)
+mod leader_text {
+    use super::{LeaderAddr, MAX_LEADER_ADDR};
+    use core::fmt;
+
+    impl LeaderAddr {
+        /// Keeps `s` (cut to [`MAX_LEADER_ADDR`] bytes at a character
+        /// boundary). Only where `std` is linked.
+        pub fn new(s: &str) -> Self {
+            let mut end = s.len().min(MAX_LEADER_ADDR);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            Self(std::boxed::Box::from(&s[..end]))
+        }
+
+        /// The address as text. Only where `std` is linked; on `no_std`
+        /// read [`Connection::leader_hint`](crate::Connection::leader_hint).
+        pub fn as_str(&self) -> &str {
+            &self.0
+        }
+    }
+
+    impl core::ops::Deref for LeaderAddr {
+        type Target = str;
+        fn deref(&self) -> &str {
+            self.as_str()
+        }
+    }
+
+    impl fmt::Debug for LeaderAddr {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            fmt::Debug::fmt(self.as_str(), f)
+        }
+    }
+
+    impl fmt::Display for LeaderAddr {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.as_str())
+        }
+    }
+
+    impl PartialEq<str> for LeaderAddr {
+        fn eq(&self, other: &str) -> bool {
+            self.as_str() == other
+        }
+    }
+
+    impl PartialEq<&str> for LeaderAddr {
+        fn eq(&self, other: &&str) -> bool {
+            self.as_str() == *other
+        }
+    }
+
+    pub(super) fn leader_addr(s: &str) -> LeaderAddr {
+        LeaderAddr::new(s)
+    }
 }
 
 #[cfg(not(any(
@@ -43,77 +118,47 @@ fn leader_repr(s: &str) -> LeaderRepr {
     test,
     all(feature = "wasi", target_os = "wasi", target_env = "p2")
 )))]
-fn leader_repr(s: &str) -> LeaderRepr {
-    // `s` is at most MAX_LEADER_ADDR bytes, the capacity.
-    LeaderRepr::try_from(s).unwrap_or_default()
-}
+mod leader_text {
+    use super::LeaderAddr;
+    use core::fmt;
 
-/// The leader address of an `error_not_leader <host:port>` reply, kept
-/// whole (up to [`MAX_LEADER_ADDR`] bytes; longer text is cut at a
-/// character boundary).
-///
-/// Where `std` is linked (features `std`, `tokio`, WASI) it is a boxed
-/// string, so [`Error`] stays small; on `no_std` it is an inline
-/// 259-byte buffer (no heap), which makes `Error` about 290 bytes there.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct LeaderAddr(LeaderRepr);
+    const SHOWN: &str = "(in the connection: Connection::leader_hint)";
 
-impl LeaderAddr {
-    /// Keeps `s` (cut to [`MAX_LEADER_ADDR`] bytes at a character boundary).
-    pub fn new(s: &str) -> Self {
-        let mut end = s.len().min(MAX_LEADER_ADDR);
-        while !s.is_char_boundary(end) {
-            end -= 1;
+    impl fmt::Debug for LeaderAddr {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(SHOWN)
         }
-        Self(leader_repr(&s[..end]))
     }
 
-    /// The address as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    impl fmt::Display for LeaderAddr {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(SHOWN)
+        }
+    }
+
+    pub(super) fn leader_addr(_: &str) -> LeaderAddr {
+        LeaderAddr(())
     }
 }
 
-impl core::ops::Deref for LeaderAddr {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl fmt::Debug for LeaderAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl fmt::Display for LeaderAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<str> for LeaderAddr {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for LeaderAddr {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
+use leader_text::leader_addr;
 
 #[cfg(feature = "defmt")]
 impl defmt::Format for LeaderAddr {
     fn format(&self, f: defmt::Formatter<'_>) {
-        defmt::write!(f, "{=str}", self.as_str())
+        #[cfg(any(
+            feature = "std",
+            test,
+            all(feature = "wasi", target_os = "wasi", target_env = "p2")
+        ))]
+        defmt::write!(f, "{=str}", self.as_str());
+        #[cfg(not(any(
+            feature = "std",
+            test,
+            all(feature = "wasi", target_os = "wasi", target_env = "p2")
+        )))]
+        defmt::write!(f, "(Connection::leader_hint)");
     }
-}
-
-fn leader_addr(s: &str) -> LeaderAddr {
-    LeaderAddr::new(s)
 }
 
 fn status_text(s: &str) -> StatusText {
@@ -126,9 +171,6 @@ fn status_text(s: &str) -> StatusText {
 
 /// An error status sent by the server (other than `error_auth`, which is
 /// [`Error::Auth`]).
-///
-/// On `no_std` about 290 bytes, because [`NotLeader`](Self::NotLeader)
-/// keeps a whole leader address without a heap (see [`LeaderAddr`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
@@ -153,8 +195,12 @@ pub enum ServerError {
     LeaseExpired,
     /// `error_draining`: the server is shutting down.
     Draining,
-    /// `error_not_leader`: a cluster follower; the leader's address if given
-    /// (a hint: it may be stale), kept whole up to [`MAX_LEADER_ADDR`] bytes.
+    /// `error_not_leader`: a cluster follower; `Some` when it named the
+    /// leader (a hint: it may be stale). Where `std` is linked the
+    /// [`LeaderAddr`] holds the whole address (up to [`MAX_LEADER_ADDR`]
+    /// bytes); on `no_std` it is a marker and the address is read from the
+    /// connection with
+    /// [`Connection::leader_hint`](crate::Connection::leader_hint).
     NotLeader(Option<LeaderAddr>),
     /// A status this client does not know, kept verbatim (up to 64 bytes).
     Unknown(StatusText),
@@ -254,8 +300,10 @@ impl From<ConfigError> for std::io::Error {
 /// Everything that can go wrong on a connection.
 ///
 /// `E` is the transport's error type. [`Error::is_recoverable`] tells
-/// whether the connection may be used again. On `no_std` its size is
-/// dominated by [`ServerError`]'s whole leader address (see [`LeaderAddr`]).
+/// whether the connection may be used again. It holds no leader address on
+/// `no_std` (see [`LeaderAddr`]), so it stays small there (72 bytes on
+/// thumbv7em with embassy-net's error; `ServerError::Unknown`'s 64 bytes of
+/// status text are the largest part).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error<E> {

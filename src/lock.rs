@@ -49,9 +49,14 @@ use embassy_futures::select::{Either, Either3, select, select3};
 use embedded_io_async::{Read, Write};
 
 use crate::conn::{Connection, Enqueued, FromValue, Result, Value};
-use crate::error::{Error, ServerError};
+use crate::error::Error;
 use crate::protocol::{Expect, Grant, Kind, Request, Token};
 use crate::time::{Elapsed, Instant, Timer, with_deadline};
+
+mod driver;
+
+use driver::add_ms;
+pub use driver::{Action, LeaseDriver, Reply, wire_secs};
 
 /// Default acquire timeout: 10 s, as the other dflockd clients.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,19 +73,6 @@ pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// lease is never over on arrival.
 pub const GRANT_SLACK: Duration = Duration::from_secs(1);
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Whole seconds, rounded up (the wire counts seconds).
-fn secs_ceil(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-fn add_ms(t: Instant, ms: u64) -> Instant {
-    Instant::from_millis(t.as_millis().saturating_add(ms))
-}
-
 /// The one future behind every lock request (acquire, enqueue, wait, renew,
 /// release): the connection's shared request future under a deadline. One
 /// type for all of them, so its `poll` exists once per connection and timer
@@ -96,9 +88,9 @@ fn timed<'c, T: Read + Write, C: Timer, const N: usize, const P: usize>(
     with_deadline(timer, limit, conn.exchange(req, expect))
 }
 
-/// The limit of a blocking request: the server may block `secs`, then the
-/// reply timeout.
-fn blocking_limit(sent: Instant, secs: u64, io_timeout: Duration) -> Instant {
+/// The reply limit of a request sent at `sent` that the server may block
+/// `secs` seconds: then the reply timeout.
+pub(crate) fn blocking_limit(sent: Instant, secs: u64, io_timeout: Duration) -> Instant {
     add_ms(sent, secs.saturating_mul(1000)) + io_timeout
 }
 
@@ -288,8 +280,10 @@ impl LockOptions {
         io_timeout: DEFAULT_IO_TIMEOUT,
     };
 
-    fn lease_secs(&self) -> Option<u64> {
-        self.lease_ttl.map(|d| secs_ceil(d).max(1))
+    /// The lease TTL as sent on the wire: whole seconds, rounded up, at
+    /// least 1 (`None`: the server's default).
+    pub fn lease_secs(&self) -> Option<u64> {
+        self.lease_ttl.map(|d| wire_secs(d).max(1))
     }
 }
 
@@ -425,7 +419,7 @@ impl<'k> LockSpec<'k> {
         timer: &C,
         timeout: Duration,
     ) -> Result<Option<Lease<'k>>, T::Error> {
-        let secs = secs_ceil(timeout);
+        let secs = wire_secs(timeout);
         let sent = timer.now();
         let limit = blocking_limit(sent, secs, self.options.io_timeout);
         let req = Request::Acquire {
@@ -491,7 +485,7 @@ impl<'k> LockSpec<'k> {
         timer: &C,
         timeout: Duration,
     ) -> Result<Option<Lease<'k>>, T::Error> {
-        let secs = secs_ceil(timeout);
+        let secs = wire_secs(timeout);
         let sent = timer.now();
         let limit = blocking_limit(sent, secs, self.options.io_timeout);
         let req = Request::Wait {
@@ -520,47 +514,31 @@ impl<'k> LockSpec<'k> {
 
 // ---- the lease ----------------------------------------------------------------
 
-/// A held lease: key, token, TTL, fence and deadline, and its renew
-/// schedule.
+/// A held lease on a key: a [`LeaseDriver`] (token, TTL, fence, deadline,
+/// renew schedule and every decision about them) with the key it borrows,
+/// and the IO around the driver: [`renew`](Self::renew),
+/// [`release`](Self::release) and the cooperative [`hold`](Self::hold).
 ///
 /// All times are the injected [`Timer`]'s. The deadline is counted
 /// conservatively from when the last successful renew (or the acquire) was
 /// *sent*; for a grant that arrived after a long server-side wait, from
 /// [`GRANT_SLACK`] (at most a quarter of the lease) before it arrived.
 ///
-/// About a hundred bytes; it borrows its key.
+/// About a hundred bytes. A `'static` holder (a task, a thread) keeps the
+/// key elsewhere and moves the [`driver`](Self::into_driver) alone.
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Lease<'k> {
     key: &'k str,
-    kind: Kind,
-    token: Token,
-    /// TTL requested with renews, in seconds.
-    request_secs: Option<u64>,
-    ttl_ms: u64,
-    deadline: Instant,
-    renewed_at: Instant,
-    last_sent: Instant,
-    next_renew: Instant,
-    rtt_ms: u64,
-    idle_ms: u64,
-    io_ms: u64,
-    ratio: RenewRatio,
-    jitter: Jitter,
-    rng: XorShift32,
+    driver: LeaseDriver,
 }
 
 impl fmt::Debug for Lease<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lease")
             .field("key", &self.key)
-            .field("kind", &self.kind)
-            .field("token", &self.token)
-            .field("ttl_ms", &self.ttl_ms)
-            .field("deadline", &self.deadline)
-            .field("next_renew", &self.next_renew)
-            .field("rtt_ms", &self.rtt_ms)
-            .finish_non_exhaustive()
+            .field("driver", &self.driver)
+            .finish()
     }
 }
 
@@ -568,48 +546,33 @@ impl<'k> Lease<'k> {
     /// A lease from a grant obtained with the low-level
     /// [`Connection::acquire`], [`Connection::enqueue`] or
     /// [`Connection::wait`]: `sent_at` is when the request was sent,
-    /// `received_at` when the grant arrived. The first renew is scheduled
-    /// with the [`XorShift32`] fallback jitter.
+    /// `received_at` when the grant arrived (see
+    /// [`LeaseDriver::from_grant`]). The first renew is scheduled with the
+    /// [`XorShift32`] fallback jitter.
     pub fn from_grant(
         spec: &LockSpec<'k>,
         grant: Grant,
         sent_at: Instant,
         received_at: Instant,
     ) -> Self {
-        let ttl_ms = grant.lease.saturating_mul(1000);
-        // The server starts the lease when it writes the grant, at most one
-        // trip before it arrived. A slack bounded by the lease keeps the
-        // deadline after `received_at` (a 1 s lease granted after a 3 s wait
-        // is held and renewed at once, not lost on arrival).
-        let slack = ms(GRANT_SLACK).min(ttl_ms / 4);
-        let elapsed = received_at.as_millis().saturating_sub(sent_at.as_millis());
-        let start = Instant::from_millis(
-            received_at
-                .as_millis()
-                .saturating_sub(slack)
-                .max(sent_at.as_millis()),
-        );
-        let mut lease = Lease {
-            key: spec.key,
-            kind: spec.kind,
-            token: grant.token,
-            request_secs: spec.options.lease_secs(),
-            ttl_ms,
-            deadline: add_ms(start, ttl_ms),
-            renewed_at: start,
-            last_sent: start,
-            next_renew: start,
-            rtt_ms: elapsed.min(slack),
-            idle_ms: ms(spec.options.read_timeout),
-            io_ms: ms(spec.options.io_timeout),
-            ratio: spec.options.renew_ratio,
-            jitter: spec.options.early_jitter,
-            rng: XorShift32::from_token(&grant.token),
-        };
-        let mut rng = lease.rng;
-        lease.reschedule(&mut rng);
-        lease.rng = rng;
-        lease
+        let driver = LeaseDriver::from_grant(&spec.options, spec.kind, grant, sent_at, received_at);
+        Self::from_driver(spec.key, driver)
+    }
+
+    /// The lease of `driver` on `key` (the key it was granted for).
+    pub const fn from_driver(key: &'k str, driver: LeaseDriver) -> Self {
+        Self { key, driver }
+    }
+
+    /// The driver: the lease without its key.
+    pub fn driver(&self) -> &LeaseDriver {
+        &self.driver
+    }
+
+    /// The driver alone, `'static`: for a holder that keeps the key
+    /// elsewhere (a renewal task or thread).
+    pub fn into_driver(self) -> LeaseDriver {
+        self.driver
     }
 
     /// The key.
@@ -619,75 +582,55 @@ impl<'k> Lease<'k> {
 
     /// Lock or semaphore.
     pub fn kind(&self) -> Kind {
-        self.kind
+        self.driver.kind()
     }
 
     /// The lease token.
     pub fn token(&self) -> &Token {
-        &self.token
+        self.driver.token()
     }
 
     /// The fencing value of the token (see [`Fence`](crate::Fence): ordered
     /// on v2 servers, meaningless on v1.x).
     pub fn fence(&self) -> crate::Fence {
-        self.token.fence()
+        self.driver.token().fence()
     }
 
     /// The TTL of the lease as last granted or renewed.
     pub fn ttl(&self) -> Duration {
-        Duration::from_millis(self.ttl_ms)
+        self.driver.ttl()
     }
 
     /// When the lease expires unless renewed, by the injected clock.
     pub fn deadline(&self) -> Instant {
-        self.deadline
+        self.driver.deadline()
     }
 
     /// When the next renew is due.
     pub fn next_renew_at(&self) -> Instant {
-        self.next_renew
+        self.driver.next_renew_at()
     }
 
     /// The last measured renew round trip (before the first renew: the
     /// acquire's, capped at [`GRANT_SLACK`] and at a quarter of the lease).
     pub fn rtt(&self) -> Duration {
-        Duration::from_millis(self.rtt_ms)
+        self.driver.rtt()
     }
 
     /// Whether the deadline has passed at `now`.
     pub fn is_expired(&self, now: Instant) -> bool {
-        now >= self.deadline
+        self.driver.is_expired(now)
     }
 
     /// Time left before the deadline at `now`.
     pub fn remaining(&self, now: Instant) -> Duration {
-        self.deadline.saturating_duration_since(now)
+        self.driver.deadline().saturating_duration_since(now)
     }
 
     /// Recomputes [`next_renew_at`](Self::next_renew_at), drawing the
-    /// jitter from `rng`:
-    /// `min(renewed_at + ratio·ttl − rtt − jitter, last_sent + idle − idle/4 − rtt)`,
-    /// never before the last renew.
+    /// jitter from `rng` (see [`LeaseDriver::reschedule`]).
     pub fn reschedule(&mut self, rng: &mut impl Rng) {
-        let interval = self.ttl_ms * u64::from(self.ratio.permille()) / 1000;
-        let jitter_max = interval * u64::from(self.jitter.permille()) / 1000;
-        let jitter = if jitter_max == 0 {
-            0
-        } else {
-            u64::from(rng.next_u32()) % (jitter_max + 1)
-        };
-        let base = self.renewed_at.as_millis();
-        let mut next =
-            base.saturating_add(interval.saturating_sub(self.rtt_ms).saturating_sub(jitter));
-        if self.idle_ms > 0 {
-            let quiet = self.idle_ms - self.idle_ms / 4;
-            let by_idle = self
-                .last_sent
-                .as_millis()
-                .saturating_add(quiet.saturating_sub(self.rtt_ms));
-            next = next.min(by_idle);
-        }
-        self.next_renew = Instant::from_millis(next);
+        self.driver.reschedule(rng);
     }
 
     /// Renews now, with the lease's fallback jitter for the next schedule.
@@ -699,9 +642,9 @@ impl<'k> Lease<'k> {
         conn: &mut Connection<T, N, P>,
         timer: &C,
     ) -> Result<(), T::Error> {
-        let mut rng = self.rng;
+        let mut rng = self.driver.rng;
         let out = self.renew_with_rng(conn, timer, &mut rng).await;
-        self.rng = rng;
+        self.driver.rng = rng;
         out
     }
 
@@ -711,8 +654,10 @@ impl<'k> Lease<'k> {
     ///
     /// [`Error::LeaseLost`] when the deadline had passed, the server says
     /// the lease is not held (`error`, or `error_lease_expired` from v2 in
-    /// cluster mode) or no reply came before the deadline; [`Error::Timeout`] when no reply came within the reply
-    /// timeout; other errors as the connection reports them.
+    /// cluster mode) or no reply came before the deadline;
+    /// [`Error::Timeout`] when no reply came within the reply timeout;
+    /// other errors as the connection reports them (see
+    /// [`LeaseDriver::renewed_with_rng`]).
     ///
     /// Not cancel-safe: a dropped future leaves the connection unusable.
     pub async fn renew_with_rng<T: Read + Write, C: Timer, const N: usize, const P: usize>(
@@ -721,77 +666,14 @@ impl<'k> Lease<'k> {
         timer: &C,
         rng: &mut impl Rng,
     ) -> Result<(), T::Error> {
-        let sent = timer.now();
-        let limit = self.renew_limit(sent)?;
-        let token = self.token;
-        let reply = timed(
-            conn,
-            timer,
-            limit,
-            self.renew_request(&token),
-            Expect::Remaining,
-        )
-        .await;
-        self.renewed(reply, sent, limit, timer.now(), rng)
-    }
-
-    /// Starts a renew sent at `sent`: its reply limit (the reply timeout,
-    /// at most the deadline), or [`Error::LeaseLost`] when the deadline has
-    /// passed.
-    fn renew_limit<E>(&mut self, sent: Instant) -> Result<Instant, E> {
-        if sent >= self.deadline {
+        let Some(limit) = self.driver.start_renew(timer.now()) else {
             return Err(Error::LeaseLost);
-        }
-        self.last_sent = sent;
-        Ok(add_ms(sent, self.io_ms).min(self.deadline))
-    }
-
-    /// The renew request, with the token borrowed from a copy (so that the
-    /// request future does not borrow the lease).
-    fn renew_request<'t>(&self, token: &'t Token) -> Request<'t>
-    where
-        'k: 't,
-    {
-        Request::Renew {
-            kind: self.kind,
-            key: self.key,
-            token,
-            lease: self.request_secs,
-        }
-    }
-
-    /// Applies a renew's reply: the new TTL, deadline, round trip and
-    /// schedule, or the error (see [`renew_with_rng`](Self::renew_with_rng)).
-    fn renewed<E>(
-        &mut self,
-        reply: core::result::Result<Result<Value, E>, Elapsed>,
-        sent: Instant,
-        limit: Instant,
-        received: Instant,
-        rng: &mut impl Rng,
-    ) -> Result<(), E> {
-        match reply.map(u64::pick) {
-            Ok(Ok(remaining)) => {
-                self.rtt_ms = received.as_millis().saturating_sub(sent.as_millis());
-                self.ttl_ms = remaining.saturating_mul(1000);
-                self.renewed_at = sent;
-                self.deadline = add_ms(sent, self.ttl_ms);
-                self.reschedule(rng);
-                trace!("renewed {}: {} s", self.key, remaining);
-                Ok(())
-            }
-            // `error_lease_expired`: v2 in cluster mode, before its sweep.
-            Ok(Err(Error::Server(ServerError::Error | ServerError::LeaseExpired))) => {
-                Err(Error::LeaseLost)
-            }
-            Ok(Err(e)) if received >= self.deadline => {
-                drop(e);
-                Err(Error::LeaseLost)
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) if limit == self.deadline => Err(Error::LeaseLost),
-            Err(_) => Err(Error::Timeout),
-        }
+        };
+        let token = *self.driver.token();
+        let req = self.driver.renew_request(self.key, &token);
+        let reply = timed(conn, timer, limit, req, Expect::Remaining).await;
+        self.driver
+            .renewed_with_rng(reply.map(u64::pick), timer.now(), rng)
     }
 
     /// Releases the lease.
@@ -804,33 +686,18 @@ impl<'k> Lease<'k> {
     /// Not cancel-safe: a dropped future leaves the connection unusable
     /// (close it: the server then releases the lease).
     pub async fn release<T: Read + Write, C: Timer, const N: usize, const P: usize>(
-        self,
+        mut self,
         conn: &mut Connection<T, N, P>,
         timer: &C,
     ) -> Result<(), T::Error> {
         // Nothing to release after the deadline: bounded by it too.
-        let now = timer.now();
-        if now >= self.deadline {
+        let Some(limit) = self.driver.release_limit(timer.now()) else {
             return Err(Error::LeaseLost);
-        }
-        let limit = add_ms(now, self.io_ms).min(self.deadline);
-        let req = Request::Release {
-            kind: self.kind,
-            key: self.key,
-            token: &self.token,
         };
-        match timed(conn, timer, limit, req, Expect::Ok)
-            .await
-            .map(<()>::pick)
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(Error::Server(ServerError::Error | ServerError::LeaseExpired))) => {
-                Err(Error::LeaseLost)
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) if limit == self.deadline => Err(Error::LeaseLost),
-            Err(_) => Err(Error::Timeout),
-        }
+        let token = *self.driver.token();
+        let req = self.driver.release_request(self.key, &token);
+        let reply = timed(conn, timer, limit, req, Expect::Ok).await;
+        self.driver.released(reply.map(<()>::pick), timer.now())
     }
 
     /// Runs `fut` while keeping the lease alive on `conn`, with the lease's
@@ -849,16 +716,16 @@ impl<'k> Lease<'k> {
         C: Timer,
         F: Future,
     {
-        let mut rng = self.rng;
+        let mut rng = self.driver.rng;
         let out = self.hold_with_rng(conn, timer, &mut rng, fut).await;
-        self.rng = rng;
+        self.driver.rng = rng;
         out
     }
 
-    /// Runs `fut` while keeping the lease alive on `conn`: sleeps on
-    /// `timer` until each renew is due and renews on the same connection
-    /// (the future keeps running during the renew's round trip). Jitter is
-    /// drawn from `rng`.
+    /// Runs `fut` while keeping the lease alive on `conn`, driving the
+    /// [`LeaseDriver`]: sleeps on `timer` until each renew is due and
+    /// renews on the same connection (the future keeps running during the
+    /// renew's round trip). Jitter is drawn from `rng`.
     ///
     /// Returns the future's output, or [`Error::LeaseLost`] as soon as a
     /// renew fails, the connection closes, or the lease deadline passes
@@ -890,43 +757,44 @@ impl<'k> Lease<'k> {
         F: Future,
     {
         let mut fut = pin!(fut);
-        self.reschedule(rng);
+        self.driver.reschedule(rng);
         loop {
-            let wake = self.next_renew;
-            if timer.now() < wake {
-                match select3(fut.as_mut(), timer.sleep_until(wake), closed(conn)).await {
-                    Either3::First(out) => return Ok(out),
-                    Either3::Second(()) => {}
-                    Either3::Third(()) => {
-                        warn!("lease on {} lost: connection closed", self.key);
-                        return Err(Error::LeaseLost);
+            match self.driver.next(timer.now()) {
+                Action::Wait { until } => {
+                    match select3(fut.as_mut(), timer.sleep_until(until), closed(conn)).await {
+                        Either3::First(out) => return Ok(out),
+                        Either3::Second(()) => {}
+                        Either3::Third(()) => self.driver.closed(),
                     }
                 }
-            }
-            // The renew inline (the shared lock-request future, not a
-            // nested `renew_with_rng` state machine).
-            let sent = timer.now();
-            let Ok(limit) = self.renew_limit::<T::Error>(sent) else {
-                warn!("lease lost: renew failed");
-                return Err(Error::LeaseLost);
-            };
-            let token = self.token;
-            let req = self.renew_request(&token);
-            let mut renew = pin!(timed(&mut *conn, timer, limit, req, Expect::Remaining));
-            // The renew is polled first, so that its send and receive
-            // times are taken before the caller's future runs in the same
-            // poll (the round trip is not inflated by the caller's work).
-            let (out, reply) = match select(renew.as_mut(), fut.as_mut()).await {
-                Either::First(reply) => (None, reply),
-                Either::Second(out) => (Some(out), renew.await),
-            };
-            let renewed = self.renewed(reply, sent, limit, timer.now(), &mut *rng);
-            if let Some(out) = out {
-                return Ok(out);
-            }
-            if renewed.is_err() {
-                warn!("lease lost: renew failed");
-                return Err(Error::LeaseLost);
+                Action::Renew { limit } => {
+                    // The renew inline (the shared lock-request future, not
+                    // a nested `renew_with_rng` state machine).
+                    let token = *self.driver.token();
+                    let req = self.driver.renew_request(self.key, &token);
+                    let mut renew = pin!(timed(&mut *conn, timer, limit, req, Expect::Remaining));
+                    // The renew is polled first, so that its send and
+                    // receive times are taken before the caller's future
+                    // runs in the same poll (the round trip is not inflated
+                    // by the caller's work).
+                    let (out, reply) = match select(renew.as_mut(), fut.as_mut()).await {
+                        Either::First(reply) => (None, reply),
+                        Either::Second(out) => (Some(out), renew.await),
+                    };
+                    // A failure shows as `Lost` at the next step.
+                    let _ =
+                        self.driver
+                            .renewed_with_rng(reply.map(u64::pick), timer.now(), &mut *rng);
+                    if let Some(out) = out {
+                        return Ok(out);
+                    }
+                }
+                // `Lost` (a failed renew, a closed connection, the deadline);
+                // no release is asked for here.
+                _ => {
+                    warn!("lease on {} lost", self.key);
+                    return Err(Error::LeaseLost);
+                }
             }
         }
     }

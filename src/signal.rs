@@ -283,7 +283,7 @@ impl<T: Read + Write, Tm: Timer, const N: usize, const P: usize> SignalConn<T, T
             return Ok(Wake::Signal);
         }
         let due = self.keepalive.due();
-        if self.keepalive.is_due(self.timer.now()) {
+        if self.timer.now() >= due {
             return Ok(Wake::HeartbeatDue);
         }
         match select(self.conn.wait_signal(), self.timer.sleep_until(due)).await {

@@ -96,10 +96,8 @@ pub type LockBufs = SocketBufs<1024, 512>;
 /// Socket buffers of the signal connection.
 pub type SignalBufs = SocketBufs<1024, 256>;
 
-/// Why a pump run or the listener failed. Large by design: on `no_std` the
-/// client error keeps a whole cluster leader address inline (no heap).
+/// Why a pump run or the listener failed.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
 pub enum RunError {
     /// The TCP connection could not be opened.
     Connect(ConnectError),

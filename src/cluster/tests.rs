@@ -426,9 +426,12 @@ fn the_longest_not_leader_reply_fits_the_cluster_line_buffer() {
     let mut conn: Connection<Scripted, CLUSTER_MIN_LINE_BUF> =
         Connection::new(Scripted::new(line.clone()));
     match block(conn.ping()) {
+        // Where std is linked the error keeps it too (boxed).
         Err(Error::Server(ServerError::NotLeader(Some(a)))) => assert_eq!(a.as_str(), addr),
         other => panic!("{other:?}"),
     }
+    // On every platform (and the only place on no_std): the connection.
+    assert_eq!(conn.leader_hint(), Some(addr.as_str()));
     let mut small: Connection<Scripted, { crate::MIN_LINE_BUF }> =
         Connection::new(Scripted::new(line));
     assert!(matches!(block(small.ping()), Err(Error::LineTooLong)));
@@ -455,4 +458,42 @@ fn bad_arguments_are_refused_before_dialling() {
         Err(Error::InvalidArgument(_))
     ));
     assert_eq!(l.connects(), 0);
+}
+
+/// Issue 12 defect 6 end to end: a member whose address is the longest a
+/// redirect can name (253 + 6 bytes) is followed at once, whether the
+/// follower redirects the request or already the `stable-ref` handshake.
+/// The lane reads the hint from the connection (the only place it is kept
+/// on `no_std`), not from the error.
+#[test]
+fn the_longest_leader_address_is_followed_from_the_connection() {
+    let long: &'static str = std::boxed::Box::leak(
+        std::format!("{}.example.com:65535", "h".repeat(241)).into_boxed_str(),
+    );
+    assert_eq!(long.len(), MAX_LEADER_ADDR);
+    let members = ["a:1", "b:2", long];
+    for follower in [
+        std::format!("ok\nerror_not_leader {long}\r\n"),
+        std::format!("error_not_leader {long}\r\n"),
+    ] {
+        let c = ScriptConnector::default()
+            .serve("a:1", &follower)
+            .serve(long, &std::format!("ok\nok {TOK} 5\n"));
+        let timer = FakeTimer::default();
+        let mut l: ClusterConn<_, _, _, CLUSTER_MIN_LINE_BUF> = ClusterConn::new(
+            &c,
+            members,
+            &timer,
+            StableRef::new("client-1").unwrap(),
+            RedirectPolicy::DEFAULT.with_budget(6),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let spec = LockSpec::lock("k");
+        let lease = block(l.acquire(&spec, Duration::from_secs(2))).unwrap();
+        assert!(lease.is_some());
+        assert_eq!(*c.dials.borrow(), ["a:1", long]);
+        assert_eq!(l.router().leader(), Some(2));
+        assert!(timer.sleeps.borrow().is_empty(), "followed at once");
+    }
 }

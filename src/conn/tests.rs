@@ -577,3 +577,127 @@ fn error_to_an_over_long_line_makes_the_connection_unusable() {
         assert!(!c.is_usable());
     });
 }
+
+/// Issue 12 defect 6, kept out of `Error` (issue 17): the connection keeps
+/// the leader address of `error_not_leader <addr>` (CR stripped) until its
+/// next request or read, and only for that status.
+#[test]
+fn the_leader_hint_lives_in_the_connection_until_the_next_request() {
+    let mut c = conn("error_not_leader 10.0.0.2:6388\r\nok\nerror_not_leader\nerror\n");
+    assert_eq!(c.leader_hint(), None);
+    let err = block_on(c.acquire(Kind::Lock, "k", 1, None)).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::Server(ServerError::NotLeader(Some(_)))
+    ));
+    assert_eq!(c.leader_hint(), Some("10.0.0.2:6388"));
+    assert_eq!(
+        c.leader_hint(),
+        Some("10.0.0.2:6388"),
+        "reading it is idempotent"
+    );
+    block_on(c.ping()).unwrap();
+    assert_eq!(c.leader_hint(), None, "the next request clears it");
+    let err = block_on(c.ping()).unwrap_err();
+    assert!(matches!(err, Error::Server(ServerError::NotLeader(None))));
+    assert_eq!(c.leader_hint(), None, "a bare error_not_leader names none");
+    assert!(block_on(c.ping()).is_err());
+    assert_eq!(c.leader_hint(), None);
+}
+
+/// A request refused before sending also forgets the previous hint: the
+/// hint always belongs to the last reply.
+#[test]
+fn a_refused_request_forgets_the_leader_hint() {
+    let mut c = conn("error_not_leader h:1\n");
+    assert!(block_on(c.ping()).is_err());
+    assert_eq!(c.leader_hint(), Some("h:1"));
+    assert!(matches!(
+        block_on(c.acquire(Kind::Lock, "a key", 1, None)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(c.leader_hint(), None);
+}
+
+/// A connection without a push queue (`P = 0`, lock-only) counts every
+/// push dropped, well-formed or not, without parsing it, and the reply
+/// after them still arrives.
+#[test]
+fn a_lock_only_connection_counts_every_push_dropped() {
+    let mut c: Conn<64, 0> =
+        Connection::new(Scripted::new(&b"sig ch p\nsig \xff\nsig x\nok\n"[..]));
+    block_on(c.ping()).unwrap();
+    assert_eq!(c.dropped_signals(), 3);
+    assert_eq!(c.queued_signals(), 0);
+    assert!(c.try_next_signal().is_none());
+    assert!(c.is_usable());
+}
+
+/// The shared request future checks only lock requests; every other
+/// request is checked by its caller first (the typed commands when called,
+/// `request` before sending): each is still refused with nothing sent and
+/// the connection usable, and a refused typed command can be dropped
+/// unpolled without harm.
+#[test]
+fn non_lock_requests_are_checked_before_the_shared_future() {
+    let mut c = conn("ok\n");
+    let refused = |e: Error<ScriptError>, arg: Arg| {
+        assert!(
+            matches!(e, Error::InvalidArgument(InvalidArgument { arg: a, .. }) if a == arg),
+            "{e:?}"
+        );
+    };
+    block_on(async {
+        refused(c.auth(" ").await.unwrap_err(), Arg::AuthToken);
+        refused(c.listen("a*", None).await.unwrap_err(), Arg::Pattern);
+        refused(c.listen("a", Some(" ")).await.unwrap_err(), Arg::Group);
+        refused(c.unlisten("", None).await.unwrap_err(), Arg::Pattern);
+        refused(c.emit("c", " ").await.unwrap_err(), Arg::Payload);
+        let stable_ref = Request::StableRef { reference: "" };
+        refused(
+            c.request(&stable_ref, Expect::Ok).await.unwrap_err(),
+            Arg::StableRef,
+        );
+        let signal = Request::Signal {
+            channel: "a.>",
+            payload: "p",
+        };
+        refused(
+            c.request(&signal, Expect::Count).await.unwrap_err(),
+            Arg::Channel,
+        );
+        drop(c.listen("a*", None));
+        assert!(c.transport_mut().written.is_empty());
+        assert!(c.is_usable());
+        c.ping().await.unwrap();
+    });
+}
+
+/// The queue group is trimmed by the callers of the shared future (typed
+/// `listen` / `unlisten`, `request`) and by `encode`: the same bytes on the
+/// wire every way.
+#[test]
+fn queue_groups_are_sent_trimmed_every_way() {
+    let mut c = conn("ok\nok\nok\n");
+    block_on(async {
+        c.listen("a", Some(" g\t")).await.unwrap();
+        c.unlisten("a", Some("g ")).await.unwrap();
+        let req = Request::Listen {
+            pattern: "a",
+            group: Some("\u{3000}g"),
+        };
+        c.request(&req, Expect::Ok).await.unwrap();
+    });
+    assert_eq!(
+        written(&mut c),
+        "listen\na\ng\nunlisten\na\ng\nlisten\na\ng\n"
+    );
+    let mut out = [0u8; 32];
+    let n = Request::Unlisten {
+        pattern: "a",
+        group: Some(" g "),
+    }
+    .encode(&mut out)
+    .unwrap();
+    assert_eq!(&out[..n], b"unlisten\na\ng\n");
+}

@@ -223,8 +223,18 @@ pub struct BufferTooSmall {
 impl<'a> Request<'a> {
     /// Checks every argument exactly as the server would.
     pub fn validate(&self) -> Result<(), InvalidArgument> {
+        self.validate_lock_shape()?;
+        self.validate_other_shape()
+    }
+
+    /// The checks of the lock requests (`l`/`sl`, `r`/`sr`, `n`/`sn`,
+    /// `e`/`se`, `w`/`sw`; `stats`, `ping` and `barrier` have none); `Ok`
+    /// for every other request. The shared request future runs only these,
+    /// so a lock-only firmware links no signal, auth or stable-ref checks;
+    /// the callers of the other requests run
+    /// [`validate_other_shape`](Self::validate_other_shape) first.
+    pub(crate) fn validate_lock_shape(&self) -> Result<(), InvalidArgument> {
         match *self {
-            Request::Auth { token } => validate::auth_token(token.0),
             Request::Acquire {
                 kind,
                 key,
@@ -253,7 +263,37 @@ impl<'a> Request<'a> {
                 kind.validate()?;
                 validate::timeout(timeout)
             }
-            Request::Stats | Request::Ping | Request::Barrier => Ok(()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The request as the shared request future sends it: the checks of
+    /// every request that is not a lock request
+    /// ([`validate_other_shape`](Self::validate_other_shape)) passed, and
+    /// a queue group trimmed as the server trims it. Done by the callers
+    /// of non-lock requests, so that a lock-only firmware links neither
+    /// those checks nor the whitespace trimming.
+    pub(crate) fn checked_other(self) -> Result<Self, InvalidArgument> {
+        self.validate_other_shape()?;
+        Ok(match self {
+            Request::Listen { pattern, group } => Request::Listen {
+                pattern,
+                group: group.map(validate::trim_group),
+            },
+            Request::Unlisten { pattern, group } => Request::Unlisten {
+                pattern,
+                group: group.map(validate::trim_group),
+            },
+            other => other,
+        })
+    }
+
+    /// The checks of every request that is not a lock request (`auth`,
+    /// `stable-ref`, `listen`, `unlisten`, `signal`); `Ok` for the lock
+    /// requests.
+    pub(crate) fn validate_other_shape(&self) -> Result<(), InvalidArgument> {
+        match *self {
+            Request::Auth { token } => validate::auth_token(token.0),
             Request::StableRef { reference } => validate::stable_ref(reference),
             Request::Listen { pattern, group } | Request::Unlisten { pattern, group } => {
                 validate::pattern(pattern)?;
@@ -263,6 +303,7 @@ impl<'a> Request<'a> {
                 validate::channel(channel)?;
                 validate::payload(channel, payload)
             }
+            _ => Ok(()),
         }
     }
 
@@ -313,7 +354,9 @@ impl<'a> Request<'a> {
     }
 
     /// The argument line (without its newline). Numeric arguments are
-    /// formatted into `scratch`; text arguments are borrowed from the request.
+    /// formatted into `scratch`; text arguments are borrowed from the
+    /// request. A queue group is written as it is: trim it first
+    /// ([`checked_other`](Self::checked_other)).
     pub(crate) fn arg<'s>(&self, scratch: &'s mut [u8; ARG_SCRATCH]) -> &'s [u8]
     where
         'a: 's,
@@ -349,7 +392,7 @@ impl<'a> Request<'a> {
             Request::Stats => b"",
             Request::Ping | Request::Barrier | Request::StableRef { .. } => b"_",
             Request::Listen { group, .. } | Request::Unlisten { group, .. } => {
-                group.map_or("", validate::trim_group).as_bytes()
+                group.unwrap_or("").as_bytes()
             }
             Request::Signal { payload, .. } => payload.as_bytes(),
         }
@@ -358,12 +401,15 @@ impl<'a> Request<'a> {
     /// Validates the request and encodes it into `out`, returning the number
     /// of bytes written. Nothing is written when validation fails.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
-        self.validate().map_err(EncodeError::Invalid)?;
-        self.encode_unchecked(out)
+        self.validate_lock_shape().map_err(EncodeError::Invalid)?;
+        self.checked_other()
+            .map_err(EncodeError::Invalid)?
+            .encode_unchecked(out)
             .map_err(EncodeError::BufferTooSmall)
     }
 
-    /// Encodes without validating (the caller already did).
+    /// Encodes without validating (the caller already did, and trimmed the
+    /// queue group: [`checked_other`](Self::checked_other)).
     pub(crate) fn encode_unchecked(&self, out: &mut [u8]) -> Result<usize, BufferTooSmall> {
         let mut scratch = [0u8; ARG_SCRATCH];
         let cmd = self.command().as_bytes();

@@ -28,8 +28,9 @@
 //!
 //! The subscriptions live in a caller-chosen [`SubscriptionStore`]: the
 //! driver decides what is added, removed and made again, the store only
-//! holds the strings (on hosts a `Vec` of `String`s, so the driver itself
-//! never allocates).
+//! holds the strings (on hosts a `Vec` of `String`s; without an allocator,
+//! a `heapless::Vec` of `heapless::String`s sized for every subscription
+//! the application makes), so the driver itself never allocates.
 
 use core::time::Duration;
 
@@ -141,7 +142,8 @@ pub trait SubscriptionStore {
     }
     /// The subscription at `index`.
     fn get(&self, index: usize) -> Option<(&str, Option<&str>)>;
-    /// Appends a subscription (never one already held).
+    /// Appends a subscription (never one already held). A fixed-capacity
+    /// store must have room for every subscription the application makes.
     fn push(&mut self, pattern: &str, group: Option<&str>);
     /// Removes the subscription at `index`, keeping the order of the rest.
     fn remove(&mut self, index: usize);

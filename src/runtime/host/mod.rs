@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod cluster;
+pub(crate) mod lock;
 pub mod pool;
 #[cfg(feature = "rustls")]
 pub mod rustls;

@@ -248,11 +248,6 @@ fn route_error(e: RouteError) -> Error<io::Error> {
     })
 }
 
-/// Whole seconds, rounded up (the wire counts seconds).
-pub(crate) fn secs_ceil(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
 /// The client-wide setters, shared by [`LockBuilder`] and
 /// [`ClientBuilder`](super::client::ClientBuilder) (both keep a
 /// `config: ClientConfig`).

@@ -1,0 +1,486 @@
+//! What the tokio and blocking lock adapters share, knowing no runtime:
+//! the public API ([`lock_api!`], documented once), the guard and the
+//! status it shares with its renewal side, and the renewal loop ([`drive`])
+//! around the core [`LeaseDriver`], which makes every decision; the
+//! adapters only do the IO ([`RenewIo`]).
+
+use std::io;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::settings::Settings;
+use super::{HangUp, HostTls};
+use crate::lock::{Action, LeaseDriver, Reply};
+use crate::runtime::ConnectOptions;
+use crate::time::Instant;
+use crate::{Error, Token};
+
+type Result<T> = core::result::Result<T, Error<io::Error>>;
+
+/// Where a lock connects: the server that owns the key, the connect
+/// options and the TLS connector for it.
+pub(crate) fn dial(s: &Settings) -> Result<(&str, ConnectOptions, Option<HostTls>)> {
+    let opts = ConnectOptions {
+        connect_timeout: s.connect_timeout,
+        io_timeout: s.options.io_timeout,
+        auth_token: s.auth_token.clone(),
+    };
+    let addr = s.server()?;
+    Ok((addr, opts, s.tls_for(addr)?))
+}
+
+/// Where a lease stands, by its renewal side's word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    Held,
+    Lost,
+    Released,
+}
+
+/// What a guard and its renewal side share, behind a mutex.
+#[derive(Debug)]
+pub(crate) struct Status {
+    pub(crate) state: State,
+    /// The conservative deadline (adapter timer time): when the acquire or
+    /// the last successful renew was sent, plus the lease.
+    pub(crate) deadline: Instant,
+    /// The release was asked for (by `release`, or by dropping the guard).
+    pub(crate) release: bool,
+    /// The release's result, for `release`.
+    outcome: Option<Result<()>>,
+}
+
+impl Status {
+    /// Lost by the renewal side's word or by the clock at `now`.
+    pub(crate) fn is_lost(&self, now: Instant) -> bool {
+        self.state != State::Held || now >= self.deadline
+    }
+
+    /// The result of an asked release, once the renewal side is done.
+    pub(crate) fn outcome(&mut self) -> Option<Result<()>> {
+        (self.state != State::Held).then(|| self.outcome.take().unwrap_or(Err(Error::LeaseLost)))
+    }
+}
+
+/// Wakes every waiter of a status (guard and renewal side): a `Condvar`
+/// for blocking waits, tokio's `Notify` for async ones.
+pub(crate) trait Wake {
+    fn wake(&self);
+}
+
+impl Wake for Condvar {
+    fn wake(&self) {
+        self.notify_all();
+    }
+}
+
+/// The status and its wake-up.
+#[derive(Debug)]
+pub(crate) struct Shared<W> {
+    status: Mutex<Status>,
+    pub(crate) wake: W,
+}
+
+impl<W: Wake> Shared<W> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.lock());
+        self.wake.wake();
+    }
+}
+
+/// The renewal side's handle on the status. A renewal side that vanishes
+/// without saying how it ended (a task dropped when its runtime shut down,
+/// a thread that panicked) leaves the lease lost.
+#[derive(Debug)]
+pub(crate) struct Renewer<W: Wake>(pub(crate) Arc<Shared<W>>);
+
+impl<W: Wake> Drop for Renewer<W> {
+    fn drop(&mut self) {
+        self.0.update(|s| {
+            if s.state == State::Held {
+                s.state = State::Lost;
+            }
+        });
+    }
+}
+
+/// What a lease guard holds: the lock's settings, the lease as granted,
+/// the shared status and the connection's hang-up watch. Dropping it asks
+/// for the release (done by the renewal side; never blocks).
+#[derive(Debug)]
+pub(crate) struct Guard<W: Wake> {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) token: Token,
+    pub(crate) ttl: Duration,
+    pub(crate) shared: Arc<Shared<W>>,
+    hangup: Arc<HangUp>,
+}
+
+impl<W: Wake> Guard<W> {
+    /// The guard of `driver`'s lease, and its renewal side's handle.
+    pub(crate) fn new(
+        settings: Arc<Settings>,
+        driver: &LeaseDriver,
+        hangup: Arc<HangUp>,
+        wake: W,
+    ) -> (Self, Renewer<W>) {
+        let shared = Arc::new(Shared {
+            status: Mutex::new(Status {
+                state: State::Held,
+                deadline: driver.deadline(),
+                release: false,
+                outcome: None,
+            }),
+            wake,
+        });
+        let renewer = Renewer(shared.clone());
+        let (token, ttl) = (*driver.token(), driver.ttl());
+        let guard = Guard {
+            settings,
+            token,
+            ttl,
+            shared,
+            hangup,
+        };
+        (guard, renewer)
+    }
+
+    /// Lost by the renewal side's word (or its absence), by the clock at
+    /// `now`, or by the connection's hang-up.
+    pub(crate) fn is_lost(&self, now: Instant) -> bool {
+        self.shared.lock().is_lost(now) || self.hangup.seen()
+    }
+
+    /// The lease's conservative deadline (adapter timer time).
+    pub(crate) fn deadline(&self) -> Instant {
+        self.shared.lock().deadline
+    }
+
+    /// Asks the renewal side for the release (see [`Status::outcome`]).
+    pub(crate) fn ask_release(&self) {
+        self.shared.update(|s| s.release = true);
+    }
+}
+
+impl<W: Wake> Drop for Guard<W> {
+    fn drop(&mut self) {
+        self.ask_release();
+    }
+}
+
+// ---- the renewal loop --------------------------------------------------------
+
+/// The IO a renewal task or thread does for [`drive`] on its connection.
+pub(crate) trait RenewIo {
+    type Wake: Wake;
+
+    /// The adapter timer's time.
+    fn now(&self) -> Instant;
+
+    /// Waits until `until`, a change of `shared` (a release asked for) or
+    /// the connection's close (`false`). May return early.
+    async fn wait(&mut self, until: Instant, shared: &Shared<Self::Wake>) -> bool;
+
+    /// Sends `driver`'s renew for `key`: the reply, or `Elapsed` (or an
+    /// `Error::Timeout`) at `limit`.
+    async fn renew(
+        &mut self,
+        driver: &LeaseDriver,
+        key: &str,
+        limit: Instant,
+    ) -> Reply<u64, io::Error>;
+
+    /// Sends `driver`'s release for `key`, as `renew`.
+    async fn release(
+        &mut self,
+        driver: &LeaseDriver,
+        key: &str,
+        limit: Instant,
+    ) -> Reply<(), io::Error>;
+
+    /// The one place where the renewal side gives its connection up:
+    /// `released` after a release the server confirmed (a known, clean
+    /// state), otherwise it must close.
+    fn finish(self, released: bool);
+}
+
+/// The renewal loop of a host lease guard: drives `driver` for the lease
+/// on `key` over `io` until it is released (asked for, or the guard
+/// dropped) or lost. A release asked for is looked at before every renew.
+pub(crate) async fn drive<I: RenewIo>(
+    mut io: I,
+    key: &str,
+    mut driver: LeaseDriver,
+    renewer: Renewer<I::Wake>,
+) {
+    let shared = &*renewer.0;
+    loop {
+        if shared.lock().release {
+            driver.request_release();
+        }
+        match driver.next(io.now()) {
+            Action::Wait { until } => {
+                if !io.wait(until, shared).await {
+                    driver.closed();
+                }
+            }
+            Action::Renew { limit } => {
+                let reply = io.renew(&driver, key, limit).await;
+                if driver.renewed(reply, io.now()).is_ok() {
+                    shared.update(|s| s.deadline = driver.deadline());
+                }
+            }
+            Action::Release { limit } => {
+                let reply = io.release(&driver, key, limit).await;
+                let out = driver.released(reply, io.now());
+                // The connection first (back to the pool when clean), so
+                // the caller's next acquire finds it; then the outcome.
+                io.finish(out.is_ok());
+                shared.update(|s| (s.state, s.outcome) = (State::Released, Some(out)));
+                return;
+            }
+            Action::Lost | Action::Done => {
+                warn!("lease on {} lost", key);
+                shared.update(|s| s.state = State::Lost);
+                return io.finish(false);
+            }
+        }
+    }
+}
+
+// ---- the public API, once ----------------------------------------------------
+
+/// The public API of the host lock types, documented once and expanded in
+/// the tokio adapter (`async`) and the blocking one (plain functions).
+///
+/// The expanding module provides `Conn` (its connection type),
+/// `LeaseGuard(Guard<..>)`, `Result`, and the functions
+/// `acquire_within(&Arc<Settings>, Duration)`, `enqueue(&Arc<Settings>)`
+/// and `wait_within(Box<Conn>, Arc<Settings>, Duration)`. `clock` gives
+/// the adapter timer's time, `to_std` turns it into a `std` instant,
+/// `cancel` is a sentence on cancel safety for each request, and `run`
+/// the adapter's own `run` method for both lock types.
+macro_rules! lock_api {
+    (
+        async: [$($async:tt)?],
+        await: [$($await:tt)*],
+        clock: $clock:expr,
+        to_std: $to_std:expr,
+        cancel: $cancel:literal,
+        run: { $($run:tt)* }
+    ) => {
+        /// A distributed exclusive lock on one key.
+        ///
+        /// Cheap to clone; every acquire opens its own connection.
+        #[derive(Debug, Clone)]
+        pub struct DistributedLock(Arc<Settings>);
+
+        impl DistributedLock {
+            /// A lock on `key` at [`DEFAULT_SERVER`](super::DEFAULT_SERVER)
+            /// with default options.
+            pub fn new(key: impl Into<std::string::String>) -> Self {
+                Self::builder(key).build()
+            }
+
+            /// A builder for a lock on `key`.
+            pub fn builder(key: impl Into<std::string::String>) -> LockBuilder<Self> {
+                LockBuilder::new(key.into(), $crate::Kind::Lock)
+            }
+
+            $crate::runtime::host::lock::lock_api!(@requests [$($async)?] [$($await)*] $cancel);
+            $($run)*
+        }
+
+        impl FromSettings for DistributedLock {
+            fn from_settings(settings: Settings) -> Self {
+                Self(Arc::new(settings))
+            }
+        }
+
+        /// A distributed counting semaphore on one key: at most `limit`
+        /// holders.
+        ///
+        /// Cheap to clone; every acquire opens its own connection. All
+        /// clients of a key must use the same limit (`error_limit_mismatch`
+        /// otherwise).
+        #[derive(Debug, Clone)]
+        pub struct DistributedSemaphore(Arc<Settings>);
+
+        impl DistributedSemaphore {
+            /// A semaphore on `key` admitting `limit` holders, at
+            /// [`DEFAULT_SERVER`](super::DEFAULT_SERVER) with default
+            /// options.
+            pub fn new(key: impl Into<std::string::String>, limit: u32) -> Self {
+                Self::builder(key, limit).build()
+            }
+
+            /// A builder for a semaphore on `key` admitting `limit` holders.
+            pub fn builder(key: impl Into<std::string::String>, limit: u32) -> LockBuilder<Self> {
+                LockBuilder::new(key.into(), $crate::Kind::Semaphore { limit })
+            }
+
+            /// The semaphore's limit.
+            pub fn limit(&self) -> u32 {
+                match self.0.kind {
+                    $crate::Kind::Semaphore { limit } => limit,
+                    $crate::Kind::Lock => 1,
+                }
+            }
+
+            $crate::runtime::host::lock::lock_api!(@requests [$($async)?] [$($await)*] $cancel);
+            $($run)*
+        }
+
+        impl FromSettings for DistributedSemaphore {
+            fn from_settings(settings: Settings) -> Self {
+                Self(Arc::new(settings))
+            }
+        }
+
+        /// A place in a key's queue, from `enqueue`: granted at once, or
+        /// queued until [`wait`](Self::wait). Dropping a queued one closes
+        /// its connection, which leaves the queue.
+        #[derive(Debug)]
+        pub struct Enqueued(EnqueuedState);
+
+        #[derive(Debug)]
+        enum EnqueuedState {
+            Acquired(LeaseGuard),
+            Queued {
+                conn: std::boxed::Box<Conn>,
+                settings: Arc<Settings>,
+            },
+        }
+
+        impl Enqueued {
+            /// Whether the lease was granted at once (then `wait` returns it
+            /// without asking the server; it is already being renewed).
+            pub fn is_acquired(&self) -> bool {
+                matches!(self.0, EnqueuedState::Acquired(_))
+            }
+
+            /// Two-phase, second half: waits up to the acquire timeout for
+            /// the grant. `Ok(None)` on timeout (the server then forgets the
+            /// waiter).
+            ///
+            #[doc = $cancel]
+            pub $($async)? fn wait(self) -> Result<Option<LeaseGuard>> {
+                let timeout = match &self.0 {
+                    EnqueuedState::Acquired(_) => Duration::ZERO,
+                    EnqueuedState::Queued { settings, .. } => settings.options.acquire_timeout,
+                };
+                self.wait_within(timeout)$($await)*
+            }
+
+            /// [`wait`](Self::wait) with another timeout.
+            ///
+            #[doc = $cancel]
+            pub $($async)? fn wait_within(self, timeout: Duration) -> Result<Option<LeaseGuard>> {
+                match self.0 {
+                    EnqueuedState::Acquired(guard) => Ok(Some(guard)),
+                    EnqueuedState::Queued { conn, settings } => {
+                        wait_within(conn, settings, timeout)$($await)*
+                    }
+                }
+            }
+        }
+
+        impl LeaseGuard {
+            /// The key.
+            pub fn key(&self) -> &str {
+                &self.0.settings.key
+            }
+
+            /// Lock or semaphore.
+            pub fn kind(&self) -> $crate::Kind {
+                self.0.settings.kind
+            }
+
+            /// The lease token, or `None` once the lease is lost.
+            pub fn token(&self) -> Option<$crate::Token> {
+                (!self.is_lost()).then_some(self.0.token)
+            }
+
+            /// The fencing value of the token (see
+            /// [`Token::fence`](crate::Token::fence)), or `None` once the
+            /// lease is lost.
+            pub fn fence(&self) -> Option<$crate::Fence> {
+                self.token().map(|t| t.fence())
+            }
+
+            /// The lease TTL granted by the server.
+            pub fn ttl(&self) -> Duration {
+                self.0.ttl
+            }
+
+            /// Whether the lease is known to be lost: the renewal side gave
+            /// up or is gone, the clock passed the
+            /// [`deadline`](Self::deadline), or (Linux) the connection is
+            /// closed — with the server's auto-release on disconnect the
+            /// lease may be someone else's already. Never blocks.
+            pub fn is_lost(&self) -> bool {
+                self.0.is_lost($crate::time::Timer::now(&$clock))
+            }
+
+            /// The lease's conservative deadline: when the acquire or the
+            /// last successful renew was sent, plus the lease. The server
+            /// cannot have expired the lease before it; from it on the guard
+            /// reports the lease lost unless a renew moved it.
+            pub fn deadline(&self) -> std::time::Instant {
+                $to_std(self.0.deadline())
+            }
+        }
+    };
+    (@requests [$($async:tt)?] [$($await:tt)*] $cancel:literal) => {
+        /// The key.
+        pub fn key(&self) -> &str {
+            &self.0.key
+        }
+
+        /// Acquires, letting the server block up to the acquire timeout.
+        /// `Ok(None)` when it passed without a grant.
+        ///
+        /// Errors: connecting or authenticating failed; [`Error::Timeout`]
+        /// when no reply came within the acquire timeout plus the reply
+        /// timeout; a server error status.
+        ///
+        #[doc = $cancel]
+        pub $($async)? fn acquire(&self) -> Result<Option<LeaseGuard>> {
+            acquire_within(&self.0, self.0.options.acquire_timeout)$($await)*
+        }
+
+        /// Tries once without blocking on the server. `Ok(None)` when held
+        /// elsewhere.
+        ///
+        #[doc = $cancel]
+        pub $($async)? fn try_acquire(&self) -> Result<Option<LeaseGuard>> {
+            acquire_within(&self.0, Duration::ZERO)$($await)*
+        }
+
+        /// [`acquire`](Self::acquire) with another timeout.
+        ///
+        #[doc = $cancel]
+        pub $($async)? fn acquire_within(&self, timeout: Duration) -> Result<Option<LeaseGuard>> {
+            acquire_within(&self.0, timeout)$($await)*
+        }
+
+        /// Two-phase, first half: joins the queue without blocking. Run
+        /// your code, then collect the grant with [`Enqueued::wait`]. Keep
+        /// the code between them shorter than the server's idle timeout
+        /// (23 s by default): a queued connection is silent.
+        ///
+        #[doc = $cancel]
+        pub $($async)? fn enqueue(&self) -> Result<Enqueued> {
+            enqueue(&self.0)$($await)*
+        }
+    };
+}
+
+pub(crate) use lock_api;
+
+#[cfg(test)]
+mod tests;
