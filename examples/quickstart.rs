@@ -11,11 +11,8 @@
 
 use std::time::Duration;
 
-use dflockd_client::tokio::AuthToken;
-use dflockd_client::tokio::ConnectOptions;
-use dflockd_client::tokio::SignalConn;
-use dflockd_client::tokio::{DistributedLock, DistributedSemaphore};
-use dflockd_client::tokio::{SignalEvent, SignalOptions};
+use dflockd_client::lock::LockOptions;
+use dflockd_client::tokio::{Client, ConnectOptions, SignalEvent};
 use dflockd_client::{Error, ServerError};
 use dflockd_testkit::TestServer;
 
@@ -27,19 +24,6 @@ async fn main() {
         eprintln!("quickstart failed: {e}");
         std::process::exit(1);
     }
-}
-
-/// Server, auth token and a short lease (so renewal shows) for any builder.
-macro_rules! configure {
-    ($builder:expr, $addr:expr, $token:expr) => {{
-        let b = $builder
-            .server($addr.as_str())
-            .lease_ttl(Duration::from_secs(4));
-        match $token.as_deref() {
-            Some(t) => b.auth_token(t),
-            None => b,
-        }
-    }};
 }
 
 async fn run() -> Result<(), BoxError> {
@@ -58,9 +42,19 @@ async fn run() -> Result<(), BoxError> {
     };
     let token = std::env::var("DFLOCKD_AUTH_TOKEN").ok();
 
+    // One client: the server, the auth token and the timeouts, set once;
+    // every lock made from it shares them and a pool of idle connections.
+    let mut client = Client::builder().server(addr.as_str());
+    if let Some(t) = token.as_deref() {
+        client = client.auth_token(t);
+    }
+    let client = client.build();
+    // A short lease, so that renewal shows.
+    let mut options = LockOptions::default();
+    options.lease_ttl = Some(Duration::from_secs(4));
+
     // 1. A lock, renewed in the background while held.
-    let lock: DistributedLock =
-        configure!(DistributedLock::builder("quickstart:printer"), addr, token).build();
+    let lock = client.lock_with("quickstart:printer", options);
     let guard = lock.acquire().await?.ok_or("lock not granted")?;
     println!(
         "lock: holding {} (fence {:?}), lease {:?}",
@@ -68,11 +62,12 @@ async fn run() -> Result<(), BoxError> {
         guard.fence(),
         guard.ttl()
     );
-    let other: DistributedLock =
-        configure!(DistributedLock::builder("quickstart:printer"), addr, token).build();
-    let busy = other.try_acquire().await?;
+    let busy = client
+        .lock_with("quickstart:printer", options)
+        .try_acquire()
+        .await?;
     println!(
-        "lock: a second client's try_acquire -> {}",
+        "lock: a second try_acquire -> {}",
         if busy.is_some() { "granted?!" } else { "busy" }
     );
     // Hold it past its 4 s lease: the background task renews it.
@@ -81,15 +76,13 @@ async fn run() -> Result<(), BoxError> {
         _ = guard.lost() => return Err("lease lost".into()),
     }
     guard.release().await?;
-    println!("lock: released");
+    println!(
+        "lock: released; {} idle connection(s) kept for reuse",
+        client.idle_connections()
+    );
 
     // 2. A semaphore: at most 2 holders.
-    let pool: DistributedSemaphore = configure!(
-        DistributedSemaphore::builder("quickstart:db-pool", 2),
-        addr,
-        token
-    )
-    .build();
+    let pool = client.semaphore_with("quickstart:db-pool", 2, options);
     let a = pool.acquire().await?.ok_or("slot 1")?;
     let b = pool.acquire().await?.ok_or("slot 2")?;
     let c = pool.try_acquire().await?;
@@ -101,28 +94,27 @@ async fn run() -> Result<(), BoxError> {
     b.release().await?;
 
     // 3. Two-phase: join the queue, do other work, then wait for the grant.
-    let job: DistributedLock =
-        configure!(DistributedLock::builder("quickstart:job"), addr, token).build();
+    let job = client.lock_with("quickstart:job", options);
     let holder = job.acquire().await?.ok_or("job lock")?;
-    let ticket = job.enqueue().await?;
+    let enqueued = job.enqueue().await?;
     println!(
         "two-phase: enqueued (acquired at once: {})",
-        ticket.is_acquired()
+        enqueued.is_acquired()
     );
     println!("two-phase: doing other work while queued...");
     holder.release().await?;
-    let g = ticket.wait().await?.ok_or("wait timed out")?;
+    let g = enqueued.wait().await?.ok_or("wait timed out")?;
     println!("two-phase: wait returned the lease (fence {:?})", g.fence());
     g.release().await?;
 
     // 4. Signals: listen on a wildcard, emit from another connection.
-    let opts = ConnectOptions {
-        auth_token: token.as_deref().map(AuthToken::from),
-        ..ConnectOptions::default()
-    };
-    let mut sigs: SignalConn = SignalConn::connect(&addr, &opts, SignalOptions::default()).await?;
+    let mut sigs = client.signals().await?;
     match sigs.listen("quickstart.events.>", None).await {
         Ok(()) => {
+            let opts = ConnectOptions {
+                auth_token: token.as_deref().map(Into::into),
+                ..ConnectOptions::default()
+            };
             let n = dflockd_client::tokio::emit(
                 &addr,
                 "quickstart.events.deploy",
@@ -144,9 +136,7 @@ async fn run() -> Result<(), BoxError> {
     }
 
     // Arguments are checked before anything is sent.
-    let bad: DistributedLock =
-        configure!(DistributedLock::builder("has space"), addr, token).build();
-    match bad.acquire().await {
+    match client.lock("has space").acquire().await {
         Err(e) => println!("validation: {e}"),
         Ok(_) => return Err("a key with a space was accepted".into()),
     }
