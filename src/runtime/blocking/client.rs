@@ -1,8 +1,8 @@
 //! [`Client`] for blocking code: the shared client types, and the signal
 //! connection.
 
-/// The connection the locks pool (as `lock.rs` opens them).
-type Conn = super::HostConnection<{ crate::runtime::host::settings::LINE }, 0>;
+/// What the locks pool: a connection with its parked renewal thread.
+type Conn = super::lock::Parked;
 use super::{DistributedLock, DistributedSemaphore, Result, SignalConn, SignalOptions};
 
 crate::runtime::host::client::client_types!(

@@ -5,7 +5,14 @@
 //! server that owns the key (see [`routing`](crate::routing)); a granted
 //! [`LeaseGuard`] hands that connection to a thread that renews the lease,
 //! driving the core [`LeaseDriver`], until the guard is released or
-//! dropped. No async runtime is involved. Connections are plain TCP, or TLS
+//! dropped. No async runtime is involved.
+//!
+//! With a [`Client`](super::Client) the renewal thread stays with its
+//! connection: after a clean release both go back into the pool (the
+//! thread parked on its channel), and the next acquire on that server
+//! hands its lease to the same thread instead of spawning one. A pooled
+//! connection that is closed, expires or is evicted is dropped with its
+//! channel, which ends the parked thread. Connections are plain TCP, or TLS
 //! with the builder's [`tls`](LockBuilder::tls) (feature `rustls`).
 //!
 //! ```no_run
@@ -25,12 +32,13 @@
 
 use std::boxed::Box;
 use std::io;
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar};
 use std::time::Duration;
 
 use super::{BlockingTransport, HostConnection, StdTimer, block_on, std_instant, timeout_kind};
 use crate::lock::{LeaseDriver, Reply, wire_secs};
-use crate::runtime::host::lock::{Guard, RenewIo, Shared, dial, drive, lock_api};
+use crate::runtime::host::lock::{Guard, RenewIo, Renewer, Shared, dial, drive, lock_api};
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
 use crate::runtime::host::{HangUp, HangUpCloser};
@@ -77,36 +85,51 @@ lock_api! {
     }
 }
 
+/// An idle connection in a client's pool together with its renewal
+/// thread, parked on the other end of `worker`. Dropping it (expired,
+/// evicted, closed by the server, pool dropped, or checked out and not
+/// granted) closes the connection and ends the thread.
+pub(crate) struct Parked {
+    conn: Conn,
+    worker: Sender<Job>,
+}
+
 /// Opens the connection of one acquire or enqueue: the one place a lock
-/// connects, taking an idle one from the pool when it can.
-fn connect(s: &Settings) -> Result<Conn> {
-    let usable = |c: &mut Conn| c.is_usable() && !c.get_mut().transport_mut().peer_closed();
-    if let Some(conn) = checkout(s, usable)? {
-        return Ok(conn);
+/// connects, taking an idle one (with its parked renewal thread) from the
+/// pool when it can.
+fn connect(s: &Settings) -> Result<(Conn, Option<Sender<Job>>)> {
+    let usable =
+        |p: &mut Parked| p.conn.is_usable() && !p.conn.get_mut().transport_mut().peer_closed();
+    if let Some(p) = checkout(s, usable)? {
+        return Ok((p.conn, Some(p.worker)));
     }
     let (addr, opts, tls) = dial(s)?;
-    Conn::connect_host(addr, &opts, tls.as_ref())
+    Ok((Conn::connect_host(addr, &opts, tls.as_ref())?, None))
 }
 
 fn acquire_within(s: &Arc<Settings>, timeout: Duration) -> Result<Option<LeaseGuard>> {
-    let mut conn = connect(s)?;
+    let (mut conn, worker) = connect(s)?;
     let spec = s.spec();
     let lease = conn.run(wire_secs(timeout), |c| {
         spec.acquire_within(c, &StdTimer, timeout)
     })?;
     lease
-        .map(|l| LeaseGuard::spawn(conn, s.clone(), l.into_driver()))
+        .map(|l| LeaseGuard::spawn(conn, worker, s.clone(), l.into_driver()))
         .transpose()
 }
 
 fn enqueue(s: &Arc<Settings>) -> Result<Enqueued> {
-    let mut conn = connect(s)?;
+    // A queued connection waits without its pooled thread (which ends).
+    let (mut conn, worker) = connect(s)?;
     let spec = s.spec();
     Ok(Enqueued(
         match conn.run(0, |c| spec.enqueue(c, &StdTimer))? {
-            CoreEnqueued::Acquired(l) => {
-                EnqueuedState::Acquired(LeaseGuard::spawn(conn, s.clone(), l.into_driver())?)
-            }
+            CoreEnqueued::Acquired(l) => EnqueuedState::Acquired(LeaseGuard::spawn(
+                conn,
+                worker,
+                s.clone(),
+                l.into_driver(),
+            )?),
             CoreEnqueued::Queued => EnqueuedState::Queued {
                 conn: Box::new(conn),
                 settings: s.clone(),
@@ -126,7 +149,7 @@ fn wait_within(
     })?;
     let driver = lease.map(|l| l.into_driver());
     driver
-        .map(|d| LeaseGuard::spawn(*conn, s.clone(), d))
+        .map(|d| LeaseGuard::spawn(*conn, None, s.clone(), d))
         .transpose()
 }
 
@@ -150,8 +173,39 @@ fn wait_within(
 #[derive(Debug)]
 pub struct LeaseGuard(Guard<Condvar>);
 
+/// One lease for a renewal thread.
+struct Job {
+    io: ThreadIo,
+    driver: LeaseDriver,
+    renewer: Renewer<Condvar>,
+}
+
+impl Job {
+    fn run(self) {
+        let settings = self.io.settings.clone();
+        block_on(drive(self.io, &settings.key, self.driver, self.renewer));
+    }
+}
+
+/// A renewal thread: renews `first`, then every lease sent on `jobs`
+/// while its connection is pooled between them; ends when the sender is
+/// dropped (the connection closed instead of pooled).
+fn work(first: Job, jobs: Receiver<Job>) {
+    first.run();
+    while let Ok(job) = jobs.recv() {
+        job.run();
+    }
+}
+
 impl LeaseGuard {
-    fn spawn(mut conn: Conn, settings: Arc<Settings>, driver: LeaseDriver) -> Result<Self> {
+    /// Starts renewing the lease of `driver` on `conn`: on `worker`, the
+    /// thread parked with the pooled connection, or on a new thread.
+    fn spawn(
+        mut conn: Conn,
+        worker: Option<Sender<Job>>,
+        settings: Arc<Settings>,
+        driver: LeaseDriver,
+    ) -> Result<Self> {
         #[cfg(unix)]
         let hangup = {
             use std::os::fd::AsFd;
@@ -161,14 +215,29 @@ impl LeaseGuard {
         let hangup = HangUp::none();
         let (guard, renewer) =
             Guard::new(settings.clone(), &driver, hangup.clone(), Condvar::new());
-        let io = ThreadIo {
-            conn,
-            closer: HangUpCloser(hangup),
-            settings: settings.clone(),
+        let mut job = Job {
+            io: ThreadIo {
+                conn,
+                closer: HangUpCloser(hangup),
+                settings,
+                worker: None,
+            },
+            driver,
+            renewer,
         };
+        if let Some(worker) = worker {
+            job.io.worker = Some(worker.clone());
+            match worker.send(job) {
+                Ok(()) => return Ok(LeaseGuard(guard)),
+                // The parked thread is gone (it panicked): a new one.
+                Err(back) => job = back.0,
+            }
+        }
+        let (worker, jobs) = channel();
+        job.io.worker = Some(worker);
         std::thread::Builder::new()
             .name("dflockd-lease".into())
-            .spawn(move || block_on(drive(io, &settings.key, driver, renewer)))
+            .spawn(move || work(job, jobs))
             .map_err(Error::Io)?;
         Ok(LeaseGuard(guard))
     }
@@ -229,13 +298,16 @@ impl LeaseGuard {
 }
 
 /// The renewal thread's IO: the connection, and the closer that shuts the
-/// socket down when the thread ends, whatever the guard's duplicate
+/// socket down when the lease ends, whatever the guard's duplicate
 /// descriptor does. Its futures block the thread (run by `block_on`).
 struct ThreadIo {
     conn: Conn,
     closer: HangUpCloser,
     /// Where the connection goes back after a clean release.
     settings: Arc<Settings>,
+    /// The renewal thread's channel: pooled with the connection after a
+    /// clean release, dropped (ending the thread) otherwise.
+    worker: Option<Sender<Job>>,
 }
 
 impl ThreadIo {
@@ -295,12 +367,20 @@ impl RenewIo for ThreadIo {
     }
 
     fn finish(self, released: bool) {
-        // Released cleanly: the connection goes back to the pool, the
-        // closer leaves it open. Otherwise dropped here: the connection
-        // closes (and the server frees whatever it still holds for it).
-        if released && self.conn.is_usable() {
+        // Released cleanly: the connection goes back to the pool with
+        // this thread's channel, the closer leaves it open. Otherwise
+        // dropped here: the connection closes (and the server frees
+        // whatever it still holds for it), and the thread ends.
+        if released
+            && self.conn.is_usable()
+            && let Some(worker) = self.worker
+        {
             self.closer.0.keep_open();
-            checkin(&self.settings, self.conn);
+            let parked = Parked {
+                conn: self.conn,
+                worker,
+            };
+            checkin(&self.settings, parked);
         }
     }
 }
