@@ -32,11 +32,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use dflockd_client::lock::LockSpec;
+use dflockd_client::signal::{DEFAULT_READ_TIMEOUT, Heartbeat, SignalConn};
+use dflockd_client::time::Timer;
 use dflockd_client::wasi::{
     self, ConnectOptions, NETWORK_DENIED_HINT, WasiTimer, is_network_denied,
 };
-use dflockd_client::signal::{DEFAULT_READ_TIMEOUT, Heartbeat, SignalConn};
-use dflockd_client::time::Timer;
 use dflockd_client::{Connection, Error};
 use embassy_futures::join::join;
 use embedded_io_async::{Read, Write};
@@ -127,10 +127,10 @@ async fn tls_run(_cfg: &Config, _ca_path: &str) -> Result<(), String> {
 
 #[cfg(feature = "tls")]
 async fn tls_run(cfg: &Config, ca_path: &str) -> Result<(), String> {
-    use dflockd_client::wasi::{WasiRng, WasiStream};
     use dflockd_client::tls::{
         self, READ_RECORD_BUFFER, TlsStream, TlsVerify, WRITE_RECORD_BUFFER,
     };
+    use dflockd_client::wasi::{WasiRng, WasiStream};
 
     let ca_file = std::fs::read(ca_path).map_err(|e| {
         format!("cannot read the CA certificate {ca_path}: {e} (is its directory given to wasmtime with --dir?)")
@@ -218,8 +218,8 @@ where
         lock_lease.ttl().as_secs()
     );
 
-    let heartbeat = Heartbeat::new(HEARTBEAT, DEFAULT_READ_TIMEOUT)
-        .map_err(|e| format!("heartbeat: {e}"))?;
+    let heartbeat =
+        Heartbeat::new(HEARTBEAT, DEFAULT_READ_TIMEOUT).map_err(|e| format!("heartbeat: {e}"))?;
     let mut rx = SignalConn::with_heartbeat(rx, timer, heartbeat);
     let mut tx = SignalConn::with_heartbeat(tx, timer, heartbeat);
     rx.listen(&pattern, None)

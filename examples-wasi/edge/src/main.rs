@@ -38,10 +38,10 @@ use std::time::Duration;
 
 use dflockd_client::Error;
 use dflockd_client::lock::LockSpec;
+use dflockd_client::time::Timer;
 use dflockd_client::wasi::{
     self, ConnectOptions, NETWORK_DENIED_HINT, WasiTimer, is_network_denied,
 };
-use dflockd_client::time::Timer;
 use wstd::http::{Body, Request, Response, StatusCode};
 
 /// Requests that may use the backend at once.
