@@ -863,14 +863,10 @@ where
 
 /// Checks a lock's key, kind and lease before anything is dialled.
 fn check(spec: &LockSpec<'_>) -> Result<(), InvalidArgument> {
-    let lease = spec
-        .options()
-        .lease_ttl
-        .map(|d| (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1));
     Request::Enqueue {
         kind: spec.kind(),
         key: spec.key(),
-        lease,
+        lease: spec.options().lease_secs(),
     }
     .validate()
 }
