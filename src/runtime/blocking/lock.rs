@@ -1,8 +1,9 @@
 //! Distributed locks and semaphores for blocking code, renewed by a thread.
 //!
 //! Named like the other dflockd clients: [`DistributedLock`] and
-//! [`DistributedSemaphore`]. Each acquire opens its own connection to the
-//! server that owns the key (see [`routing`](crate::routing)); a granted
+//! [`DistributedSemaphore`]. Each acquire takes an idle connection to the
+//! server that owns the key (see [`routing`](crate::routing)) from the
+//! pool, or opens one; a granted
 //! [`LeaseGuard`] hands that connection to a thread that renews the lease,
 //! driving the core [`LeaseDriver`], until the guard is released or
 //! dropped. No async runtime is involved.

@@ -275,7 +275,9 @@ macro_rules! lock_api {
     ) => {
         /// A distributed exclusive lock on one key.
         ///
-        /// Cheap to clone; every acquire opens its own connection.
+        /// Cheap to clone (clones share the pool). Every acquire takes an
+        /// idle connection to the key's server from the pool of its client
+        /// (or of this lock, when built with `builder`) or opens one.
         #[derive(Debug, Clone)]
         pub struct DistributedLock(Arc<Settings>);
 
@@ -304,8 +306,8 @@ macro_rules! lock_api {
         /// A distributed counting semaphore on one key: at most `limit`
         /// holders.
         ///
-        /// Cheap to clone; every acquire opens its own connection. All
-        /// clients of a key must use the same limit (`error_limit_mismatch`
+        /// Cheap to clone (clones share the pool); connections come from the
+        /// pool as for `DistributedLock`. All clients of a key must use the same limit (`error_limit_mismatch`
         /// otherwise).
         #[derive(Debug, Clone)]
         pub struct DistributedSemaphore(Arc<Settings>);

@@ -1,8 +1,9 @@
 //! Distributed locks and semaphores on tokio, renewed by a background task.
 //!
 //! Named like the other dflockd clients: [`DistributedLock`] and
-//! [`DistributedSemaphore`]. Each acquire opens its own connection to the
-//! server that owns the key (see [`routing`](crate::routing)); a granted
+//! [`DistributedSemaphore`]. Each acquire takes an idle connection to the
+//! server that owns the key (see [`routing`](crate::routing)) from the
+//! pool, or opens one; a granted
 //! [`LeaseGuard`] hands that connection to a background task that renews
 //! the lease, driving the core [`LeaseDriver`], until the guard is
 //! released or dropped. Connections are plain TCP, or TLS with the
