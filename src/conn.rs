@@ -386,30 +386,22 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     ///
     /// Cancel-safe if the transport's read is.
     async fn finish_discard(&mut self) -> Result<(), T::Error> {
-        while self.discarding && !self.discard_buffered() {
+        while self.discarding {
+            if let Some(pos) = find_newline(&self.buf[self.start..self.end]) {
+                self.start += pos + 1;
+                self.discarding = false;
+                self.pushes.dropped = self.pushes.dropped.saturating_add(1);
+                warn!(
+                    "signal dropped: push line longer than the {} byte buffer",
+                    N
+                );
+                return Ok(());
+            }
+            self.start = self.end;
+            self.compact();
             self.fill().await?;
         }
         Ok(())
-    }
-
-    /// One step of skipping an over-long push: when its newline is
-    /// buffered, consumes up to it, counts the push dropped and ends the
-    /// skip (`true`); otherwise drops what is buffered of it and makes room
-    /// for more (`false`).
-    fn discard_buffered(&mut self) -> bool {
-        if let Some(pos) = find_newline(&self.buf[self.start..self.end]) {
-            self.start += pos + 1;
-            self.discarding = false;
-            self.pushes.dropped = self.pushes.dropped.saturating_add(1);
-            warn!(
-                "signal dropped: push line longer than the {} byte buffer",
-                N
-            );
-            return true;
-        }
-        self.start = self.end;
-        self.compact();
-        false
     }
 
     /// Reads until a whole line is buffered and consumes it, returning its
@@ -440,11 +432,20 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
     fn scan_line(&mut self, scanned: &mut usize) -> Result<Option<(usize, usize)>, T::Error> {
         loop {
             if self.discarding {
-                let done = self.discard_buffered();
-                *scanned = self.start;
-                if done {
+                if let Some(pos) = find_newline(&self.buf[self.start..self.end]) {
+                    self.start += pos + 1;
+                    self.discarding = false;
+                    self.pushes.dropped = self.pushes.dropped.saturating_add(1);
+                    warn!(
+                        "signal dropped: push line longer than the {} byte buffer",
+                        N
+                    );
+                    *scanned = self.start;
                     continue;
                 }
+                self.start = self.end;
+                self.compact();
+                *scanned = self.end;
                 return Ok(None);
             }
             let from = (*scanned).max(self.start);
