@@ -16,19 +16,16 @@
 //! # Ok(()) }
 //! ```
 
-use core::future::Future;
 use core::ops::DerefMut;
 use std::string::String;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::{BlockingTransport, HostStream, Result, StdTimer, block_on, open_host};
 use crate::Error;
 use crate::cluster::Connector;
-use crate::runtime::host::cluster::{
-    self as host, ClusterRuntime, Dialer, Done, Lane, Link, Renewal,
-};
-use crate::time::{Instant, Timer};
+use crate::runtime::host::cluster::{self as host, ClusterRuntime, Dialer, Lane, Renewal};
+use crate::time::Timer;
 
 /// Dials members over std TCP (or TLS), counting every dial; sets each
 /// request's read timeout.
@@ -56,6 +53,7 @@ impl Connector for StdConnector {
 impl ClusterRuntime for StdConnector {
     type Timer = StdTimer;
     type Cell = Mutex<Lane<Self>>;
+    type Wake = Condvar;
 
     fn new(dialer: Dialer) -> Self {
         Self(dialer)
@@ -65,21 +63,6 @@ impl ClusterRuntime for StdConnector {
         // A lane whose user panicked is still consistent enough: its
         // connection is at worst unusable, which the next call handles.
         cell.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    async fn wait(link: &Link, until: Instant, done: Done) {
-        // Run in `block_on`: the link wakes this thread; park it until then
-        // or just after `until` (StdTimer counts whole milliseconds). Early
-        // returns are fine: the callers check again.
-        let mut done = core::pin::pin!(link.until(done));
-        core::future::poll_fn(|cx| {
-            if done.as_mut().poll(cx).is_pending() {
-                let left = until.saturating_duration_since(StdTimer.now());
-                std::thread::park_timeout(left + Duration::from_millis(1));
-            }
-            core::task::Poll::Ready(())
-        })
-        .await
     }
 }
 
@@ -145,24 +128,26 @@ impl ClusterLock {
 
     /// [`acquire`](Self::acquire) with another timeout.
     pub fn acquire_within(&self, timeout: Duration) -> Result<Option<ClusterGuard>> {
-        let (task, pending) = self.start(timeout);
+        let Some((guard, renewing)) = block_on(self.acquire_lease(timeout))? else {
+            return Ok(None);
+        };
         std::thread::Builder::new()
             .name("dflockd-cluster-lease".into())
-            .spawn(move || block_on(task.run()))
+            .spawn(move || block_on(renewing.run()))
             .map_err(Error::Io)?;
-        block_on(pending.wait(self))
+        Ok(Some(guard))
     }
 }
 
 impl ClusterGuard {
     /// Blocks until the lease is lost.
     pub fn wait_lost(&self) {
-        block_on(self.lost_by(None));
+        block_on(self.guard.lost_by(None));
     }
 
     /// Blocks up to `timeout` for the lease to be lost; true if it was.
     pub fn wait_lost_timeout(&self, timeout: Duration) -> bool {
-        block_on(self.lost_by(Some(StdTimer.now() + timeout)))
+        block_on(self.guard.lost_by(Some(StdTimer.now() + timeout)))
     }
 
     /// Blocks for the next successful renew: `None` once the lease is lost
@@ -174,6 +159,6 @@ impl ClusterGuard {
     /// Releases the lease on the leader. [`Error::LeaseLost`] when it was
     /// lost before.
     pub fn release(self) -> Result<()> {
-        block_on(self.release_lease())
+        block_on(self.guard.release())
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! The routing and failover decisions are the core's
 //! ([`crate::cluster`]), the client, its locks and guards are shared with
-//! the blocking client; this module dials with tokio, runs each lease's
-//! renewal as a tokio task and offers the `async` methods.
+//! the blocking client (and the renewal loop with the plain locks); this
+//! module dials with tokio, runs each lease's renewal as a tokio task and
+//! offers the `async` methods.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
@@ -26,14 +27,9 @@ use core::ops::DerefMut;
 use std::string::String;
 use std::time::Duration;
 
-use embassy_futures::select::select;
-
 use super::{HostStream, Result, TokioTimer, open_host};
 use crate::cluster::Connector;
-use crate::runtime::host::cluster::{
-    self as host, ClusterRuntime, Dialer, Done, Lane, Link, Renewal,
-};
-use crate::time::{Instant, Timer};
+use crate::runtime::host::cluster::{self as host, ClusterRuntime, Dialer, Lane, Renewal};
 
 /// Dials members over tokio TCP (or TLS), counting every dial.
 #[derive(Debug)]
@@ -54,6 +50,7 @@ impl Connector for TokioConnector {
 impl ClusterRuntime for TokioConnector {
     type Timer = TokioTimer;
     type Cell = tokio::sync::Mutex<Lane<Self>>;
+    type Wake = tokio::sync::Notify;
 
     fn new(dialer: Dialer) -> Self {
         Self(dialer)
@@ -61,10 +58,6 @@ impl ClusterRuntime for TokioConnector {
 
     async fn lock(cell: &Self::Cell) -> impl DerefMut<Target = Lane<Self>> {
         cell.lock().await
-    }
-
-    async fn wait(link: &Link, until: Instant, done: Done) {
-        select(link.until(done), TokioTimer.sleep_until(until)).await;
     }
 }
 
@@ -148,16 +141,18 @@ impl ClusterLock {
 
     /// [`acquire`](Self::acquire) with another timeout.
     pub async fn acquire_within(&self, timeout: Duration) -> Result<Option<ClusterGuard>> {
-        let (task, pending) = self.start(timeout);
-        tokio::spawn(task.run());
-        pending.wait(self).await
+        let granted = self.acquire_lease(timeout).await?;
+        Ok(granted.map(|(guard, renewing)| {
+            tokio::spawn(renewing.run());
+            guard
+        }))
     }
 }
 
 impl ClusterGuard {
     /// Completes when the lease is lost. Cancel-safe.
     pub async fn lost(&self) {
-        self.lost_by(None).await;
+        self.guard.lost_by(None).await;
     }
 
     /// Waits for the next successful renew: `None` once the lease is lost
@@ -172,6 +167,6 @@ impl ClusterGuard {
     /// before. Cancel-safe: once called, the release completes in the
     /// background.
     pub async fn release(self) -> Result<()> {
-        self.release_lease().await
+        self.guard.release().await
     }
 }
