@@ -354,6 +354,36 @@ fn a_renew_cut_by_a_dead_leader_lands_on_the_new_leader_with_the_same_token() {
     );
 }
 
+/// A renew that lands after a failover leaves the lease held for the
+/// driver's loop: the attempts that failed before it do not mark it lost
+/// (each attempt used to apply its failure to the driver, so
+/// `LeaseDriver::next` said `Lost` after a renew that worked).
+#[test]
+fn a_renew_that_lands_after_a_failover_keeps_the_driver_holding() {
+    let c = ScriptConnector::default()
+        .serve("a:1", &std::format!("ok\nok {TOK} 5\n")) // then EOF: killed
+        .serve("b:2", "ok\nerror_not_leader c:3\n")
+        .serve("c:3", "ok\nok 5\nok 5\n");
+    let timer = FakeTimer::default();
+    let mut l = lane(&c, &timer);
+    let spec = LockSpec::lock("k").lease_ttl(Duration::from_secs(5));
+    let mut lease = block(l.acquire(&spec, Duration::ZERO)).unwrap().unwrap();
+    block(l.renew(&mut lease)).unwrap();
+    let mut driver = lease.into_driver();
+    let next = driver.next(timer.now());
+    assert!(matches!(next, crate::lock::Action::Wait { .. }), "{next:?}");
+    // The driver's own shape: the seconds granted, applied by the driver.
+    timer.now.set(driver.next_renew_at().as_millis());
+    assert!(matches!(
+        driver.next(timer.now()),
+        crate::lock::Action::Renew { .. }
+    ));
+    let secs = block(l.renew_reply("k", &mut driver));
+    assert!(matches!(secs, Ok(5)), "{secs:?}");
+    driver.renewed(Ok(secs), timer.now()).unwrap();
+    assert_eq!(driver.deadline().as_millis(), timer.now.get() + 5_000);
+}
+
 #[test]
 fn a_release_retried_after_a_failover_counts_the_first_attempt() {
     let c = ScriptConnector::default()
