@@ -33,15 +33,14 @@
 
 use core::ops::ControlFlow;
 use std::boxed::Box;
-use std::io;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar};
 use std::time::Duration;
 
 use super::{BlockingTransport, HostConnection, StdTimer, block_on, std_instant, timeout_kind};
-use crate::lock::{LeaseDriver, Reply, wire_secs};
+use crate::lock::{LeaseDriver, wire_secs};
 use crate::runtime::host::lock::{
-    Guard, RenewIo, Renewer, Shared, Status, Wake, dial, drive, lock_api,
+    Guard, Look, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, Wake, dial, drive, lock_api,
 };
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
@@ -160,19 +159,14 @@ fn wait_within(
 // ---- the guard ----------------------------------------------------------------
 
 impl Wake for Condvar {
+    type Timer = StdTimer;
+
     fn wake(&self) {
         self.notify_all();
     }
 
-    fn now() -> Instant {
-        StdTimer.now()
-    }
-
     /// Blocks the thread (run it in `block_on`).
-    async fn until<T>(
-        shared: &Shared<Condvar>,
-        mut f: impl FnMut(&mut Status) -> ControlFlow<T, Option<Instant>>,
-    ) -> T {
+    async fn until<T>(shared: &Shared<Self>, f: &mut Look<'_, T>) -> T {
         let mut status = shared.lock();
         loop {
             status = match f(&mut status) {
@@ -349,12 +343,7 @@ impl RenewIo for ThreadIo {
         self.conn.is_usable() && !self.conn.get_mut().transport_mut().peer_closed()
     }
 
-    async fn renew(
-        &mut self,
-        d: &mut LeaseDriver,
-        key: &str,
-        limit: Instant,
-    ) -> Reply<u64, io::Error> {
+    async fn renew(&mut self, d: &mut LeaseDriver, key: &str, limit: Instant) -> RenewReply {
         let token = *d.token();
         if let Err(e) = self.arm(limit) {
             return Ok(Err(e));
@@ -366,12 +355,7 @@ impl RenewIo for ThreadIo {
         Ok(renew.await.map_err(timeout_kind))
     }
 
-    async fn release(
-        &mut self,
-        d: &LeaseDriver,
-        key: &str,
-        limit: Instant,
-    ) -> Reply<(), io::Error> {
+    async fn release(&mut self, d: &LeaseDriver, key: &str, limit: Instant) -> ReleaseReply {
         let token = *d.token();
         if let Err(e) = self.arm(limit) {
             return Ok(Err(e));

@@ -21,12 +21,12 @@ use std::vec::Vec;
 
 use embedded_io_async::ErrorType;
 
-use super::lock::{Guard, RenewIo, Renewer, Shared, State, Wake, drive};
+use super::lock::{Guard, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, State, Wake, drive};
 use super::{HangUp, HostTls};
 use crate::cluster::{
     ClusterConn, Connector, Members, RedirectPolicy, StableRef, validate_members,
 };
-use crate::lock::{DEFAULT_IO_TIMEOUT, Lease, LeaseDriver, LockOptions, LockSpec, Reply, Rng};
+use crate::lock::{DEFAULT_IO_TIMEOUT, Lease, LeaseDriver, LockOptions, LockSpec, Rng};
 use crate::runtime::{AuthToken, ConnectOptions};
 use crate::time::{Instant, Timer};
 use crate::{Error, Fence, Kind};
@@ -604,7 +604,7 @@ impl<R: ClusterRuntime> RenewIo for RenewOn<R> {
     async fn wait(&mut self, until: Instant, shared: &Shared<R::Wake>) -> bool {
         // No connection of its own to watch: a lane reconnects.
         let done = |s: &mut super::lock::Status| s.release || R::Wake::now() >= until;
-        R::Wake::until(shared, |s| {
+        R::Wake::until(shared, &mut |s| {
             if done(s) {
                 Break(true)
             } else {
@@ -614,12 +614,7 @@ impl<R: ClusterRuntime> RenewIo for RenewOn<R> {
         .await
     }
 
-    async fn renew(
-        &mut self,
-        driver: &mut LeaseDriver,
-        key: &str,
-        _: Instant,
-    ) -> Reply<u64, io::Error> {
+    async fn renew(&mut self, driver: &mut LeaseDriver, key: &str, _: Instant) -> RenewReply {
         // Each attempt (re-sent after a failover) takes its reply limit
         // from the driver: the reply timeout, never past the deadline.
         let inner = &self.0.client.0;
@@ -637,12 +632,7 @@ impl<R: ClusterRuntime> RenewIo for RenewOn<R> {
         Some(core::mem::take(&mut self.1))
     }
 
-    async fn release(
-        &mut self,
-        driver: &LeaseDriver,
-        key: &str,
-        _: Instant,
-    ) -> Reply<(), io::Error> {
+    async fn release(&mut self, driver: &LeaseDriver, key: &str, _: Instant) -> ReleaseReply {
         let lease = Lease::from_driver(key, *driver);
         Ok(self
             .0
@@ -684,7 +674,7 @@ impl<R: ClusterRuntime> ClusterGuard<R> {
     /// lease ended.
     pub(crate) async fn next(&mut self) -> Option<Renewal> {
         let seen = self.seen;
-        let next = R::Wake::until(&self.guard.shared, |s| match &s.renewal {
+        let next = R::Wake::until(&self.guard.shared, &mut |s| match &s.renewal {
             Some(r) if r.count > seen => Break(Some(r.clone())),
             _ if s.state != State::Held => Break(None),
             _ => Continue(None),

@@ -17,7 +17,7 @@ use super::settings::Settings;
 use super::{HangUp, HostTls};
 use crate::lock::{Action, LeaseDriver, Reply};
 use crate::runtime::ConnectOptions;
-use crate::time::Instant;
+use crate::time::{Instant, Timer};
 use crate::{Error, Token};
 
 type Result<T> = core::result::Result<T, Error<io::Error>>;
@@ -76,20 +76,26 @@ impl Status {
 /// the crate); its futures are `Send` where their runtime needs it.
 #[allow(async_fn_in_trait)]
 pub trait Wake: Sized {
+    /// The adapter's timer.
+    type Timer: Timer + Default;
+
     /// Wakes every waiter.
     fn wake(&self);
 
     /// The adapter timer's time.
-    fn now() -> Instant;
+    fn now() -> Instant {
+        Self::Timer::default().now()
+    }
 
     /// Waits until `f` breaks with what it looks for in the status,
     /// looking again at every change and at the instant it continues with
     /// (a blocking wait parks the thread). May look again early.
-    async fn until<T>(
-        shared: &Shared<Self>,
-        f: impl FnMut(&mut Status) -> ControlFlow<T, Option<Instant>>,
-    ) -> T;
+    async fn until<T>(shared: &Shared<Self>, f: &mut Look<'_, T>) -> T;
 }
+
+/// What [`Wake::until`] looks for in a status: `Break` with it, or
+/// `Continue` to look again at the next change and at the instant given.
+pub type Look<'a, T> = dyn FnMut(&mut Status) -> ControlFlow<T, Option<Instant>> + Send + 'a;
 
 /// The status and its wake-up.
 #[derive(Debug)]
@@ -189,14 +195,17 @@ impl<W: Wake, S> Guard<W, S> {
     /// even if this future is dropped.
     pub(crate) async fn release(&self) -> Result<()> {
         self.ask_release();
-        W::until(&self.shared, |s| s.outcome().map_or(Continue(None), Break)).await
+        W::until(&self.shared, &mut |s| {
+            s.outcome().map_or(Continue(None), Break)
+        })
+        .await
     }
 
     /// Waits until the lease is lost by the renewal side's word or the
     /// clock (waking at the deadline), or the clock reaches `end`: whether
     /// it was lost.
     pub(crate) async fn lost_by(&self, end: Option<Instant>) -> bool {
-        W::until(&self.shared, |s| {
+        W::until(&self.shared, &mut |s| {
             let now = W::now();
             if s.is_lost(now) {
                 return Break(true);
@@ -218,6 +227,12 @@ impl<W: Wake, S> Drop for Guard<W, S> {
 
 // ---- the renewal loop --------------------------------------------------------
 
+/// What became of a renew: the seconds granted (see [`Reply`]).
+pub(crate) type RenewReply = Reply<u64, io::Error>;
+
+/// What became of a release (see [`Reply`]).
+pub(crate) type ReleaseReply = Reply<(), io::Error>;
+
 /// The IO a renewal task or thread does for [`drive`] on its connection.
 pub(crate) trait RenewIo {
     type Wake: Wake;
@@ -232,12 +247,7 @@ pub(crate) trait RenewIo {
     /// Sends `driver`'s renew for `key`: the reply, or `Elapsed` (or an
     /// `Error::Timeout`) at `limit`. (The cluster re-sends after a
     /// failover, starting each attempt on the driver.)
-    async fn renew(
-        &mut self,
-        driver: &mut LeaseDriver,
-        key: &str,
-        limit: Instant,
-    ) -> Reply<u64, io::Error>;
+    async fn renew(&mut self, driver: &mut LeaseDriver, key: &str, limit: Instant) -> RenewReply;
 
     /// Where the renew that just succeeded was served, to be recorded as
     /// the lease's latest [`Renewal`] (the cluster member); `None`: not
@@ -247,12 +257,7 @@ pub(crate) trait RenewIo {
     }
 
     /// Sends `driver`'s release for `key`, as `renew`.
-    async fn release(
-        &mut self,
-        driver: &LeaseDriver,
-        key: &str,
-        limit: Instant,
-    ) -> Reply<(), io::Error>;
+    async fn release(&mut self, driver: &LeaseDriver, key: &str, limit: Instant) -> ReleaseReply;
 
     /// The one place where the renewal side gives its connection up:
     /// `released` after a release the server confirmed (a known, clean

@@ -35,17 +35,18 @@
 use core::ops::ControlFlow;
 use std::boxed::Box;
 use std::future::Future;
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::{HostConnection, TokioTimer, connect_host, tokio_instant};
-use crate::lock::{LeaseDriver, Reply};
+use crate::lock::LeaseDriver;
 #[cfg(unix)]
 use crate::runtime::host::hung_up;
-use crate::runtime::host::lock::{Guard, RenewIo, Shared, Status, Wake, dial, drive, lock_api};
+use crate::runtime::host::lock::{
+    Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, dial, drive, lock_api,
+};
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
 use crate::runtime::host::{HangUp, HangUpCloser};
@@ -159,18 +160,13 @@ async fn wait_within(
 // ---- the guard ----------------------------------------------------------------
 
 impl Wake for Notify {
+    type Timer = TokioTimer;
+
     fn wake(&self) {
         self.notify_waiters();
     }
 
-    fn now() -> Instant {
-        TokioTimer.now()
-    }
-
-    async fn until<T>(
-        shared: &Shared<Notify>,
-        mut f: impl FnMut(&mut Status) -> ControlFlow<T, Option<Instant>>,
-    ) -> T {
+    async fn until<T>(shared: &Shared<Self>, f: &mut Look<'_, T>) -> T {
         loop {
             // Registered before the status is read: no change is missed.
             let mut changed = std::pin::pin!(shared.wake.notified());
@@ -286,23 +282,13 @@ impl RenewIo for TaskIo {
         }
     }
 
-    async fn renew(
-        &mut self,
-        d: &mut LeaseDriver,
-        key: &str,
-        limit: Instant,
-    ) -> Reply<u64, io::Error> {
+    async fn renew(&mut self, d: &mut LeaseDriver, key: &str, limit: Instant) -> RenewReply {
         let token = *d.token();
         let renew = self.conn.renew(d.kind(), key, &token, d.request_secs());
         with_deadline(&TokioTimer, limit, renew).await
     }
 
-    async fn release(
-        &mut self,
-        d: &LeaseDriver,
-        key: &str,
-        limit: Instant,
-    ) -> Reply<(), io::Error> {
+    async fn release(&mut self, d: &LeaseDriver, key: &str, limit: Instant) -> ReleaseReply {
         let token = *d.token();
         with_deadline(&TokioTimer, limit, self.conn.release(d.kind(), key, &token)).await
     }

@@ -75,7 +75,7 @@ impl RenewIo for BackToBack<'_> {
         true
     }
 
-    async fn renew(&mut self, _: &mut LeaseDriver, _: &str, _: Instant) -> Reply<u64, io::Error> {
+    async fn renew(&mut self, _: &mut LeaseDriver, _: &str, _: Instant) -> RenewReply {
         self.log.push("renew");
         self.now.set(self.now.get() + 5_000);
         if self.log.len() == 2 {
@@ -87,7 +87,7 @@ impl RenewIo for BackToBack<'_> {
         Ok(Ok(10))
     }
 
-    async fn release(&mut self, _: &LeaseDriver, _: &str, _: Instant) -> Reply<(), io::Error> {
+    async fn release(&mut self, _: &LeaseDriver, _: &str, _: Instant) -> ReleaseReply {
         self.log.push("release");
         Ok(Ok(()))
     }
