@@ -21,7 +21,9 @@ use std::vec::Vec;
 
 use embedded_io_async::ErrorType;
 
-use super::lock::{Guard, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, State, Wake, drive};
+use super::lock::{
+    Guard, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, State, Status, Wake, drive,
+};
 use super::{HangUp, HostTls};
 use crate::cluster::{
     ClusterConn, Connector, Members, RedirectPolicy, StableRef, validate_members,
@@ -328,6 +330,12 @@ impl<R: ClusterRuntime> core::fmt::Debug for ClusterClient<R> {
     }
 }
 
+impl<R: ClusterRuntime> Clone for ClusterClient<R> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
 impl<R: ClusterRuntime> sealed::FromClusterSettings for ClusterClient<R> {
     fn from_settings(settings: ClusterSettings) -> Result<Self> {
         Ok(Self(Arc::new(Inner::new(settings)?)))
@@ -342,12 +350,6 @@ impl<R: ClusterRuntime> sealed::FromClusterSettings for ClusterClient<R> {
 /// `ClusterLock` and `ClusterGuard` aliases in scope.
 macro_rules! cluster_api {
     ($rt:ty) => {
-        impl Clone for ClusterClient {
-            fn clone(&self) -> Self {
-                Self(self.0.clone())
-            }
-        }
-
         impl ClusterClient {
             /// A builder for a client of the cluster with these members
             /// (client-facing `host:port`, as the servers' `--advertise-addr`).
@@ -394,16 +396,6 @@ macro_rules! cluster_api {
                 ClusterLock {
                     kind: $crate::Kind::Semaphore { limit },
                     ..self.lock(key)
-                }
-            }
-        }
-
-        impl Clone for ClusterLock {
-            fn clone(&self) -> Self {
-                Self {
-                    client: self.client.clone(),
-                    key: self.key.clone(),
-                    ..*self
                 }
             }
         }
@@ -509,6 +501,16 @@ pub struct ClusterLock<R: ClusterRuntime> {
     pub(crate) options: LockOptions,
 }
 
+impl<R: ClusterRuntime> Clone for ClusterLock<R> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            key: self.key.clone(),
+            ..*self
+        }
+    }
+}
+
 impl<R: ClusterRuntime> ClusterLock<R> {
     /// The acquire timeout set (for `acquire`).
     pub(crate) fn acquire_timeout_set(&self) -> Duration {
@@ -538,11 +540,7 @@ impl<R: ClusterRuntime> ClusterLock<R> {
         let Some((driver, member)) = granted else {
             return Ok(None);
         };
-        let lock = Arc::new(ClusterLock {
-            client: ClusterClient(self.client.0.clone()),
-            key: self.key.clone(),
-            ..*self
-        });
+        let lock = Arc::new(self.clone());
         let hangup = Arc::new(HangUp(None, false.into()));
         let (guard, renewer) = Guard::new(lock.clone(), &driver, hangup, R::Wake::default());
         let renewing = Renewing {
@@ -602,16 +600,9 @@ impl<R: ClusterRuntime> RenewIo for RenewOn<R> {
     }
 
     async fn wait(&mut self, until: Instant, shared: &Shared<R::Wake>) -> bool {
-        // No connection of its own to watch: a lane reconnects.
-        let done = |s: &mut super::lock::Status| s.release || R::Wake::now() >= until;
-        R::Wake::until(shared, &mut |s| {
-            if done(s) {
-                Break(true)
-            } else {
-                Continue(Some(until))
-            }
-        })
-        .await
+        // No connection of its own to watch (a lane reconnects).
+        let due = |s: &mut Status| (s.release || R::Wake::now() >= until).then_some(true);
+        R::Wake::until(shared, &mut |s| due(s).map_or(Continue(Some(until)), Break)).await
     }
 
     async fn renew(&mut self, driver: &mut LeaseDriver, key: &str, _: Instant) -> RenewReply {
@@ -633,13 +624,8 @@ impl<R: ClusterRuntime> RenewIo for RenewOn<R> {
     }
 
     async fn release(&mut self, driver: &LeaseDriver, key: &str, _: Instant) -> ReleaseReply {
-        let lease = Lease::from_driver(key, *driver);
-        Ok(self
-            .0
-            .client
-            .0
-            .control(async |lane| lane.release(lease).await)
-            .await)
+        let (inner, lease) = (&self.0.client.0, Lease::from_driver(key, *driver));
+        Ok(inner.control(async |lane| lane.release(lease).await).await)
     }
 
     fn finish(self, _: bool) {}
