@@ -24,7 +24,9 @@ use std::time::Duration;
 use super::{BlockingTransport, HostStream, Result, StdTimer, block_on, open_host};
 use crate::Error;
 use crate::cluster::Connector;
-use crate::runtime::host::cluster::{self as host, ClusterRuntime, Dialer, Lane, Renewal};
+use crate::runtime::host::cluster::{
+    self as host, ClusterRuntime, Dialer, Lane, Renewal, Renewing,
+};
 use crate::time::Timer;
 
 /// Dials members over std TCP (or TLS), counting every dial; sets each
@@ -64,6 +66,14 @@ impl ClusterRuntime for StdConnector {
         // connection is at worst unusable, which the next call handles.
         cell.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn spawn(renewing: Renewing<Self>) -> Result<()> {
+        let thread = std::thread::Builder::new().name("dflockd-cluster-lease".into());
+        thread
+            .spawn(move || block_on(renewing.run()))
+            .map_err(Error::Io)?;
+        Ok(())
+    }
 }
 
 /// A blocking client of a dflockd v2 Raft cluster, made by
@@ -85,58 +95,15 @@ pub type ClusterLock = host::ClusterLock<StdConnector>;
 /// the background.
 pub type ClusterGuard = host::ClusterGuard<StdConnector>;
 
-host::cluster_api!(StdConnector);
-
-impl ClusterClient {
-    /// `barrier` on the leader: returns once every write committed before
-    /// it has been applied there; a [`stats`](Self::stats) after it reads
-    /// the leader's state including those writes (a linearizable read).
-    pub fn barrier(&self) -> Result<()> {
-        block_on(self.0.control(async |lane| lane.barrier().await))
-    }
-
-    /// `stats` JSON from a member (after [`barrier`](Self::barrier): the
-    /// leader), with the v2 `cluster` object. At most 256 KiB.
-    pub fn stats(&self) -> Result<String> {
-        block_on(self.0.stats())
-    }
-
-    /// `ping` on a member.
-    pub fn ping(&self) -> Result<()> {
-        block_on(self.0.control(async |lane| lane.ping().await))
-    }
-
-    /// Closes both lanes' connections; the next operation reconnects and
-    /// presents the same stable ref (with `--orphan-ttl` on the servers,
-    /// this client's locks survive it).
-    pub fn disconnect(&self) {
-        block_on(self.0.disconnect())
-    }
-}
-
-impl ClusterLock {
-    /// Acquires on the leader, waiting up to the acquire timeout
-    /// (`Ok(None)` when it passed), across a failover.
-    pub fn acquire(&self) -> Result<Option<ClusterGuard>> {
-        self.acquire_within(self.acquire_timeout_set())
-    }
-
-    /// Tries once without blocking on the server.
-    pub fn try_acquire(&self) -> Result<Option<ClusterGuard>> {
-        self.acquire_within(Duration::ZERO)
-    }
-
-    /// [`acquire`](Self::acquire) with another timeout.
-    pub fn acquire_within(&self, timeout: Duration) -> Result<Option<ClusterGuard>> {
-        let Some((guard, renewing)) = block_on(self.acquire_lease(timeout))? else {
-            return Ok(None);
-        };
-        std::thread::Builder::new()
-            .name("dflockd-cluster-lease".into())
-            .spawn(move || block_on(renewing.run()))
-            .map_err(Error::Io)?;
-        Ok(Some(guard))
-    }
+host::cluster_api! {
+    async: [],
+    await: [],
+    block_on: [block_on],
+    cancel: "Blocks the calling thread, bounded by the reply timeout (and the \
+             redirect policy's budget).",
+    cancel_acquire: "Blocks the calling thread, bounded by the timeout (a failover \
+                     included).",
+    cancel_guard: "Blocks the calling thread."
 }
 
 impl ClusterGuard {
@@ -148,17 +115,5 @@ impl ClusterGuard {
     /// Blocks up to `timeout` for the lease to be lost; true if it was.
     pub fn wait_lost_timeout(&self, timeout: Duration) -> bool {
         block_on(self.guard.lost_by(Some(StdTimer.now() + timeout)))
-    }
-
-    /// Blocks for the next successful renew: `None` once the lease is lost
-    /// or released.
-    pub fn next_renewal(&mut self) -> Option<Renewal> {
-        block_on(self.next())
-    }
-
-    /// Releases the lease on the leader. [`Error::LeaseLost`] when it was
-    /// lost before.
-    pub fn release(self) -> Result<()> {
-        block_on(self.guard.release())
     }
 }

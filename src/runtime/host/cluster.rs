@@ -212,6 +212,9 @@ pub trait ClusterRuntime:
 
     /// Locks a lane (an acquire holds its lane while the server blocks).
     fn lock(cell: &Self::Cell) -> impl Future<Output = impl DerefMut<Target = Lane<Self>>>;
+
+    /// Runs a lease's renewal in the background (a tokio task, a thread).
+    fn spawn(renewing: Renewing<Self>) -> Result<()>;
 }
 
 /// One lane of a cluster client on runtime `R`.
@@ -342,15 +345,61 @@ impl<R: ClusterRuntime> sealed::FromClusterSettings for ClusterClient<R> {
     }
 }
 
-/// The public methods and trait impls that the cluster client, lock and
-/// guard have on every runtime, written once and expanded by each adapter
-/// for its [`ClusterRuntime`] `$rt`: inherent impls on the concrete types,
-/// so that rustdoc lists them on `tokio::ClusterClient` and
-/// `blocking::ClusterClient` alike. Expects the adapter's `ClusterClient`,
-/// `ClusterLock` and `ClusterGuard` aliases in scope.
+/// The public methods that the cluster client, lock and guard have on
+/// every runtime, written once and expanded by each adapter: inherent
+/// impls on the concrete types, so that rustdoc lists them on
+/// `tokio::ClusterClient` and `blocking::ClusterClient` alike. Expects the
+/// adapter's `ClusterClient`, `ClusterLock` and `ClusterGuard` aliases and
+/// `Result` in scope.
+///
+/// The tokio adapter expands it `async` (`await: [.await]`), the blocking
+/// one with plain functions (`block_on: [block_on]`). `cancel` is a
+/// sentence on cancel safety for the lane requests, `cancel_acquire` for
+/// the acquires and `cancel_guard` for the guard's waits.
 macro_rules! cluster_api {
-    ($rt:ty) => {
+    (
+        async: [$($async:tt)?],
+        await: [$($await:tt)*],
+        block_on: [$($block:tt)*],
+        cancel: $cancel:literal,
+        cancel_acquire: $cancel_acquire:literal,
+        cancel_guard: $cancel_guard:literal
+    ) => {
         impl ClusterClient {
+            /// `barrier` on the leader: returns once every write committed
+            /// before it has been applied there. A [`stats`](Self::stats)
+            /// after it reads the leader's state including those writes (a
+            /// linearizable read).
+            ///
+            #[doc = $cancel]
+            pub $($async)? fn barrier(&self) -> Result<()> {
+                $($block)*(self.0.control(async |lane| lane.barrier().await))$($await)*
+            }
+
+            /// `stats` JSON from a member (after [`barrier`](Self::barrier):
+            /// the leader). v2 adds a `cluster` object (node_id, role, term,
+            /// leader_id, leader_addr, commit_index, …). At most 256 KiB.
+            ///
+            #[doc = $cancel]
+            pub $($async)? fn stats(&self) -> Result<std::string::String> {
+                $($block)*(self.0.stats())$($await)*
+            }
+
+            /// `ping` on a member.
+            ///
+            #[doc = $cancel]
+            pub $($async)? fn ping(&self) -> Result<()> {
+                $($block)*(self.0.control(async |lane| lane.ping().await))$($await)*
+            }
+
+            /// Closes both lanes' connections; the next operation
+            /// reconnects and presents the same stable ref. With
+            /// `--orphan-ttl` on the servers, the locks this client holds
+            /// survive this.
+            pub $($async)? fn disconnect(&self) {
+                $($block)*(self.0.disconnect())$($await)*
+            }
+
             /// A builder for a client of the cluster with these members
             /// (client-facing `host:port`, as the servers' `--advertise-addr`).
             pub fn builder<I, S>(members: I) -> $crate::runtime::host::cluster::ClusterBuilder<Self>
@@ -401,6 +450,29 @@ macro_rules! cluster_api {
         }
 
         impl ClusterLock {
+            /// Acquires on the leader, waiting up to the acquire timeout:
+            /// `Ok(None)` when it passed. A leader that dies meanwhile is
+            /// replaced by the new one within the same timeout.
+            ///
+            #[doc = $cancel_acquire]
+            pub $($async)? fn acquire(&self) -> Result<Option<ClusterGuard>> {
+                self.acquire_within(self.options.acquire_timeout)$($await)*
+            }
+
+            /// Tries once without blocking on the server.
+            ///
+            #[doc = $cancel_acquire]
+            pub $($async)? fn try_acquire(&self) -> Result<Option<ClusterGuard>> {
+                self.acquire_within(Duration::ZERO)$($await)*
+            }
+
+            /// [`acquire`](Self::acquire) with another timeout.
+            ///
+            #[doc = $cancel_acquire]
+            pub $($async)? fn acquire_within(&self, timeout: Duration) -> Result<Option<ClusterGuard>> {
+                $($block)*(self.acquire_guard(timeout))$($await)*
+            }
+
             /// How long the server may block an acquire (default 10 s). The
             /// budget covers failovers: an acquire re-sent to a new leader
             /// gets what is left of it.
@@ -484,6 +556,24 @@ macro_rules! cluster_api {
             pub fn last_renewal(&self) -> Option<Renewal> {
                 self.last()
             }
+
+            /// Waits for the next successful renew: `None` once the lease
+            /// is lost or released.
+            ///
+            #[doc = $cancel_guard]
+            pub $($async)? fn next_renewal(&mut self) -> Option<Renewal> {
+                $($block)*(self.next())$($await)*
+            }
+
+            /// Releases the lease on the leader.
+            /// [`Error::LeaseLost`](crate::Error::LeaseLost) when it was
+            /// lost before. Once called, the release completes in the
+            /// background even if this call is dropped.
+            ///
+            #[doc = $cancel_guard]
+            pub $($async)? fn release(self) -> Result<()> {
+                $($block)*(self.guard.release())$($await)*
+            }
         }
     };
 }
@@ -512,20 +602,12 @@ impl<R: ClusterRuntime> Clone for ClusterLock<R> {
 }
 
 impl<R: ClusterRuntime> ClusterLock<R> {
-    /// The acquire timeout set (for `acquire`).
-    pub(crate) fn acquire_timeout_set(&self) -> Duration {
-        self.options.acquire_timeout
-    }
-
     /// Acquires on the acquire lane, letting the server block up to
-    /// `timeout`: a grant's guard and its renewal, for the runtime to run
-    /// (a tokio task, a thread). A dropped future closes the lane's
+    /// `timeout`: the guard of a grant, renewed by the runtime
+    /// ([`ClusterRuntime::spawn`]). A dropped future closes the lane's
     /// connection, so the server drops the waiter or gives back a grant it
     /// made meanwhile.
-    pub(crate) async fn acquire_lease(
-        &self,
-        timeout: Duration,
-    ) -> Result<Option<(ClusterGuard<R>, Renewing<R>)>> {
+    pub(crate) async fn acquire_guard(&self, timeout: Duration) -> Result<Option<ClusterGuard<R>>> {
         let inner = &*self.client.0;
         let spec = LockSpec::new(&self.key, self.kind).with_options(self.options);
         let granted = inner
@@ -548,12 +630,12 @@ impl<R: ClusterRuntime> ClusterLock<R> {
             driver,
             renewer,
         };
-        let guard = ClusterGuard {
+        R::spawn(renewing)?;
+        Ok(Some(ClusterGuard {
             guard,
             member,
             seen: 0,
-        };
-        Ok(Some((guard, renewing)))
+        }))
     }
 }
 
@@ -573,7 +655,7 @@ impl<R: ClusterRuntime> Drop for Cancel<'_, R> {
 
 /// The renewal of one cluster lease: the plain locks' loop ([`drive`])
 /// over the client's control lane, until released or lost.
-pub(crate) struct Renewing<R: ClusterRuntime> {
+pub struct Renewing<R: ClusterRuntime> {
     io: RenewOn<R>,
     driver: LeaseDriver,
     renewer: Renewer<R::Wake>,

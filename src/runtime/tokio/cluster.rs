@@ -29,7 +29,9 @@ use std::time::Duration;
 
 use super::{HostStream, Result, TokioTimer, open_host};
 use crate::cluster::Connector;
-use crate::runtime::host::cluster::{self as host, ClusterRuntime, Dialer, Lane, Renewal};
+use crate::runtime::host::cluster::{
+    self as host, ClusterRuntime, Dialer, Lane, Renewal, Renewing,
+};
 
 /// Dials members over tokio TCP (or TLS), counting every dial.
 #[derive(Debug)]
@@ -58,6 +60,11 @@ impl ClusterRuntime for TokioConnector {
 
     async fn lock(cell: &Self::Cell) -> impl DerefMut<Target = Lane<Self>> {
         cell.lock().await
+    }
+
+    fn spawn(renewing: Renewing<Self>) -> Result<()> {
+        tokio::spawn(renewing.run());
+        Ok(())
     }
 }
 
@@ -88,85 +95,22 @@ pub type ClusterLock = host::ClusterLock<TokioConnector>;
 /// * Dropping the guard releases in the background.
 pub type ClusterGuard = host::ClusterGuard<TokioConnector>;
 
-host::cluster_api!(TokioConnector);
-
-impl ClusterClient {
-    /// `barrier` on the leader: returns once every write committed before
-    /// it has been applied there. A [`stats`](Self::stats) after it reads
-    /// the leader's state including those writes (a linearizable read).
-    ///
-    /// Cancel-safe in effect: a dropped future leaves the control lane's
-    /// connection unusable and the next call reconnects.
-    pub async fn barrier(&self) -> Result<()> {
-        self.0.control(async |lane| lane.barrier().await).await
-    }
-
-    /// `stats` JSON from a member (after [`barrier`](Self::barrier): the
-    /// leader). v2 adds a `cluster` object (node_id, role, term,
-    /// leader_id, leader_addr, commit_index, …). At most 256 KiB.
-    pub async fn stats(&self) -> Result<String> {
-        self.0.stats().await
-    }
-
-    /// `ping` on a member.
-    pub async fn ping(&self) -> Result<()> {
-        self.0.control(async |lane| lane.ping().await).await
-    }
-
-    /// Closes both lanes' connections; the next operation reconnects and
-    /// presents the same stable ref. With `--orphan-ttl` on the servers,
-    /// the locks this client holds survive this.
-    pub async fn disconnect(&self) {
-        self.0.disconnect().await
-    }
-}
-
-impl ClusterLock {
-    /// Acquires on the leader, waiting up to the acquire timeout:
-    /// `Ok(None)` when it passed. A leader that dies meanwhile is replaced
-    /// by the new one within the same timeout.
-    ///
-    /// Cancel-safe in effect: a dropped future closes the acquire lane's
-    /// connection, so the server drops the waiter or releases a grant it
-    /// made (unless `--orphan-ttl` keeps it for this stable ref: then the
-    /// next acquire of this client re-attaches it).
-    pub async fn acquire(&self) -> Result<Option<ClusterGuard>> {
-        self.acquire_within(self.acquire_timeout_set()).await
-    }
-
-    /// Tries once without blocking on the server.
-    pub async fn try_acquire(&self) -> Result<Option<ClusterGuard>> {
-        self.acquire_within(Duration::ZERO).await
-    }
-
-    /// [`acquire`](Self::acquire) with another timeout.
-    pub async fn acquire_within(&self, timeout: Duration) -> Result<Option<ClusterGuard>> {
-        let granted = self.acquire_lease(timeout).await?;
-        Ok(granted.map(|(guard, renewing)| {
-            tokio::spawn(renewing.run());
-            guard
-        }))
-    }
+host::cluster_api! {
+    async: [async],
+    await: [.await],
+    block_on: [],
+    cancel: "Cancel-safe in effect: a dropped future leaves the control lane's \
+             connection unusable and the next call reconnects.",
+    cancel_acquire: "Cancel-safe in effect: a dropped future closes the acquire lane's \
+                     connection, so the server drops the waiter or releases a grant it \
+                     made (unless `--orphan-ttl` keeps it for this stable ref: then the \
+                     next acquire of this client re-attaches it).",
+    cancel_guard: "Cancel-safe."
 }
 
 impl ClusterGuard {
     /// Completes when the lease is lost. Cancel-safe.
     pub async fn lost(&self) {
         self.guard.lost_by(None).await;
-    }
-
-    /// Waits for the next successful renew: `None` once the lease is lost
-    /// or released. Cancel-safe.
-    pub async fn next_renewal(&mut self) -> Option<Renewal> {
-        self.next().await
-    }
-
-    /// Releases the lease on the leader.
-    ///
-    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when it was lost
-    /// before. Cancel-safe: once called, the release completes in the
-    /// background.
-    pub async fn release(self) -> Result<()> {
-        self.guard.release().await
     }
 }
