@@ -630,7 +630,12 @@ impl<R: ClusterRuntime> ClusterLock<R> {
             driver,
             renewer,
         };
-        R::spawn(renewing)?;
+        if let Err(e) = R::spawn(renewing) {
+            // Nothing would renew it (no thread to be had): give it back.
+            let lease = Lease::from_driver(&self.key, driver);
+            let _ = inner.control(async |lane| lane.release(lease).await).await;
+            return Err(e);
+        }
         Ok(Some(ClusterGuard {
             guard,
             member,
