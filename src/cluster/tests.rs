@@ -372,6 +372,25 @@ fn a_renew_cut_by_a_dead_leader_lands_on_the_new_leader_with_the_same_token() {
     assert_eq!(driver.deadline().as_millis(), timer.now.get() + 5_000);
 }
 
+/// Nothing is held past the deadline: a renew that fails there in any way
+/// (here: the lane reconnects, the next member refuses the handshake) is
+/// `LeaseLost`, as for `Lease::renew`. It used to pass `Error::Auth` on.
+#[test]
+fn a_renew_failing_after_the_deadline_is_lease_lost() {
+    let c = ScriptConnector::default()
+        .serve("a:1", &std::format!("ok\nok {TOK} 5\n"))
+        .serve("b:2", "error_auth\n");
+    let timer = FakeTimer::default();
+    let mut l = lane(&c, &timer);
+    let spec = LockSpec::lock("k").lease_ttl(Duration::from_secs(5));
+    let mut lease = block(l.acquire(&spec, Duration::ZERO)).unwrap().unwrap();
+    l.disconnect();
+    timer.now.set(6_000);
+    let err = block(l.renew(&mut lease)).unwrap_err();
+    assert!(matches!(err, Error::LeaseLost), "{err:?}");
+    assert_eq!(*c.dials.borrow(), ["a:1", "a:1", "b:2"]);
+}
+
 #[test]
 fn a_release_retried_after_a_failover_counts_the_first_attempt() {
     let c = ScriptConnector::default()
