@@ -602,24 +602,22 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
                 if held.is_none() {
                     warn!("signal connection lost");
                     driver.drained();
-                } else if !hand_over::<R, N, P>(port, &mut driver, &mut held).await {
+                } else if !hand_over(port, &mut driver, &mut conn, &mut held).await {
                     return;
                 }
             }
-            Action::ReportLost => {
+            // After giving up, `reported` changes nothing and the driver
+            // says `End`.
+            Action::ReportLost | Action::GiveUp => {
                 held = Some(Err(core::mem::replace(&mut error, Error::Disconnected)));
-                if !hand_over::<R, N, P>(port, &mut driver, &mut held).await {
+                if !hand_over(port, &mut driver, &mut conn, &mut held).await {
                     return;
                 }
                 driver.reported(port.now());
             }
             Action::BackOff { until } => {
-                match port.wait::<N, P>(None, &mut None, Some(until)).await {
-                    Wake::Command(cmd) => {
-                        execute(port, &mut driver, &mut conn, cmd).await;
-                    }
-                    Wake::Closed => return,
-                    Wake::Progress | Wake::Lost(_) => {}
+                if !idle(port, &mut driver, &mut conn, &mut None, Some(until)).await {
+                    return;
                 }
             }
             Action::Connect { attempt } => match port.open::<N, P>().await {
@@ -647,11 +645,6 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
                 debug!("signal connection back after {} attempts", attempts);
                 held = Some(Ok(SignalEvent::Reconnected { gap, attempts }));
             }
-            Action::GiveUp => {
-                held = Some(Err(core::mem::replace(&mut error, Error::Disconnected)));
-                hand_over::<R, N, P>(port, &mut driver, &mut held).await;
-                return;
-            }
             Action::End => return,
         }
     }
@@ -662,22 +655,35 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
 async fn hand_over<R: Port, const N: usize, const P: usize>(
     port: &mut R,
     driver: &mut SignalDriver<Subscriptions>,
+    conn: &mut Connection<R::Stream, N, P>,
     held: &mut Option<Item>,
 ) -> bool {
     while held.is_some() {
-        match port.wait::<N, P>(None, held, None).await {
-            Wake::Command(Command(cmd, reply)) => {
-                let answer = match driver.admit(port.now(), cmd.request()) {
-                    Admit::Done => Ok(0),
-                    Admit::Send | Admit::Refuse => Err(Error::Disconnected),
-                };
-                R::answer(reply, answer);
-            }
-            Wake::Closed => return false,
-            Wake::Progress | Wake::Lost(_) => {}
+        if !idle(port, driver, conn, held, None).await {
+            return false;
         }
     }
     true
+}
+
+/// One wait while disconnected (for `held` to be taken, or until `until`),
+/// answering a command that comes: the driver refuses it, or forgets an
+/// unlisten at once. `false` when every handle is gone.
+async fn idle<R: Port, const N: usize, const P: usize>(
+    port: &mut R,
+    driver: &mut SignalDriver<Subscriptions>,
+    conn: &mut Connection<R::Stream, N, P>,
+    held: &mut Option<Item>,
+    until: Option<Instant>,
+) -> bool {
+    match port.wait::<N, P>(None, held, until).await {
+        Wake::Command(cmd) => {
+            execute(port, driver, conn, cmd).await;
+            true
+        }
+        Wake::Closed => false,
+        Wake::Progress | Wake::Lost(_) => true,
+    }
 }
 
 /// Runs (or refuses) a command; the error that lost the connection, if it
