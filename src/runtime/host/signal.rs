@@ -700,13 +700,9 @@ async fn execute<R: Port, const N: usize, const P: usize>(
         Admit::Done => Ok(0),
         Admit::Refuse => Err(Error::Disconnected),
     };
-    let was_connected = driver.is_connected();
     let outcome = Outcome::of(&result, conn.is_usable());
-    driver.completed(port.now(), req, outcome, conn.dropped_signals());
-    let lost = match &result {
-        Err(e) if was_connected && !driver.is_connected() => Some(dup_error(e)),
-        _ => None,
-    };
+    let lost = driver.completed(port.now(), req, outcome, conn.dropped_signals());
+    let lost = result.as_ref().err().filter(|_| lost).map(dup_error);
     R::answer(reply, result);
     lost
 }
