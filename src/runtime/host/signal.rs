@@ -5,8 +5,9 @@
 //!
 //! Both hosts share the types here: the owned [`Signal`], the stream item
 //! [`SignalEvent`], the [`SignalOptions`] and the optional
-//! [`Reconnect`] policy; and the one loop, [`run`], that carries out what
-//! the core [`SignalDriver`] decides. A runtime only supplies a [`Port`]:
+//! [`Reconnect`] policy; the public API, written once in `signal_api!`;
+//! and the one loop, [`run`], that carries out what the core
+//! [`SignalDriver`] decides. A runtime only supplies a [`Port`]:
 //! connecting, a request within the request timeout, and one wait over its
 //! command channel, the consumer's queue, the socket and the clock.
 //!
@@ -197,11 +198,18 @@ macro_rules! signal_api {
         conn: $conn:literal,
         try_recv: [$($mut:tt)?],
         recv: { $($recv:tt)* },
-        notes: { connect: $connect_note:literal, request: $request:literal, emit: $emit:literal $(,)? } $(,)?
+        notes: {
+            connect: $connect_note:literal,
+            request: $request:literal,
+            emit: $emit:literal $(,)?
+        } $(,)?
     ) => {
         pub use $crate::runtime::host::signal::Item;
 
-        #[doc = concat!("Listens, unlistens and emits through a [`SignalConn`]'s connection from any ", $who, ". Cheap to clone.")]
+        #[doc = concat!(
+            "Listens, unlistens and emits through a [`SignalConn`]'s connection from any ",
+            $who, ". Cheap to clone.",
+        )]
         ///
         /// The connection stays open while the [`SignalConn`] or any handle lives.
         #[derive(Debug, Clone)]
@@ -282,7 +290,10 @@ macro_rules! signal_api {
         }
 
         impl<const N: usize, const P: usize> SignalConn<N, P> {
-            #[doc = concat!("Connects to `addr` (", $addr_doc, "authenticating when `connect` has a token) and ", $starts, ".")]
+            #[doc = concat!(
+                "Connects to `addr` (", $addr_doc,
+                "authenticating when `connect` has a token) and ", $starts, ".",
+            )]
             ///
             /// Errors: invalid options ([`Error::Config`](crate::Error::Config), e.g.
             /// a heartbeat not below the server read timeout), and everything
@@ -373,7 +384,9 @@ macro_rules! signal_api {
             emit_over(addr, channel, payload, opts, None)$($await)*
         }
 
-        #[doc = concat!("[`emit`] over TLS (feature `rustls`), verified by `tls` as ", $connect_tls, " does.")]
+        #[doc = concat!(
+            "[`emit`] over TLS (feature `rustls`), verified by `tls` as ", $connect_tls, " does.",
+        )]
         ///
         #[doc = $emit]
         #[cfg(feature = "rustls")]
