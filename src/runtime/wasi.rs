@@ -567,15 +567,11 @@ pub struct WasiRng;
 
 impl rand_core::RngCore for WasiRng {
     fn next_u32(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        wstd::rand::get_random_bytes(&mut b);
-        u32::from_le_bytes(b)
+        rand_core::impls::next_u32_via_fill(self)
     }
 
     fn next_u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        wstd::rand::get_random_bytes(&mut b);
-        u64::from_le_bytes(b)
+        rand_core::impls::next_u64_via_fill(self)
     }
 
     fn fill_bytes(&mut self, dest: &mut [u8]) {
@@ -583,7 +579,7 @@ impl rand_core::RngCore for WasiRng {
     }
 
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        wstd::rand::get_random_bytes(dest);
+        self.fill_bytes(dest);
         Ok(())
     }
 }
