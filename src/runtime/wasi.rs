@@ -520,8 +520,9 @@ fn epoch() -> wstd::time::Instant {
     *EPOCH.get_or_init(wstd::time::Instant::now)
 }
 
-/// Longest single sleep handed to the host; longer waits loop.
-const MAX_SLEEP_MS: u64 = 24 * 3600 * 1000;
+/// Longest single sleep handed to the host (wstd counts nanoseconds in a
+/// `u64`); longer waits loop.
+const MAX_SLEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// [`Timer`] over WASI's monotonic clock (`wasi:clocks`), through wstd.
 ///
@@ -533,10 +534,8 @@ pub struct WasiTimer;
 
 impl Timer for WasiTimer {
     fn now(&self) -> Instant {
-        let ms = wstd::time::Instant::now()
-            .duration_since(epoch())
-            .as_millis();
-        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        // The core's `Instant + Duration` saturates.
+        Instant::default() + wstd::time::Instant::now().duration_since(epoch()).into()
     }
 
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
@@ -544,13 +543,11 @@ impl Timer for WasiTimer {
         let this = *self;
         async move {
             loop {
-                let now = this.now();
-                if now >= deadline {
+                let left = deadline.saturating_duration_since(this.now());
+                if left.is_zero() {
                     return;
                 }
-                let left = deadline.as_millis() - now.as_millis();
-                let step = left.min(MAX_SLEEP_MS);
-                wstd::task::sleep(wstd::time::Duration::from_millis(step)).await;
+                wstd::task::sleep(left.min(MAX_SLEEP).into()).await;
             }
         }
     }
