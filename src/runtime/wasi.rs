@@ -206,11 +206,9 @@ impl embedded_io_async::ErrorType for WasiStream {
 
 impl embedded_io_async::Read for WasiStream {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, io::Error> {
-        // wstd retries zero-byte reads until data arrives: never ask for 0.
-        if buf.is_empty() {
-            return Ok(0);
-        }
         match &mut self.inner {
+            // wstd retries zero-byte reads until data arrives: never ask for 0.
+            _ if buf.is_empty() => Ok(0),
             Inner::Wstd(s) => s.read(buf).await,
             Inner::Socket(s) => s.input.read(buf).await,
         }
@@ -219,10 +217,8 @@ impl embedded_io_async::Read for WasiStream {
 
 impl embedded_io_async::Write for WasiStream {
     async fn write(&mut self, buf: &[u8]) -> Result<usize, io::Error> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
         match &mut self.inner {
+            _ if buf.is_empty() => Ok(0),
             Inner::Wstd(s) => s.write(buf).await,
             Inner::Socket(s) => s.output.write(buf).await,
         }
