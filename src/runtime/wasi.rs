@@ -48,7 +48,7 @@
 
 use std::format;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::string::String;
 use std::sync::OnceLock;
 use std::vec;
@@ -260,20 +260,17 @@ enum Target<'a> {
 /// dflockd.example:6388; anything else is a [`ConfigError`] naming the rule.
 fn parse_target(addr: &str) -> Result<Target<'_>, ConfigError> {
     let invalid = |rule: &'static str| ConfigError::new("addr", rule);
+    let bad_port = || invalid("the port must be 1 to 65535");
     if let Ok(a) = addr.parse::<SocketAddr>() {
         if a.port() == 0 {
-            return Err(invalid("the port must be 1 to 65535"));
+            return Err(bad_port());
         }
         return Ok(Target::Addr(a));
     }
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| invalid("must be host:port"))?;
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| invalid("the port must be 1 to 65535"))?;
+    let port = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad_port)?;
     if host.is_empty() {
         return Err(invalid("must name a host before the port"));
     }
@@ -283,19 +280,13 @@ fn parse_target(addr: &str) -> Result<Target<'_>, ConfigError> {
     if host.len() > MAX_NAME {
         return Err(invalid("host names are at most 253 bytes"));
     }
-    if host
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
-    {
+    if host.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/') {
         return Err(invalid(
             "a host name has no spaces, control characters or '/'",
         ));
     }
     if host.eq_ignore_ascii_case("localhost") {
-        return Ok(Target::Addr(SocketAddr::V4(SocketAddrV4::new(
-            Ipv4Addr::LOCALHOST,
-            port,
-        ))));
+        return Ok(Target::Addr((Ipv4Addr::LOCALHOST, port).into()));
     }
     Ok(Target::Name(host, port))
 }
