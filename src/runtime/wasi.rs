@@ -57,6 +57,7 @@ use std::vec::Vec;
 use core::future::Future;
 use core::time::Duration;
 
+use wasip2::io::poll::Pollable;
 use wasip2::sockets::instance_network::instance_network;
 use wasip2::sockets::network::{
     ErrorCode, IpAddress, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress,
@@ -331,6 +332,20 @@ fn lookup_error(name: &str, code: ErrorCode) -> io::Error {
     }
 }
 
+/// Calls `op` until it stops answering `would-block`, waiting for the
+/// pollable of `subscribe` in between.
+async fn ready<T>(
+    mut op: impl FnMut() -> Result<T, ErrorCode>,
+    subscribe: impl Fn() -> Pollable,
+) -> Result<T, ErrorCode> {
+    loop {
+        match op() {
+            Err(ErrorCode::WouldBlock) => AsyncPollable::new(subscribe()).wait_for().await,
+            done => return done,
+        }
+    }
+}
+
 /// Resolves `name` through `wasi:sockets/ip-name-lookup`: its addresses in
 /// the resolver's order, at most [`MAX_ADDRESSES`].
 async fn resolve(name: &str, port: u16) -> Result<Vec<SocketAddr>, io::Error> {
@@ -338,24 +353,16 @@ async fn resolve(name: &str, port: u16) -> Result<Vec<SocketAddr>, io::Error> {
     let stream = wasip2::sockets::ip_name_lookup::resolve_addresses(&network, name)
         .map_err(|code| lookup_error(name, code))?;
     let mut out = Vec::new();
-    loop {
-        match stream.resolve_next_address() {
-            Ok(Some(ip)) => {
-                let ip = match ip {
-                    IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-                    IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
-                        IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
-                    }
-                };
-                out.push(SocketAddr::new(ip, port));
-                if out.len() == MAX_ADDRESSES {
-                    break;
-                }
+    while out.len() < MAX_ADDRESSES {
+        let next = ready(|| stream.resolve_next_address(), || stream.subscribe());
+        let ip = match next.await.map_err(|code| lookup_error(name, code))? {
+            Some(IpAddress::Ipv4((a, b, c, d))) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+            Some(IpAddress::Ipv6((a, b, c, d, e, f, g, h))) => {
+                IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
             }
-            Ok(None) => break,
-            Err(ErrorCode::WouldBlock) => AsyncPollable::new(stream.subscribe()).wait_for().await,
-            Err(code) => return Err(lookup_error(name, code)),
-        }
+            None => break,
+        };
+        out.push(SocketAddr::new(ip, port));
     }
     if out.is_empty() {
         return Err(lookup_error(name, ErrorCode::NameUnresolvable));
@@ -394,13 +401,9 @@ async fn connect_addr(addr: SocketAddr) -> Result<WasiStream, io::Error> {
     socket
         .start_connect(&instance_network(), remote)
         .map_err(socket_error)?;
-    let (input, output) = loop {
-        match socket.finish_connect() {
-            Ok(streams) => break streams,
-            Err(ErrorCode::WouldBlock) => AsyncPollable::new(socket.subscribe()).wait_for().await,
-            Err(code) => return Err(socket_error(code)),
-        }
-    };
+    let (input, output) = ready(|| socket.finish_connect(), || socket.subscribe())
+        .await
+        .map_err(socket_error)?;
     Ok(WasiStream {
         inner: Inner::Socket(Socket {
             input: AsyncInputStream::new(input),
