@@ -375,25 +375,21 @@ async fn connect_addr(addr: SocketAddr) -> Result<WasiStream, io::Error> {
     let (family, remote) = match addr {
         SocketAddr::V4(a) => {
             let [x, y, z, w] = a.ip().octets();
-            (
-                IpAddressFamily::Ipv4,
-                IpSocketAddress::Ipv4(Ipv4SocketAddress {
-                    port: a.port(),
-                    address: (x, y, z, w),
-                }),
-            )
+            let remote = Ipv4SocketAddress {
+                port: a.port(),
+                address: (x, y, z, w),
+            };
+            (IpAddressFamily::Ipv4, IpSocketAddress::Ipv4(remote))
         }
         SocketAddr::V6(a) => {
             let [s0, s1, s2, s3, s4, s5, s6, s7] = a.ip().segments();
-            (
-                IpAddressFamily::Ipv6,
-                IpSocketAddress::Ipv6(Ipv6SocketAddress {
-                    port: a.port(),
-                    flow_info: a.flowinfo(),
-                    address: (s0, s1, s2, s3, s4, s5, s6, s7),
-                    scope_id: a.scope_id(),
-                }),
-            )
+            let remote = Ipv6SocketAddress {
+                port: a.port(),
+                flow_info: a.flowinfo(),
+                address: (s0, s1, s2, s3, s4, s5, s6, s7),
+                scope_id: a.scope_id(),
+            };
+            (IpAddressFamily::Ipv6, IpSocketAddress::Ipv6(remote))
         }
     };
     let socket =
