@@ -429,33 +429,40 @@ async fn connect_addr(addr: SocketAddr) -> Result<WasiStream, io::Error> {
 /// Cancel-safe: dropping the future drops the half-open socket; nothing is
 /// left on the server.
 pub async fn connect_stream(addr: &str, timeout: Duration) -> Result<WasiStream, Error<io::Error>> {
-    let timer = WasiTimer;
-    let deadline = timer.now() + timeout;
+    let deadline = WasiTimer.now() + timeout;
     let addrs = match parse_target(addr)? {
         Target::Addr(a) => vec![a],
-        Target::Name(name, port) => with_deadline(&timer, deadline, resolve(name, port))
-            .await
-            .map_err(|_| Error::Timeout)?
-            .map_err(Error::Io)?,
+        Target::Name(name, port) => until(deadline, resolve(name, port)).await?,
     };
     let mut last = Error::Timeout;
     for (i, a) in addrs.iter().enumerate() {
-        let now = timer.now();
+        let now = WasiTimer.now();
         let left = deadline.saturating_duration_since(now);
         if left.is_zero() {
             break;
         }
         // An equal share of the time left for each address still to try.
-        let share = left / (addrs.len() - i) as u32;
-        match with_deadline(&timer, now + share, connect_addr(*a)).await {
-            Ok(Ok(stream)) => return Ok(stream),
+        match until(now + left / (addrs.len() - i) as u32, connect_addr(*a)).await {
             // No network at all: every other address fails the same way.
-            Ok(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => return Err(Error::Io(e)),
-            Ok(Err(e)) => last = Error::Io(e),
-            Err(_) => last = Error::Timeout,
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(Error::Io(e));
+            }
+            Err(e) => last = e,
+            stream => return stream,
         }
     }
     Err(last)
+}
+
+/// An IO step until `deadline`: [`Error::Timeout`] when it passes first.
+async fn until<T>(
+    deadline: Instant,
+    step: impl Future<Output = io::Result<T>>,
+) -> Result<T, Error<io::Error>> {
+    with_deadline(&WasiTimer, deadline, step)
+        .await
+        .map_err(|_| Error::Timeout)?
+        .map_err(Error::Io)
 }
 
 /// Opens a connection to `addr` (an address or a name, see
@@ -492,9 +499,7 @@ pub async fn timeout<T, E, F>(dur: Duration, fut: F) -> Result<T, Error<E>>
 where
     F: Future<Output = Result<T, Error<E>>>,
 {
-    let timer = WasiTimer;
-    let deadline = timer.now() + dur;
-    with_deadline(&timer, deadline, fut)
+    with_deadline(&WasiTimer, WasiTimer.now() + dur, fut)
         .await
         .map_err(|_| Error::Timeout)?
 }
