@@ -314,22 +314,18 @@ fn socket_error(code: ErrorCode) -> io::Error {
 }
 
 fn lookup_error(name: &str, code: ErrorCode) -> io::Error {
-    match code {
-        ErrorCode::NameUnresolvable => io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("cannot resolve `{name}`: no such name or no address for it"),
-        ),
-        ErrorCode::TemporaryResolverFailure => io::Error::other(format!(
-            "cannot resolve `{name}`: temporary resolver failure"
-        )),
-        ErrorCode::PermanentResolverFailure | ErrorCode::AccessDenied => {
-            io::Error::other(NameLookupDenied {
-                name: name.into(),
-                code,
-            })
+    let (kind, why) = match code {
+        ErrorCode::NameUnresolvable => {
+            (io::ErrorKind::NotFound, "no such name or no address for it")
         }
-        other => socket_error(other),
-    }
+        ErrorCode::TemporaryResolverFailure => (io::ErrorKind::Other, "temporary resolver failure"),
+        ErrorCode::PermanentResolverFailure | ErrorCode::AccessDenied => {
+            let name = name.into();
+            return io::Error::other(NameLookupDenied { name, code });
+        }
+        other => return socket_error(other),
+    };
+    io::Error::new(kind, format!("cannot resolve `{name}`: {why}"))
 }
 
 /// Calls `op` until it stops answering `would-block`, waiting for the
@@ -349,8 +345,7 @@ async fn ready<T>(
 /// Resolves `name` through `wasi:sockets/ip-name-lookup`: its addresses in
 /// the resolver's order, at most [`MAX_ADDRESSES`].
 async fn resolve(name: &str, port: u16) -> Result<Vec<SocketAddr>, io::Error> {
-    let network = instance_network();
-    let stream = wasip2::sockets::ip_name_lookup::resolve_addresses(&network, name)
+    let stream = wasip2::sockets::ip_name_lookup::resolve_addresses(&instance_network(), name)
         .map_err(|code| lookup_error(name, code))?;
     let mut out = Vec::new();
     while out.len() < MAX_ADDRESSES {
