@@ -501,11 +501,6 @@ where
 
 // ---- time ---------------------------------------------------------------------
 
-fn epoch() -> wstd::time::Instant {
-    static EPOCH: OnceLock<wstd::time::Instant> = OnceLock::new();
-    *EPOCH.get_or_init(wstd::time::Instant::now)
-}
-
 /// Longest single sleep handed to the host (wstd counts nanoseconds in a
 /// `u64`); longer waits loop.
 const MAX_SLEEP: Duration = Duration::from_secs(24 * 3600);
@@ -520,16 +515,17 @@ pub struct WasiTimer;
 
 impl Timer for WasiTimer {
     fn now(&self) -> Instant {
+        static EPOCH: OnceLock<wstd::time::Instant> = OnceLock::new();
+        let epoch = *EPOCH.get_or_init(wstd::time::Instant::now);
         // The core's `Instant + Duration` saturates.
-        Instant::default() + wstd::time::Instant::now().duration_since(epoch()).into()
+        Instant::default() + wstd::time::Instant::now().duration_since(epoch).into()
     }
 
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
         // Lazily: wstd registers the timer with the runtime when created.
-        let this = *self;
         async move {
             loop {
-                let left = deadline.saturating_duration_since(this.now());
+                let left = deadline.saturating_duration_since(WasiTimer.now());
                 if left.is_zero() {
                     return;
                 }
