@@ -475,8 +475,7 @@ pub async fn connect<const N: usize, const P: usize>(
     addr: &str,
     opts: &ConnectOptions,
 ) -> Result<WasiConnection<N, P>, Error<io::Error>> {
-    let stream = connect_stream(addr, opts.connect_timeout).await?;
-    let mut conn = Connection::new(stream);
+    let mut conn = Connection::new(connect_stream(addr, opts.connect_timeout).await?);
     if let Some(token) = &opts.auth_token {
         timeout(opts.connect_timeout, conn.auth(token.expose())).await?;
     }
@@ -521,16 +520,15 @@ impl Timer for WasiTimer {
         Instant::default() + wstd::time::Instant::now().duration_since(epoch).into()
     }
 
-    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
-        // Lazily: wstd registers the timer with the runtime when created.
-        async move {
-            loop {
-                let left = deadline.saturating_duration_since(WasiTimer.now());
-                if left.is_zero() {
-                    return;
-                }
-                wstd::task::sleep(left.min(MAX_SLEEP).into()).await;
+    // An async fn, so nothing runs before the first poll: wstd registers a
+    // sleep with the runtime when it is created.
+    async fn sleep_until(&self, deadline: Instant) {
+        loop {
+            let left = deadline.saturating_duration_since(self.now());
+            if left.is_zero() {
+                return;
             }
+            wstd::task::sleep(left.min(MAX_SLEEP).into()).await;
         }
     }
 }
