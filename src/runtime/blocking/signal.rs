@@ -40,7 +40,7 @@ use crate::protocol::Request;
 use crate::runtime::host::HostTls;
 use crate::runtime::host::signal::{
     Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, SignalOptions,
-    Wake, run, send, signal_api,
+    Wake, boxed, run, send, signal_api,
 };
 use crate::runtime::host::sock::is_timeout;
 use crate::time::{Instant, Timer};
@@ -195,7 +195,7 @@ impl Port for Worker {
         stream
             .set_deadline(std::time::Instant::now().checked_add(self.connect.io_timeout))
             .map_err(Error::Io)?;
-        let mut conn = Box::new(Connection::new(stream));
+        let mut conn = boxed(stream);
         if let Some(token) = &self.connect.auth_token {
             conn.auth(token.expose()).await.map_err(timeout_kind)?;
         }

@@ -554,6 +554,15 @@ pub(crate) async fn send<T: Read + Write, const N: usize, const P: usize>(
     }
 }
 
+/// Builds a connection straight into a box, outside any future: its
+/// buffers (up to 200 KB) never sit in the task's or thread's future.
+#[inline(never)]
+pub(crate) fn boxed<T: Read + Write, const N: usize, const P: usize>(
+    stream: T,
+) -> Box<Connection<T, N, P>> {
+    Box::new(Connection::new(stream))
+}
+
 fn signal_item(s: crate::Signal<'_>) -> Item {
     Ok(SignalEvent::Signal(s.into()))
 }

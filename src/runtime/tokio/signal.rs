@@ -37,7 +37,7 @@ use crate::protocol::Request;
 use crate::runtime::host::HostTls;
 use crate::runtime::host::signal::{
     Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, SignalOptions,
-    Wake, run, send, signal_api,
+    Wake, boxed, run, send, signal_api,
 };
 use crate::time::{Instant, Timer};
 
@@ -146,13 +146,6 @@ async fn emit_over(
         .map_err(|_| Error::Timeout)?
 }
 
-/// Builds the connection straight into a box, outside any future: its
-/// buffers (up to 200 KB) never sit in the task's future.
-#[inline(never)]
-fn boxed<const N: usize, const P: usize>(stream: HostStream) -> Box<Connection<HostStream, N, P>> {
-    Box::new(Connection::new(stream))
-}
-
 /// Completes at `until`, or never.
 async fn sleep_until(until: Option<Instant>) {
     match until {
@@ -197,7 +190,7 @@ impl Port for Task {
         // Not `runtime::tokio::connect`: its future holds the connection by
         // value; this one boxes it at once.
         let stream = open_host(&self.addr, &self.connect, self.tls.as_ref()).await?;
-        let mut conn = boxed::<N, P>(stream);
+        let mut conn = boxed(stream);
         if let Some(token) = &self.connect.auth_token {
             timeout(self.connect.connect_timeout, conn.auth(token.expose()))
                 .await
