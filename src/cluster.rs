@@ -24,10 +24,11 @@
 //! example `runtime::embassy::connect` into a socket you own, or
 //! `runtime::wasi::connect_stream`) and drive a `ClusterConn` per lane
 //! yourself, renewing with [`ClusterConn::renew`] when
-//! [`Lease::next_renew_at`] comes. The core needs no allocator and no
-//! threads for this.
+//! [`Lease::next_renew_at`] comes (or, driving a [`LeaseDriver`] loop,
+//! sending its renews with [`ClusterConn::renew_reply`], as the host
+//! clients do). The core needs no allocator and no threads for this.
 //!
-//! The host APIs (`runtime::cluster_tokio`, `runtime::cluster_blocking`)
+//! The host APIs (`tokio::ClusterClient`, `blocking::ClusterClient`)
 //! run two `ClusterConn`s per client: one lane for acquire/enqueue/wait,
 //! which may block on the server, and one for renew/release/barrier, so a
 //! renew never waits behind a blocked acquire.
