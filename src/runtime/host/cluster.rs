@@ -222,14 +222,12 @@ pub type Lane<R> = ClusterConn<R, Arc<[String]>, <R as ClusterRuntime>::Timer, C
 
 // ---- the client -----------------------------------------------------------------
 
-const NO_LEADER: usize = usize::MAX;
-
 /// What the clones of one client share.
 pub(crate) struct Inner<R: ClusterRuntime> {
     pub(crate) settings: Arc<ClusterSettings>,
     acquire: R::Cell,
     control: R::Cell,
-    /// The leader hint both lanes share (a member index, or `NO_LEADER`).
+    /// The leader hint both lanes share: its member index plus one, or 0.
     leader: AtomicUsize,
 }
 
@@ -248,7 +246,7 @@ impl<R: ClusterRuntime> Inner<R> {
             settings,
             acquire,
             control,
-            leader: AtomicUsize::new(NO_LEADER),
+            leader: AtomicUsize::new(0),
         })
     }
 
@@ -257,14 +255,11 @@ impl<R: ClusterRuntime> Inner<R> {
     async fn on<T>(&self, cell: &R::Cell, op: impl AsyncFnOnce(&mut Lane<R>) -> T) -> T {
         let mut lane = R::lock(cell).await;
         if lane.router().leader().is_none() {
-            let l = self.leader.load(Ordering::Relaxed);
-            lane.router_mut().set_leader((l != NO_LEADER).then_some(l));
+            lane.router_mut().set_leader(self.leader_index());
         }
         let out = op(&mut lane).await;
-        self.leader.store(
-            lane.router().leader().unwrap_or(NO_LEADER),
-            Ordering::Relaxed,
-        );
+        let hint = lane.router().leader().map_or(0, |l| l + 1);
+        self.leader.store(hint, Ordering::Relaxed);
         out
     }
 
@@ -280,10 +275,14 @@ impl<R: ClusterRuntime> Inner<R> {
             .await
     }
 
+    /// The member index of the shared leader hint, if any.
+    fn leader_index(&self) -> Option<usize> {
+        self.leader.load(Ordering::Relaxed).checked_sub(1)
+    }
+
     /// The address of the cached leader hint, if any.
     pub(crate) fn leader(&self) -> Option<&str> {
-        let l = self.leader.load(Ordering::Relaxed);
-        (l != NO_LEADER).then(|| self.settings.members.member(l))
+        self.leader_index().map(|l| self.settings.members.member(l))
     }
 
     pub(crate) async fn disconnect(&self) {
@@ -519,7 +518,7 @@ macro_rules! cluster_api {
 
             /// The latest successful renew, if any.
             pub fn last_renewal(&self) -> Option<Renewal> {
-                self.last()
+                self.guard.shared.lock().renewal.clone()
             }
 
             /// Waits for the next successful renew: `None` once the lease
@@ -698,11 +697,6 @@ impl<R: ClusterRuntime> ClusterGuard<R> {
     /// is gone, or the deadline passed by the clock.
     pub(crate) fn lost_now(&self) -> bool {
         self.guard.is_lost(R::Wake::now())
-    }
-
-    /// The latest successful renew, if any.
-    pub(crate) fn last(&self) -> Option<Renewal> {
-        self.guard.shared.lock().renewal.clone()
     }
 
     /// Waits for the next renewal this guard has not seen: `None` once the
