@@ -31,7 +31,7 @@ use crate::time::Timer;
 
 /// Dials members over std TCP (or TLS), counting every dial; sets each
 /// request's read timeout.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StdConnector(Arc<ClusterSettings>);
 
 impl Connector for StdConnector {

@@ -196,9 +196,10 @@ impl<R: ClusterRuntime> ClusterBuilder<ClusterClient<R>> {
 /// What a host runtime supplies to the cluster client: how it dials (the
 /// [`Connector`]), its clock, how a lane is locked and how a guard and its
 /// renewal side wait for each other (as a plain lock's do). Implemented by
-/// the tokio and blocking connectors only.
+/// the tokio and blocking connectors only (`Clone`, so that the generic
+/// client and lock derive theirs).
 pub trait ClusterRuntime:
-    Connector<Io: ErrorType<Error = io::Error>> + Debug + Sized + Send + Sync + 'static
+    Connector<Io: ErrorType<Error = io::Error>> + Clone + Debug + Sized + Send + Sync + 'static
 {
     /// The clock of lanes and leases.
     type Timer: Timer + Copy + Default + Send + Sync + 'static;
@@ -294,18 +295,13 @@ impl<R: ClusterRuntime> Inner<R> {
 /// A client of a dflockd v2 Raft cluster on runtime `R`: two lanes (acquire
 /// and control) and the leader hint they share. Used as
 /// `tokio::ClusterClient` and `blocking::ClusterClient` (documented there).
+#[derive(Clone)]
 pub struct ClusterClient<R: ClusterRuntime>(pub(crate) Arc<Inner<R>>);
 
 impl<R: ClusterRuntime> core::fmt::Debug for ClusterClient<R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let settings = &self.0.settings;
         f.debug_tuple("ClusterClient").field(settings).finish()
-    }
-}
-
-impl<R: ClusterRuntime> Clone for ClusterClient<R> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
     }
 }
 
@@ -547,22 +543,12 @@ pub(crate) use cluster_api;
 
 /// A lock or semaphore on one key of a [`ClusterClient`], with its
 /// options (`tokio::ClusterLock`, `blocking::ClusterLock`).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ClusterLock<R: ClusterRuntime> {
     pub(crate) client: ClusterClient<R>,
     pub(crate) key: String,
     pub(crate) kind: Kind,
     pub(crate) options: LockOptions,
-}
-
-impl<R: ClusterRuntime> Clone for ClusterLock<R> {
-    fn clone(&self) -> Self {
-        Self {
-            client: self.client.clone(),
-            key: self.key.clone(),
-            ..*self
-        }
-    }
 }
 
 impl<R: ClusterRuntime> ClusterLock<R> {

@@ -35,7 +35,7 @@ use crate::runtime::host::cluster::{
 };
 
 /// Dials members over tokio TCP (or TLS), counting every dial.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TokioConnector(Arc<ClusterSettings>);
 
 impl Connector for TokioConnector {
