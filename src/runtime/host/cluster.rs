@@ -612,13 +612,8 @@ impl<R: ClusterRuntime> Renewing<R> {
     /// leaves the lease lost.
     pub(crate) async fn run(self) {
         let Self(lock, driver, renewer) = self;
-        drive(
-            RenewOn(lock.clone(), String::new()),
-            &lock.key,
-            driver,
-            renewer,
-        )
-        .await
+        let io = RenewOn(lock.clone(), String::new());
+        drive(io, &lock.key, driver, renewer).await
     }
 }
 
