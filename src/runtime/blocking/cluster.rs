@@ -69,10 +69,8 @@ impl ClusterRuntime for StdConnector {
 
     fn spawn(renewing: Renewing<Self>) -> Result<()> {
         let thread = std::thread::Builder::new().name("dflockd-cluster-lease".into());
-        thread
-            .spawn(move || block_on(renewing.run()))
-            .map_err(Error::Io)?;
-        Ok(())
+        let spawned = thread.spawn(move || block_on(renewing.run()));
+        spawned.map(drop).map_err(Error::Io)
     }
 }
 
