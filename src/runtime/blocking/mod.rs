@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use crate::runtime::host::HostTls;
 use crate::runtime::host::sock::{Bounded, POLLIN, is_timeout, poll_until};
+use crate::runtime::host::stream::on_arm;
 use crate::time::{Instant, Timer};
 use crate::{Connection, Error, Grant, Kind, Token};
 
@@ -478,27 +479,15 @@ impl HostStream {
 
 impl BlockingTransport for HostStream {
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        match self {
-            Self::Plain(s) => s.set_read_timeout(timeout),
-            #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.set_read_timeout(timeout),
-        }
+        on_arm!(self, s => s.set_read_timeout(timeout))
     }
 
     fn set_deadline(&mut self, deadline: Option<std::time::Instant>) -> io::Result<()> {
-        match self {
-            Self::Plain(s) => s.set_deadline(deadline),
-            #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.set_deadline(deadline),
-        }
+        on_arm!(self, s => s.set_deadline(deadline))
     }
 
     fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
-        match self {
-            Self::Plain(s) => s.wait_readable(timeout),
-            #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.wait_readable(timeout),
-        }
+        on_arm!(self, s => s.wait_readable(timeout))
     }
 }
 
