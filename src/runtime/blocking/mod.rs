@@ -367,28 +367,8 @@ impl BlockingTransport for StdTlsStream {
     }
 
     fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let state = self
-                .0
-                .conn
-                .process_new_packets()
-                .map_err(crate::runtime::host::rustls::tls_io_error)?;
-            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
-                return Ok(true);
-            }
-            // Buffered inside rustls: nothing is lost on a timeout.
-            match self
-                .0
-                .conn
-                .read_tls(&mut Bounded(&self.0.sock, Some(deadline)))
-            {
-                Ok(0) => return Ok(true),
-                Ok(_) => {}
-                Err(e) if is_timeout(&e) => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
+        // Buffered inside rustls: nothing is lost on a timeout.
+        self.fill(true, Some(std::time::Instant::now() + timeout))
     }
 }
 
