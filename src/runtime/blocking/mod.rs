@@ -30,12 +30,11 @@ pub use crate::runtime::host::shared::*;
 
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::runtime::host::HostTls;
 use crate::runtime::host::sock::{Bounded, POLLIN, is_timeout, poll_until};
 use crate::runtime::host::stream::on_arm;
+use crate::runtime::host::{HostTls, timer_instant};
 use crate::time::{Instant, Timer};
 use crate::{Connection, Error, Grant, Kind, Token};
 
@@ -515,16 +514,7 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
     }
 }
 
-fn epoch() -> std::time::Instant {
-    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
-    *EPOCH.get_or_init(std::time::Instant::now)
-}
-
-/// The `std::time::Instant` of a [`StdTimer`] instant (which counts
-/// milliseconds, rounded down, from a process-wide epoch).
-pub(crate) fn std_instant(t: Instant) -> std::time::Instant {
-    epoch() + Duration::from_millis(t.as_millis())
-}
+pub(crate) use crate::runtime::host::std_instant;
 
 /// [`Timer`] over `std::time::Instant`; `sleep_until` blocks the thread.
 #[derive(Debug, Clone, Copy, Default)]
@@ -532,8 +522,7 @@ pub struct StdTimer;
 
 impl Timer for StdTimer {
     fn now(&self) -> Instant {
-        let ms = epoch().elapsed().as_millis();
-        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        timer_instant(std::time::Instant::now())
     }
 
     async fn sleep_until(&self, deadline: Instant) {

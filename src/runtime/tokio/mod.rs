@@ -28,7 +28,6 @@ pub use self::signal::{Item, SignalConn, SignalHandle, emit};
 pub use crate::runtime::host::shared::*;
 
 use std::io;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use embedded_io_adapters::tokio_1::FromTokio;
@@ -36,6 +35,7 @@ use tokio::net::TcpStream;
 
 #[cfg(feature = "rustls")]
 use crate::runtime::host::rustls::tokio_handshake;
+use crate::runtime::host::{std_instant, timer_instant};
 use crate::time::{Instant, Timer};
 use crate::{Connection, Error};
 
@@ -111,14 +111,9 @@ where
         .map_err(|_| Error::Timeout)?
 }
 
-fn epoch() -> tokio::time::Instant {
-    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
-    tokio::time::Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now))
-}
-
 /// The tokio instant of a [`TokioTimer`] instant.
 pub(crate) fn tokio_instant(t: Instant) -> tokio::time::Instant {
-    epoch() + Duration::from_millis(t.as_millis())
+    tokio::time::Instant::from_std(std_instant(t))
 }
 
 /// [`Timer`] over tokio's clock (honours tokio's paused test time).
@@ -127,14 +122,11 @@ pub struct TokioTimer;
 
 impl Timer for TokioTimer {
     fn now(&self) -> Instant {
-        let ms = tokio::time::Instant::now()
-            .saturating_duration_since(epoch())
-            .as_millis();
-        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        timer_instant(tokio::time::Instant::now().into_std())
     }
 
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
-        tokio::time::sleep_until(epoch() + Duration::from_millis(deadline.as_millis()))
+        tokio::time::sleep_until(tokio_instant(deadline))
     }
 }
 
