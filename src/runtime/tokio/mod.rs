@@ -73,10 +73,8 @@ pub async fn connect<const N: usize, const P: usize>(
 
 /// TCP to `addr` within the connect timeout, with `TCP_NODELAY`.
 async fn tcp(addr: &str, opts: &ConnectOptions) -> Result<TcpStream> {
-    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| Error::Timeout)?
-        .map_err(Error::Io)?;
+    let connect = async { TcpStream::connect(addr).await.map_err(Error::Io) };
+    let stream = timeout(opts.connect_timeout, connect).await?;
     stream.set_nodelay(true).map_err(Error::Io)?;
     Ok(stream)
 }
@@ -90,9 +88,7 @@ where
     T: embedded_io_async::Read<Error = io::Error> + embedded_io_async::Write<Error = io::Error>,
 {
     if let Some(token) = &opts.auth_token {
-        tokio::time::timeout(opts.connect_timeout, conn.auth(token.expose()))
-            .await
-            .map_err(|_| Error::Timeout)??;
+        timeout(opts.connect_timeout, conn.auth(token.expose())).await?;
     }
     Ok(conn)
 }
