@@ -250,7 +250,7 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P> {
     /// tried in turn), sets `TCP_NODELAY` and authenticates when a token is
     /// given.
     pub fn connect(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<Self> {
-        Self::from_transport(open_plain(addr, opts)?, opts.io_timeout).authenticate(opts)
+        Self::open(open_plain(addr, opts)?, opts)
     }
 
     /// Wraps an already connected stream. Reads are bounded by each
@@ -280,6 +280,16 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
             inner: Connection::new(transport),
             io_timeout,
         }
+    }
+
+    /// A connection over a freshly opened `transport`: the reply timeout
+    /// of `opts`, and `auth` sent when it has a token.
+    fn open(transport: T, opts: &ConnectOptions) -> Result<Self> {
+        let mut conn = Self::from_transport(transport, opts.io_timeout);
+        if let Some(token) = &opts.auth_token {
+            conn.auth(token.expose())?;
+        }
+        Ok(conn)
     }
 
     /// The async connection inside, for anything not wrapped here.
@@ -348,6 +358,7 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
             .map(Some)
             .map_err(timeout_kind)
     }
+
     /// Signals dropped so far (see [`Connection::dropped_signals`]).
     pub fn dropped_signals(&self) -> u64 {
         self.inner.dropped_signals()
@@ -394,14 +405,13 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P, StdTlsStream> {
         opts: &ConnectOptions,
         tls: &crate::runtime::host::rustls::RustlsConnector,
     ) -> Result<Self> {
-        Self::from_transport(open_tls(addr, opts, tls)?, opts.io_timeout).authenticate(opts)
+        Self::open(open_tls(addr, opts, tls)?, opts)
     }
 }
 #[cfg(feature = "rustls")]
 pub use crate::runtime::host::rustls::StdTlsStream;
 
 crate::runtime::host::stream::host_stream! {
-
     /// The transport of the high-level blocking APIs
     /// ([`DistributedLock`](crate::blocking::DistributedLock),
     /// [`SignalConn`](crate::blocking::SignalConn)): plain TCP or, with
@@ -500,17 +510,7 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P, HostStream> {
         opts: &ConnectOptions,
         tls: Option<&HostTls>,
     ) -> Result<Self> {
-        Self::from_transport(open_host(addr, opts, tls)?, opts.io_timeout).authenticate(opts)
-    }
-}
-
-impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N, P, T> {
-    /// Sends `auth` when `opts` has a token.
-    fn authenticate(mut self, opts: &ConnectOptions) -> Result<Self> {
-        if let Some(token) = &opts.auth_token {
-            self.run(0, |c| c.auth(token.expose()))?;
-        }
-        Ok(self)
+        Self::open(open_host(addr, opts, tls)?, opts)
     }
 }
 

@@ -67,8 +67,7 @@ pub async fn connect<const N: usize, const P: usize>(
     addr: &str,
     opts: &ConnectOptions,
 ) -> Result<TokioConnection<N, P>> {
-    let stream = tcp(addr, opts).await?;
-    authenticate(Connection::new(FromTokio::new(stream)), opts).await
+    authenticate(FromTokio::new(tcp(addr, opts).await?), opts).await
 }
 
 /// TCP to `addr` within the connect timeout, with `TCP_NODELAY`.
@@ -79,14 +78,16 @@ async fn tcp(addr: &str, opts: &ConnectOptions) -> Result<TcpStream> {
     Ok(stream)
 }
 
-/// Sends `auth` within the connect timeout when a token is given.
+/// A connection over a freshly opened `transport`, `auth` sent within the
+/// connect timeout when a token is given.
 async fn authenticate<T, const N: usize, const P: usize>(
-    mut conn: Connection<T, N, P>,
+    transport: T,
     opts: &ConnectOptions,
 ) -> Result<Connection<T, N, P>>
 where
     T: embedded_io_async::Read<Error = io::Error> + embedded_io_async::Write<Error = io::Error>,
 {
+    let mut conn = Connection::new(transport);
     if let Some(token) = &opts.auth_token {
         timeout(opts.connect_timeout, conn.auth(token.expose())).await?;
     }
@@ -158,7 +159,7 @@ pub async fn connect_tls<const N: usize, const P: usize>(
     tls: &crate::runtime::host::rustls::RustlsConnector,
 ) -> Result<TokioTlsConnection<N, P>> {
     let stream = tokio_handshake(tcp(addr, opts).await?, opts.connect_timeout, tls).await?;
-    authenticate(Connection::new(stream), opts).await
+    authenticate(stream, opts).await
 }
 
 crate::runtime::host::stream::host_stream! {
@@ -224,6 +225,5 @@ pub(crate) async fn connect_host<const N: usize, const P: usize>(
     opts: &ConnectOptions,
     tls: Option<&crate::runtime::host::HostTls>,
 ) -> Result<HostConnection<N, P>> {
-    let stream = open_host(addr, opts, tls).await?;
-    authenticate(Connection::new(stream), opts).await
+    authenticate(open_host(addr, opts, tls).await?, opts).await
 }
