@@ -32,7 +32,7 @@ use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::runtime::host::sock::{Bounded, POLLIN, is_timeout, poll_until};
+use crate::runtime::host::sock::{Bounded, is_timeout, poll_until};
 use crate::runtime::host::stream::on_arm;
 use crate::runtime::host::{HostTls, timer_instant};
 use crate::time::{Instant, Timer};
@@ -164,7 +164,7 @@ impl BlockingTransport for StdStream {
 
     fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
         // Consumes nothing: a timeout here loses nothing.
-        poll_until(&self.0, POLLIN, Some(std::time::Instant::now() + timeout))
+        poll_until(&self.0, false, Some(std::time::Instant::now() + timeout))
     }
 }
 
