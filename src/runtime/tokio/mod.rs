@@ -208,11 +208,11 @@ pub(crate) async fn open_host(
 ) -> Result<HostStream> {
     let stream = tcp(addr, opts).await?;
     match tls {
-        None => Ok(HostStream::Plain(FromTokio::new(stream))),
+        None => Ok(FromTokio::new(stream).into()),
         #[cfg(feature = "rustls")]
-        Some(tls) => Ok(HostStream::Tls(std::boxed::Box::new(
-            tokio_handshake(stream, opts.connect_timeout, tls).await?,
-        ))),
+        Some(tls) => Ok(tokio_handshake(stream, opts.connect_timeout, tls)
+            .await?
+            .into()),
         #[cfg(not(feature = "rustls"))]
         Some(never) => match *never {},
     }
