@@ -216,8 +216,8 @@ impl StdTlsStream {
     /// Reads TLS records into rustls until it has plaintext or the peer's
     /// `close_notify` (`Ok(true)`; end of stream too), or a read gives up
     /// with a timeout (`Ok(false)`; nothing is lost, it stays in rustls):
-    /// bounded by `deadline` when `wait`, else one non-blocking try. The
-    /// one record loop of [`read`](embedded_io_async::Read::read),
+    /// waiting up to `deadline` when `wait`, else taking only what has
+    /// arrived (the socket is non-blocking). The one record loop of [`read`](embedded_io_async::Read::read),
     /// `wait_readable` and [`peer_closed`](Self::peer_closed).
     pub(crate) fn fill(
         &mut self,
