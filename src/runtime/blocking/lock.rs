@@ -31,15 +31,17 @@
 //! # Ok(()) }
 //! ```
 
+use core::ops::ControlFlow;
 use std::boxed::Box;
-use std::io;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar};
 use std::time::Duration;
 
 use super::{BlockingTransport, HostConnection, StdTimer, block_on, std_instant, timeout_kind};
-use crate::lock::{LeaseDriver, Reply, wire_secs};
-use crate::runtime::host::lock::{Guard, RenewIo, Renewer, Shared, dial, drive, lock_api};
+use crate::lock::{LeaseDriver, wire_secs};
+use crate::runtime::host::lock::{
+    Guard, Look, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, Wake, dial, drive, lock_api,
+};
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
 use crate::runtime::host::{HangUp, HangUpCloser};
@@ -156,6 +158,32 @@ fn wait_within(
 
 // ---- the guard ----------------------------------------------------------------
 
+impl Wake for Condvar {
+    type Timer = StdTimer;
+
+    fn wake(&self) {
+        self.notify_all();
+    }
+
+    /// Blocks the thread (run it in `block_on`).
+    async fn until<T>(shared: &Shared<Self>, f: &mut Look<'_, T>) -> T {
+        let mut status = shared.lock();
+        loop {
+            status = match f(&mut status) {
+                ControlFlow::Break(out) => return out,
+                ControlFlow::Continue(None) => {
+                    shared.wake.wait(status).unwrap_or_else(|e| e.into_inner())
+                }
+                ControlFlow::Continue(Some(at)) => {
+                    let left = at.saturating_duration_since(StdTimer.now());
+                    let woken = shared.wake.wait_timeout(status, left);
+                    woken.unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+        }
+    }
+}
+
 /// A held lock or semaphore slot, renewed by a background thread.
 ///
 /// * [`release`](Self::release) releases and reports the outcome.
@@ -252,29 +280,11 @@ impl LeaseGuard {
     /// Blocks until the lease is lost or `timeout` passed; whether it is
     /// lost.
     pub fn wait_lost_timeout(&self, timeout: Duration) -> bool {
-        self.wait_lost_until(std::time::Instant::now().checked_add(timeout))
+        self.wait_lost_until(Some(StdTimer.now() + timeout))
     }
 
-    fn wait_lost_until(&self, until: Option<std::time::Instant>) -> bool {
-        let shared = &self.0.shared;
-        let mut status = shared.lock();
-        loop {
-            if status.is_lost(StdTimer.now()) {
-                return true;
-            }
-            let now = std::time::Instant::now();
-            if until.is_some_and(|u| now >= u) {
-                return false;
-            }
-            // Wakes at the deadline at the latest: the clock decides then.
-            let deadline = std_instant(status.deadline);
-            let wake = until.map_or(deadline, |u| u.min(deadline));
-            status = shared
-                .wake
-                .wait_timeout(status, wake.saturating_duration_since(now))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+    fn wait_lost_until(&self, until: Option<Instant>) -> bool {
+        block_on(self.0.lost_by(until))
     }
 
     /// Releases the lease and closes its connection; blocks until the
@@ -286,15 +296,7 @@ impl LeaseGuard {
     /// release request reports them (the connection closes anyway, which
     /// frees the lease on the server).
     pub fn release(self) -> Result<()> {
-        self.0.ask_release();
-        let shared = &self.0.shared;
-        let mut status = shared.lock();
-        loop {
-            if let Some(out) = status.outcome() {
-                return out;
-            }
-            status = shared.wake.wait(status).unwrap_or_else(|e| e.into_inner());
-        }
+        block_on(self.0.release())
     }
 }
 
@@ -341,7 +343,7 @@ impl RenewIo for ThreadIo {
         self.conn.is_usable() && !self.conn.get_mut().transport_mut().peer_closed()
     }
 
-    async fn renew(&mut self, d: &LeaseDriver, key: &str, limit: Instant) -> Reply<u64, io::Error> {
+    async fn renew(&mut self, d: &mut LeaseDriver, key: &str, limit: Instant) -> RenewReply {
         let token = *d.token();
         if let Err(e) = self.arm(limit) {
             return Ok(Err(e));
@@ -353,12 +355,7 @@ impl RenewIo for ThreadIo {
         Ok(renew.await.map_err(timeout_kind))
     }
 
-    async fn release(
-        &mut self,
-        d: &LeaseDriver,
-        key: &str,
-        limit: Instant,
-    ) -> Reply<(), io::Error> {
+    async fn release(&mut self, d: &LeaseDriver, key: &str, limit: Instant) -> ReleaseReply {
         let token = *d.token();
         if let Err(e) = self.arm(limit) {
             return Ok(Err(e));
