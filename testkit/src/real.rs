@@ -242,9 +242,16 @@ fn flags(cfg: &Config, port: u16) -> Vec<String> {
 }
 
 /// A free loopback port: bound, read and released. Another process may take
-/// it in between; [`spawn`] retries when the server cannot bind it.
+/// it in between; [`spawn`] waits for the server's own `listening` line and
+/// retries with another port when the server cannot bind it.
 fn free_port(host: &str) -> io::Result<u16> {
     Ok(TcpListener::bind((host, 0))?.local_addr()?.port())
+}
+
+/// Whether the server's log says its listener is bound (`msg=listening`,
+/// written by every generation right after its `net.Listen` succeeded).
+fn has_listened(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|s| s.contains("msg=listening"))
 }
 
 fn log_tail(path: &Path) -> String {
@@ -299,7 +306,13 @@ pub(crate) fn spawn(binary: &Path, cfg: &Config) -> io::Result<(SocketAddr, Real
                 )));
                 break;
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            // The port was free when picked, but another test may bind it
+            // before the server does: then the server exits and a bare
+            // connect would reach that other test's listener. The server
+            // logs `listening` only once its own bind succeeded.
+            if has_listened(&proc.log)
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
                 return Ok((proc.relay.addr, proc));
             }
             if start.elapsed() > START_TIMEOUT {
