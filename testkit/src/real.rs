@@ -12,7 +12,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -452,6 +452,10 @@ pub(crate) struct Relay {
 struct RelayState {
     stopped: AtomicBool,
     open: Mutex<Vec<TcpStream>>,
+    /// Relayed connections whose server side the client has not yet been
+    /// told is closed: counted from the upstream connect until the
+    /// server-to-client pump has shut the client's socket.
+    live: AtomicUsize,
 }
 
 impl RelayState {
@@ -493,11 +497,18 @@ impl Relay {
                             open.push(b);
                         }
                     }
-                    pump(client, s2);
-                    pump(server, c2);
+                    st.live.fetch_add(1, Ordering::SeqCst);
+                    pump(client, s2, None);
+                    pump(server, c2, Some(st.clone()));
                 }
             })?;
         Ok(Relay { addr, state })
+    }
+
+    /// How many relayed connections are open as their client sees them
+    /// (a server-side close the relay has not passed on yet still counts).
+    pub(crate) fn live(&self) -> usize {
+        self.state.live.load(Ordering::SeqCst)
     }
 
     /// Closes every relayed connection; new ones are still accepted.
@@ -516,15 +527,24 @@ impl Relay {
 }
 
 /// Copies `from` to `to` on a thread until either side closes, then closes
-/// both directions of both sockets.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    let _ = std::thread::Builder::new()
+/// both directions of both sockets and, for the server-to-client direction,
+/// takes the pair out of the relay's `live` count.
+fn pump(mut from: TcpStream, mut to: TcpStream, count: Option<Arc<RelayState>>) {
+    let counted = count.clone();
+    let spawned = std::thread::Builder::new()
         .name("dflockd-testkit-relay-io".to_owned())
         .spawn(move || {
             let _ = io::copy(&mut from, &mut to);
             let _ = from.shutdown(Shutdown::Both);
             let _ = to.shutdown(Shutdown::Both);
+            if let Some(st) = count {
+                st.live.fetch_sub(1, Ordering::SeqCst);
+            }
         });
+    // Without a thread the sockets were dropped (closed) with the closure.
+    if let (Err(_), Some(st)) = (spawned, counted) {
+        st.live.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]
