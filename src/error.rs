@@ -3,6 +3,7 @@
 use core::fmt;
 
 use crate::protocol::{InvalidArgument, ProtocolError, Status};
+use crate::time::Elapsed;
 
 /// Longest status text kept by [`ServerError::Unknown`]; longer text is cut
 /// at a character boundary.
@@ -411,6 +412,15 @@ impl<E> From<ProtocolError> for Error<E> {
 impl<E> From<ServerError> for Error<E> {
     fn from(e: ServerError) -> Self {
         Error::Server(e)
+    }
+}
+
+/// A client-side deadline passed ([`with_deadline`](crate::time::with_deadline)
+/// gave [`Elapsed`]): [`Error::Timeout`]. The one place that decision is
+/// made, so `with_deadline(..).await??` bounds a request in every adapter.
+impl<E> From<Elapsed> for Error<E> {
+    fn from(_: Elapsed) -> Self {
+        Error::Timeout
     }
 }
 

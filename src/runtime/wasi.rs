@@ -455,8 +455,7 @@ async fn until<T>(
     step: impl Future<Output = io::Result<T>>,
 ) -> Result<T, Error<io::Error>> {
     with_deadline(&WasiTimer, deadline, step)
-        .await
-        .map_err(|_| Error::Timeout)?
+        .await?
         .map_err(Error::Io)
 }
 
@@ -493,9 +492,7 @@ pub async fn timeout<T, E, F>(dur: Duration, fut: F) -> Result<T, Error<E>>
 where
     F: Future<Output = Result<T, Error<E>>>,
 {
-    with_deadline(&WasiTimer, WasiTimer.now() + dur, fut)
-        .await
-        .map_err(|_| Error::Timeout)?
+    with_deadline(&WasiTimer, WasiTimer.now() + dur, fut).await?
 }
 
 // ---- time ---------------------------------------------------------------------
