@@ -672,9 +672,7 @@ where
         let token = self.connector.auth_token();
         let reference = self.stable_ref.as_str();
         let hello = async {
-            if let Some(token) = token {
-                conn.auth(token).await?;
-            }
+            conn.authenticate(token).await?;
             match conn
                 .request(&Request::StableRef { reference }, Expect::Ok)
                 .await?

@@ -475,9 +475,7 @@ pub async fn connect<const N: usize, const P: usize>(
     opts: &ConnectOptions,
 ) -> Result<WasiConnection<N, P>, Error<io::Error>> {
     let mut conn = Connection::new(connect_stream(addr, opts.connect_timeout).await?);
-    if let Some(token) = &opts.auth_token {
-        timeout(opts.connect_timeout, conn.auth(token.expose())).await?;
-    }
+    timeout(opts.connect_timeout, conn.authenticate(opts.token())).await?;
     Ok(conn)
 }
 

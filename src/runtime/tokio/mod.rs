@@ -88,9 +88,7 @@ where
     T: embedded_io_async::Read<Error = io::Error> + embedded_io_async::Write<Error = io::Error>,
 {
     let mut conn = Connection::new(transport);
-    if let Some(token) = &opts.auth_token {
-        timeout(opts.connect_timeout, conn.auth(token.expose())).await?;
-    }
+    timeout(opts.connect_timeout, conn.authenticate(opts.token())).await?;
     Ok(conn)
 }
 
