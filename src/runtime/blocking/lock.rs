@@ -60,8 +60,6 @@ const CLOSED_POLL: Duration = Duration::from_millis(50);
 lock_api! {
     async: [],
     await: [],
-    clock: StdTimer,
-    to_std: std_instant,
     cancel: "Blocks the calling thread, bounded by the timeouts.",
     run: {
         /// Runs `f` while holding: acquires (`Ok(None)` when the acquire

@@ -473,43 +473,21 @@ macro_rules! cluster_api {
         }
 
         impl ClusterGuard {
-            /// The key.
-            pub fn key(&self) -> &str {
-                &self.guard.settings.key
-            }
-
-            /// Lock or semaphore.
-            pub fn kind(&self) -> $crate::Kind {
-                self.guard.settings.kind
+            $crate::runtime::host::lock::lock_api! {
+                @guard guard,
+                /// The fence (see [`Fence`](crate::Fence): on a v2 cluster a
+                /// replicated counter that only grows, across failovers), or
+                /// `None` once the lease is lost.
+                fence,
+                /// Whether the lease is known to be lost (never blocks): the
+                /// renewal task said so or is gone, or the conservative deadline
+                /// has passed by the clock.
+                is_lost
             }
 
             /// The member that granted the lease.
             pub fn granted_by(&self) -> &str {
                 &self.member
-            }
-
-            /// The lease TTL granted.
-            pub fn ttl(&self) -> Duration {
-                self.guard.ttl
-            }
-
-            /// The token, or `None` once the lease is lost.
-            pub fn token(&self) -> Option<$crate::Token> {
-                (!self.is_lost()).then_some(self.guard.token)
-            }
-
-            /// The fence (see [`Fence`](crate::Fence): on a v2 cluster a
-            /// replicated counter that only grows, across failovers), or
-            /// `None` once the lease is lost.
-            pub fn fence(&self) -> Option<$crate::Fence> {
-                self.token().map(|t| t.fence())
-            }
-
-            /// Whether the lease is known to be lost (never blocks): the
-            /// renewal task said so or is gone, or the conservative deadline
-            /// has passed by the clock.
-            pub fn is_lost(&self) -> bool {
-                self.lost_now()
             }
 
             /// The latest successful renew, if any.
@@ -674,12 +652,6 @@ pub struct ClusterGuard<R: ClusterRuntime> {
 }
 
 impl<R: ClusterRuntime> ClusterGuard<R> {
-    /// Whether the lease is known to be lost: the renewal side said so or
-    /// is gone, or the deadline passed by the clock.
-    pub(crate) fn lost_now(&self) -> bool {
-        self.guard.is_lost(R::Wake::now())
-    }
-
     /// Waits for the next renewal this guard has not seen: `None` once the
     /// lease ended.
     pub(crate) async fn next(&mut self) -> Option<Renewal> {

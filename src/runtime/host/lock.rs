@@ -175,9 +175,15 @@ impl<W: Wake, S> Guard<W, S> {
         self.shared.lock().is_lost(now) || self.hangup.seen()
     }
 
-    /// The lease's conservative deadline (adapter timer time).
-    pub(crate) fn deadline(&self) -> Instant {
-        self.shared.lock().deadline
+    /// [`is_lost`](Self::is_lost) now, by the adapter's timer.
+    pub(crate) fn lost_now(&self) -> bool {
+        self.is_lost(W::now())
+    }
+
+    /// The lease's conservative deadline (both host timers count from one
+    /// epoch, so one conversion serves both).
+    pub(crate) fn deadline(&self) -> std::time::Instant {
+        super::std_instant(self.shared.lock().deadline)
     }
 
     /// Asks the renewal side for the release (see [`Status::outcome`]).
@@ -322,16 +328,12 @@ pub(crate) async fn drive<I: RenewIo>(
 /// The expanding module provides `Conn` (its connection type),
 /// `LeaseGuard(Guard<..>)`, `Result`, and the functions
 /// `acquire_within(&Arc<Settings>, Duration)`, `enqueue(&Arc<Settings>)`
-/// and `wait_within(Box<Conn>, Arc<Settings>, Duration)`. `clock` gives
-/// the adapter timer's time, `to_std` turns it into a `std` instant,
-/// `cancel` is a sentence on cancel safety for each request, and `run`
+/// and `wait_within(Box<Conn>, Arc<Settings>, Duration)`. `cancel` is a sentence on cancel safety for each request, and `run`
 /// the adapter's own `run` method for both lock types.
 macro_rules! lock_api {
     (
         async: [$($async:tt)?],
         await: [$($await:tt)*],
-        clock: $clock:expr,
-        to_std: $to_std:expr,
         cancel: $cancel:literal,
         run: { $($run:tt)* }
     ) => {
@@ -454,40 +456,18 @@ macro_rules! lock_api {
         }
 
         impl LeaseGuard {
-            /// The key.
-            pub fn key(&self) -> &str {
-                &self.0.settings.key
-            }
-
-            /// Lock or semaphore.
-            pub fn kind(&self) -> $crate::Kind {
-                self.0.settings.kind
-            }
-
-            /// The lease token, or `None` once the lease is lost.
-            pub fn token(&self) -> Option<$crate::Token> {
-                (!self.is_lost()).then_some(self.0.token)
-            }
-
-            /// The fencing value of the token (see
-            /// [`Token::fence`](crate::Token::fence)), or `None` once the
-            /// lease is lost.
-            pub fn fence(&self) -> Option<$crate::Fence> {
-                self.token().map(|t| t.fence())
-            }
-
-            /// The lease TTL granted by the server.
-            pub fn ttl(&self) -> Duration {
-                self.0.ttl
-            }
-
-            /// Whether the lease is known to be lost: the renewal side gave
-            /// up or is gone, the clock passed the
-            /// [`deadline`](Self::deadline), or (Linux) the connection is
-            /// closed — with the server's auto-release on disconnect the
-            /// lease may be someone else's already. Never blocks.
-            pub fn is_lost(&self) -> bool {
-                self.0.is_lost($crate::time::Timer::now(&$clock))
+            $crate::runtime::host::lock::lock_api! {
+                @guard 0,
+                /// The fencing value of the token (see
+                /// [`Token::fence`](crate::Token::fence)), or `None` once the
+                /// lease is lost.
+                fence,
+                /// Whether the lease is known to be lost: the renewal side gave
+                /// up or is gone, the clock passed the
+                /// [`deadline`](Self::deadline), or (Linux) the connection is
+                /// closed — with the server's auto-release on disconnect the
+                /// lease may be someone else's already. Never blocks.
+                is_lost
             }
 
             /// The lease's conservative deadline: when the acquire or the
@@ -495,8 +475,42 @@ macro_rules! lock_api {
             /// cannot have expired the lease before it; from it on the guard
             /// reports the lease lost unless a renew moved it.
             pub fn deadline(&self) -> std::time::Instant {
-                $to_std(self.0.deadline())
+                self.0.deadline()
             }
+        }
+    };
+    // The accessors of a lease guard (plain or cluster) on its `Guard`,
+    // the field `$g`; the docs of `fence` and `is_lost` say what they mean
+    // there.
+    (@guard $g:tt, $(#[$fence:meta])* fence, $(#[$lost:meta])* is_lost) => {
+        /// The key.
+        pub fn key(&self) -> &str {
+            &self.$g.settings.key
+        }
+
+        /// Lock or semaphore.
+        pub fn kind(&self) -> $crate::Kind {
+            self.$g.settings.kind
+        }
+
+        /// The lease token, or `None` once the lease is lost.
+        pub fn token(&self) -> Option<$crate::Token> {
+            (!self.is_lost()).then_some(self.$g.token)
+        }
+
+        $(#[$fence])*
+        pub fn fence(&self) -> Option<$crate::Fence> {
+            self.token().map(|t| t.fence())
+        }
+
+        /// The lease TTL granted by the server.
+        pub fn ttl(&self) -> Duration {
+            self.$g.ttl
+        }
+
+        $(#[$lost])*
+        pub fn is_lost(&self) -> bool {
+            self.$g.lost_now()
         }
     };
     (@requests [$($async:tt)?] [$($await:tt)*] $cancel:literal) => {

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{HostConnection, TokioTimer, connect_host, tokio_instant};
+use super::{HostConnection, TokioTimer, connect_host};
 use crate::lock::LeaseDriver;
 #[cfg(unix)]
 use crate::runtime::host::hung_up;
@@ -60,8 +60,6 @@ type Conn = HostConnection<LINE, 0>;
 lock_api! {
     async: [async],
     await: [.await],
-    clock: TokioTimer,
-    to_std: |t| tokio_instant(t).into_std(),
     cancel: "Cancel-safe in effect: a dropped future closes its own connection, \
              so the server cancels the wait (or leaves the queue) or releases a \
              grant it may already have made.",
