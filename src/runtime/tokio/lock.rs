@@ -98,15 +98,23 @@ fn reusable(conn: &mut Conn) -> bool {
     }
     #[cfg(unix)]
     {
-        use std::os::fd::AsFd;
-        match conn.transport_mut() {
-            super::HostStream::Plain(s) => !hung_up(s.inner().as_fd(), true),
-            #[cfg(feature = "rustls")]
-            super::HostStream::Tls(s) => !hung_up(s.inner().get_ref().0.as_fd(), false),
-        }
+        // Any byte counts on plain TCP; TLS may send records of its own.
+        let plain = !conn.transport_mut().is_tls();
+        !hung_up(socket(conn), plain)
     }
     #[cfg(not(unix))]
     true
+}
+
+/// The connection's TCP socket, watched for the peer's hang-up.
+#[cfg(unix)]
+fn socket(conn: &mut Conn) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    match conn.transport_mut() {
+        super::HostStream::Plain(s) => s.inner().as_fd(),
+        #[cfg(feature = "rustls")]
+        super::HostStream::Tls(s) => s.inner().get_ref().0.as_fd(),
+    }
 }
 
 /// Opens the connection of one acquire or enqueue: the one place a lock
@@ -201,14 +209,7 @@ pub struct LeaseGuard(Guard<Notify>);
 impl LeaseGuard {
     fn spawn(mut conn: Conn, settings: Arc<Settings>, driver: LeaseDriver) -> Self {
         #[cfg(unix)]
-        let hangup = {
-            use std::os::fd::AsFd;
-            match conn.transport_mut() {
-                super::HostStream::Plain(s) => HangUp::new(s.inner().as_fd()),
-                #[cfg(feature = "rustls")]
-                super::HostStream::Tls(s) => HangUp::new(s.inner().get_ref().0.as_fd()),
-            }
-        };
+        let hangup = HangUp::new(socket(&mut conn));
         #[cfg(not(unix))]
         let hangup = HangUp::none();
         let (guard, renewer) = Guard::new(settings.clone(), &driver, hangup.clone(), Notify::new());
