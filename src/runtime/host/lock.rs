@@ -12,11 +12,10 @@ use std::string::String;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::HangUp;
 use super::cluster::Renewal;
-use super::settings::Settings;
-use super::{HangUp, HostTls};
+use super::settings::{Dial, Settings};
 use crate::lock::{Action, LeaseDriver, Reply};
-use crate::runtime::ConnectOptions;
 use crate::time::{Instant, Timer};
 use crate::{Error, Token};
 
@@ -24,9 +23,8 @@ type Result<T> = core::result::Result<T, Error<io::Error>>;
 
 /// Where a lock connects: the server that owns the key, the connect
 /// options and the TLS connector for it.
-pub(crate) fn dial(s: &Settings) -> Result<(&str, ConnectOptions, Option<HostTls>)> {
-    let addr = s.server()?;
-    Ok((addr, s.connect_options(), s.tls_for(addr)?))
+pub(crate) fn dial(s: &Settings) -> Result<Dial<'_>> {
+    s.config.dial(s.server()?)
 }
 
 /// Where a lease stands, by its renewal side's word.

@@ -100,18 +100,16 @@ impl ClientConfig {
         pool.clone().downcast().ok()
     }
 
-    /// How to connect to any server.
-    pub(crate) fn connect_options(&self) -> ConnectOptions {
-        ConnectOptions {
+    /// How to connect to the server at `addr`: the address, the connect
+    /// options and the TLS connector for it, if TLS is on.
+    pub(crate) fn dial<'a>(&self, addr: &'a str) -> Result<Dial<'a>, Error<io::Error>> {
+        let tls = self.tls.as_ref().map(|t| t.for_addr(addr)).transpose()?;
+        let opts = ConnectOptions {
             connect_timeout: self.connect_timeout,
             io_timeout: self.io_timeout,
             auth_token: self.auth_token.clone(),
-        }
-    }
-
-    /// The TLS connector for the server at `addr`, if TLS is on.
-    pub(crate) fn tls_for(&self, addr: &str) -> Result<Option<HostTls>, Error<io::Error>> {
-        self.tls.as_ref().map(|t| t.for_addr(addr)).transpose()
+        };
+        Ok((addr, opts, tls))
     }
 
     /// The index of the server that owns `key`.
@@ -120,6 +118,9 @@ impl ClientConfig {
         route(&*self.strategy, key, &list).map_err(route_error)
     }
 }
+
+/// Where and how to connect: see [`ClientConfig::dial`].
+pub(crate) type Dial<'a> = (&'a str, ConnectOptions, Option<HostTls>);
 
 /// Everything a host lock needs; shared by its guards. `options` carries
 /// the client's `io_timeout` and `read_timeout`.
@@ -212,7 +213,7 @@ impl Settings {
 }
 
 /// A lock's settings read as the client-wide ones too
-/// (`settings.connect_timeout`, `settings.tls_for(addr)`).
+/// (`settings.connect_timeout`, `settings.dial(addr)`).
 impl core::ops::Deref for Settings {
     type Target = ClientConfig;
 
