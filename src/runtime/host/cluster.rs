@@ -20,9 +20,7 @@ use std::time::Duration;
 
 use embedded_io_async::ErrorType;
 
-use super::lock::{
-    Guard, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, State, Status, Wake, drive,
-};
+use super::lock::{Guard, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, State, Wake, drive};
 use super::settings::setters;
 use super::{HangUp, HostTls};
 use crate::cluster::{
@@ -570,14 +568,10 @@ struct RenewOn<R: ClusterRuntime>(Arc<ClusterLock<R>>, String);
 impl<R: ClusterRuntime> RenewIo for RenewOn<R> {
     type Wake = R::Wake;
 
-    fn now(&self) -> Instant {
-        R::Wake::now()
-    }
-
     async fn wait(&mut self, until: Instant, shared: &Shared<R::Wake>) -> bool {
         // No connection of its own to watch (a lane reconnects).
-        let due = |s: &mut Status| (s.release || R::Wake::now() >= until).then_some(true);
-        R::Wake::until(shared, &mut |s| due(s).map_or(Continue(Some(until)), Break)).await
+        shared.release_or(until).await;
+        true
     }
 
     async fn renew(&mut self, driver: &mut LeaseDriver, key: &str, _: Instant) -> RenewReply {

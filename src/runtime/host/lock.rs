@@ -106,6 +106,16 @@ impl<W: Wake> Shared<W> {
         f(&mut self.lock());
         self.wake.wake();
     }
+
+    /// Waits until a release is asked for or the clock reaches `until`:
+    /// the renewal side's wait, apart from watching a connection.
+    pub(crate) async fn release_or(&self, until: Instant) {
+        W::until(self, &mut |s| match s.release || W::now() >= until {
+            true => Break(()),
+            false => Continue(Some(until)),
+        })
+        .await
+    }
 }
 
 /// The renewal side's handle on the status. A renewal side that vanishes
@@ -237,7 +247,9 @@ pub(crate) trait RenewIo {
     type Wake: Wake;
 
     /// The adapter timer's time.
-    fn now(&self) -> Instant;
+    fn now(&self) -> Instant {
+        Self::Wake::now()
+    }
 
     /// Waits until `until`, a change of `shared` (a release asked for) or
     /// the connection's close (`false`). May return early.

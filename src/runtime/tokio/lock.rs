@@ -258,21 +258,11 @@ struct TaskIo {
 impl RenewIo for TaskIo {
     type Wake = Notify;
 
-    fn now(&self) -> Instant {
-        TokioTimer.now()
-    }
-
     async fn wait(&mut self, until: Instant, shared: &Shared<Notify>) -> bool {
-        let mut changed = std::pin::pin!(shared.wake.notified());
-        changed.as_mut().enable();
-        if shared.lock().release {
-            return true;
-        }
         let conn = &mut self.conn;
         tokio::select! {
             biased;
-            () = changed => true,
-            () = TokioTimer.sleep_until(until) => true,
+            () = shared.release_or(until) => true,
             // The connection keeps no pushes, so every push is dropped and
             // only an error ends the loop: end of stream, a transport
             // error, or an unsolicited line such as the server's
