@@ -24,10 +24,11 @@
 //! example `runtime::embassy::connect` into a socket you own, or
 //! `runtime::wasi::connect_stream`) and drive a `ClusterConn` per lane
 //! yourself, renewing with [`ClusterConn::renew`] when
-//! [`Lease::next_renew_at`] comes. The core needs no allocator and no
-//! threads for this.
+//! [`Lease::next_renew_at`] comes (or, driving a [`LeaseDriver`] loop,
+//! sending its renews with [`ClusterConn::renew_reply`], as the host
+//! clients do). The core needs no allocator and no threads for this.
 //!
-//! The host APIs (`runtime::cluster_tokio`, `runtime::cluster_blocking`)
+//! The host APIs (`tokio::ClusterClient`, `blocking::ClusterClient`)
 //! run two `ClusterConn`s per client: one lane for acquire/enqueue/wait,
 //! which may block on the server, and one for renew/release/barrier, so a
 //! renew never waits behind a blocked acquire.
@@ -81,7 +82,7 @@ use embedded_io_async::{ErrorType, Read, Write};
 use crate::Enqueued;
 use crate::conn::Connection;
 use crate::error::{Error, MAX_LEADER_ADDR, ServerError};
-use crate::lock::{Lease, LockSpec, Rng};
+use crate::lock::{Lease, LeaseDriver, LockSpec, Rng};
 use crate::protocol::validate::{self, Arg, InvalidArgument, Rule};
 use crate::protocol::{Expect, Reply, Request, Status};
 use crate::time::{Instant, Timer, with_deadline};
@@ -803,17 +804,32 @@ where
     }
 
     /// Renews `lease` on the leader with the same token, following a
-    /// failover. [`Error::LeaseLost`] when the server no longer holds it
-    /// (`error`, `error_lease_expired`) or its deadline passed first:
-    /// never re-acquired. Not cancel-safe (the next call reconnects).
+    /// failover ([`renew_reply`](Self::renew_reply), then
+    /// [`LeaseDriver::renewed`]). [`Error::LeaseLost`] when the server no
+    /// longer holds it (`error`, `error_lease_expired`) or its deadline
+    /// passed first: never re-acquired. Not cancel-safe (the next call
+    /// reconnects).
     pub async fn renew(&mut self, lease: &mut Lease<'_>) -> Res<(), C> {
-        let out = self.run(true, &mut Op::Renew(lease)).await;
-        match out {
-            Ok(_) => Ok(()),
-            Err(Error::NoLeader { .. }) if lease.is_expired(self.timer.now()) => {
-                Err(Error::LeaseLost)
-            }
-            Err(e) => Err(e),
+        let mut driver = *lease.driver();
+        let reply = self.renew_reply(lease.key(), &mut driver).await;
+        let out = driver.renewed(Ok(reply), self.timer.now());
+        *lease = Lease::from_driver(lease.key(), driver);
+        out
+    }
+
+    /// The renew of `driver`'s lease on `key`, sent to the leader with the
+    /// same token and re-sent after a failover: the seconds the server
+    /// granted, the reply for [`LeaseDriver::renewed`] (which applies it,
+    /// and makes a late failure [`Error::LeaseLost`]). Each attempt is
+    /// started on the driver, which gives its reply limit (the reply
+    /// timeout, never past the deadline) and counts the lease from the
+    /// attempt that landed. [`Error::LeaseLost`] when the server refuses
+    /// (`error`, `error_lease_expired`) or the deadline passed. Not
+    /// cancel-safe (the next call reconnects).
+    pub async fn renew_reply(&mut self, key: &str, driver: &mut LeaseDriver) -> Res<u64, C> {
+        match self.run(true, &mut Op::Renew(key, driver)).await? {
+            Out::Remaining(secs) => Ok(secs),
+            _ => Err(unexpected()),
         }
     }
 
@@ -880,7 +896,7 @@ enum Op<'a, 'k> {
     Acquire(&'a LockSpec<'k>, Instant),
     Enqueue(&'a LockSpec<'k>),
     Wait(&'a LockSpec<'k>, Instant),
-    Renew(&'a mut Lease<'k>),
+    Renew(&'k str, &'a mut LeaseDriver),
     Release(Lease<'k>),
     Barrier,
     Ping,
@@ -892,6 +908,8 @@ enum Out<'k> {
     Lease(Option<Lease<'k>>),
     Enqueued(Enqueued<Lease<'k>>),
     Done,
+    /// The seconds a renew was granted.
+    Remaining(u64),
     /// Start and length of the JSON in the stats buffer.
     Stats(usize, usize),
 }
@@ -906,7 +924,7 @@ impl<'k> Op<'_, 'k> {
                     + Duration::from_secs(1)
             }
             Op::Enqueue(spec) => spec.options().io_timeout,
-            Op::Renew(lease) => lease.ttl().max(Duration::from_secs(1)),
+            Op::Renew(_, driver) => driver.ttl().max(Duration::from_secs(1)),
             Op::Release(lease) => lease.ttl().max(io),
             Op::Barrier | Op::Ping | Op::Stats(_) => io,
         }
@@ -930,11 +948,16 @@ impl<'k> Op<'_, 'k> {
                 let left = deadline.saturating_duration_since(timer.now());
                 spec.wait_within(conn, timer, left).await.map(Out::Lease)
             }
-            Op::Renew(lease) => match lease.renew(conn, timer).await {
-                Ok(()) => Ok(Out::Done),
-                Err(Error::Server(ServerError::LeaseExpired)) => Err(Error::LeaseLost),
-                Err(e) => Err(e),
-            },
+            Op::Renew(key, driver) => {
+                let Some(limit) = driver.start_renew(timer.now()) else {
+                    return Err(Error::LeaseLost);
+                };
+                let token = *driver.token();
+                let renew = conn.renew(driver.kind(), key, &token, driver.request_secs());
+                let reply = with_deadline(timer, limit, renew).await;
+                // A refusal or a late failure is the driver's `LeaseLost`.
+                driver.failure(reply, timer.now()).map(Out::Remaining)
+            }
             Op::Release(lease) => match lease.release(conn, timer).await {
                 Ok(()) => Ok(Out::Done),
                 // The first attempt may have released before the failover.

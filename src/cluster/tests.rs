@@ -61,10 +61,7 @@ impl Connector for &ScriptConnector {
 
 const MEMBERS: [&str; 3] = ["a:1", "b:2", "c:3"];
 
-fn lane<'c>(
-    c: &'c ScriptConnector,
-    timer: &'c FakeTimer,
-) -> ClusterConn<&'c ScriptConnector, [&'static str; 3], &'c FakeTimer, CLUSTER_MIN_LINE_BUF> {
+fn lane<'c>(c: &'c ScriptConnector, timer: &'c FakeTimer) -> TestLane<'c> {
     ClusterConn::new(
         c,
         MEMBERS,
@@ -74,6 +71,23 @@ fn lane<'c>(
         Duration::from_secs(5),
     )
     .unwrap()
+}
+
+type TestLane<'c> =
+    ClusterConn<&'c ScriptConnector, [&'static str; 3], &'c FakeTimer, CLUSTER_MIN_LINE_BUF>;
+
+/// A connector whose a:1 grants `k` (and then `serve`s more).
+fn granting() -> ScriptConnector {
+    ScriptConnector::default().serve("a:1", &std::format!("ok\nok {TOK} 5\n"))
+}
+
+/// A lane holding a 5 s lease on `k`, acquired without waiting (from
+/// [`granting`]).
+fn leased<'c>(c: &'c ScriptConnector, timer: &'c FakeTimer) -> (TestLane<'c>, Lease<'static>) {
+    let mut l = lane(c, timer);
+    let spec = LockSpec::lock("k").lease_ttl(Duration::from_secs(5));
+    let lease = block(l.acquire(&spec, Duration::ZERO)).unwrap().unwrap();
+    (l, lease)
 }
 
 fn written<C: Connector<Io = Scripted>, M, T, const N: usize>(
@@ -322,9 +336,7 @@ fn a_renew_the_server_refuses_is_lease_lost_never_a_reacquire() {
     for reply in ["error", "error_lease_expired"] {
         let c = ScriptConnector::default().serve("a:1", &std::format!("ok\nok {TOK} 5\n{reply}\n"));
         let timer = FakeTimer::default();
-        let mut l = lane(&c, &timer);
-        let spec = LockSpec::lock("k").lease_ttl(Duration::from_secs(5));
-        let mut lease = block(l.acquire(&spec, Duration::ZERO)).unwrap().unwrap();
+        let (mut l, mut lease) = leased(&c, &timer);
         let err = block(l.renew(&mut lease)).unwrap_err();
         assert!(matches!(err, Error::LeaseLost), "{reply}: {err:?}");
         assert!(
@@ -334,16 +346,18 @@ fn a_renew_the_server_refuses_is_lease_lost_never_a_reacquire() {
     }
 }
 
+/// The renew lands on the new leader with the same token, and leaves the
+/// lease held for the driver's loop: the attempts that failed before it do
+/// not mark it lost (each attempt used to apply its
+/// failure to the driver, so `LeaseDriver::next` said `Lost` after a renew
+/// that worked).
 #[test]
 fn a_renew_cut_by_a_dead_leader_lands_on_the_new_leader_with_the_same_token() {
-    let c = ScriptConnector::default()
-        .serve("a:1", &std::format!("ok\nok {TOK} 5\n")) // then EOF: killed
+    let c = granting() // then EOF: killed
         .serve("b:2", "ok\nerror_not_leader c:3\n")
-        .serve("c:3", "ok\nok 5\n");
+        .serve("c:3", "ok\nok 5\nok 5\n");
     let timer = FakeTimer::default();
-    let mut l = lane(&c, &timer);
-    let spec = LockSpec::lock("k").lease_ttl(Duration::from_secs(5));
-    let mut lease = block(l.acquire(&spec, Duration::ZERO)).unwrap().unwrap();
+    let (mut l, mut lease) = leased(&c, &timer);
     let fence = lease.fence();
     block(l.renew(&mut lease)).unwrap();
     assert_eq!(lease.fence(), fence);
@@ -352,17 +366,41 @@ fn a_renew_cut_by_a_dead_leader_lands_on_the_new_leader_with_the_same_token() {
         written(&mut l),
         std::format!("stable-ref\nclient-1\n_\nn\nk\n{TOK} 5\n")
     );
+    let mut driver = lease.into_driver();
+    let next = driver.next(timer.now());
+    assert!(matches!(next, crate::lock::Action::Wait { .. }), "{next:?}");
+    // The driver's own shape: the seconds granted, applied by the driver.
+    timer.now.set(driver.next_renew_at().as_millis());
+    assert!(matches!(
+        driver.next(timer.now()),
+        crate::lock::Action::Renew { .. }
+    ));
+    let secs = block(l.renew_reply("k", &mut driver));
+    assert!(matches!(secs, Ok(5)), "{secs:?}");
+    driver.renewed(Ok(secs), timer.now()).unwrap();
+    assert_eq!(driver.deadline().as_millis(), timer.now.get() + 5_000);
+}
+
+/// Nothing is held past the deadline: a renew that fails there in any way
+/// (here: the lane reconnects, the next member refuses the handshake) is
+/// `LeaseLost`, as for `Lease::renew`. It used to pass `Error::Auth` on.
+#[test]
+fn a_renew_failing_after_the_deadline_is_lease_lost() {
+    let c = granting().serve("b:2", "error_auth\n");
+    let timer = FakeTimer::default();
+    let (mut l, mut lease) = leased(&c, &timer);
+    l.disconnect();
+    timer.now.set(6_000);
+    let err = block(l.renew(&mut lease)).unwrap_err();
+    assert!(matches!(err, Error::LeaseLost), "{err:?}");
+    assert_eq!(*c.dials.borrow(), ["a:1", "a:1", "b:2"]);
 }
 
 #[test]
 fn a_release_retried_after_a_failover_counts_the_first_attempt() {
-    let c = ScriptConnector::default()
-        .serve("a:1", &std::format!("ok\nok {TOK} 5\n"))
-        .serve("b:2", "ok\nerror\n");
+    let c = granting().serve("b:2", "ok\nerror\n");
     let timer = FakeTimer::default();
-    let mut l = lane(&c, &timer);
-    let spec = LockSpec::lock("k");
-    let lease = block(l.acquire(&spec, Duration::ZERO)).unwrap().unwrap();
+    let (mut l, lease) = leased(&c, &timer);
     block(l.release(lease)).unwrap();
 }
 

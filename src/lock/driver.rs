@@ -417,7 +417,7 @@ impl LeaseDriver {
     }
 
     /// A reply's value, or the error it means for the lease.
-    fn failure<T, E>(&self, reply: Reply<T, E>, now: Instant) -> Result<T, E> {
+    pub(crate) fn failure<T, E>(&self, reply: Reply<T, E>, now: Instant) -> Result<T, E> {
         match reply {
             Ok(Ok(v)) => Ok(v),
             // Nothing is held past the deadline, whatever went wrong.

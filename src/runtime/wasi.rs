@@ -48,7 +48,7 @@
 
 use std::format;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::string::String;
 use std::sync::OnceLock;
 use std::vec;
@@ -57,6 +57,7 @@ use std::vec::Vec;
 use core::future::Future;
 use core::time::Duration;
 
+use wasip2::io::poll::Pollable;
 use wasip2::sockets::instance_network::instance_network;
 use wasip2::sockets::network::{
     ErrorCode, IpAddress, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress,
@@ -206,11 +207,9 @@ impl embedded_io_async::ErrorType for WasiStream {
 
 impl embedded_io_async::Read for WasiStream {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, io::Error> {
-        // wstd retries zero-byte reads until data arrives: never ask for 0.
-        if buf.is_empty() {
-            return Ok(0);
-        }
         match &mut self.inner {
+            // wstd retries zero-byte reads until data arrives: never ask for 0.
+            _ if buf.is_empty() => Ok(0),
             Inner::Wstd(s) => s.read(buf).await,
             Inner::Socket(s) => s.input.read(buf).await,
         }
@@ -219,10 +218,8 @@ impl embedded_io_async::Read for WasiStream {
 
 impl embedded_io_async::Write for WasiStream {
     async fn write(&mut self, buf: &[u8]) -> Result<usize, io::Error> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
         match &mut self.inner {
+            _ if buf.is_empty() => Ok(0),
             Inner::Wstd(s) => s.write(buf).await,
             Inner::Socket(s) => s.output.write(buf).await,
         }
@@ -264,20 +261,17 @@ enum Target<'a> {
 /// dflockd.example:6388; anything else is a [`ConfigError`] naming the rule.
 fn parse_target(addr: &str) -> Result<Target<'_>, ConfigError> {
     let invalid = |rule: &'static str| ConfigError::new("addr", rule);
+    let bad_port = || invalid("the port must be 1 to 65535");
     if let Ok(a) = addr.parse::<SocketAddr>() {
         if a.port() == 0 {
-            return Err(invalid("the port must be 1 to 65535"));
+            return Err(bad_port());
         }
         return Ok(Target::Addr(a));
     }
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| invalid("must be host:port"))?;
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| invalid("the port must be 1 to 65535"))?;
+    let port = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad_port)?;
     if host.is_empty() {
         return Err(invalid("must name a host before the port"));
     }
@@ -287,19 +281,13 @@ fn parse_target(addr: &str) -> Result<Target<'_>, ConfigError> {
     if host.len() > MAX_NAME {
         return Err(invalid("host names are at most 253 bytes"));
     }
-    if host
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
-    {
+    if host.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/') {
         return Err(invalid(
             "a host name has no spaces, control characters or '/'",
         ));
     }
     if host.eq_ignore_ascii_case("localhost") {
-        return Ok(Target::Addr(SocketAddr::V4(SocketAddrV4::new(
-            Ipv4Addr::LOCALHOST,
-            port,
-        ))));
+        return Ok(Target::Addr((Ipv4Addr::LOCALHOST, port).into()));
     }
     Ok(Target::Name(host, port))
 }
@@ -326,49 +314,50 @@ fn socket_error(code: ErrorCode) -> io::Error {
 }
 
 fn lookup_error(name: &str, code: ErrorCode) -> io::Error {
-    match code {
-        ErrorCode::NameUnresolvable => io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("cannot resolve `{name}`: no such name or no address for it"),
-        ),
-        ErrorCode::TemporaryResolverFailure => io::Error::other(format!(
-            "cannot resolve `{name}`: temporary resolver failure"
-        )),
-        ErrorCode::PermanentResolverFailure | ErrorCode::AccessDenied => {
-            io::Error::other(NameLookupDenied {
-                name: name.into(),
-                code,
-            })
+    let (kind, why) = match code {
+        ErrorCode::NameUnresolvable => {
+            (io::ErrorKind::NotFound, "no such name or no address for it")
         }
-        other => socket_error(other),
+        ErrorCode::TemporaryResolverFailure => (io::ErrorKind::Other, "temporary resolver failure"),
+        ErrorCode::PermanentResolverFailure | ErrorCode::AccessDenied => {
+            let name = name.into();
+            return io::Error::other(NameLookupDenied { name, code });
+        }
+        other => return socket_error(other),
+    };
+    io::Error::new(kind, format!("cannot resolve `{name}`: {why}"))
+}
+
+/// Calls `op` until it stops answering `would-block`, waiting for the
+/// pollable of `subscribe` in between.
+async fn ready<T>(
+    mut op: impl FnMut() -> Result<T, ErrorCode>,
+    subscribe: impl Fn() -> Pollable,
+) -> Result<T, ErrorCode> {
+    loop {
+        match op() {
+            Err(ErrorCode::WouldBlock) => AsyncPollable::new(subscribe()).wait_for().await,
+            done => return done,
+        }
     }
 }
 
 /// Resolves `name` through `wasi:sockets/ip-name-lookup`: its addresses in
 /// the resolver's order, at most [`MAX_ADDRESSES`].
 async fn resolve(name: &str, port: u16) -> Result<Vec<SocketAddr>, io::Error> {
-    let network = instance_network();
-    let stream = wasip2::sockets::ip_name_lookup::resolve_addresses(&network, name)
+    let stream = wasip2::sockets::ip_name_lookup::resolve_addresses(&instance_network(), name)
         .map_err(|code| lookup_error(name, code))?;
     let mut out = Vec::new();
-    loop {
-        match stream.resolve_next_address() {
-            Ok(Some(ip)) => {
-                let ip = match ip {
-                    IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-                    IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
-                        IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
-                    }
-                };
-                out.push(SocketAddr::new(ip, port));
-                if out.len() == MAX_ADDRESSES {
-                    break;
-                }
+    while out.len() < MAX_ADDRESSES {
+        let next = ready(|| stream.resolve_next_address(), || stream.subscribe());
+        let ip = match next.await.map_err(|code| lookup_error(name, code))? {
+            Some(IpAddress::Ipv4((a, b, c, d))) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+            Some(IpAddress::Ipv6((a, b, c, d, e, f, g, h))) => {
+                IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
             }
-            Ok(None) => break,
-            Err(ErrorCode::WouldBlock) => AsyncPollable::new(stream.subscribe()).wait_for().await,
-            Err(code) => return Err(lookup_error(name, code)),
-        }
+            None => break,
+        };
+        out.push(SocketAddr::new(ip, port));
     }
     if out.is_empty() {
         return Err(lookup_error(name, ErrorCode::NameUnresolvable));
@@ -381,25 +370,21 @@ async fn connect_addr(addr: SocketAddr) -> Result<WasiStream, io::Error> {
     let (family, remote) = match addr {
         SocketAddr::V4(a) => {
             let [x, y, z, w] = a.ip().octets();
-            (
-                IpAddressFamily::Ipv4,
-                IpSocketAddress::Ipv4(Ipv4SocketAddress {
-                    port: a.port(),
-                    address: (x, y, z, w),
-                }),
-            )
+            let remote = Ipv4SocketAddress {
+                port: a.port(),
+                address: (x, y, z, w),
+            };
+            (IpAddressFamily::Ipv4, IpSocketAddress::Ipv4(remote))
         }
         SocketAddr::V6(a) => {
             let [s0, s1, s2, s3, s4, s5, s6, s7] = a.ip().segments();
-            (
-                IpAddressFamily::Ipv6,
-                IpSocketAddress::Ipv6(Ipv6SocketAddress {
-                    port: a.port(),
-                    flow_info: a.flowinfo(),
-                    address: (s0, s1, s2, s3, s4, s5, s6, s7),
-                    scope_id: a.scope_id(),
-                }),
-            )
+            let remote = Ipv6SocketAddress {
+                port: a.port(),
+                flow_info: a.flowinfo(),
+                address: (s0, s1, s2, s3, s4, s5, s6, s7),
+                scope_id: a.scope_id(),
+            };
+            (IpAddressFamily::Ipv6, IpSocketAddress::Ipv6(remote))
         }
     };
     let socket =
@@ -407,13 +392,9 @@ async fn connect_addr(addr: SocketAddr) -> Result<WasiStream, io::Error> {
     socket
         .start_connect(&instance_network(), remote)
         .map_err(socket_error)?;
-    let (input, output) = loop {
-        match socket.finish_connect() {
-            Ok(streams) => break streams,
-            Err(ErrorCode::WouldBlock) => AsyncPollable::new(socket.subscribe()).wait_for().await,
-            Err(code) => return Err(socket_error(code)),
-        }
-    };
+    let (input, output) = ready(|| socket.finish_connect(), || socket.subscribe())
+        .await
+        .map_err(socket_error)?;
     Ok(WasiStream {
         inner: Inner::Socket(Socket {
             input: AsyncInputStream::new(input),
@@ -443,33 +424,40 @@ async fn connect_addr(addr: SocketAddr) -> Result<WasiStream, io::Error> {
 /// Cancel-safe: dropping the future drops the half-open socket; nothing is
 /// left on the server.
 pub async fn connect_stream(addr: &str, timeout: Duration) -> Result<WasiStream, Error<io::Error>> {
-    let timer = WasiTimer;
-    let deadline = timer.now() + timeout;
+    let deadline = WasiTimer.now() + timeout;
     let addrs = match parse_target(addr)? {
         Target::Addr(a) => vec![a],
-        Target::Name(name, port) => with_deadline(&timer, deadline, resolve(name, port))
-            .await
-            .map_err(|_| Error::Timeout)?
-            .map_err(Error::Io)?,
+        Target::Name(name, port) => until(deadline, resolve(name, port)).await?,
     };
     let mut last = Error::Timeout;
     for (i, a) in addrs.iter().enumerate() {
-        let now = timer.now();
+        let now = WasiTimer.now();
         let left = deadline.saturating_duration_since(now);
         if left.is_zero() {
             break;
         }
         // An equal share of the time left for each address still to try.
-        let share = left / (addrs.len() - i) as u32;
-        match with_deadline(&timer, now + share, connect_addr(*a)).await {
-            Ok(Ok(stream)) => return Ok(stream),
+        match until(now + left / (addrs.len() - i) as u32, connect_addr(*a)).await {
             // No network at all: every other address fails the same way.
-            Ok(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => return Err(Error::Io(e)),
-            Ok(Err(e)) => last = Error::Io(e),
-            Err(_) => last = Error::Timeout,
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(Error::Io(e));
+            }
+            Err(e) => last = e,
+            stream => return stream,
         }
     }
     Err(last)
+}
+
+/// An IO step until `deadline`: [`Error::Timeout`] when it passes first.
+async fn until<T>(
+    deadline: Instant,
+    step: impl Future<Output = io::Result<T>>,
+) -> Result<T, Error<io::Error>> {
+    with_deadline(&WasiTimer, deadline, step)
+        .await
+        .map_err(|_| Error::Timeout)?
+        .map_err(Error::Io)
 }
 
 /// Opens a connection to `addr` (an address or a name, see
@@ -487,8 +475,7 @@ pub async fn connect<const N: usize, const P: usize>(
     addr: &str,
     opts: &ConnectOptions,
 ) -> Result<WasiConnection<N, P>, Error<io::Error>> {
-    let stream = connect_stream(addr, opts.connect_timeout).await?;
-    let mut conn = Connection::new(stream);
+    let mut conn = Connection::new(connect_stream(addr, opts.connect_timeout).await?);
     if let Some(token) = &opts.auth_token {
         timeout(opts.connect_timeout, conn.auth(token.expose())).await?;
     }
@@ -506,22 +493,16 @@ pub async fn timeout<T, E, F>(dur: Duration, fut: F) -> Result<T, Error<E>>
 where
     F: Future<Output = Result<T, Error<E>>>,
 {
-    let timer = WasiTimer;
-    let deadline = timer.now() + dur;
-    with_deadline(&timer, deadline, fut)
+    with_deadline(&WasiTimer, WasiTimer.now() + dur, fut)
         .await
         .map_err(|_| Error::Timeout)?
 }
 
 // ---- time ---------------------------------------------------------------------
 
-fn epoch() -> wstd::time::Instant {
-    static EPOCH: OnceLock<wstd::time::Instant> = OnceLock::new();
-    *EPOCH.get_or_init(wstd::time::Instant::now)
-}
-
-/// Longest single sleep handed to the host; longer waits loop.
-const MAX_SLEEP_MS: u64 = 24 * 3600 * 1000;
+/// Longest single sleep handed to the host (wstd counts nanoseconds in a
+/// `u64`); longer waits loop.
+const MAX_SLEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// [`Timer`] over WASI's monotonic clock (`wasi:clocks`), through wstd.
 ///
@@ -533,25 +514,21 @@ pub struct WasiTimer;
 
 impl Timer for WasiTimer {
     fn now(&self) -> Instant {
-        let ms = wstd::time::Instant::now()
-            .duration_since(epoch())
-            .as_millis();
-        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        static EPOCH: OnceLock<wstd::time::Instant> = OnceLock::new();
+        let epoch = *EPOCH.get_or_init(wstd::time::Instant::now);
+        // The core's `Instant + Duration` saturates.
+        Instant::default() + wstd::time::Instant::now().duration_since(epoch).into()
     }
 
-    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
-        // Lazily: wstd registers the timer with the runtime when created.
-        let this = *self;
-        async move {
-            loop {
-                let now = this.now();
-                if now >= deadline {
-                    return;
-                }
-                let left = deadline.as_millis() - now.as_millis();
-                let step = left.min(MAX_SLEEP_MS);
-                wstd::task::sleep(wstd::time::Duration::from_millis(step)).await;
+    // An async fn, so nothing runs before the first poll: wstd registers a
+    // sleep with the runtime when it is created.
+    async fn sleep_until(&self, deadline: Instant) {
+        loop {
+            let left = deadline.saturating_duration_since(self.now());
+            if left.is_zero() {
+                return;
             }
+            wstd::task::sleep(left.min(MAX_SLEEP).into()).await;
         }
     }
 }
@@ -567,15 +544,11 @@ pub struct WasiRng;
 
 impl rand_core::RngCore for WasiRng {
     fn next_u32(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        wstd::rand::get_random_bytes(&mut b);
-        u32::from_le_bytes(b)
+        rand_core::impls::next_u32_via_fill(self)
     }
 
     fn next_u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        wstd::rand::get_random_bytes(&mut b);
-        u64::from_le_bytes(b)
+        rand_core::impls::next_u64_via_fill(self)
     }
 
     fn fill_bytes(&mut self, dest: &mut [u8]) {
@@ -583,7 +556,7 @@ impl rand_core::RngCore for WasiRng {
     }
 
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        wstd::rand::get_random_bytes(dest);
+        self.fill_bytes(dest);
         Ok(())
     }
 }

@@ -404,19 +404,30 @@ impl<S: SubscriptionStore> SignalDriver<S> {
     }
 
     /// A command or the ping ended at `now`; `dropped` is the count of
-    /// signals the connection has dropped.
-    pub fn completed(&mut self, now: Instant, req: Request<'_>, outcome: Outcome, dropped: u64) {
+    /// signals the connection has dropped. `true` when this lost the
+    /// connection (its error is then the one to report).
+    pub fn completed(
+        &mut self,
+        now: Instant,
+        req: Request<'_>,
+        outcome: Outcome,
+        dropped: u64,
+    ) -> bool {
         if !self.is_connected() {
-            return;
+            return false;
         }
         match (req, outcome) {
             (Request::Listen { pattern, group }, Outcome::Done) => self.remember(pattern, group),
             (Request::Unlisten { pattern, group }, Outcome::Done) => self.forget(pattern, group),
             // Anything but `ok` (or `error` from an old server, see
             // `keepalive_reply`) to a ping means the peer is not a server.
-            (_, Outcome::Broken) | (Request::Ping, Outcome::Failed) => self.lost(now, dropped),
+            (_, Outcome::Broken) | (Request::Ping, Outcome::Failed) => {
+                self.lost(now, dropped);
+                return true;
+            }
             _ => {}
         }
+        false
     }
 
     /// The connection broke at `now` (a read failed, or a request left it

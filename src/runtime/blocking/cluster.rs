@@ -16,19 +16,18 @@
 //! # Ok(()) }
 //! ```
 
-use core::future::Future;
 use core::ops::DerefMut;
 use std::string::String;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::{BlockingTransport, HostStream, Result, StdTimer, block_on, open_host};
 use crate::Error;
 use crate::cluster::Connector;
 use crate::runtime::host::cluster::{
-    self as host, ClusterRuntime, Dialer, Done, Lane, Link, Renewal,
+    self as host, ClusterRuntime, Dialer, Lane, Renewal, Renewing,
 };
-use crate::time::{Instant, Timer};
+use crate::time::Timer;
 
 /// Dials members over std TCP (or TLS), counting every dial; sets each
 /// request's read timeout.
@@ -56,6 +55,7 @@ impl Connector for StdConnector {
 impl ClusterRuntime for StdConnector {
     type Timer = StdTimer;
     type Cell = Mutex<Lane<Self>>;
+    type Wake = Condvar;
 
     fn new(dialer: Dialer) -> Self {
         Self(dialer)
@@ -67,19 +67,12 @@ impl ClusterRuntime for StdConnector {
         cell.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn wait(link: &Link, until: Instant, done: Done) {
-        // Run in `block_on`: the link wakes this thread; park it until then
-        // or just after `until` (StdTimer counts whole milliseconds). Early
-        // returns are fine: the callers check again.
-        let mut done = core::pin::pin!(link.until(done));
-        core::future::poll_fn(|cx| {
-            if done.as_mut().poll(cx).is_pending() {
-                let left = until.saturating_duration_since(StdTimer.now());
-                std::thread::park_timeout(left + Duration::from_millis(1));
-            }
-            core::task::Poll::Ready(())
-        })
-        .await
+    fn spawn(renewing: Renewing<Self>) -> Result<()> {
+        let thread = std::thread::Builder::new().name("dflockd-cluster-lease".into());
+        thread
+            .spawn(move || block_on(renewing.run()))
+            .map_err(Error::Io)?;
+        Ok(())
     }
 }
 
@@ -102,78 +95,25 @@ pub type ClusterLock = host::ClusterLock<StdConnector>;
 /// the background.
 pub type ClusterGuard = host::ClusterGuard<StdConnector>;
 
-host::cluster_api!(StdConnector);
-
-impl ClusterClient {
-    /// `barrier` on the leader: returns once every write committed before
-    /// it has been applied there; a [`stats`](Self::stats) after it reads
-    /// the leader's state including those writes (a linearizable read).
-    pub fn barrier(&self) -> Result<()> {
-        block_on(self.0.control(async |lane| lane.barrier().await))
-    }
-
-    /// `stats` JSON from a member (after [`barrier`](Self::barrier): the
-    /// leader), with the v2 `cluster` object. At most 256 KiB.
-    pub fn stats(&self) -> Result<String> {
-        block_on(self.0.stats())
-    }
-
-    /// `ping` on a member.
-    pub fn ping(&self) -> Result<()> {
-        block_on(self.0.control(async |lane| lane.ping().await))
-    }
-
-    /// Closes both lanes' connections; the next operation reconnects and
-    /// presents the same stable ref (with `--orphan-ttl` on the servers,
-    /// this client's locks survive it).
-    pub fn disconnect(&self) {
-        block_on(self.0.disconnect())
-    }
-}
-
-impl ClusterLock {
-    /// Acquires on the leader, waiting up to the acquire timeout
-    /// (`Ok(None)` when it passed), across a failover.
-    pub fn acquire(&self) -> Result<Option<ClusterGuard>> {
-        self.acquire_within(self.acquire_timeout_set())
-    }
-
-    /// Tries once without blocking on the server.
-    pub fn try_acquire(&self) -> Result<Option<ClusterGuard>> {
-        self.acquire_within(Duration::ZERO)
-    }
-
-    /// [`acquire`](Self::acquire) with another timeout.
-    pub fn acquire_within(&self, timeout: Duration) -> Result<Option<ClusterGuard>> {
-        let (task, pending) = self.start(timeout);
-        std::thread::Builder::new()
-            .name("dflockd-cluster-lease".into())
-            .spawn(move || block_on(task.run()))
-            .map_err(Error::Io)?;
-        block_on(pending.wait(self))
-    }
+host::cluster_api! {
+    async: [],
+    await: [],
+    block_on: [block_on],
+    cancel: "Blocks the calling thread, bounded by the reply timeout (and the \
+             redirect policy's budget).",
+    cancel_acquire: "Blocks the calling thread, bounded by the timeout (a failover \
+                     included).",
+    cancel_guard: "Blocks the calling thread."
 }
 
 impl ClusterGuard {
     /// Blocks until the lease is lost.
     pub fn wait_lost(&self) {
-        block_on(self.lost_by(None));
+        block_on(self.guard.lost_by(None));
     }
 
     /// Blocks up to `timeout` for the lease to be lost; true if it was.
     pub fn wait_lost_timeout(&self, timeout: Duration) -> bool {
-        block_on(self.lost_by(Some(StdTimer.now() + timeout)))
-    }
-
-    /// Blocks for the next successful renew: `None` once the lease is lost
-    /// or released.
-    pub fn next_renewal(&mut self) -> Option<Renewal> {
-        block_on(self.next())
-    }
-
-    /// Releases the lease on the leader. [`Error::LeaseLost`] when it was
-    /// lost before.
-    pub fn release(self) -> Result<()> {
-        block_on(self.release_lease())
+        block_on(self.guard.lost_by(Some(StdTimer.now() + timeout)))
     }
 }

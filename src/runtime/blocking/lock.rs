@@ -31,9 +31,9 @@
 //! # Ok(()) }
 //! ```
 
+use core::ops::ControlFlow;
 use std::boxed::Box;
 use std::future::{Future, poll_fn};
-use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,9 +41,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use super::{BlockingTransport, HostConnection, StdTimer, std_instant, timeout_kind};
-use crate::lock::{LeaseDriver, Reply, wire_secs};
-use crate::runtime::host::lock::{Guard, RenewIo, Shared, dial, drive, lock_api};
+use super::{BlockingTransport, HostConnection, StdTimer, block_on, std_instant, timeout_kind};
+use crate::lock::{LeaseDriver, wire_secs};
+use crate::runtime::host::lock::{
+    Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, dial, drive, lock_api,
+};
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
 use crate::runtime::host::{HangUp, HangUpCloser};
@@ -168,6 +170,32 @@ fn wait_within(
 }
 
 // ---- the guard ----------------------------------------------------------------
+
+impl Wake for Condvar {
+    type Timer = StdTimer;
+
+    fn wake(&self) {
+        self.notify_all();
+    }
+
+    /// Blocks the thread (run it in `block_on`).
+    async fn until<T>(shared: &Shared<Self>, f: &mut Look<'_, T>) -> T {
+        let mut status = shared.lock();
+        loop {
+            status = match f(&mut status) {
+                ControlFlow::Break(out) => return out,
+                ControlFlow::Continue(None) => {
+                    shared.wake.wait(status).unwrap_or_else(|e| e.into_inner())
+                }
+                ControlFlow::Continue(Some(at)) => {
+                    let left = at.saturating_duration_since(StdTimer.now());
+                    let woken = shared.wake.wait_timeout(status, left);
+                    woken.unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+        }
+    }
+}
 
 /// A held lock or semaphore slot, renewed by a background thread.
 ///
@@ -365,29 +393,11 @@ impl LeaseGuard {
     /// Blocks until the lease is lost or `timeout` passed; whether it is
     /// lost.
     pub fn wait_lost_timeout(&self, timeout: Duration) -> bool {
-        self.wait_lost_until(std::time::Instant::now().checked_add(timeout))
+        self.wait_lost_until(Some(StdTimer.now() + timeout))
     }
 
-    fn wait_lost_until(&self, until: Option<std::time::Instant>) -> bool {
-        let shared = &self.0.shared;
-        let mut status = shared.lock();
-        loop {
-            if status.is_lost(StdTimer.now()) {
-                return true;
-            }
-            let now = std::time::Instant::now();
-            if until.is_some_and(|u| now >= u) {
-                return false;
-            }
-            // Wakes at the deadline at the latest: the clock decides then.
-            let deadline = std_instant(status.deadline);
-            let wake = until.map_or(deadline, |u| u.min(deadline));
-            status = shared
-                .wake
-                .wait_timeout(status, wake.saturating_duration_since(now))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+    fn wait_lost_until(&self, until: Option<Instant>) -> bool {
+        block_on(self.0.lost_by(until))
     }
 
     /// Releases the lease, on the calling thread (no hand-off to the
@@ -459,7 +469,7 @@ impl RenewIo for ThreadIo {
         wire.is_usable() && !wire.get_mut().transport_mut().peer_closed()
     }
 
-    async fn renew(&mut self, d: &LeaseDriver, key: &str, limit: Instant) -> Reply<u64, io::Error> {
+    async fn renew(&mut self, d: &mut LeaseDriver, key: &str, limit: Instant) -> RenewReply {
         let token = *d.token();
         if let Err(e) = self.arm(limit) {
             return Ok(Err(e));
@@ -472,12 +482,7 @@ impl RenewIo for ThreadIo {
         Ok(renew.await.map_err(timeout_kind))
     }
 
-    async fn release(
-        &mut self,
-        d: &LeaseDriver,
-        key: &str,
-        limit: Instant,
-    ) -> Reply<(), io::Error> {
+    async fn release(&mut self, d: &LeaseDriver, key: &str, limit: Instant) -> ReleaseReply {
         let token = *d.token();
         if let Err(e) = self.arm(limit) {
             return Ok(Err(e));

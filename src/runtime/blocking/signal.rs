@@ -26,7 +26,6 @@
 //! so a command from a handle starts within about 20 ms.
 
 use std::boxed::Box;
-use std::io;
 use std::net::ToSocketAddrs;
 use std::string::String;
 use std::sync::Arc;
@@ -35,19 +34,19 @@ use std::time::Duration;
 
 use super::{
     BlockingTransport, ConnectOptions, HostConnection, HostStream, StdTimer, block_on, open_host,
+    timeout_kind,
 };
 use crate::protocol::Request;
 use crate::runtime::host::HostTls;
 use crate::runtime::host::signal::{
-    Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, Shared,
-    SignalOptions, Wake, run, send, signal_doc,
+    Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, SignalOptions,
+    Wake, boxed, run, send, signal_api,
 };
+use crate::runtime::host::sock::is_timeout;
 use crate::time::{Instant, Timer};
 use crate::{Connection, Error};
 
 use super::Result;
-
-pub use crate::runtime::host::signal::Item;
 
 type Reply = mpsc::SyncSender<CommandResult>;
 
@@ -55,14 +54,35 @@ type Reply = mpsc::SyncSender<CommandResult>;
 /// at commands again.
 const TICK: Duration = Duration::from_millis(20);
 
-/// Listens, unlistens and emits through a [`SignalConn`]'s connection from
-/// any thread. Cheap to clone.
-///
-/// The connection stays open while the [`SignalConn`] or any handle lives.
-#[derive(Debug, Clone)]
-pub struct SignalHandle {
-    tx: mpsc::Sender<Command<Reply>>,
-    shared: Arc<Shared>,
+signal_api! {
+    async: [],
+    await: [],
+    addr: impl ToSocketAddrs,
+    addr_doc: "`host:port`; each resolved address is tried in turn; ",
+    who: "thread",
+    starts: "starts the connection's thread",
+    links: [
+        "[`BlockingConnection::connect`](crate::blocking::BlockingConnection::connect)",
+        "[`BlockingConnection::connect_tls`](crate::blocking::BlockingConnection::connect_tls)",
+    ],
+    conn: "A blocking signal connection: an [`Iterator`] of [`Item`]s \
+           (`Result<SignalEvent, Error>`).",
+    try_recv: [],
+    recv: {
+        /// Waits at most `timeout` for the next item.
+        /// [`RecvTimeoutError::Disconnected`] once the iterator has ended.
+        pub fn recv_timeout(
+            &self,
+            timeout: Duration,
+        ) -> core::result::Result<Item, RecvTimeoutError> {
+            self.rx.recv_timeout(timeout)
+        }
+    },
+    notes: {
+        connect: "",
+        request: "Blocks for one round trip, at most the request timeout.",
+        emit: "",
+    },
 }
 
 impl SignalHandle {
@@ -73,79 +93,9 @@ impl SignalHandle {
             .map_err(|_| Error::Disconnected)?;
         rx.recv().map_err(|_| Error::Disconnected)?
     }
-
-    #[doc = signal_doc!(dropped)]
-    pub fn dropped_signals(&self) -> u64 {
-        self.shared.dropped_signals()
-    }
-
-    #[doc = signal_doc!(listen)]
-    ///
-    /// Blocks for one round trip, at most the request timeout.
-    pub fn listen(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-        self.call(Cmd::listen(pattern, group)).map(drop)
-    }
-
-    #[doc = signal_doc!(unlisten)]
-    pub fn unlisten(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-        self.call(Cmd::unlisten(pattern, group)).map(drop)
-    }
-
-    #[doc = signal_doc!(emit)]
-    pub fn emit(&self, channel: &str, payload: &str) -> Result<u64> {
-        self.call(Cmd::emit(channel, payload))
-    }
-}
-
-/// A blocking signal connection: an [`Iterator`] of [`Item`]s
-/// (`Result<SignalEvent, Error>`).
-///
-#[doc = signal_doc!(buffers)]
-#[derive(Debug)]
-pub struct SignalConn<const N: usize = DEFAULT_SIGNAL_LINE_BUF, const P: usize = DEFAULT_PUSH_QUEUE>
-{
-    rx: mpsc::Receiver<Item>,
-    handle: SignalHandle,
 }
 
 impl<const N: usize, const P: usize> SignalConn<N, P> {
-    /// Connects to `addr` (`host:port`; each resolved address is tried in
-    /// turn; authenticating when `connect` has a token) and starts the
-    /// connection's thread.
-    ///
-    /// Errors: invalid options ([`Error::Config`], e.g. a heartbeat not
-    /// below the server read timeout), and everything
-    /// [`BlockingConnection::connect`](crate::blocking::BlockingConnection::connect)
-    /// returns.
-    pub fn connect(
-        addr: impl ToSocketAddrs,
-        connect_opts: &ConnectOptions,
-        opts: SignalOptions,
-    ) -> Result<Self> {
-        Self::connect_with(addr, connect_opts, None, opts)
-    }
-
-    /// [`connect`](Self::connect) over TLS (feature `rustls`): the
-    /// handshake is verified by `tls` (chain, validity period and the
-    /// connector's server name) before `auth` and any subscription. A
-    /// reconnect (see [`SignalOptions::reconnect`]) runs the same
-    /// verification again.
-    ///
-    /// Errors as [`BlockingConnection::connect_tls`](crate::blocking::BlockingConnection::connect_tls):
-    /// a certificate that fails verification is [`Error::Io`] whose
-    /// [`rustls_error`](crate::tls_rustls::rustls_error) tells
-    /// why; a peer that does not speak TLS gives [`Error::Timeout`] or
-    /// [`Error::Io`].
-    #[cfg(feature = "rustls")]
-    pub fn connect_tls(
-        addr: impl ToSocketAddrs,
-        connect_opts: &ConnectOptions,
-        tls: &crate::runtime::host::rustls::RustlsConnector,
-        opts: SignalOptions,
-    ) -> Result<Self> {
-        Self::connect_with(addr, connect_opts, Some(tls.clone()), opts)
-    }
-
     /// [`connect`](Self::connect) or [`connect_tls`](Self::connect_tls)
     /// by the TLS choice: the constructor for callers that hold their
     /// servers, auth, TLS and timeouts once (the `Client`).
@@ -168,52 +118,14 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
             out,
         };
         let conn = block_on(worker.open::<N, P>())?;
-        let handle = SignalHandle {
-            tx,
-            shared: Arc::new(Shared::default()),
-        };
-        let shared = handle.shared.clone();
+        let dropped = Arc::default();
+        let shared = Arc::clone(&dropped);
         std::thread::Builder::new()
             .name(String::from("dflockd-signals"))
-            .spawn(move || block_on(run(&mut worker, conn, heartbeat, opts.reconnect, &shared)))
+            .spawn(move || block_on(run(worker, conn, heartbeat, opts.reconnect, shared)))
             .map_err(Error::Io)?;
+        let handle = SignalHandle { tx, dropped };
         Ok(Self { rx, handle })
-    }
-
-    /// A handle for listening and emitting from other threads.
-    pub fn handle(&self) -> SignalHandle {
-        self.handle.clone()
-    }
-
-    /// Waits at most `timeout` for the next item.
-    /// [`RecvTimeoutError::Disconnected`] once the iterator has ended.
-    pub fn recv_timeout(&self, timeout: Duration) -> core::result::Result<Item, RecvTimeoutError> {
-        self.rx.recv_timeout(timeout)
-    }
-
-    /// The next item if one is ready, without waiting.
-    pub fn try_recv(&self) -> Option<Item> {
-        self.rx.try_recv().ok()
-    }
-
-    /// See [`SignalHandle::listen`].
-    pub fn listen(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-        self.handle.listen(pattern, group)
-    }
-
-    /// See [`SignalHandle::unlisten`].
-    pub fn unlisten(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-        self.handle.unlisten(pattern, group)
-    }
-
-    /// See [`SignalHandle::emit`].
-    pub fn emit(&self, channel: &str, payload: &str) -> Result<u64> {
-        self.handle.emit(channel, payload)
-    }
-
-    /// See [`SignalHandle::dropped_signals`].
-    pub fn dropped_signals(&self) -> u64 {
-        self.handle.dropped_signals()
     }
 }
 
@@ -226,46 +138,15 @@ impl<const N: usize, const P: usize> Iterator for SignalConn<N, P> {
     }
 }
 
-/// Publishes one signal on a fresh connection and closes it: for
-/// publishers that do not listen. Returns the number of deliveries. The
-/// channel and payload are checked before connecting.
-pub fn emit(
+fn emit_over(
     addr: impl ToSocketAddrs,
     channel: &str,
     payload: &str,
     opts: &ConnectOptions,
+    tls: Option<&HostTls>,
 ) -> Result<u64> {
     Request::Signal { channel, payload }.validate()?;
-    HostConnection::<128, 0>::connect_host(addr, opts, None)?.emit(channel, payload)
-}
-
-/// [`emit`] over TLS (feature `rustls`), verified by `tls` as
-/// [`BlockingConnection::connect_tls`](crate::blocking::BlockingConnection::connect_tls)
-/// does.
-#[cfg(feature = "rustls")]
-pub fn emit_tls(
-    addr: impl ToSocketAddrs,
-    channel: &str,
-    payload: &str,
-    opts: &ConnectOptions,
-    tls: &crate::runtime::host::rustls::RustlsConnector,
-) -> Result<u64> {
-    Request::Signal { channel, payload }.validate()?;
-    HostConnection::<128, 0>::connect_host(addr, opts, Some(tls))?.emit(channel, payload)
-}
-
-fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
-    match e {
-        Error::Io(e) if is_timeout(&e) => Error::Timeout,
-        e => e,
-    }
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+    HostConnection::<128, 0>::connect_host(addr, opts, tls)?.emit(channel, payload)
 }
 
 /// Bounds what follows (a request, or a wait for the socket) by one
@@ -314,7 +195,7 @@ impl Port for Worker {
         stream
             .set_deadline(std::time::Instant::now().checked_add(self.connect.io_timeout))
             .map_err(Error::Io)?;
-        let mut conn = Box::new(Connection::new(stream));
+        let mut conn = boxed(stream);
         if let Some(token) = &self.connect.auth_token {
             conn.auth(token.expose()).await.map_err(timeout_kind)?;
         }

@@ -1,33 +1,37 @@
 //! The tokio and blocking cluster clients, apart from their IO and
 //! scheduling: the builder and settings, the client, lock and guard types
-//! (generic over the runtime's [`ClusterRuntime`]), the renewal task, and
-//! what the task and its guard tell each other. Nothing here knows a
-//! runtime; the routing and failover decisions are the core's
-//! ([`crate::cluster`]).
+//! (generic over the runtime's [`ClusterRuntime`]) and the IO of a lease's
+//! renewal. Nothing here knows a runtime; the routing and failover
+//! decisions are the core's ([`crate::cluster`]), the lease decisions the
+//! core [`LeaseDriver`]'s, driven by the plain locks' renewal loop
+//! ([`drive`]) and guard ([`Guard`]).
 
+use core::fmt::Debug;
 use core::future::Future;
 use core::marker::PhantomData;
+use core::ops::ControlFlow::{Break, Continue};
 use core::ops::DerefMut;
-use core::task::{Poll, Waker};
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::string::String;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 use std::vec::Vec;
 
-use embassy_futures::select::{Either, select};
 use embedded_io_async::ErrorType;
 
-use super::HostTls;
+use super::lock::{
+    Guard, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, State, Status, Wake, drive,
+};
+use super::{HangUp, HostTls};
 use crate::cluster::{
     ClusterConn, Connector, Members, RedirectPolicy, StableRef, validate_members,
 };
-use crate::lock::{DEFAULT_IO_TIMEOUT, Lease, LockOptions, LockSpec, Rng};
+use crate::lock::{DEFAULT_IO_TIMEOUT, Lease, LeaseDriver, LockOptions, LockSpec, Rng};
 use crate::runtime::{AuthToken, ConnectOptions};
 use crate::time::{Instant, Timer};
-use crate::{Error, Fence, Kind, Token};
+use crate::{Error, Fence, Kind};
 
 type Result<T> = core::result::Result<T, Error<io::Error>>;
 
@@ -190,15 +194,18 @@ impl<C: sealed::FromClusterSettings> ClusterBuilder<C> {
 // ---- the runtime's side ---------------------------------------------------------
 
 /// What a host runtime supplies to the cluster client: how it dials (the
-/// [`Connector`]), its clock, how a lane is locked and how the renewal
-/// loop idles. Implemented by the tokio and blocking connectors only.
+/// [`Connector`]), its clock, how a lane is locked and how a guard and its
+/// renewal side wait for each other (as a plain lock's do). Implemented by
+/// the tokio and blocking connectors only.
 pub trait ClusterRuntime:
-    Connector<Io: ErrorType<Error = io::Error>> + Sized + Send + Sync + 'static
+    Connector<Io: ErrorType<Error = io::Error>> + Debug + Sized + Send + Sync + 'static
 {
     /// The clock of lanes and leases.
     type Timer: Timer + Copy + Default + Send + Sync + 'static;
     /// A lane behind the runtime's lock.
     type Cell: From<Lane<Self>> + Send + Sync;
+    /// The wake-up of a lease's shared status (the plain locks' one).
+    type Wake: Wake + Default + Debug + Send + Sync + 'static;
 
     /// The connector dialling for `dialer`.
     fn new(dialer: Dialer) -> Self;
@@ -206,12 +213,9 @@ pub trait ClusterRuntime:
     /// Locks a lane (an acquire holds its lane while the server blocks).
     fn lock(cell: &Self::Cell) -> impl Future<Output = impl DerefMut<Target = Lane<Self>>>;
 
-    /// Returns once `done` holds on the link or `until` has come.
-    fn wait(link: &Link, until: Instant, done: Done) -> impl Future<Output = ()>;
+    /// Runs a lease's renewal in the background (a tokio task, a thread).
+    fn spawn(renewing: Renewing<Self>) -> Result<()>;
 }
-
-/// A condition on a [`Link`]'s status, for [`ClusterRuntime::wait`].
-pub type Done = fn(&mut Status) -> Option<()>;
 
 /// One lane of a cluster client on runtime `R`.
 pub type Lane<R> = ClusterConn<R, Arc<[String]>, <R as ClusterRuntime>::Timer, CLUSTER_LINE>;
@@ -329,27 +333,73 @@ impl<R: ClusterRuntime> core::fmt::Debug for ClusterClient<R> {
     }
 }
 
+impl<R: ClusterRuntime> Clone for ClusterClient<R> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
 impl<R: ClusterRuntime> sealed::FromClusterSettings for ClusterClient<R> {
     fn from_settings(settings: ClusterSettings) -> Result<Self> {
         Ok(Self(Arc::new(Inner::new(settings)?)))
     }
 }
 
-/// The public methods and trait impls that the cluster client, lock and
-/// guard have on every runtime, written once and expanded by each adapter
-/// for its [`ClusterRuntime`] `$rt`: inherent impls on the concrete types,
-/// so that rustdoc lists them on `tokio::ClusterClient` and
-/// `blocking::ClusterClient` alike. Expects the adapter's `ClusterClient`,
-/// `ClusterLock` and `ClusterGuard` aliases in scope.
+/// The public methods that the cluster client, lock and guard have on
+/// every runtime, written once and expanded by each adapter: inherent
+/// impls on the concrete types, so that rustdoc lists them on
+/// `tokio::ClusterClient` and `blocking::ClusterClient` alike. Expects the
+/// adapter's `ClusterClient`, `ClusterLock` and `ClusterGuard` aliases and
+/// `Result` in scope.
+///
+/// The tokio adapter expands it `async` (`await: [.await]`), the blocking
+/// one with plain functions (`block_on: [block_on]`). `cancel` is a
+/// sentence on cancel safety for the lane requests, `cancel_acquire` for
+/// the acquires and `cancel_guard` for the guard's waits.
 macro_rules! cluster_api {
-    ($rt:ty) => {
-        impl Clone for ClusterClient {
-            fn clone(&self) -> Self {
-                Self(self.0.clone())
-            }
-        }
-
+    (
+        async: [$($async:tt)?],
+        await: [$($await:tt)*],
+        block_on: [$($block:tt)*],
+        cancel: $cancel:literal,
+        cancel_acquire: $cancel_acquire:literal,
+        cancel_guard: $cancel_guard:literal
+    ) => {
         impl ClusterClient {
+            /// `barrier` on the leader: returns once every write committed
+            /// before it has been applied there. A [`stats`](Self::stats)
+            /// after it reads the leader's state including those writes (a
+            /// linearizable read).
+            ///
+            #[doc = $cancel]
+            pub $($async)? fn barrier(&self) -> Result<()> {
+                $($block)*(self.0.control(async |lane| lane.barrier().await))$($await)*
+            }
+
+            /// `stats` JSON from a member (after [`barrier`](Self::barrier):
+            /// the leader). v2 adds a `cluster` object (node_id, role, term,
+            /// leader_id, leader_addr, commit_index, …). At most 256 KiB.
+            ///
+            #[doc = $cancel]
+            pub $($async)? fn stats(&self) -> Result<std::string::String> {
+                $($block)*(self.0.stats())$($await)*
+            }
+
+            /// `ping` on a member.
+            ///
+            #[doc = $cancel]
+            pub $($async)? fn ping(&self) -> Result<()> {
+                $($block)*(self.0.control(async |lane| lane.ping().await))$($await)*
+            }
+
+            /// Closes both lanes' connections; the next operation
+            /// reconnects and presents the same stable ref. With
+            /// `--orphan-ttl` on the servers, the locks this client holds
+            /// survive this.
+            pub $($async)? fn disconnect(&self) {
+                $($block)*(self.0.disconnect())$($await)*
+            }
+
             /// A builder for a client of the cluster with these members
             /// (client-facing `host:port`, as the servers' `--advertise-addr`).
             pub fn builder<I, S>(members: I) -> $crate::runtime::host::cluster::ClusterBuilder<Self>
@@ -399,17 +449,30 @@ macro_rules! cluster_api {
             }
         }
 
-        impl Clone for ClusterLock {
-            fn clone(&self) -> Self {
-                Self {
-                    client: self.client.clone(),
-                    key: self.key.clone(),
-                    ..*self
-                }
-            }
-        }
-
         impl ClusterLock {
+            /// Acquires on the leader, waiting up to the acquire timeout:
+            /// `Ok(None)` when it passed. A leader that dies meanwhile is
+            /// replaced by the new one within the same timeout.
+            ///
+            #[doc = $cancel_acquire]
+            pub $($async)? fn acquire(&self) -> Result<Option<ClusterGuard>> {
+                self.acquire_within(self.options.acquire_timeout)$($await)*
+            }
+
+            /// Tries once without blocking on the server.
+            ///
+            #[doc = $cancel_acquire]
+            pub $($async)? fn try_acquire(&self) -> Result<Option<ClusterGuard>> {
+                self.acquire_within(Duration::ZERO)$($await)*
+            }
+
+            /// [`acquire`](Self::acquire) with another timeout.
+            ///
+            #[doc = $cancel_acquire]
+            pub $($async)? fn acquire_within(&self, timeout: Duration) -> Result<Option<ClusterGuard>> {
+                $($block)*(self.acquire_guard(timeout))$($await)*
+            }
+
             /// How long the server may block an acquire (default 10 s). The
             /// budget covers failovers: an acquire re-sent to a new leader
             /// gets what is left of it.
@@ -452,12 +515,12 @@ macro_rules! cluster_api {
         impl ClusterGuard {
             /// The key.
             pub fn key(&self) -> &str {
-                &self.key
+                &self.guard.settings.key
             }
 
             /// Lock or semaphore.
             pub fn kind(&self) -> $crate::Kind {
-                self.kind
+                self.guard.settings.kind
             }
 
             /// The member that granted the lease.
@@ -467,12 +530,12 @@ macro_rules! cluster_api {
 
             /// The lease TTL granted.
             pub fn ttl(&self) -> Duration {
-                self.ttl
+                self.guard.ttl
             }
 
             /// The token, or `None` once the lease is lost.
             pub fn token(&self) -> Option<$crate::Token> {
-                (!self.is_lost()).then_some(self.token)
+                (!self.is_lost()).then_some(self.guard.token)
             }
 
             /// The fence (see [`Fence`](crate::Fence): on a v2 cluster a
@@ -493,6 +556,24 @@ macro_rules! cluster_api {
             pub fn last_renewal(&self) -> Option<Renewal> {
                 self.last()
             }
+
+            /// Waits for the next successful renew: `None` once the lease
+            /// is lost or released.
+            ///
+            #[doc = $cancel_guard]
+            pub $($async)? fn next_renewal(&mut self) -> Option<Renewal> {
+                $($block)*(self.next())$($await)*
+            }
+
+            /// Releases the lease on the leader.
+            /// [`Error::LeaseLost`](crate::Error::LeaseLost) when it was
+            /// lost before. Once called, the release completes in the
+            /// background even if this call is dropped.
+            ///
+            #[doc = $cancel_guard]
+            pub $($async)? fn release(self) -> Result<()> {
+                $($block)*(self.guard.release())$($await)*
+            }
         }
     };
 }
@@ -510,342 +591,170 @@ pub struct ClusterLock<R: ClusterRuntime> {
     pub(crate) options: LockOptions,
 }
 
+impl<R: ClusterRuntime> Clone for ClusterLock<R> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            key: self.key.clone(),
+            ..*self
+        }
+    }
+}
+
 impl<R: ClusterRuntime> ClusterLock<R> {
-    /// The acquire timeout set (for `acquire`).
-    pub(crate) fn acquire_timeout_set(&self) -> Duration {
-        self.options.acquire_timeout
-    }
-
-    /// The renewal task of an acquire with `timeout` (for the runtime to
-    /// run: a tokio task, a thread), and the caller's side of it.
-    pub(crate) fn start(&self, timeout: Duration) -> (Task<R>, Pending) {
-        let link = Arc::new(Link::default());
-        let task = Task {
-            lock: ClusterLock {
-                client: ClusterClient(self.client.0.clone()),
-                key: self.key.clone(),
-                ..*self
-            },
-            timeout,
-            link: link.clone(),
-        };
-        (task, Pending(link, false))
-    }
-}
-
-// ---- between the renewal task and its guard ------------------------------------------
-
-/// The outcome of an acquire: token, TTL and granting member.
-pub(crate) type Grant = Result<Option<(Token, Duration, String)>>;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-enum State {
-    #[default]
-    Acquiring,
-    Held,
-    Lost,
-    Released,
-}
-
-/// What the renewal task, the caller of the acquire and then its guard
-/// tell each other.
-#[derive(Debug, Default)]
-pub struct Status {
-    state: State,
-    /// The acquire's outcome (token, TTL, member), until the caller takes it.
-    grant: Option<Grant>,
-    /// The guard asked for a release, or the caller went away before
-    /// taking the grant.
-    release: bool,
-    /// The release's outcome, until the guard takes it.
-    released: Option<Result<()>>,
-    renewal: Option<Renewal>,
-    wakers: Vec<Waker>,
-}
-
-/// The shared state of one lease: the [`Status`], waking its waiters on
-/// every change (async tasks, or threads parked in `block_on`), and the
-/// lease deadline (milliseconds of the runtime's timer).
-#[derive(Debug, Default)]
-pub struct Link {
-    status: Mutex<Status>,
-    deadline: AtomicU64,
-}
-
-impl Link {
-    fn status(&self) -> MutexGuard<'_, Status> {
-        // The status stays consistent whatever panicked while holding it.
-        self.status.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Changes the status and wakes every waiter.
-    fn update(&self, f: impl FnOnce(&mut Status)) {
-        let mut s = self.status();
-        f(&mut s);
-        let wakers = core::mem::take(&mut s.wakers);
-        drop(s);
-        wakers.into_iter().for_each(Waker::wake);
-    }
-
-    /// Waits until `f` finds what it looks for.
-    pub(crate) fn until<T>(
-        &self,
-        mut f: impl FnMut(&mut Status) -> Option<T>,
-    ) -> impl Future<Output = T> {
-        core::future::poll_fn(move |cx| {
-            let mut s = self.status();
-            let out = f(&mut s);
-            if out.is_none() && !s.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                s.wakers.push(cx.waker().clone());
-            }
-            out.map_or(Poll::Pending, Poll::Ready)
-        })
-    }
-
-    /// Whether a release is wanted (for [`until`](Self::until)).
-    pub(crate) fn wants_release(s: &mut Status) -> Option<()> {
-        s.release.then_some(())
-    }
-
-    /// The lease deadline by the runtime's clock.
-    pub(crate) fn deadline(&self) -> Instant {
-        Instant::from_millis(self.deadline.load(Ordering::Relaxed))
-    }
-
-    /// The lease was granted or renewed: its new deadline, and the renewal.
-    fn held(&self, lease: &Lease<'_>, renewal: Option<Renewal>) {
-        let deadline = lease.deadline().as_millis();
-        self.deadline.store(deadline, Ordering::Relaxed);
-        if renewal.is_some() {
-            self.update(|s| s.renewal = renewal);
-        }
-    }
-}
-
-/// The renewal task of one lease: acquires, hands the grant over, renews
-/// on whichever member leads until released or lost.
-pub(crate) struct Task<R: ClusterRuntime> {
-    lock: ClusterLock<R>,
-    timeout: Duration,
-    link: Arc<Link>,
-}
-
-impl<R: ClusterRuntime> Task<R> {
-    /// Runs the lease from acquire to release or loss.
-    pub(crate) async fn run(self) {
-        let (inner, link, l) = (&*self.lock.client.0, &*self.link, &self.lock);
-        let spec = LockSpec::new(&l.key, l.kind).with_options(l.options);
-        let acquired = inner
+    /// Acquires on the acquire lane, letting the server block up to
+    /// `timeout`: the guard of a grant, renewed by the runtime
+    /// ([`ClusterRuntime::spawn`]). A dropped future closes the lane's
+    /// connection, so the server drops the waiter or gives back a grant it
+    /// made meanwhile.
+    pub(crate) async fn acquire_guard(&self, timeout: Duration) -> Result<Option<ClusterGuard<R>>> {
+        let inner = &*self.client.0;
+        let spec = LockSpec::new(&self.key, self.kind).with_options(self.options);
+        let granted = inner
             .on(&inner.acquire, async |lane| {
-                let gone = link.until(Link::wants_release);
-                match select(gone, lane.acquire(&spec, self.timeout)).await {
-                    Either::First(()) => {
-                        // The caller is gone: close the connection so the
-                        // server drops the waiter or the grant.
-                        lane.disconnect();
-                        None
-                    }
-                    Either::Second(out) => {
-                        let member = lane.connected_addr().map(String::from);
-                        Some(out.map(|l| l.map(|l| (l, member.unwrap_or_default()))))
-                    }
-                }
+                let mut lane = Cancel(lane, false);
+                let out = lane.0.acquire(&spec, timeout).await;
+                lane.1 = true;
+                let member = String::from(lane.0.connected_addr().unwrap_or_default());
+                out.map(|l| l.map(|l| (l.into_driver(), member)))
             })
-            .await;
-        let (mut lease, member) = match acquired {
-            None => return,
-            Some(Ok(Some(granted))) => granted,
-            Some(other) => return link.update(|s| s.grant = Some(other.map(|_| None))),
+            .await?;
+        let Some((driver, member)) = granted else {
+            return Ok(None);
         };
-        link.held(&lease, None);
-        let grant = (*lease.token(), lease.ttl(), member);
-        link.update(|s| {
-            s.state = State::Held;
-            s.grant = Some(Ok(Some(grant)));
-        });
-        let mut count = 0u64;
-        loop {
-            // Check for a release before every renew, even when renews
-            // come back to back.
-            let at = lease.next_renew_at();
-            R::wait(link, at, Link::wants_release).await;
-            if Link::wants_release(&mut link.status()).is_some() {
-                let out = inner.control(async |lane| lane.release(lease).await).await;
-                return link.update(|s| {
-                    s.state = State::Released;
-                    s.released = Some(out);
-                });
-            }
-            if R::Timer::default().now() < at {
-                continue;
-            }
-            let out = inner
-                .control(async |lane| {
-                    let out = lane.renew(&mut lease).await;
-                    out.map(|()| lane.connected_addr().map(String::from).unwrap_or_default())
-                })
-                .await;
-            match out {
-                Ok(member) => {
-                    count += 1;
-                    let (fence, remaining) = (lease.fence(), lease.ttl());
-                    let renewal = Renewal {
-                        member,
-                        fence,
-                        remaining,
-                        count,
-                    };
-                    link.held(&lease, Some(renewal));
-                }
-                Err(e) => {
-                    warn!("cluster lease on {} lost: {}", l.key, e);
-                    return link.update(|s| s.state = State::Lost);
-                }
-            }
+        let lock = Arc::new(self.clone());
+        let hangup = Arc::new(HangUp(None, false.into()));
+        let (guard, renewer) = Guard::new(lock.clone(), &driver, hangup, R::Wake::default());
+        let renewing = Renewing {
+            io: RenewOn(lock, String::new()),
+            driver,
+            renewer,
+        };
+        if let Err(e) = R::spawn(renewing) {
+            // Nothing would renew it (no thread to be had): give it back.
+            let lease = Lease::from_driver(&self.key, driver);
+            let _ = inner.control(async |lane| lane.release(lease).await).await;
+            return Err(e);
         }
-    }
-}
-
-/// A task that ends (or panics, or is dropped with its runtime, even
-/// before it ran) without a release leaves its lease lost: a vanished task
-/// renews nothing, and a caller still waiting for the grant is told.
-impl<R: ClusterRuntime> Drop for Task<R> {
-    fn drop(&mut self) {
-        self.link.update(|s| {
-            if matches!(s.state, State::Acquiring | State::Held) {
-                s.state = State::Lost;
-                s.grant.get_or_insert(Err(Error::Disconnected));
-            }
-        });
-    }
-}
-
-/// The caller's side of an acquire under way. Dropped before the grant is
-/// taken (a cancelled acquire), it asks the task to give up.
-pub(crate) struct Pending(Arc<Link>, bool);
-
-impl Pending {
-    /// Waits for the acquire's outcome: the guard of a grant.
-    pub(crate) async fn wait<R: ClusterRuntime>(
-        mut self,
-        lock: &ClusterLock<R>,
-    ) -> Result<Option<ClusterGuard<R>>> {
-        let out = self.0.until(|s| s.grant.take()).await;
-        self.1 = true;
-        Ok(out?.map(|(token, ttl, member)| ClusterGuard {
-            key: lock.key.clone(),
-            kind: lock.kind,
-            token,
-            ttl,
+        Ok(Some(ClusterGuard {
+            guard,
             member,
-            link: self.0.clone(),
             seen: 0,
-            released: false,
-            _rt: PhantomData,
         }))
     }
 }
 
-impl Drop for Pending {
+/// Closes the acquire lane's connection unless the acquire finished (its
+/// future was dropped mid-way).
+struct Cancel<'a, R: ClusterRuntime>(&'a mut Lane<R>, bool);
+
+impl<R: ClusterRuntime> Drop for Cancel<'_, R> {
     fn drop(&mut self) {
         if !self.1 {
-            self.0.update(|s| s.release = true);
+            self.0.disconnect();
         }
     }
+}
+
+// ---- the renewal ------------------------------------------------------------------
+
+/// The renewal of one cluster lease: the plain locks' loop ([`drive`])
+/// over the client's control lane, until released or lost.
+pub struct Renewing<R: ClusterRuntime> {
+    io: RenewOn<R>,
+    driver: LeaseDriver,
+    renewer: Renewer<R::Wake>,
+}
+
+impl<R: ClusterRuntime> Renewing<R> {
+    /// Runs the loop. Dropped before its end (its runtime shut down), it
+    /// leaves the lease lost.
+    pub(crate) async fn run(self) {
+        let lock = self.io.0.clone();
+        drive(self.io, &lock.key, self.driver, self.renewer).await
+    }
+}
+
+/// The renewal's IO: the lock (its client's control lane), and the member
+/// that served the last renew.
+struct RenewOn<R: ClusterRuntime>(Arc<ClusterLock<R>>, String);
+
+impl<R: ClusterRuntime> RenewIo for RenewOn<R> {
+    type Wake = R::Wake;
+
+    fn now(&self) -> Instant {
+        R::Wake::now()
+    }
+
+    async fn wait(&mut self, until: Instant, shared: &Shared<R::Wake>) -> bool {
+        // No connection of its own to watch (a lane reconnects).
+        let due = |s: &mut Status| (s.release || R::Wake::now() >= until).then_some(true);
+        R::Wake::until(shared, &mut |s| due(s).map_or(Continue(Some(until)), Break)).await
+    }
+
+    async fn renew(&mut self, driver: &mut LeaseDriver, key: &str, _: Instant) -> RenewReply {
+        // Each attempt (re-sent after a failover) takes its reply limit
+        // from the driver: the reply timeout, never past the deadline.
+        let inner = &self.0.client.0;
+        let (out, member) = inner
+            .control(async |lane| {
+                let out = lane.renew_reply(key, driver).await;
+                (out, String::from(lane.connected_addr().unwrap_or_default()))
+            })
+            .await;
+        self.1 = member;
+        Ok(out)
+    }
+
+    fn served_by(&mut self) -> Option<String> {
+        Some(core::mem::take(&mut self.1))
+    }
+
+    async fn release(&mut self, driver: &LeaseDriver, key: &str, _: Instant) -> ReleaseReply {
+        let (inner, lease) = (&self.0.client.0, Lease::from_driver(key, *driver));
+        Ok(inner.control(async |lane| lane.release(lease).await).await)
+    }
+
+    fn finish(self, _: bool) {}
 }
 
 // ---- the guard --------------------------------------------------------------------
 
-/// A held cluster lease, renewed in the background by its [`Task`]
-/// (`tokio::ClusterGuard`, `blocking::ClusterGuard`).
+/// A held cluster lease, renewed in the background by the runtime's task
+/// or thread (`tokio::ClusterGuard`, `blocking::ClusterGuard`): a plain
+/// lock's [`Guard`], the granting member, and the renewals seen.
 #[derive(Debug)]
 pub struct ClusterGuard<R: ClusterRuntime> {
-    pub(crate) key: String,
-    pub(crate) kind: Kind,
-    pub(crate) token: Token,
-    pub(crate) ttl: Duration,
+    pub(crate) guard: Guard<R::Wake, Arc<ClusterLock<R>>>,
     pub(crate) member: String,
-    pub(crate) link: Arc<Link>,
     /// Renewals seen by `next_renewal`.
     seen: u64,
-    released: bool,
-    _rt: PhantomData<fn() -> R>,
 }
 
 impl<R: ClusterRuntime> ClusterGuard<R> {
-    /// Whether the lease is known to be lost: the task said so or is gone,
-    /// or the deadline passed by the clock.
+    /// Whether the lease is known to be lost: the renewal side said so or
+    /// is gone, or the deadline passed by the clock.
     pub(crate) fn lost_now(&self) -> bool {
-        self.link.status().state != State::Held || R::Timer::default().now() >= self.link.deadline()
+        self.guard.is_lost(R::Wake::now())
     }
 
     /// The latest successful renew, if any.
     pub(crate) fn last(&self) -> Option<Renewal> {
-        self.link.status().renewal.clone()
-    }
-
-    /// Whether the lease ended (lost or released; for [`Link::until`]).
-    pub(crate) fn ended(s: &mut Status) -> Option<()> {
-        (s.state != State::Held).then_some(())
-    }
-
-    /// Waits until the lease is lost, or the runtime's clock reaches `end`:
-    /// whether it was lost. Wakes at the lease deadline too (a clock event).
-    pub(crate) async fn lost_by(&self, end: Option<Instant>) -> bool {
-        while !self.lost_now() {
-            let (now, deadline) = (R::Timer::default().now(), self.link.deadline());
-            if end.is_some_and(|end| now >= end) {
-                return false;
-            }
-            let at = end.map_or(deadline, |end| end.min(deadline));
-            R::wait(&self.link, at, Self::ended).await;
-        }
-        true
+        self.guard.shared.lock().renewal.clone()
     }
 
     /// Waits for the next renewal this guard has not seen: `None` once the
     /// lease ended.
     pub(crate) async fn next(&mut self) -> Option<Renewal> {
         let seen = self.seen;
-        let next = self
-            .link
-            .until(|s| match &s.renewal {
-                Some(r) if r.count > seen => Some(Some(r.clone())),
-                _ => Self::ended(s).map(|()| None),
-            })
-            .await;
+        let next = R::Wake::until(&self.guard.shared, &mut |s| match &s.renewal {
+            Some(r) if r.count > seen => Break(Some(r.clone())),
+            _ if s.state != State::Held => Break(None),
+            _ => Continue(None),
+        })
+        .await;
         self.seen = next.as_ref().map_or(seen, |r| r.count);
         next
-    }
-
-    /// Asks the task for the release and waits for its outcome:
-    /// [`Error::LeaseLost`] at once when the lease was lost before (or the
-    /// task is gone). The task releases even if this future is dropped.
-    pub(crate) async fn release_lease(mut self) -> Result<()> {
-        self.released = true;
-        let mut held = false;
-        self.link.update(|s| {
-            s.release = true;
-            held = s.state == State::Held;
-        });
-        if !held {
-            return Err(Error::LeaseLost);
-        }
-        self.link
-            .until(|s| match s.state {
-                State::Held => None,
-                State::Released => Some(s.released.take().unwrap_or(Err(Error::LeaseLost))),
-                State::Acquiring | State::Lost => Some(Err(Error::LeaseLost)),
-            })
-            .await
-    }
-}
-
-impl<R: ClusterRuntime> Drop for ClusterGuard<R> {
-    fn drop(&mut self) {
-        if !self.released {
-            self.link.update(|s| s.release = true);
-        }
     }
 }
 

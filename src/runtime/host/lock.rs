@@ -2,17 +2,22 @@
 //! the public API ([`lock_api!`], documented once), the guard and the
 //! status it shares with its renewal side, and the renewal loop ([`drive`])
 //! around the core [`LeaseDriver`], which makes every decision; the
-//! adapters only do the IO ([`RenewIo`]).
+//! adapters only do the IO ([`RenewIo`]) and the waiting ([`Wake`]). The
+//! cluster guards use the same guard, status and loop, renewing through
+//! the cluster client's control lane.
 
+use core::ops::ControlFlow::{self, Break, Continue};
 use std::io;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::string::String;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::cluster::Renewal;
 use super::settings::Settings;
 use super::{HangUp, HostTls};
 use crate::lock::{Action, LeaseDriver, Reply};
 use crate::runtime::ConnectOptions;
-use crate::time::Instant;
+use crate::time::{Instant, Timer};
 use crate::{Error, Token};
 
 type Result<T> = core::result::Result<T, Error<io::Error>>;
@@ -39,7 +44,7 @@ pub(crate) enum State {
 
 /// What a guard and its renewal side share, behind a mutex.
 #[derive(Debug)]
-pub(crate) struct Status {
+pub struct Status {
     pub(crate) state: State,
     /// The conservative deadline (adapter timer time): when the acquire or
     /// the last successful renew was sent, plus the lease.
@@ -48,6 +53,9 @@ pub(crate) struct Status {
     pub(crate) release: bool,
     /// The release's result, for `release`.
     outcome: Option<Result<()>>,
+    /// The latest successful renew, when the renewal side says where it
+    /// was served (a cluster member).
+    pub(crate) renewal: Option<Renewal>,
 }
 
 impl Status {
@@ -62,21 +70,36 @@ impl Status {
     }
 }
 
-/// Wakes every waiter of a status (guard and renewal side): a `Condvar`
-/// for blocking waits, tokio's `Notify` for async ones.
-pub(crate) trait Wake {
+/// How the waiters of a status (guard and renewal side) wait and are
+/// woken: a `Condvar` for blocking waits, tokio's `Notify` for async ones.
+/// Public only as a bound of the cluster runtimes (not nameable outside
+/// the crate); its futures are `Send` where their runtime needs it.
+#[allow(async_fn_in_trait)]
+pub trait Wake: Sized {
+    /// The adapter's timer.
+    type Timer: Timer + Default;
+
+    /// Wakes every waiter.
     fn wake(&self);
+
+    /// The adapter timer's time.
+    fn now() -> Instant {
+        Self::Timer::default().now()
+    }
+
+    /// Waits until `f` breaks with what it looks for in the status,
+    /// looking again at every change and at the instant it continues with
+    /// (a blocking wait parks the thread). May look again early.
+    async fn until<T>(shared: &Shared<Self>, f: &mut Look<'_, T>) -> T;
 }
 
-impl Wake for Condvar {
-    fn wake(&self) {
-        self.notify_all();
-    }
-}
+/// What [`Wake::until`] looks for in a status: `Break` with it, or
+/// `Continue` to look again at the next change and at the instant given.
+pub type Look<'a, T> = dyn FnMut(&mut Status) -> ControlFlow<T, Option<Instant>> + Send + 'a;
 
 /// The status and its wake-up.
 #[derive(Debug)]
-pub(crate) struct Shared<W> {
+pub struct Shared<W> {
     status: Mutex<Status>,
     pub(crate) wake: W,
 }
@@ -108,22 +131,23 @@ impl<W: Wake> Drop for Renewer<W> {
     }
 }
 
-/// What a lease guard holds: the lock's settings, the lease as granted,
-/// the shared status and the connection's hang-up watch. Dropping it asks
-/// for the release (done by the renewal side; never blocks).
+/// What a lease guard holds: the lock's settings (a plain lock's, or a
+/// cluster lock), the lease as granted, the shared status and the
+/// connection's hang-up watch. Dropping it asks for the release (done by
+/// the renewal side; never blocks).
 #[derive(Debug)]
-pub(crate) struct Guard<W: Wake> {
-    pub(crate) settings: Arc<Settings>,
+pub(crate) struct Guard<W: Wake, S = Arc<Settings>> {
+    pub(crate) settings: S,
     pub(crate) token: Token,
     pub(crate) ttl: Duration,
     pub(crate) shared: Arc<Shared<W>>,
     hangup: Arc<HangUp>,
 }
 
-impl<W: Wake> Guard<W> {
+impl<W: Wake, S> Guard<W, S> {
     /// The guard of `driver`'s lease, and its renewal side's handle.
     pub(crate) fn new(
-        settings: Arc<Settings>,
+        settings: S,
         driver: &LeaseDriver,
         hangup: Arc<HangUp>,
         wake: W,
@@ -134,6 +158,7 @@ impl<W: Wake> Guard<W> {
                 deadline: driver.deadline(),
                 release: false,
                 outcome: None,
+                renewal: None,
             }),
             wake,
         });
@@ -164,15 +189,49 @@ impl<W: Wake> Guard<W> {
     pub(crate) fn ask_release(&self) {
         self.shared.update(|s| s.release = true);
     }
+
+    /// Asks for the release and waits for its outcome: [`Error::LeaseLost`]
+    /// at once when the lease was lost before. The renewal side releases
+    /// even if this future is dropped.
+    pub(crate) async fn release(&self) -> Result<()> {
+        self.ask_release();
+        W::until(&self.shared, &mut |s| {
+            s.outcome().map_or(Continue(None), Break)
+        })
+        .await
+    }
+
+    /// Waits until the lease is lost by the renewal side's word or the
+    /// clock (waking at the deadline), or the clock reaches `end`: whether
+    /// it was lost.
+    pub(crate) async fn lost_by(&self, end: Option<Instant>) -> bool {
+        W::until(&self.shared, &mut |s| {
+            let now = W::now();
+            if s.is_lost(now) {
+                return Break(true);
+            }
+            match end {
+                Some(end) if now >= end => Break(false),
+                _ => Continue(Some(end.map_or(s.deadline, |end| end.min(s.deadline)))),
+            }
+        })
+        .await
+    }
 }
 
-impl<W: Wake> Drop for Guard<W> {
+impl<W: Wake, S> Drop for Guard<W, S> {
     fn drop(&mut self) {
         self.ask_release();
     }
 }
 
 // ---- the renewal loop --------------------------------------------------------
+
+/// What became of a renew: the seconds granted (see [`Reply`]).
+pub(crate) type RenewReply = Reply<u64, io::Error>;
+
+/// What became of a release (see [`Reply`]).
+pub(crate) type ReleaseReply = Reply<(), io::Error>;
 
 /// The IO a renewal task or thread does for [`drive`] on its connection.
 pub(crate) trait RenewIo {
@@ -186,21 +245,19 @@ pub(crate) trait RenewIo {
     async fn wait(&mut self, until: Instant, shared: &Shared<Self::Wake>) -> bool;
 
     /// Sends `driver`'s renew for `key`: the reply, or `Elapsed` (or an
-    /// `Error::Timeout`) at `limit`.
-    async fn renew(
-        &mut self,
-        driver: &LeaseDriver,
-        key: &str,
-        limit: Instant,
-    ) -> Reply<u64, io::Error>;
+    /// `Error::Timeout`) at `limit`. (The cluster re-sends after a
+    /// failover, starting each attempt on the driver.)
+    async fn renew(&mut self, driver: &mut LeaseDriver, key: &str, limit: Instant) -> RenewReply;
+
+    /// Where the renew that just succeeded was served, to be recorded as
+    /// the lease's latest [`Renewal`] (the cluster member); `None`: not
+    /// recorded.
+    fn served_by(&mut self) -> Option<String> {
+        None
+    }
 
     /// Sends `driver`'s release for `key`, as `renew`.
-    async fn release(
-        &mut self,
-        driver: &LeaseDriver,
-        key: &str,
-        limit: Instant,
-    ) -> Reply<(), io::Error>;
+    async fn release(&mut self, driver: &LeaseDriver, key: &str, limit: Instant) -> ReleaseReply;
 
     /// The one place where the renewal side gives its connection up:
     /// `released` after a release the server confirmed (a known, clean
@@ -229,9 +286,19 @@ pub(crate) async fn drive<I: RenewIo>(
                 }
             }
             Action::Renew { limit } => {
-                let reply = io.renew(&driver, key, limit).await;
+                let reply = io.renew(&mut driver, key, limit).await;
                 if driver.renewed(reply, io.now()).is_ok() {
-                    shared.update(|s| s.deadline = driver.deadline());
+                    let member = io.served_by();
+                    shared.update(|s| {
+                        s.deadline = driver.deadline();
+                        let count = s.renewal.as_ref().map_or(0, |r| r.count) + 1;
+                        s.renewal = member.map(|member| Renewal {
+                            member,
+                            fence: driver.token().fence(),
+                            remaining: driver.ttl(),
+                            count,
+                        });
+                    });
                 }
             }
             Action::Release { limit } => {

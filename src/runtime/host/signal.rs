@@ -5,8 +5,9 @@
 //!
 //! Both hosts share the types here: the owned [`Signal`], the stream item
 //! [`SignalEvent`], the [`SignalOptions`] and the optional
-//! [`Reconnect`] policy; and the one loop, [`run`], that carries out what
-//! the core [`SignalDriver`] decides. A runtime only supplies a [`Port`]:
+//! [`Reconnect`] policy; the public API, written once in `signal_api!`;
+//! and the one loop, [`run`], that carries out what the core
+//! [`SignalDriver`] decides. A runtime only supplies a [`Port`]:
 //! connecting, a request within the request timeout, and one wait over its
 //! command channel, the consumer's queue, the socket and the clock.
 //!
@@ -38,6 +39,7 @@
 use std::boxed::Box;
 use std::io;
 use std::string::String;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::vec::Vec;
 
@@ -171,56 +173,235 @@ impl SignalOptions {
     }
 }
 
-/// Documentation shared by the tokio and blocking signal types, written
-/// once: `#[doc = signal_doc!(topic)]`.
-macro_rules! signal_doc {
-    (buffers) => {
-        "`N` is the line buffer: a signal whose `sig <channel> <payload>` line is
-longer is counted dropped (use [`MAX_SIGNAL_LINE`](super::MAX_SIGNAL_LINE)
-for 64 KiB payloads). `P` is the connection's own push queue in bytes:
-at least `N` (checked at compile time), where signals wait while a reply
-is awaited or the consumer is behind; for 64 KiB payloads use
-`SignalConn<MAX_SIGNAL_LINE, { 2 * MAX_SIGNAL_LINE }>`.
+/// The public API of the host signal types, documented once and expanded
+/// in the tokio adapter (`async`) and the blocking one (plain functions).
+///
+/// The expanding module provides `mpsc` (its channel module: `Sender`,
+/// `Receiver`), `Reply`, `Result`, `ConnectOptions`, the private
+/// `SignalHandle::call` (one command's round trip),
+/// `SignalConn::connect_with` and `emit_over` (one signal on a fresh
+/// connection, checked first). `addr` is the address type, `who` where
+/// handles are used from, `links` the adapter's `connect` and
+/// `connect_tls` (doc links), `conn` the first paragraph of
+/// `SignalConn`'s doc, `recv` the adapter's own way to wait for an item,
+/// and the notes say what the adapter's connect,
+/// requests and one-shot emit do on cancellation or how long they block.
+macro_rules! signal_api {
+    (
+        async: [$($async:tt)?],
+        await: [$($await:tt)*],
+        addr: $addr:ty,
+        addr_doc: $addr_doc:literal,
+        who: $who:literal,
+        starts: $starts:literal,
+        links: [$connect:literal, $connect_tls:literal $(,)?],
+        conn: $conn:literal,
+        try_recv: [$($mut:tt)?],
+        recv: { $($recv:tt)* },
+        notes: {
+            connect: $connect_note:literal,
+            request: $request:literal,
+            emit: $emit:literal $(,)?
+        } $(,)?
+    ) => {
+        pub use $crate::runtime::host::signal::Item;
 
-The connection's owner reads signals into a queue of
-[`SignalOptions::queue`] items, sends the `ping` heartbeat, runs the
-commands of every [`SignalHandle`], and reconnects if
-[`SignalOptions::reconnect`] says so. Signals already received are
-delivered before the error that lost the connection; the items end after
-that error (unless reconnecting), or once every handle and the
-`SignalConn` are dropped, which closes the connection."
-    };
-    (listen) => {
-        "Subscribes to `pattern` (`*` matches one dot-separated token, `>`
-one or more trailing tokens), optionally as a member of the queue
-`group` (each signal then goes to one member of the group, round
-robin). Listening twice on the same pattern and group is a no-op;
-groups are trimmed of surrounding whitespace, as the server trims
-them, so `\"g \"` and `\"g\"` are one group (also for `unlisten` and the
-subscriptions made again after a reconnect).
+        #[doc = concat!(
+            "Listens, unlistens and emits through a [`SignalConn`]'s connection from any ",
+            $who, ". Cheap to clone.",
+        )]
+        ///
+        /// The connection stays open while the [`SignalConn`] or any handle lives.
+        #[derive(Debug, Clone)]
+        pub struct SignalHandle {
+            tx: mpsc::Sender<$crate::runtime::host::signal::Command<Reply>>,
+            dropped: std::sync::Arc<core::sync::atomic::AtomicU64>,
+        }
 
-The pattern and group are checked before anything is sent
-([`Error::InvalidArgument`]). While a reconnect is under way this is
-[`Error::Disconnected`]."
-    };
-    (unlisten) => {
-        "Drops the subscription made with the same pattern and group (`Ok`
-also when there was none, and at once while a reconnect is under way:
-the subscription is then not made again)."
-    };
-    (emit) => {
-        "Publishes `payload` on the literal `channel`; returns the number of
-deliveries (each queue group counts once). A wildcard channel or an
-empty, blank or multi-line payload is [`Error::InvalidArgument`]
-before anything is sent; while a reconnect is under way this is
-[`Error::Disconnected`]."
-    };
-    (dropped) => {
-        "Signals dropped so far, over every connection: the connection's
-queue was full, or a push was longer than the line buffer."
+        impl SignalHandle {
+            /// Subscribes to `pattern` (`*` matches one dot-separated token, `>`
+            /// one or more trailing tokens), optionally as a member of the queue
+            /// `group` (each signal then goes to one member of the group, round
+            /// robin). Listening twice on the same pattern and group is a no-op;
+            /// groups are trimmed of surrounding whitespace, as the server trims
+            /// them, so `"g "` and `"g"` are one group (also for `unlisten` and the
+            /// subscriptions made again after a reconnect).
+            ///
+            /// The pattern and group are checked before anything is sent
+            /// ([`Error::InvalidArgument`](crate::Error::InvalidArgument)). While a
+            /// reconnect is under way this is [`Error::Disconnected`](crate::Error::Disconnected).
+            ///
+            #[doc = $request]
+            pub $($async)? fn listen(&self, pattern: &str, group: Option<&str>) -> Result<()> {
+                self.call(Cmd::listen(pattern, group))$($await)*.map(drop)
+            }
+
+            /// Drops the subscription made with the same pattern and group (`Ok`
+            /// also when there was none, and at once while a reconnect is under way:
+            /// the subscription is then not made again).
+            ///
+            #[doc = $request]
+            pub $($async)? fn unlisten(&self, pattern: &str, group: Option<&str>) -> Result<()> {
+                self.call(Cmd::unlisten(pattern, group))$($await)*.map(drop)
+            }
+
+            /// Publishes `payload` on the literal `channel`; returns the number of
+            /// deliveries (each queue group counts once). A wildcard channel or an
+            /// empty, blank or multi-line payload is
+            /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) before
+            /// anything is sent; while a reconnect is under way this is
+            /// [`Error::Disconnected`](crate::Error::Disconnected).
+            ///
+            #[doc = $request]
+            pub $($async)? fn emit(&self, channel: &str, payload: &str) -> Result<u64> {
+                self.call(Cmd::emit(channel, payload))$($await)*
+            }
+
+            /// Signals dropped so far, over every connection: the connection's
+            /// queue was full, or a push was longer than the line buffer.
+            pub fn dropped_signals(&self) -> u64 {
+                self.dropped.load(core::sync::atomic::Ordering::Relaxed)
+            }
+        }
+
+        #[doc = $conn]
+        ///
+        /// `N` is the line buffer: a signal whose `sig <channel> <payload>` line is
+        /// longer is counted dropped (use [`MAX_SIGNAL_LINE`](super::MAX_SIGNAL_LINE)
+        /// for 64 KiB payloads). `P` is the connection's own push queue in bytes:
+        /// at least `N` (checked at compile time), where signals wait while a reply
+        /// is awaited or the consumer is behind; for 64 KiB payloads use
+        /// `SignalConn<MAX_SIGNAL_LINE, { 2 * MAX_SIGNAL_LINE }>`.
+        ///
+        /// The connection's owner reads signals into a queue of
+        /// [`SignalOptions::queue`] items, sends the `ping` heartbeat, runs the
+        /// commands of every [`SignalHandle`], and reconnects if
+        /// [`SignalOptions::reconnect`] says so. Signals already received are
+        /// delivered before the error that lost the connection; the items end after
+        /// that error (unless reconnecting), or once every handle and the
+        /// `SignalConn` are dropped, which closes the connection.
+        #[derive(Debug)]
+        pub struct SignalConn<
+            const N: usize = DEFAULT_SIGNAL_LINE_BUF,
+            const P: usize = DEFAULT_PUSH_QUEUE,
+        > {
+            rx: mpsc::Receiver<Item>,
+            handle: SignalHandle,
+        }
+
+        impl<const N: usize, const P: usize> SignalConn<N, P> {
+            #[doc = concat!(
+                "Connects to `addr` (", $addr_doc,
+                "authenticating when `connect` has a token) and ", $starts, ".",
+            )]
+            ///
+            /// Errors: invalid options ([`Error::Config`](crate::Error::Config), e.g.
+            /// a heartbeat not below the server read timeout), and everything
+            #[doc = concat!($connect, " returns.")]
+            ///
+            #[doc = $connect_note]
+            pub $($async)? fn connect(
+                addr: $addr,
+                connect_opts: &ConnectOptions,
+                opts: SignalOptions,
+            ) -> Result<Self> {
+                Self::connect_with(addr, connect_opts, None, opts)$($await)*
+            }
+
+            /// [`connect`](Self::connect) over TLS (feature `rustls`): the
+            /// handshake is verified by `tls` (chain, validity period and the
+            /// connector's server name) before `auth` and any subscription. A
+            /// reconnect (see [`SignalOptions::reconnect`]) runs the same
+            /// verification again.
+            ///
+            #[doc = concat!("Errors as ", $connect_tls, ": a certificate that fails verification")]
+            /// is [`Error::Io`](crate::Error::Io) whose
+            /// [`rustls_error`](crate::tls_rustls::rustls_error) tells why; a peer
+            /// that does not speak TLS gives [`Error::Timeout`](crate::Error::Timeout)
+            /// or [`Error::Io`](crate::Error::Io).
+            ///
+            #[doc = $connect_note]
+            #[cfg(feature = "rustls")]
+            pub $($async)? fn connect_tls(
+                addr: $addr,
+                connect_opts: &ConnectOptions,
+                tls: &$crate::runtime::host::rustls::RustlsConnector,
+                opts: SignalOptions,
+            ) -> Result<Self> {
+                Self::connect_with(addr, connect_opts, Some(tls.clone()), opts)$($await)*
+            }
+
+            #[doc = concat!("A handle for listening and emitting from other ", $who, "s.")]
+            pub fn handle(&self) -> SignalHandle {
+                self.handle.clone()
+            }
+
+            $($recv)*
+
+            /// The next item if one is ready, without waiting.
+            pub fn try_recv(&$($mut)? self) -> Option<Item> {
+                self.rx.try_recv().ok()
+            }
+
+            /// See [`SignalHandle::listen`].
+            ///
+            #[doc = $request]
+            pub $($async)? fn listen(&self, pattern: &str, group: Option<&str>) -> Result<()> {
+                self.handle.listen(pattern, group)$($await)*
+            }
+
+            /// See [`SignalHandle::unlisten`].
+            ///
+            #[doc = $request]
+            pub $($async)? fn unlisten(&self, pattern: &str, group: Option<&str>) -> Result<()> {
+                self.handle.unlisten(pattern, group)$($await)*
+            }
+
+            /// See [`SignalHandle::emit`].
+            ///
+            #[doc = $request]
+            pub $($async)? fn emit(&self, channel: &str, payload: &str) -> Result<u64> {
+                self.handle.emit(channel, payload)$($await)*
+            }
+
+            /// See [`SignalHandle::dropped_signals`].
+            pub fn dropped_signals(&self) -> u64 {
+                self.handle.dropped_signals()
+            }
+        }
+
+        /// Publishes one signal on a fresh connection and closes it: for
+        /// publishers that do not listen. Returns the number of deliveries.
+        ///
+        /// The channel and payload are checked before connecting.
+        #[doc = $emit]
+        pub $($async)? fn emit(
+            addr: $addr,
+            channel: &str,
+            payload: &str,
+            opts: &ConnectOptions,
+        ) -> Result<u64> {
+            emit_over(addr, channel, payload, opts, None)$($await)*
+        }
+
+        #[doc = concat!(
+            "[`emit`] over TLS (feature `rustls`), verified by `tls` as ", $connect_tls, " does.",
+        )]
+        ///
+        #[doc = $emit]
+        #[cfg(feature = "rustls")]
+        pub $($async)? fn emit_tls(
+            addr: $addr,
+            channel: &str,
+            payload: &str,
+            opts: &ConnectOptions,
+            tls: &$crate::runtime::host::rustls::RustlsConnector,
+        ) -> Result<u64> {
+            emit_over(addr, channel, payload, opts, Some(tls))$($await)*
+        }
     };
 }
-pub(crate) use signal_doc;
+pub(crate) use signal_api;
 
 /// The subscriptions a reconnect makes again, in order (the driver decides
 /// what goes in; groups arrive trimmed as the server trims them).
@@ -254,19 +435,6 @@ fn dup_error(e: &Error<io::Error>) -> Error<io::Error> {
         Error::Auth => Error::Auth,
         Error::Config(c) => Error::Config(*c),
         _ => Error::Disconnected,
-    }
-}
-
-/// What handles and the connection's task or thread share.
-#[derive(Debug, Default)]
-pub(crate) struct Shared {
-    /// Signals dropped over every connection so far.
-    dropped: AtomicU64,
-}
-
-impl Shared {
-    pub(crate) fn dropped_signals(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -386,20 +554,31 @@ pub(crate) async fn send<T: Read + Write, const N: usize, const P: usize>(
     }
 }
 
+/// Builds a connection straight into a box, outside any future: its
+/// buffers (up to 200 KB) never sit in the task's or thread's future.
+#[inline(never)]
+pub(crate) fn boxed<T: Read + Write, const N: usize, const P: usize>(
+    stream: T,
+) -> Box<Connection<T, N, P>> {
+    Box::new(Connection::new(stream))
+}
+
 fn signal_item(s: crate::Signal<'_>) -> Item {
     Ok(SignalEvent::Signal(s.into()))
 }
 
 /// The connection's task or thread: carries out what the core
 /// [`SignalDriver`] decides, on `conn` (already open) and its successors,
-/// until the stream ends or every handle is gone.
+/// until the stream ends or every handle is gone; keeps the count of
+/// dropped signals in `dropped` for the handles.
 pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
-    port: &mut R,
+    mut port: R,
     mut conn: Box<Connection<R::Stream, N, P>>,
     heartbeat: Heartbeat,
     reconnect: Option<Reconnect>,
-    shared: &Shared,
+    dropped: Arc<AtomicU64>,
 ) {
+    let port = &mut port;
     let mut driver = SignalDriver::new(heartbeat, reconnect, Subscriptions::default(), port.now());
     // An item waiting for room in the consumer's queue.
     let mut held: Option<Item> = None;
@@ -407,8 +586,7 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
     // failed reconnect attempt's.
     let mut error = Error::Disconnected;
     loop {
-        let dropped = driver.dropped(conn.dropped_signals());
-        shared.dropped.store(dropped, Ordering::Relaxed);
+        dropped.store(driver.dropped(conn.dropped_signals()), Ordering::Relaxed);
         match driver.poll(port.now()) {
             Action::Serve { heartbeat_at } => {
                 if held.is_none() {
@@ -446,24 +624,22 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
                 if held.is_none() {
                     warn!("signal connection lost");
                     driver.drained();
-                } else if !hand_over::<R, N, P>(port, &mut driver, &mut held).await {
+                } else if !hand_over(port, &mut driver, &mut conn, &mut held).await {
                     return;
                 }
             }
-            Action::ReportLost => {
+            // After giving up, `reported` changes nothing and the driver
+            // says `End`.
+            Action::ReportLost | Action::GiveUp => {
                 held = Some(Err(core::mem::replace(&mut error, Error::Disconnected)));
-                if !hand_over::<R, N, P>(port, &mut driver, &mut held).await {
+                if !hand_over(port, &mut driver, &mut conn, &mut held).await {
                     return;
                 }
                 driver.reported(port.now());
             }
             Action::BackOff { until } => {
-                match port.wait::<N, P>(None, &mut None, Some(until)).await {
-                    Wake::Command(cmd) => {
-                        execute(port, &mut driver, &mut conn, cmd).await;
-                    }
-                    Wake::Closed => return,
-                    Wake::Progress | Wake::Lost(_) => {}
+                if !idle(port, &mut driver, &mut conn, &mut None, Some(until)).await {
+                    return;
                 }
             }
             Action::Connect { attempt } => match port.open::<N, P>().await {
@@ -491,11 +667,6 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
                 debug!("signal connection back after {} attempts", attempts);
                 held = Some(Ok(SignalEvent::Reconnected { gap, attempts }));
             }
-            Action::GiveUp => {
-                held = Some(Err(core::mem::replace(&mut error, Error::Disconnected)));
-                hand_over::<R, N, P>(port, &mut driver, &mut held).await;
-                return;
-            }
             Action::End => return,
         }
     }
@@ -506,22 +677,35 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
 async fn hand_over<R: Port, const N: usize, const P: usize>(
     port: &mut R,
     driver: &mut SignalDriver<Subscriptions>,
+    conn: &mut Connection<R::Stream, N, P>,
     held: &mut Option<Item>,
 ) -> bool {
     while held.is_some() {
-        match port.wait::<N, P>(None, held, None).await {
-            Wake::Command(Command(cmd, reply)) => {
-                let answer = match driver.admit(port.now(), cmd.request()) {
-                    Admit::Done => Ok(0),
-                    Admit::Send | Admit::Refuse => Err(Error::Disconnected),
-                };
-                R::answer(reply, answer);
-            }
-            Wake::Closed => return false,
-            Wake::Progress | Wake::Lost(_) => {}
+        if !idle(port, driver, conn, held, None).await {
+            return false;
         }
     }
     true
+}
+
+/// One wait while disconnected (for `held` to be taken, or until `until`),
+/// answering a command that comes: the driver refuses it, or forgets an
+/// unlisten at once. `false` when every handle is gone.
+async fn idle<R: Port, const N: usize, const P: usize>(
+    port: &mut R,
+    driver: &mut SignalDriver<Subscriptions>,
+    conn: &mut Connection<R::Stream, N, P>,
+    held: &mut Option<Item>,
+    until: Option<Instant>,
+) -> bool {
+    match port.wait::<N, P>(None, held, until).await {
+        Wake::Command(cmd) => {
+            execute(port, driver, conn, cmd).await;
+            true
+        }
+        Wake::Closed => false,
+        Wake::Progress | Wake::Lost(_) => true,
+    }
 }
 
 /// Runs (or refuses) a command; the error that lost the connection, if it
@@ -538,13 +722,9 @@ async fn execute<R: Port, const N: usize, const P: usize>(
         Admit::Done => Ok(0),
         Admit::Refuse => Err(Error::Disconnected),
     };
-    let was_connected = driver.is_connected();
     let outcome = Outcome::of(&result, conn.is_usable());
-    driver.completed(port.now(), req, outcome, conn.dropped_signals());
-    let lost = match &result {
-        Err(e) if was_connected && !driver.is_connected() => Some(dup_error(e)),
-        _ => None,
-    };
+    let lost = driver.completed(port.now(), req, outcome, conn.dropped_signals());
+    let lost = result.as_ref().err().filter(|_| lost).map(dup_error);
     R::answer(reply, result);
     lost
 }

@@ -3,8 +3,9 @@
 //!
 //! The routing and failover decisions are the core's
 //! ([`crate::cluster`]), the client, its locks and guards are shared with
-//! the blocking client; this module dials with tokio, runs each lease's
-//! renewal as a tokio task and offers the `async` methods.
+//! the blocking client (and the renewal loop with the plain locks); this
+//! module dials with tokio, runs each lease's renewal as a tokio task and
+//! offers the `async` methods.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
@@ -26,14 +27,11 @@ use core::ops::DerefMut;
 use std::string::String;
 use std::time::Duration;
 
-use embassy_futures::select::select;
-
 use super::{HostStream, Result, TokioTimer, open_host};
 use crate::cluster::Connector;
 use crate::runtime::host::cluster::{
-    self as host, ClusterRuntime, Dialer, Done, Lane, Link, Renewal,
+    self as host, ClusterRuntime, Dialer, Lane, Renewal, Renewing,
 };
-use crate::time::{Instant, Timer};
 
 /// Dials members over tokio TCP (or TLS), counting every dial.
 #[derive(Debug)]
@@ -54,6 +52,7 @@ impl Connector for TokioConnector {
 impl ClusterRuntime for TokioConnector {
     type Timer = TokioTimer;
     type Cell = tokio::sync::Mutex<Lane<Self>>;
+    type Wake = tokio::sync::Notify;
 
     fn new(dialer: Dialer) -> Self {
         Self(dialer)
@@ -63,8 +62,9 @@ impl ClusterRuntime for TokioConnector {
         cell.lock().await
     }
 
-    async fn wait(link: &Link, until: Instant, done: Done) {
-        select(link.until(done), TokioTimer.sleep_until(until)).await;
+    fn spawn(renewing: Renewing<Self>) -> Result<()> {
+        tokio::spawn(renewing.run());
+        Ok(())
     }
 }
 
@@ -95,83 +95,22 @@ pub type ClusterLock = host::ClusterLock<TokioConnector>;
 /// * Dropping the guard releases in the background.
 pub type ClusterGuard = host::ClusterGuard<TokioConnector>;
 
-host::cluster_api!(TokioConnector);
-
-impl ClusterClient {
-    /// `barrier` on the leader: returns once every write committed before
-    /// it has been applied there. A [`stats`](Self::stats) after it reads
-    /// the leader's state including those writes (a linearizable read).
-    ///
-    /// Cancel-safe in effect: a dropped future leaves the control lane's
-    /// connection unusable and the next call reconnects.
-    pub async fn barrier(&self) -> Result<()> {
-        self.0.control(async |lane| lane.barrier().await).await
-    }
-
-    /// `stats` JSON from a member (after [`barrier`](Self::barrier): the
-    /// leader). v2 adds a `cluster` object (node_id, role, term,
-    /// leader_id, leader_addr, commit_index, …). At most 256 KiB.
-    pub async fn stats(&self) -> Result<String> {
-        self.0.stats().await
-    }
-
-    /// `ping` on a member.
-    pub async fn ping(&self) -> Result<()> {
-        self.0.control(async |lane| lane.ping().await).await
-    }
-
-    /// Closes both lanes' connections; the next operation reconnects and
-    /// presents the same stable ref. With `--orphan-ttl` on the servers,
-    /// the locks this client holds survive this.
-    pub async fn disconnect(&self) {
-        self.0.disconnect().await
-    }
-}
-
-impl ClusterLock {
-    /// Acquires on the leader, waiting up to the acquire timeout:
-    /// `Ok(None)` when it passed. A leader that dies meanwhile is replaced
-    /// by the new one within the same timeout.
-    ///
-    /// Cancel-safe in effect: a dropped future closes the acquire lane's
-    /// connection, so the server drops the waiter or releases a grant it
-    /// made (unless `--orphan-ttl` keeps it for this stable ref: then the
-    /// next acquire of this client re-attaches it).
-    pub async fn acquire(&self) -> Result<Option<ClusterGuard>> {
-        self.acquire_within(self.acquire_timeout_set()).await
-    }
-
-    /// Tries once without blocking on the server.
-    pub async fn try_acquire(&self) -> Result<Option<ClusterGuard>> {
-        self.acquire_within(Duration::ZERO).await
-    }
-
-    /// [`acquire`](Self::acquire) with another timeout.
-    pub async fn acquire_within(&self, timeout: Duration) -> Result<Option<ClusterGuard>> {
-        let (task, pending) = self.start(timeout);
-        tokio::spawn(task.run());
-        pending.wait(self).await
-    }
+host::cluster_api! {
+    async: [async],
+    await: [.await],
+    block_on: [],
+    cancel: "Cancel-safe in effect: a dropped future leaves the control lane's \
+             connection unusable and the next call reconnects.",
+    cancel_acquire: "Cancel-safe in effect: a dropped future closes the acquire lane's \
+                     connection, so the server drops the waiter or releases a grant it \
+                     made (unless `--orphan-ttl` keeps it for this stable ref: then the \
+                     next acquire of this client re-attaches it).",
+    cancel_guard: "Cancel-safe."
 }
 
 impl ClusterGuard {
     /// Completes when the lease is lost. Cancel-safe.
     pub async fn lost(&self) {
-        self.lost_by(None).await;
-    }
-
-    /// Waits for the next successful renew: `None` once the lease is lost
-    /// or released. Cancel-safe.
-    pub async fn next_renewal(&mut self) -> Option<Renewal> {
-        self.next().await
-    }
-
-    /// Releases the lease on the leader.
-    ///
-    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when it was lost
-    /// before. Cancel-safe: once called, the release completes in the
-    /// background.
-    pub async fn release(self) -> Result<()> {
-        self.release_lease().await
+        self.guard.lost_by(None).await;
     }
 }

@@ -32,19 +32,21 @@
 //! grant it may already have made: nothing is left stranded. Dropping a
 //! [`LeaseGuard`] releases in the background without blocking.
 
+use core::ops::ControlFlow;
 use std::boxed::Box;
 use std::future::Future;
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::{HostConnection, TokioTimer, connect_host, tokio_instant};
-use crate::lock::{LeaseDriver, Reply};
+use crate::lock::LeaseDriver;
 #[cfg(unix)]
 use crate::runtime::host::hung_up;
-use crate::runtime::host::lock::{Guard, RenewIo, Shared, Status, Wake, dial, drive, lock_api};
+use crate::runtime::host::lock::{
+    Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, dial, drive, lock_api,
+};
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
 use crate::runtime::host::{HangUp, HangUpCloser};
@@ -158,8 +160,26 @@ async fn wait_within(
 // ---- the guard ----------------------------------------------------------------
 
 impl Wake for Notify {
+    type Timer = TokioTimer;
+
     fn wake(&self) {
         self.notify_waiters();
+    }
+
+    async fn until<T>(shared: &Shared<Self>, f: &mut Look<'_, T>) -> T {
+        loop {
+            // Registered before the status is read: no change is missed.
+            let mut changed = std::pin::pin!(shared.wake.notified());
+            changed.as_mut().enable();
+            let at = match f(&mut shared.lock()) {
+                ControlFlow::Break(out) => return out,
+                ControlFlow::Continue(at) => at,
+            };
+            tokio::select! {
+                () = changed => {}
+                () = TokioTimer.sleep_until(at.unwrap_or(Instant::from_millis(0))), if at.is_some() => {}
+            }
+        }
     }
 }
 
@@ -203,28 +223,6 @@ impl LeaseGuard {
         LeaseGuard(guard)
     }
 
-    /// Waits until `f` finds what it waits for in the status, looking again
-    /// at every change and, with `by_clock`, at the lease's deadline.
-    async fn until<T>(&self, by_clock: bool, mut f: impl FnMut(&mut Status) -> Option<T>) -> T {
-        let shared = &self.0.shared;
-        loop {
-            // Registered before the status is read: no change is missed.
-            let mut changed = std::pin::pin!(shared.wake.notified());
-            changed.as_mut().enable();
-            let deadline = {
-                let mut status = shared.lock();
-                if let Some(out) = f(&mut status) {
-                    return out;
-                }
-                status.deadline
-            };
-            tokio::select! {
-                () = changed => {}
-                () = TokioTimer.sleep_until(deadline), if by_clock => {}
-            }
-        }
-    }
-
     /// Completes when the lease is lost: a renew failed, the connection
     /// closed, the renewal task is gone, or the deadline passed without a
     /// successful renew (at the [`deadline`](Self::deadline) at the latest,
@@ -232,8 +230,7 @@ impl LeaseGuard {
     ///
     /// Cancel-safe.
     pub async fn lost(&self) {
-        self.until(true, |s| s.is_lost(TokioTimer.now()).then_some(()))
-            .await;
+        self.0.lost_by(None).await;
     }
 
     /// Releases the lease and closes its connection.
@@ -245,8 +242,7 @@ impl LeaseGuard {
     /// Cancel-safe: once called, the release completes in the background
     /// even if this future is dropped.
     pub async fn release(self) -> Result<()> {
-        self.0.ask_release();
-        self.until(false, Status::outcome).await
+        self.0.release().await
     }
 }
 
@@ -286,18 +282,13 @@ impl RenewIo for TaskIo {
         }
     }
 
-    async fn renew(&mut self, d: &LeaseDriver, key: &str, limit: Instant) -> Reply<u64, io::Error> {
+    async fn renew(&mut self, d: &mut LeaseDriver, key: &str, limit: Instant) -> RenewReply {
         let token = *d.token();
         let renew = self.conn.renew(d.kind(), key, &token, d.request_secs());
         with_deadline(&TokioTimer, limit, renew).await
     }
 
-    async fn release(
-        &mut self,
-        d: &LeaseDriver,
-        key: &str,
-        limit: Instant,
-    ) -> Reply<(), io::Error> {
+    async fn release(&mut self, d: &LeaseDriver, key: &str, limit: Instant) -> ReleaseReply {
         let token = *d.token();
         with_deadline(&TokioTimer, limit, self.conn.release(d.kind(), key, &token)).await
     }

@@ -36,25 +36,43 @@ use crate::Error;
 use crate::protocol::Request;
 use crate::runtime::host::HostTls;
 use crate::runtime::host::signal::{
-    Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, Shared,
-    SignalOptions, Wake, run, send, signal_doc,
+    Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, SignalOptions,
+    Wake, boxed, run, send, signal_api,
 };
 use crate::time::{Instant, Timer};
 
 use super::Result;
 
-pub use crate::runtime::host::signal::Item;
-
 type Reply = oneshot::Sender<CommandResult>;
 
-/// Listens, unlistens and emits through a [`SignalConn`]'s connection from
-/// any task. Cheap to clone.
-///
-/// The connection stays open while the [`SignalConn`] or any handle lives.
-#[derive(Debug, Clone)]
-pub struct SignalHandle {
-    tx: mpsc::Sender<Command<Reply>>,
-    shared: Arc<Shared>,
+signal_api! {
+    async: [async],
+    await: [.await],
+    addr: &str,
+    addr_doc: "",
+    who: "task",
+    starts: "starts the background task on the current tokio runtime",
+    links: ["[`connect`](crate::tokio::connect())", "[`connect_tls`](crate::tokio::connect_tls)"],
+    conn: "A signal connection on tokio: a [`Stream`](futures_core::Stream) of \
+           [`Item`]s (`Result<SignalEvent, Error>`), also readable with [`recv`](Self::recv).",
+    try_recv: [mut],
+    recv: {
+        /// Waits for the next item: a signal, a reconnect event, or the error
+        /// that lost the connection. `None` once the stream has ended.
+        ///
+        /// Cancel-safe: no item is lost when the future is dropped.
+        pub async fn recv(&mut self) -> Option<Item> {
+            self.rx.recv().await
+        }
+    },
+    notes: {
+        connect: "Cancel-safe: dropping the future closes the half-open connection.",
+        request: "Cancel-safe: if the future is dropped, the request may still be made \
+                  (the connection's task completes it; a dropped emit may still be \
+                  published) and the connection stays usable.",
+        emit: "Cancel-safe: a dropped future closes its connection (the signal may or \
+               may not have been published).",
+    },
 }
 
 impl SignalHandle {
@@ -66,89 +84,9 @@ impl SignalHandle {
             .map_err(|_| Error::Disconnected)?;
         rx.await.map_err(|_| Error::Disconnected)?
     }
-
-    #[doc = signal_doc!(listen)]
-    ///
-    /// Cancel-safe: if the future is dropped, the request may still be made
-    /// (the connection's task completes it) and the connection stays
-    /// usable.
-    pub async fn listen(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-        self.call(Cmd::listen(pattern, group)).await.map(drop)
-    }
-
-    #[doc = signal_doc!(unlisten)]
-    ///
-    /// Cancel-safe like [`listen`](Self::listen).
-    pub async fn unlisten(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-        self.call(Cmd::unlisten(pattern, group)).await.map(drop)
-    }
-
-    #[doc = signal_doc!(emit)]
-    ///
-    /// Cancel-safe like [`listen`](Self::listen)
-    /// (a dropped emit may still be published).
-    pub async fn emit(&self, channel: &str, payload: &str) -> Result<u64> {
-        self.call(Cmd::emit(channel, payload)).await
-    }
-
-    #[doc = signal_doc!(dropped)]
-    pub fn dropped_signals(&self) -> u64 {
-        self.shared.dropped_signals()
-    }
-}
-
-/// A signal connection on tokio: a [`Stream`](futures_core::Stream) of
-/// [`Item`]s (`Result<SignalEvent, Error>`), also readable with
-/// [`recv`](Self::recv).
-///
-#[doc = signal_doc!(buffers)]
-#[derive(Debug)]
-pub struct SignalConn<const N: usize = DEFAULT_SIGNAL_LINE_BUF, const P: usize = DEFAULT_PUSH_QUEUE>
-{
-    rx: mpsc::Receiver<Item>,
-    handle: SignalHandle,
 }
 
 impl<const N: usize, const P: usize> SignalConn<N, P> {
-    /// Connects to `addr` (authenticating when `connect` has a token) and
-    /// starts the background task on the current tokio runtime.
-    ///
-    /// Errors: invalid options ([`Error::Config`], e.g. a heartbeat not
-    /// below the server read timeout), and everything
-    /// [`connect`](crate::tokio::connect()) returns.
-    ///
-    /// Cancel-safe: dropping the future closes the half-open connection.
-    pub async fn connect(
-        addr: &str,
-        connect_opts: &ConnectOptions,
-        opts: SignalOptions,
-    ) -> Result<Self> {
-        Self::connect_with(addr, connect_opts, None, opts).await
-    }
-
-    /// [`connect`](Self::connect) over TLS (feature `rustls`): the
-    /// handshake is verified by `tls` (chain, validity period and the
-    /// connector's server name) before `auth` and any subscription. A
-    /// reconnect (see [`SignalOptions::reconnect`]) runs the same
-    /// verification again.
-    ///
-    /// Errors as [`connect_tls`](crate::tokio::connect_tls): a
-    /// certificate that fails verification is [`Error::Io`] whose
-    /// [`rustls_error`](crate::tls_rustls::rustls_error) tells
-    /// why; a peer that does not speak TLS gives [`Error::Timeout`] or
-    /// [`Error::Io`].
-    ///
-    /// Cancel-safe: dropping the future closes the half-open connection.
-    #[cfg(feature = "rustls")]
-    pub async fn connect_tls(
-        addr: &str,
-        connect_opts: &ConnectOptions,
-        tls: &crate::runtime::host::rustls::RustlsConnector,
-        opts: SignalOptions,
-    ) -> Result<Self> {
-        Self::connect_with(addr, connect_opts, Some(tls.clone()), opts).await
-    }
-
     /// [`connect`](Self::connect) or [`connect_tls`](Self::connect_tls)
     /// by the TLS choice: the constructor for callers that hold their
     /// servers, auth, TLS and timeouts once (the `Client`).
@@ -170,57 +108,16 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
             out,
         };
         let conn = task.open::<N, P>().await?;
-        let shared = Arc::new(Shared::default());
-        let handle = SignalHandle { tx, shared };
-        let shared = handle.shared.clone();
-        ::tokio::spawn(async move {
-            run(&mut task, conn, heartbeat, opts.reconnect, &shared).await;
-        });
+        let dropped = Arc::default();
+        ::tokio::spawn(run(
+            task,
+            conn,
+            heartbeat,
+            opts.reconnect,
+            Arc::clone(&dropped),
+        ));
+        let handle = SignalHandle { tx, dropped };
         Ok(Self { rx, handle })
-    }
-
-    /// A handle for listening and emitting from other tasks.
-    pub fn handle(&self) -> SignalHandle {
-        self.handle.clone()
-    }
-
-    /// Waits for the next item: a signal, a reconnect event, or the error
-    /// that lost the connection. `None` once the stream has ended.
-    ///
-    /// Cancel-safe: no item is lost when the future is dropped.
-    pub async fn recv(&mut self) -> Option<Item> {
-        self.rx.recv().await
-    }
-
-    /// The next item if one is ready, without waiting.
-    pub fn try_recv(&mut self) -> Option<Item> {
-        self.rx.try_recv().ok()
-    }
-
-    /// See [`SignalHandle::listen`]; cancel-safe in the same way (the
-    /// connection's task finishes a request it has started, and the
-    /// connection stays usable).
-    pub async fn listen(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-        self.handle.listen(pattern, group).await
-    }
-
-    /// See [`SignalHandle::unlisten`]; cancel-safe in the same way (the
-    /// connection's task finishes a request it has started, and the
-    /// connection stays usable).
-    pub async fn unlisten(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-        self.handle.unlisten(pattern, group).await
-    }
-
-    /// See [`SignalHandle::emit`]; cancel-safe in the same way (the
-    /// connection's task finishes a request it has started, and the
-    /// connection stays usable).
-    pub async fn emit(&self, channel: &str, payload: &str) -> Result<u64> {
-        self.handle.emit(channel, payload).await
-    }
-
-    /// See [`SignalHandle::dropped_signals`].
-    pub fn dropped_signals(&self) -> u64 {
-        self.handle.dropped_signals()
     }
 }
 
@@ -235,32 +132,6 @@ impl<const N: usize, const P: usize> futures_core::Stream for SignalConn<N, P> {
     }
 }
 
-/// Publishes one signal on a fresh connection and closes it: for
-/// publishers that do not listen. Returns the number of deliveries.
-///
-/// The channel and payload are checked before connecting. Cancel-safe: a
-/// dropped future closes its connection (the signal may or may not have
-/// been published).
-pub async fn emit(addr: &str, channel: &str, payload: &str, opts: &ConnectOptions) -> Result<u64> {
-    emit_over(addr, channel, payload, opts, None).await
-}
-
-/// [`emit`] over TLS (feature `rustls`), verified by `tls` as
-/// [`connect_tls`](crate::tokio::connect_tls) does.
-///
-/// Cancel-safe as [`emit`]: a dropped future closes its connection (the
-/// signal may or may not have been published).
-#[cfg(feature = "rustls")]
-pub async fn emit_tls(
-    addr: &str,
-    channel: &str,
-    payload: &str,
-    opts: &ConnectOptions,
-    tls: &crate::runtime::host::rustls::RustlsConnector,
-) -> Result<u64> {
-    emit_over(addr, channel, payload, opts, Some(tls)).await
-}
-
 async fn emit_over(
     addr: &str,
     channel: &str,
@@ -273,13 +144,6 @@ async fn emit_over(
     timeout(opts.connect_timeout, conn.emit(channel, payload))
         .await
         .map_err(|_| Error::Timeout)?
-}
-
-/// Builds the connection straight into a box, outside any future: its
-/// buffers (up to 200 KB) never sit in the task's future.
-#[inline(never)]
-fn boxed<const N: usize, const P: usize>(stream: HostStream) -> Box<Connection<HostStream, N, P>> {
-    Box::new(Connection::new(stream))
 }
 
 /// Completes at `until`, or never.
@@ -326,7 +190,7 @@ impl Port for Task {
         // Not `runtime::tokio::connect`: its future holds the connection by
         // value; this one boxes it at once.
         let stream = open_host(&self.addr, &self.connect, self.tls.as_ref()).await?;
-        let mut conn = boxed::<N, P>(stream);
+        let mut conn = boxed(stream);
         if let Some(token) = &self.connect.auth_token {
             timeout(self.connect.connect_timeout, conn.auth(token.expose()))
                 .await

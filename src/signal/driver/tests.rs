@@ -53,7 +53,7 @@ fn driver(reconnect: Option<Reconnect>) -> SignalDriver<Subs> {
 fn listen(d: &mut SignalDriver<Subs>, now: u64, pattern: &str, group: Option<&str>) {
     let op = Request::Listen { pattern, group };
     assert_eq!(d.admit(at(now), op), Admit::Send);
-    d.completed(at(now), op, Outcome::Done, 0);
+    assert!(!d.completed(at(now), op, Outcome::Done, 0));
 }
 
 fn subs(d: &SignalDriver<Subs>) -> Vec<(&str, Option<&str>)> {
@@ -132,7 +132,7 @@ fn keepalive_alone_and_the_ping_reply() {
 fn a_ping_answered_with_anything_else_loses_the_connection() {
     let mut d = driver(None);
     assert_eq!(d.poll(at(15_000)), Action::Ping);
-    d.completed(at(15_010), Request::Ping, Outcome::Failed, 3);
+    assert!(d.completed(at(15_010), Request::Ping, Outcome::Failed, 3));
     assert_eq!(d.poll(at(15_010)), Action::Drain);
     assert_eq!(d.dropped(99), 3);
 }
@@ -297,7 +297,7 @@ fn subscriptions_follow_the_replies() {
         group: None,
     };
     assert_eq!(d.admit(at(2), bad), Admit::Send);
-    d.completed(at(2), bad, Outcome::Failed, 0);
+    assert!(!d.completed(at(2), bad, Outcome::Failed, 0));
     assert_eq!(subs(&d), [("a.>", None), ("a.>", Some("g"))]);
     let u = Request::Unlisten {
         pattern: "a.>",
@@ -307,8 +307,10 @@ fn subscriptions_follow_the_replies() {
     assert_eq!(subs(&d), [("a.>", Some("g"))]);
     // A failed request keeps the connection; a broken one loses it.
     assert!(d.is_connected());
-    d.completed(at(4), u, Outcome::Broken, 2);
+    assert!(d.completed(at(4), u, Outcome::Broken, 2));
     assert!(!d.is_connected());
+    // Once lost, nothing more is lost.
+    assert!(!d.completed(at(5), u, Outcome::Broken, 2));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The shared guard status and the renewal loop, with a fake IO.
 
 use std::cell::Cell;
+use std::sync::Condvar;
 use std::vec::Vec;
 
 use super::*;
@@ -74,7 +75,7 @@ impl RenewIo for BackToBack<'_> {
         true
     }
 
-    async fn renew(&mut self, _: &LeaseDriver, _: &str, _: Instant) -> Reply<u64, io::Error> {
+    async fn renew(&mut self, _: &mut LeaseDriver, _: &str, _: Instant) -> RenewReply {
         self.log.push("renew");
         self.now.set(self.now.get() + 5_000);
         if self.log.len() == 2 {
@@ -86,7 +87,7 @@ impl RenewIo for BackToBack<'_> {
         Ok(Ok(10))
     }
 
-    async fn release(&mut self, _: &LeaseDriver, _: &str, _: Instant) -> Reply<(), io::Error> {
+    async fn release(&mut self, _: &LeaseDriver, _: &str, _: Instant) -> ReleaseReply {
         self.log.push("release");
         Ok(Ok(()))
     }
