@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+use core::mem::take;
 use core::ops::ControlFlow;
 use std::boxed::Box;
 use std::future::{Future, poll_fn};
@@ -163,9 +164,8 @@ fn wait_within(
     let lease = conn.wire.run(wire_secs(timeout), |c| {
         spec.wait_within(c, &StdTimer, timeout)
     })?;
-    let driver = lease.map(|l| l.into_driver());
-    driver
-        .map(|d| LeaseGuard::spawn(*conn, s.clone(), d))
+    lease
+        .map(|l| LeaseGuard::spawn(*conn, s.clone(), l.into_driver()))
         .transpose()
 }
 
@@ -248,9 +248,12 @@ struct Worker {
 struct Sched {
     /// When the thread wakes by itself; `None`: only when rung.
     wakes: Option<std::time::Instant>,
-    /// Something changed since the thread last looked.
-    rung: bool,
-    /// The connection is gone.
+    /// A new lease (polled once by `spawn`): the thread only needs to
+    /// sleep until it is due.
+    lease: bool,
+    /// A dropped guard asked for the release: the thread polls at once.
+    poke: bool,
+    /// The connection is gone: the thread ends.
     closed: bool,
 }
 
@@ -265,12 +268,9 @@ impl Worker {
         self.sched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Tells the thread that something changed (`f`); wakes it when `f`
-    /// says so.
+    /// Tells the thread what changed (`f`); wakes it when `f` says so.
     fn ring(&self, f: impl FnOnce(&mut Sched) -> bool) {
-        let mut sched = self.sched();
-        sched.rung = true;
-        if f(&mut sched) {
+        if f(&mut self.sched()) {
             self.bell.notify_one();
         }
     }
@@ -300,30 +300,42 @@ impl Worker {
     fn due(&self) -> std::time::Instant {
         std_instant(Instant::from_millis(self.wake_at.load(Ordering::Relaxed)))
     }
+
+    /// When the thread wakes next for a running loop: when it is due, at
+    /// most [`CLOSED_POLL`] from now (the loop then looks at the
+    /// connection).
+    fn next_wake(&self) -> std::time::Instant {
+        self.due().min(std::time::Instant::now() + CLOSED_POLL)
+    }
 }
 
 /// A connection's renewal thread (see [`Worker`]); ends with the
-/// connection.
+/// connection. It polls the loop when poked or when its wait is over, and
+/// only sets its next wake for a new lease, so the caller's release that
+/// usually follows at once does not find the loop taken.
 fn work(w: &Worker) {
-    loop {
-        // Cleared before looking: whatever rings from now on is seen below.
-        w.sched().rung = false;
-        let now = std::time::Instant::now();
-        let wakes = w.poll().then(|| w.due().min(now + CLOSED_POLL));
-        let mut sched = w.sched();
-        if sched.closed {
-            return;
+    let mut sched = w.sched();
+    while !sched.closed {
+        if take(&mut sched.poke) || sched.wakes.is_some_and(|t| t <= std::time::Instant::now()) {
+            drop(sched);
+            let running = w.poll();
+            sched = w.sched();
+            sched.wakes = running.then(|| w.next_wake());
         }
-        if !sched.rung {
-            sched.wakes = wakes;
-            match wakes {
-                Some(at) => drop(
-                    w.bell
-                        .wait_timeout(sched, at.saturating_duration_since(now)),
-                ),
-                None => drop(w.bell.wait(sched)),
+        if take(&mut sched.lease) {
+            sched.wakes = Some(w.next_wake());
+        }
+        if sched.poke || sched.closed {
+            continue;
+        }
+        sched = match sched.wakes {
+            Some(t) => {
+                let left = t.saturating_duration_since(std::time::Instant::now());
+                let woken = w.bell.wait_timeout(sched, left);
+                woken.unwrap_or_else(|e| e.into_inner()).0
             }
-        }
+            None => w.bell.wait(sched).unwrap_or_else(|e| e.into_inner()),
+        };
     }
 }
 
@@ -334,7 +346,10 @@ impl Drop for LeaseGuard {
         // inner guard's own drop, which is harmless).
         if self.1.run.try_lock().map_or(true, |run| run.is_some()) {
             self.0.ask_release();
-            self.1.ring(|_| true);
+            self.1.ring(|s| {
+                s.poke = true;
+                true
+            });
         }
     }
 }
@@ -380,7 +395,10 @@ impl LeaseGuard {
         // lease is due before the thread wakes anyway.
         worker.poll();
         let due = worker.due();
-        worker.ring(|s| s.wakes.is_none_or(|t| t > due));
+        worker.ring(|s| {
+            s.lease = true;
+            s.wakes.is_none_or(|t| t > due)
+        });
         Ok(LeaseGuard(guard, worker))
     }
 
@@ -457,7 +475,7 @@ impl RenewIo for ThreadIo {
                 w.wake_at.store(until.as_millis(), Ordering::Relaxed);
             }
             let mut first = true;
-            poll_fn(|_| match core::mem::take(&mut first) {
+            poll_fn(|_| match take(&mut first) {
                 true => Poll::Pending,
                 false => Poll::Ready(()),
             })
