@@ -18,31 +18,31 @@
 
 use core::ops::DerefMut;
 use std::string::String;
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::{BlockingTransport, HostStream, Result, StdTimer, block_on, open_host};
 use crate::Error;
 use crate::cluster::Connector;
 use crate::runtime::host::cluster::{
-    self as host, ClusterRuntime, Dialer, Lane, Renewal, Renewing,
+    self as host, ClusterRuntime, ClusterSettings, Lane, Renewal, Renewing,
 };
 use crate::time::Timer;
 
 /// Dials members over std TCP (or TLS), counting every dial; sets each
 /// request's read timeout.
-#[derive(Debug)]
-pub struct StdConnector(Dialer);
+#[derive(Debug, Clone)]
+pub struct StdConnector(Arc<ClusterSettings>);
 
 impl Connector for StdConnector {
     type Io = HostStream;
 
     async fn connect(&self, addr: &str) -> Result<HostStream> {
-        open_host(addr, &self.0.dial(), self.0.settings.tls.as_ref())
+        open_host(addr, &self.0.dial(), self.0.tls.as_ref())
     }
 
     fn auth_token(&self) -> Option<&str> {
-        self.0.settings.auth_token.as_ref().map(|t| t.expose())
+        self.0.auth_token.as_ref().map(|t| t.expose())
     }
 
     fn prepare(&self, io: &mut HostStream, max_wait: Duration) {
@@ -57,8 +57,8 @@ impl ClusterRuntime for StdConnector {
     type Cell = Mutex<Lane<Self>>;
     type Wake = Condvar;
 
-    fn new(dialer: Dialer) -> Self {
-        Self(dialer)
+    fn new(settings: Arc<ClusterSettings>) -> Self {
+        Self(settings)
     }
 
     async fn lock(cell: &Self::Cell) -> impl DerefMut<Target = Lane<Self>> {
@@ -69,10 +69,8 @@ impl ClusterRuntime for StdConnector {
 
     fn spawn(renewing: Renewing<Self>) -> Result<()> {
         let thread = std::thread::Builder::new().name("dflockd-cluster-lease".into());
-        thread
-            .spawn(move || block_on(renewing.run()))
-            .map_err(Error::Io)?;
-        Ok(())
+        let spawned = thread.spawn(move || block_on(renewing.run()));
+        spawned.map(drop).map_err(Error::Io)
     }
 }
 

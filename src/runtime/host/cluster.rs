@@ -17,7 +17,6 @@ use std::string::String;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
-use std::vec::Vec;
 
 use embedded_io_async::ErrorType;
 
@@ -65,11 +64,19 @@ pub struct ClusterSettings {
     pub(crate) connect_timeout: Duration,
     pub(crate) io_timeout: Duration,
     pub(crate) tls: Option<HostTls>,
+    /// Members dialled so far, by both lanes.
+    pub(crate) dials: AtomicU32,
 }
 
-pub(crate) mod sealed {
-    pub trait FromClusterSettings: Sized {
-        fn from_settings(settings: super::ClusterSettings) -> super::Result<Self>;
+impl ClusterSettings {
+    /// Counts a dial; the options to dial with (`auth` is the lane's).
+    pub(crate) fn dial(&self) -> ConnectOptions {
+        self.dials.fetch_add(1, Ordering::Relaxed);
+        ConnectOptions {
+            connect_timeout: self.connect_timeout,
+            io_timeout: self.io_timeout,
+            auth_token: None,
+        }
     }
 }
 
@@ -86,48 +93,50 @@ pub(crate) mod sealed {
 /// # let _ = client; Ok(()) }
 /// ```
 pub struct ClusterBuilder<C> {
-    members: Vec<String>,
-    auth_token: Option<AuthToken>,
+    /// The settings, with a random stable ref until `build`.
+    settings: ClusterSettings,
+    /// The stable ref asked for, checked by `build`.
     stable_ref: Option<String>,
-    policy: RedirectPolicy,
-    connect_timeout: Duration,
-    io_timeout: Duration,
-    tls: Option<HostTls>,
     _target: PhantomData<fn() -> C>,
 }
 
 impl<C> core::fmt::Debug for ClusterBuilder<C> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ClusterBuilder")
-            .field("members", &self.members)
-            .field("auth_token", &self.auth_token)
+            .field("members", &self.settings.members)
+            .field("auth_token", &self.settings.auth_token)
             .field("stable_ref", &self.stable_ref)
-            .field("policy", &self.policy)
+            .field("policy", &self.settings.policy)
             .finish_non_exhaustive()
     }
 }
 
-impl<C: sealed::FromClusterSettings> ClusterBuilder<C> {
+impl<R: ClusterRuntime> ClusterBuilder<ClusterClient<R>> {
     pub(crate) fn new<I, S>(members: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self {
+        let settings = ClusterSettings {
             members: members.into_iter().map(Into::into).collect(),
             auth_token: None,
-            stable_ref: None,
+            stable_ref: StableRef::random(&mut OsHashRng::default()),
             policy: RedirectPolicy::DEFAULT,
             connect_timeout: crate::runtime::DEFAULT_CONNECT_TIMEOUT,
             io_timeout: DEFAULT_IO_TIMEOUT,
             tls: None,
+            dials: AtomicU32::new(0),
+        };
+        Self {
+            settings,
+            stable_ref: None,
             _target: PhantomData,
         }
     }
 
     /// Sends `auth` with this token on every new connection. Never logged.
     pub fn auth_token(mut self, token: impl Into<AuthToken>) -> Self {
-        self.auth_token = Some(token.into());
+        self.settings.auth_token = Some(token.into());
         self
     }
 
@@ -142,13 +151,13 @@ impl<C: sealed::FromClusterSettings> ClusterBuilder<C> {
 
     /// The redirect budget and backoff (default [`RedirectPolicy::DEFAULT`]).
     pub fn redirect_policy(mut self, policy: RedirectPolicy) -> Self {
-        self.policy = policy;
+        self.settings.policy = policy;
         self
     }
 
     /// Gives up dialling a member after this long (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.settings.connect_timeout = timeout;
         self
     }
 
@@ -156,7 +165,7 @@ impl<C: sealed::FromClusterSettings> ClusterBuilder<C> {
     /// `auth` / `stable-ref` handshake, `barrier`, `ping`, `stats`
     /// (default 10 s).
     pub fn io_timeout(mut self, timeout: Duration) -> Self {
-        self.io_timeout = timeout;
+        self.settings.io_timeout = timeout;
         self
     }
 
@@ -164,7 +173,7 @@ impl<C: sealed::FromClusterSettings> ClusterBuilder<C> {
     /// connector's server name.
     #[cfg(feature = "rustls")]
     pub fn tls(mut self, connector: super::rustls::RustlsConnector) -> Self {
-        self.tls = Some(connector);
+        self.settings.tls = Some(connector);
         self
     }
 
@@ -173,21 +182,12 @@ impl<C: sealed::FromClusterSettings> ClusterBuilder<C> {
     /// [`Error::InvalidArgument`] for an empty or over-long member list
     /// (at most [`MAX_MEMBERS`](crate::cluster::MAX_MEMBERS)) or an invalid
     /// stable ref.
-    pub fn build(self) -> Result<C> {
-        validate_members(&self.members)?;
-        let stable_ref = match &self.stable_ref {
-            Some(r) => StableRef::new(r)?,
-            None => StableRef::random(&mut OsHashRng::default()),
-        };
-        C::from_settings(ClusterSettings {
-            members: self.members.into(),
-            auth_token: self.auth_token,
-            stable_ref,
-            policy: self.policy,
-            connect_timeout: self.connect_timeout,
-            io_timeout: self.io_timeout,
-            tls: self.tls,
-        })
+    pub fn build(mut self) -> Result<ClusterClient<R>> {
+        validate_members(&self.settings.members)?;
+        if let Some(r) = &self.stable_ref {
+            self.settings.stable_ref = StableRef::new(r)?;
+        }
+        Ok(ClusterClient(Arc::new(Inner::new(self.settings)?)))
     }
 }
 
@@ -196,9 +196,10 @@ impl<C: sealed::FromClusterSettings> ClusterBuilder<C> {
 /// What a host runtime supplies to the cluster client: how it dials (the
 /// [`Connector`]), its clock, how a lane is locked and how a guard and its
 /// renewal side wait for each other (as a plain lock's do). Implemented by
-/// the tokio and blocking connectors only.
+/// the tokio and blocking connectors only (`Clone`, so that the generic
+/// client and lock derive theirs).
 pub trait ClusterRuntime:
-    Connector<Io: ErrorType<Error = io::Error>> + Debug + Sized + Send + Sync + 'static
+    Connector<Io: ErrorType<Error = io::Error>> + Clone + Debug + Sized + Send + Sync + 'static
 {
     /// The clock of lanes and leases.
     type Timer: Timer + Copy + Default + Send + Sync + 'static;
@@ -207,8 +208,8 @@ pub trait ClusterRuntime:
     /// The wake-up of a lease's shared status (the plain locks' one).
     type Wake: Wake + Default + Debug + Send + Sync + 'static;
 
-    /// The connector dialling for `dialer`.
-    fn new(dialer: Dialer) -> Self;
+    /// The connector dialling with these settings (counting each dial).
+    fn new(settings: Arc<ClusterSettings>) -> Self;
 
     /// Locks a lane (an acquire holds its lane while the server blocks).
     fn lock(cell: &Self::Cell) -> impl Future<Output = impl DerefMut<Target = Lane<Self>>>;
@@ -220,64 +221,33 @@ pub trait ClusterRuntime:
 /// One lane of a cluster client on runtime `R`.
 pub type Lane<R> = ClusterConn<R, Arc<[String]>, <R as ClusterRuntime>::Timer, CLUSTER_LINE>;
 
-/// The settings and dial counter behind a runtime's [`Connector`].
-#[derive(Debug)]
-pub struct Dialer {
-    pub(crate) settings: Arc<ClusterSettings>,
-    dials: Arc<AtomicU32>,
-}
-
-impl Dialer {
-    /// Counts a dial; the options to dial with (`auth` is the lane's).
-    pub(crate) fn dial(&self) -> ConnectOptions {
-        self.dials.fetch_add(1, Ordering::Relaxed);
-        ConnectOptions {
-            connect_timeout: self.settings.connect_timeout,
-            io_timeout: self.settings.io_timeout,
-            auth_token: None,
-        }
-    }
-}
-
 // ---- the client -----------------------------------------------------------------
-
-const NO_LEADER: usize = usize::MAX;
 
 /// What the clones of one client share.
 pub(crate) struct Inner<R: ClusterRuntime> {
     pub(crate) settings: Arc<ClusterSettings>,
     acquire: R::Cell,
     control: R::Cell,
-    pub(crate) dials: Arc<AtomicU32>,
-    /// The leader hint both lanes share (a member index, or `NO_LEADER`).
+    /// The leader hint both lanes share: its member index plus one, or 0.
     leader: AtomicUsize,
 }
 
 impl<R: ClusterRuntime> Inner<R> {
     fn new(settings: ClusterSettings) -> Result<Self> {
         let settings = Arc::new(settings);
-        let dials = Arc::new(AtomicU32::new(0));
         let lane = || -> Result<R::Cell> {
-            let dialer = Dialer {
-                settings: settings.clone(),
-                dials: dials.clone(),
-            };
-            Ok(R::Cell::from(ClusterConn::new(
-                R::new(dialer),
-                settings.members.clone(),
-                R::Timer::default(),
-                settings.stable_ref.clone(),
-                settings.policy,
-                settings.io_timeout,
-            )?))
+            let (s, timer) = (&settings, R::Timer::default());
+            let (members, stable_ref) = (s.members.clone(), s.stable_ref.clone());
+            let conn = R::new(s.clone());
+            let lane = ClusterConn::new(conn, members, timer, stable_ref, s.policy, s.io_timeout)?;
+            Ok(R::Cell::from(lane))
         };
         let (acquire, control) = (lane()?, lane()?);
         Ok(Self {
             settings,
             acquire,
             control,
-            dials,
-            leader: AtomicUsize::new(NO_LEADER),
+            leader: AtomicUsize::new(0),
         })
     }
 
@@ -286,14 +256,11 @@ impl<R: ClusterRuntime> Inner<R> {
     async fn on<T>(&self, cell: &R::Cell, op: impl AsyncFnOnce(&mut Lane<R>) -> T) -> T {
         let mut lane = R::lock(cell).await;
         if lane.router().leader().is_none() {
-            let l = self.leader.load(Ordering::Relaxed);
-            lane.router_mut().set_leader((l != NO_LEADER).then_some(l));
+            lane.router_mut().set_leader(self.leader_index());
         }
         let out = op(&mut lane).await;
-        self.leader.store(
-            lane.router().leader().unwrap_or(NO_LEADER),
-            Ordering::Relaxed,
-        );
+        let hint = lane.router().leader().map_or(0, |l| l + 1);
+        self.leader.store(hint, Ordering::Relaxed);
         out
     }
 
@@ -309,10 +276,14 @@ impl<R: ClusterRuntime> Inner<R> {
             .await
     }
 
+    /// The member index of the shared leader hint, if any.
+    fn leader_index(&self) -> Option<usize> {
+        self.leader.load(Ordering::Relaxed).checked_sub(1)
+    }
+
     /// The address of the cached leader hint, if any.
     pub(crate) fn leader(&self) -> Option<&str> {
-        let l = self.leader.load(Ordering::Relaxed);
-        (l != NO_LEADER).then(|| self.settings.members.member(l))
+        self.leader_index().map(|l| self.settings.members.member(l))
     }
 
     pub(crate) async fn disconnect(&self) {
@@ -324,24 +295,13 @@ impl<R: ClusterRuntime> Inner<R> {
 /// A client of a dflockd v2 Raft cluster on runtime `R`: two lanes (acquire
 /// and control) and the leader hint they share. Used as
 /// `tokio::ClusterClient` and `blocking::ClusterClient` (documented there).
+#[derive(Clone)]
 pub struct ClusterClient<R: ClusterRuntime>(pub(crate) Arc<Inner<R>>);
 
 impl<R: ClusterRuntime> core::fmt::Debug for ClusterClient<R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let settings = &self.0.settings;
         f.debug_tuple("ClusterClient").field(settings).finish()
-    }
-}
-
-impl<R: ClusterRuntime> Clone for ClusterClient<R> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<R: ClusterRuntime> sealed::FromClusterSettings for ClusterClient<R> {
-    fn from_settings(settings: ClusterSettings) -> Result<Self> {
-        Ok(Self(Arc::new(Inner::new(settings)?)))
     }
 }
 
@@ -427,7 +387,7 @@ macro_rules! cluster_api {
 
             /// Members dialled so far, by both lanes (successful or not).
             pub fn dials(&self) -> u32 {
-                self.0.dials.load(core::sync::atomic::Ordering::Relaxed)
+                self.0.settings.dials.load(core::sync::atomic::Ordering::Relaxed)
             }
 
             /// A lock on `key` with default options (see [`ClusterLock`]).
@@ -554,7 +514,7 @@ macro_rules! cluster_api {
 
             /// The latest successful renew, if any.
             pub fn last_renewal(&self) -> Option<Renewal> {
-                self.last()
+                self.guard.shared.lock().renewal.clone()
             }
 
             /// Waits for the next successful renew: `None` once the lease
@@ -583,22 +543,12 @@ pub(crate) use cluster_api;
 
 /// A lock or semaphore on one key of a [`ClusterClient`], with its
 /// options (`tokio::ClusterLock`, `blocking::ClusterLock`).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ClusterLock<R: ClusterRuntime> {
     pub(crate) client: ClusterClient<R>,
     pub(crate) key: String,
     pub(crate) kind: Kind,
     pub(crate) options: LockOptions,
-}
-
-impl<R: ClusterRuntime> Clone for ClusterLock<R> {
-    fn clone(&self) -> Self {
-        Self {
-            client: self.client.clone(),
-            key: self.key.clone(),
-            ..*self
-        }
-    }
 }
 
 impl<R: ClusterRuntime> ClusterLock<R> {
@@ -625,12 +575,7 @@ impl<R: ClusterRuntime> ClusterLock<R> {
         let lock = Arc::new(self.clone());
         let hangup = Arc::new(HangUp(None, false.into()));
         let (guard, renewer) = Guard::new(lock.clone(), &driver, hangup, R::Wake::default());
-        let renewing = Renewing {
-            io: RenewOn(lock, String::new()),
-            driver,
-            renewer,
-        };
-        if let Err(e) = R::spawn(renewing) {
+        if let Err(e) = R::spawn(Renewing(lock, driver, renewer)) {
             // Nothing would renew it (no thread to be had): give it back.
             let lease = Lease::from_driver(&self.key, driver);
             let _ = inner.control(async |lane| lane.release(lease).await).await;
@@ -660,18 +605,15 @@ impl<R: ClusterRuntime> Drop for Cancel<'_, R> {
 
 /// The renewal of one cluster lease: the plain locks' loop ([`drive`])
 /// over the client's control lane, until released or lost.
-pub struct Renewing<R: ClusterRuntime> {
-    io: RenewOn<R>,
-    driver: LeaseDriver,
-    renewer: Renewer<R::Wake>,
-}
+pub struct Renewing<R: ClusterRuntime>(Arc<ClusterLock<R>>, LeaseDriver, Renewer<R::Wake>);
 
 impl<R: ClusterRuntime> Renewing<R> {
     /// Runs the loop. Dropped before its end (its runtime shut down), it
     /// leaves the lease lost.
     pub(crate) async fn run(self) {
-        let lock = self.io.0.clone();
-        drive(self.io, &lock.key, self.driver, self.renewer).await
+        let Self(lock, driver, renewer) = self;
+        let io = RenewOn(lock.clone(), String::new());
+        drive(io, &lock.key, driver, renewer).await
     }
 }
 
@@ -736,11 +678,6 @@ impl<R: ClusterRuntime> ClusterGuard<R> {
     /// is gone, or the deadline passed by the clock.
     pub(crate) fn lost_now(&self) -> bool {
         self.guard.is_lost(R::Wake::now())
-    }
-
-    /// The latest successful renew, if any.
-    pub(crate) fn last(&self) -> Option<Renewal> {
-        self.guard.shared.lock().renewal.clone()
     }
 
     /// Waits for the next renewal this guard has not seen: `None` once the

@@ -25,27 +25,28 @@
 
 use core::ops::DerefMut;
 use std::string::String;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{HostStream, Result, TokioTimer, open_host};
 use crate::cluster::Connector;
 use crate::runtime::host::cluster::{
-    self as host, ClusterRuntime, Dialer, Lane, Renewal, Renewing,
+    self as host, ClusterRuntime, ClusterSettings, Lane, Renewal, Renewing,
 };
 
 /// Dials members over tokio TCP (or TLS), counting every dial.
-#[derive(Debug)]
-pub struct TokioConnector(Dialer);
+#[derive(Debug, Clone)]
+pub struct TokioConnector(Arc<ClusterSettings>);
 
 impl Connector for TokioConnector {
     type Io = HostStream;
 
     async fn connect(&self, addr: &str) -> Result<HostStream> {
-        open_host(addr, &self.0.dial(), self.0.settings.tls.as_ref()).await
+        open_host(addr, &self.0.dial(), self.0.tls.as_ref()).await
     }
 
     fn auth_token(&self) -> Option<&str> {
-        self.0.settings.auth_token.as_ref().map(|t| t.expose())
+        self.0.auth_token.as_ref().map(|t| t.expose())
     }
 }
 
@@ -54,8 +55,8 @@ impl ClusterRuntime for TokioConnector {
     type Cell = tokio::sync::Mutex<Lane<Self>>;
     type Wake = tokio::sync::Notify;
 
-    fn new(dialer: Dialer) -> Self {
-        Self(dialer)
+    fn new(settings: Arc<ClusterSettings>) -> Self {
+        Self(settings)
     }
 
     async fn lock(cell: &Self::Cell) -> impl DerefMut<Target = Lane<Self>> {
