@@ -275,37 +275,31 @@ impl Worker {
         }
     }
 
-    /// Polls the loop once; whether it still runs. A loop that panics is
-    /// dropped before the panic goes on, so its renewer reports the lease
-    /// lost at once.
+    /// Polls the loop once; whether it still runs. A loop that ends or
+    /// panics is dropped (before the panic goes on, so its renewer reports
+    /// the lease lost at once).
     fn poll(&self) -> bool {
         let mut slot = self.run.lock().unwrap_or_else(|e| e.into_inner());
         let Some(run) = slot.as_mut() else {
             return false;
         };
-        let mut cx = Context::from_waker(Waker::noop());
-        match catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(&mut cx))) {
-            Ok(Poll::Pending) => return true,
-            Ok(Poll::Ready(())) => *slot = None,
-            Err(panic) => {
-                *slot = None;
-                drop(slot);
-                resume_unwind(panic);
-            }
+        let cx = &mut Context::from_waker(Waker::noop());
+        let polled = catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)));
+        if !matches!(polled, Ok(Poll::Pending)) {
+            *slot = None;
         }
-        false
+        drop(slot);
+        polled
+            .unwrap_or_else(|panic| resume_unwind(panic))
+            .is_pending()
     }
 
-    /// When the loop's wait ends (`std` time).
-    fn due(&self) -> std::time::Instant {
-        std_instant(Instant::from_millis(self.wake_at.load(Ordering::Relaxed)))
-    }
-
-    /// When the thread wakes next for a running loop: when it is due, at
-    /// most [`CLOSED_POLL`] from now (the loop then looks at the
+    /// When the thread wakes next for a running loop: when the loop's wait
+    /// ends, at most [`CLOSED_POLL`] from now (the loop then looks at the
     /// connection).
     fn next_wake(&self) -> std::time::Instant {
-        self.due().min(std::time::Instant::now() + CLOSED_POLL)
+        let due = Instant::from_millis(self.wake_at.load(Ordering::Relaxed));
+        std_instant(due).min(std::time::Instant::now() + CLOSED_POLL)
     }
 }
 
@@ -394,7 +388,7 @@ impl LeaseGuard {
         // Polled once here, so the thread needs no wake-up unless this
         // lease is due before the thread wakes anyway.
         worker.poll();
-        let due = worker.due();
+        let due = worker.next_wake();
         worker.ring(|s| {
             s.lease = true;
             s.wakes.is_none_or(|t| t > due)
