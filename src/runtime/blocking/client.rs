@@ -6,26 +6,6 @@ type Conn = super::lock::Conn;
 use super::{DistributedLock, DistributedSemaphore, Result, SignalConn, SignalOptions};
 
 crate::runtime::host::client::client_types!(
-    /// # Example
-    ///
-    /// ```no_run
-    /// # fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
-    /// use std::time::Duration;
-    /// use dflockd_client::blocking::Client;
-    ///
-    /// let client = Client::builder()
-    ///     .servers(["10.0.0.1:6388", "10.0.0.2:6388"])
-    ///     .auth_token("s3cret")
-    ///     .connect_timeout(Duration::from_secs(2))
-    ///     .build();
-    /// let orders = client.lock("orders");
-    /// if let Some(guard) = orders.acquire()? {
-    ///     // ... critical section; a thread renews the lease ...
-    ///     guard.release()?; // the connection goes back to the pool
-    /// }
-    /// let pool = client.semaphore("db-pool", 5);
-    /// # let _ = pool; Ok(()) }
-    /// ```
     DistributedLock,
     DistributedSemaphore,
     Conn,

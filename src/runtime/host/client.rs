@@ -100,12 +100,13 @@ impl<C: Send + 'static> ClientCore<C> {
 
 /// Defines a runtime's `Client` and `ClientBuilder`: `$lock` and `$sem`
 /// are its lock types, `$conn` the connection they pool, `$rt` its name
-/// in the docs, and the leading doc comment its example, appended to the
-/// shared text (`client.md`). The runtime adds the signal connection.
+/// in the docs. The `Client` docs are the shared `client.md` and the
+/// runtime's own example, `client-$rt.md`. The runtime adds the signal
+/// connection.
 macro_rules! client_types {
-    ($(#[$example:meta])* $lock:ty, $sem:ty, $conn:ty, $rt:literal) => {
+    ($lock:ty, $sem:ty, $conn:ty, $rt:literal) => {
         #[doc = include_str!("../host/client.md")]
-        $(#[$example])*
+        #[doc = include_str!(concat!("../host/client-", $rt, ".md"))]
         #[derive(Debug, Clone)]
         pub struct Client(crate::runtime::host::client::ClientCore<$conn>);
 

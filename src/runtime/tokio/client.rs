@@ -5,32 +5,7 @@
 type Conn = super::HostConnection<{ crate::runtime::host::settings::LINE }, 0>;
 use super::{DistributedLock, DistributedSemaphore, Result, SignalConn, SignalOptions};
 
-crate::runtime::host::client::client_types!(
-    /// # Example
-    ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
-    /// use std::time::Duration;
-    /// use dflockd_client::tokio::Client;
-    ///
-    /// let client = Client::builder()
-    ///     .servers(["10.0.0.1:6388", "10.0.0.2:6388"])
-    ///     .auth_token("s3cret")
-    ///     .connect_timeout(Duration::from_secs(2))
-    ///     .build();
-    /// let orders = client.lock("orders");
-    /// if let Some(guard) = orders.acquire().await? {
-    ///     // ... critical section; the lease is renewed in the background ...
-    ///     guard.release().await?; // the connection goes back to the pool
-    /// }
-    /// let pool = client.semaphore("db-pool", 5);
-    /// # let _ = pool; Ok(()) }
-    /// ```
-    DistributedLock,
-    DistributedSemaphore,
-    Conn,
-    "tokio"
-);
+crate::runtime::host::client::client_types!(DistributedLock, DistributedSemaphore, Conn, "tokio");
 
 impl Client {
     /// A signal connection to the client's first server (signals are not
