@@ -589,9 +589,7 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
         dropped.store(driver.dropped(conn.dropped_signals()), Ordering::Relaxed);
         match driver.poll(port.now()) {
             Action::Serve { heartbeat_at } => {
-                if held.is_none() {
-                    held = conn.try_next_signal().map(signal_item);
-                }
+                held = held.or_else(|| conn.try_next_signal().map(signal_item));
                 match port
                     .wait(Some(&mut conn), &mut held, Some(heartbeat_at))
                     .await
@@ -618,13 +616,11 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
                 }
             }
             Action::Drain => {
-                if held.is_none() {
-                    held = conn.try_next_signal().map(signal_item);
-                }
+                held = held.or_else(|| conn.try_next_signal().map(signal_item));
                 if held.is_none() {
                     warn!("signal connection lost");
                     driver.drained();
-                } else if !hand_over(port, &mut driver, &mut conn, &mut held).await {
+                } else if !idle(port, &mut driver, &mut conn, &mut held, None).await {
                     return;
                 }
             }
@@ -632,7 +628,7 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
             // says `End`.
             Action::ReportLost | Action::GiveUp => {
                 held = Some(Err(core::mem::replace(&mut error, Error::Disconnected)));
-                if !hand_over(port, &mut driver, &mut conn, &mut held).await {
+                if !idle(port, &mut driver, &mut conn, &mut held, None).await {
                     return;
                 }
                 driver.reported(port.now());
@@ -672,25 +668,9 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
     }
 }
 
-/// Hands `held` to the consumer while disconnected, answering commands
-/// meanwhile. `false` when every handle is gone.
-async fn hand_over<R: Port, const N: usize, const P: usize>(
-    port: &mut R,
-    driver: &mut SignalDriver<Subscriptions>,
-    conn: &mut Connection<R::Stream, N, P>,
-    held: &mut Option<Item>,
-) -> bool {
-    while held.is_some() {
-        if !idle(port, driver, conn, held, None).await {
-            return false;
-        }
-    }
-    true
-}
-
-/// One wait while disconnected (for `held` to be taken, or until `until`),
-/// answering a command that comes: the driver refuses it, or forgets an
-/// unlisten at once. `false` when every handle is gone.
+/// Waits while disconnected until `held` is taken (when set; else one wait,
+/// until `until`), answering the commands that come: the driver refuses
+/// them, or forgets an unlisten at once. `false` when every handle is gone.
 async fn idle<R: Port, const N: usize, const P: usize>(
     port: &mut R,
     driver: &mut SignalDriver<Subscriptions>,
@@ -698,13 +678,15 @@ async fn idle<R: Port, const N: usize, const P: usize>(
     held: &mut Option<Item>,
     until: Option<Instant>,
 ) -> bool {
-    match port.wait::<N, P>(None, held, until).await {
-        Wake::Command(cmd) => {
-            execute(port, driver, conn, cmd).await;
-            true
+    loop {
+        match port.wait::<N, P>(None, held, until).await {
+            Wake::Command(cmd) => drop(execute(port, driver, conn, cmd).await),
+            Wake::Closed => return false,
+            Wake::Progress | Wake::Lost(_) => {}
         }
-        Wake::Closed => false,
-        Wake::Progress | Wake::Lost(_) => true,
+        if held.is_none() {
+            return true;
+        }
     }
 }
 
