@@ -26,11 +26,12 @@
 //! so a command from a handle starts within about 20 ms.
 
 use std::boxed::Box;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::string::String;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
 use std::time::Duration;
+use std::vec::Vec;
 
 use super::{
     BlockingTransport, ConnectOptions, HostConnection, HostStream, StdTimer, block_on, open_host,
@@ -39,8 +40,8 @@ use super::{
 use crate::protocol::Request;
 use crate::runtime::host::HostTls;
 use crate::runtime::host::signal::{
-    Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, SignalOptions,
-    Wake, boxed, run, send, signal_api,
+    Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Link, Port,
+    SignalOptions, Wake, boxed, run, send, signal_api,
 };
 use crate::runtime::host::sock::is_timeout;
 use crate::time::{Instant, Timer};
@@ -106,11 +107,11 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         opts: SignalOptions,
     ) -> Result<Self> {
         let heartbeat = opts.check::<N, P>()?;
-        let addrs: std::vec::Vec<_> = addr.to_socket_addrs().map_err(Error::Io)?.collect();
+        let addr: Vec<_> = addr.to_socket_addrs().map_err(Error::Io)?.collect();
         let (tx, cmd_rx) = mpsc::channel();
         let (out, rx) = mpsc::sync_channel(opts.queue);
         let mut worker = Worker {
-            addrs,
+            addr,
             connect: connect_opts.clone(),
             tls,
             io_timeout: opts.io_timeout,
@@ -162,15 +163,7 @@ fn arm<const N: usize, const P: usize>(
 
 /// The connection's thread: the blocking side of the shared signal loop.
 /// Its futures block; `block_on` drives them.
-struct Worker {
-    addrs: std::vec::Vec<std::net::SocketAddr>,
-    connect: ConnectOptions,
-    /// Verifies every (re)connection when set.
-    tls: Option<HostTls>,
-    io_timeout: Duration,
-    cmd_rx: mpsc::Receiver<Command<Reply>>,
-    out: mpsc::SyncSender<Item>,
-}
+type Worker = Link<Vec<SocketAddr>, mpsc::Receiver<Command<Reply>>, mpsc::SyncSender<Item>>;
 
 impl Worker {
     /// A command if one comes within `dur`.
@@ -191,7 +184,7 @@ impl Port for Worker {
     async fn open<const N: usize, const P: usize>(
         &mut self,
     ) -> Result<Box<Connection<HostStream, N, P>>> {
-        let mut stream = open_host(&self.addrs[..], &self.connect, self.tls.as_ref())?;
+        let mut stream = open_host(&self.addr[..], &self.connect, self.tls.as_ref())?;
         stream
             .set_deadline(std::time::Instant::now().checked_add(self.connect.io_timeout))
             .map_err(Error::Io)?;

@@ -483,6 +483,19 @@ pub(crate) struct Command<R>(pub(crate) Cmd, pub(crate) R);
 /// The answer to a [`Command`].
 pub(crate) type CommandResult = Result<u64>;
 
+/// What each runtime's [`Port`] holds: where and how to (re)connect, the
+/// request timeout, the handles' commands (`C`) and the consumer's queue
+/// (`O`).
+pub(crate) struct Link<A, C, O> {
+    pub(crate) addr: A,
+    pub(crate) connect: crate::runtime::ConnectOptions,
+    /// Verifies every (re)connection when set.
+    pub(crate) tls: Option<super::HostTls>,
+    pub(crate) io_timeout: Duration,
+    pub(crate) cmd_rx: C,
+    pub(crate) out: O,
+}
+
 /// What a [`Port::wait`] ended with.
 pub(crate) enum Wake<R> {
     /// A command from a handle.

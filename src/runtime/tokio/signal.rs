@@ -36,8 +36,8 @@ use crate::Error;
 use crate::protocol::Request;
 use crate::runtime::host::HostTls;
 use crate::runtime::host::signal::{
-    Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, SignalOptions,
-    Wake, boxed, run, send, signal_api,
+    Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Link, Port,
+    SignalOptions, Wake, boxed, run, send, signal_api,
 };
 use crate::time::{Instant, Timer};
 
@@ -165,15 +165,7 @@ async fn readable<const N: usize, const P: usize>(
 }
 
 /// The connection's task: the tokio side of the shared signal loop.
-struct Task {
-    addr: String,
-    connect: ConnectOptions,
-    /// Verifies every (re)connection when set.
-    tls: Option<HostTls>,
-    io_timeout: core::time::Duration,
-    cmd_rx: mpsc::Receiver<Command<Reply>>,
-    out: mpsc::Sender<Item>,
-}
+type Task = Link<String, mpsc::Receiver<Command<Reply>>, mpsc::Sender<Item>>;
 
 impl Port for Task {
     type Stream = HostStream;
