@@ -69,21 +69,7 @@ signal_api! {
     conn: "A blocking signal connection: an [`Iterator`] of [`Item`]s \
            (`Result<SignalEvent, Error>`).",
     try_recv: [],
-    recv: {
-        /// Waits at most `timeout` for the next item.
-        /// [`RecvTimeoutError::Disconnected`] once the iterator has ended.
-        pub fn recv_timeout(
-            &self,
-            timeout: Duration,
-        ) -> core::result::Result<Item, RecvTimeoutError> {
-            self.rx.recv_timeout(timeout)
-        }
-    },
-    notes: {
-        connect: "",
-        request: "Blocks for one round trip, at most the request timeout.",
-        emit: "",
-    },
+    notes: { request: "Blocks for one round trip, at most the request timeout." },
 }
 
 impl SignalHandle {
@@ -97,6 +83,12 @@ impl SignalHandle {
 }
 
 impl<const N: usize, const P: usize> SignalConn<N, P> {
+    /// Waits at most `timeout` for the next item.
+    /// [`RecvTimeoutError::Disconnected`] once the iterator has ended.
+    pub fn recv_timeout(&self, timeout: Duration) -> core::result::Result<Item, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+
     /// [`connect`](Self::connect) or [`connect_tls`](Self::connect_tls)
     /// by the TLS choice: the constructor for callers that hold their
     /// servers, auth, TLS and timeouts once (the `Client`).

@@ -180,12 +180,12 @@ impl SignalOptions {
 /// `Receiver`), `Reply`, `Result`, `ConnectOptions`, the private
 /// `SignalHandle::call` (one command's round trip),
 /// `SignalConn::connect_with` and `emit_over` (one signal on a fresh
-/// connection, checked first). `addr` is the address type, `who` where
-/// handles are used from, `links` the adapter's `connect` and
-/// `connect_tls` (doc links), `conn` the first paragraph of
-/// `SignalConn`'s doc, `recv` the adapter's own way to wait for an item,
-/// and the notes say what the adapter's connect,
-/// requests and one-shot emit do on cancellation or how long they block.
+/// connection, checked first), and its own way to wait for an item.
+/// `addr` is the address type, `who` where handles are used from, `links`
+/// the adapter's `connect` and `connect_tls` (doc links), `conn` the first
+/// paragraph of `SignalConn`'s doc, and the notes say what the adapter's
+/// connect, requests and one-shot emit do on cancellation or how long
+/// they block (the connect and emit notes are optional).
 macro_rules! signal_api {
     (
         async: [$($async:tt)?],
@@ -197,11 +197,10 @@ macro_rules! signal_api {
         links: [$connect:literal, $connect_tls:literal $(,)?],
         conn: $conn:literal,
         try_recv: [$($mut:tt)?],
-        recv: { $($recv:tt)* },
         notes: {
-            connect: $connect_note:literal,
-            request: $request:literal,
-            emit: $emit:literal $(,)?
+            $(connect: $connect_note:literal,)?
+            request: $request:literal
+            $(, emit: $emit:literal)? $(,)?
         } $(,)?
     ) => {
         pub use $crate::runtime::host::signal::Item;
@@ -299,7 +298,7 @@ macro_rules! signal_api {
             /// a heartbeat not below the server read timeout), and everything
             #[doc = concat!($connect, " returns.")]
             ///
-            #[doc = $connect_note]
+            $(#[doc = $connect_note])?
             pub $($async)? fn connect(
                 addr: $addr,
                 connect_opts: &ConnectOptions,
@@ -320,7 +319,7 @@ macro_rules! signal_api {
             /// that does not speak TLS gives [`Error::Timeout`](crate::Error::Timeout)
             /// or [`Error::Io`](crate::Error::Io).
             ///
-            #[doc = $connect_note]
+            $(#[doc = $connect_note])?
             #[cfg(feature = "rustls")]
             pub $($async)? fn connect_tls(
                 addr: $addr,
@@ -335,8 +334,6 @@ macro_rules! signal_api {
             pub fn handle(&self) -> SignalHandle {
                 self.handle.clone()
             }
-
-            $($recv)*
 
             /// The next item if one is ready, without waiting.
             pub fn try_recv(&$($mut)? self) -> Option<Item> {
@@ -374,7 +371,7 @@ macro_rules! signal_api {
         /// publishers that do not listen. Returns the number of deliveries.
         ///
         /// The channel and payload are checked before connecting.
-        #[doc = $emit]
+        $(#[doc = $emit])?
         pub $($async)? fn emit(
             addr: $addr,
             channel: &str,
@@ -388,7 +385,7 @@ macro_rules! signal_api {
             "[`emit`] over TLS (feature `rustls`), verified by `tls` as ", $connect_tls, " does.",
         )]
         ///
-        #[doc = $emit]
+        $(#[doc = $emit])?
         #[cfg(feature = "rustls")]
         pub $($async)? fn emit_tls(
             addr: $addr,

@@ -56,15 +56,6 @@ signal_api! {
     conn: "A signal connection on tokio: a [`Stream`](futures_core::Stream) of \
            [`Item`]s (`Result<SignalEvent, Error>`), also readable with [`recv`](Self::recv).",
     try_recv: [mut],
-    recv: {
-        /// Waits for the next item: a signal, a reconnect event, or the error
-        /// that lost the connection. `None` once the stream has ended.
-        ///
-        /// Cancel-safe: no item is lost when the future is dropped.
-        pub async fn recv(&mut self) -> Option<Item> {
-            self.rx.recv().await
-        }
-    },
     notes: {
         connect: "Cancel-safe: dropping the future closes the half-open connection.",
         request: "Cancel-safe: if the future is dropped, the request may still be made \
@@ -87,6 +78,14 @@ impl SignalHandle {
 }
 
 impl<const N: usize, const P: usize> SignalConn<N, P> {
+    /// Waits for the next item: a signal, a reconnect event, or the error
+    /// that lost the connection. `None` once the stream has ended.
+    ///
+    /// Cancel-safe: no item is lost when the future is dropped.
+    pub async fn recv(&mut self) -> Option<Item> {
+        self.rx.recv().await
+    }
+
     /// [`connect`](Self::connect) or [`connect_tls`](Self::connect_tls)
     /// by the TLS choice: the constructor for callers that hold their
     /// servers, auth, TLS and timeouts once (the `Client`).
