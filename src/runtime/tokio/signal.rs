@@ -108,13 +108,8 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         };
         let conn = task.open::<N, P>().await?;
         let dropped = Arc::default();
-        ::tokio::spawn(run(
-            task,
-            conn,
-            heartbeat,
-            opts.reconnect,
-            Arc::clone(&dropped),
-        ));
+        let shared = Arc::clone(&dropped);
+        ::tokio::spawn(run(task, conn, heartbeat, opts.reconnect, shared));
         let handle = SignalHandle { tx, dropped };
         Ok(Self { rx, handle })
     }
@@ -143,14 +138,6 @@ async fn emit_over(
     timeout(opts.connect_timeout, conn.emit(channel, payload))
         .await
         .map_err(|_| Error::Timeout)?
-}
-
-/// Completes at `until`, or never.
-async fn sleep_until(until: Option<Instant>) {
-    match until {
-        Some(t) => TokioTimer.sleep_until(t).await,
-        None => core::future::pending().await,
-    }
 }
 
 /// Waits for a signal on `conn`, or forever without one.
@@ -224,7 +211,9 @@ impl Port for Task {
                 Ok(()) => Wake::Progress,
                 Err(e) => Wake::Lost(e),
             },
-            () = sleep_until(until) => Wake::Progress,
+            () = TokioTimer.sleep_until(until.unwrap_or_default()), if until.is_some() => {
+                Wake::Progress
+            }
         }
     }
 }
