@@ -18,7 +18,15 @@ pub mod wasi;
     feature = "std",
     all(feature = "wasi", target_os = "wasi", target_env = "p2")
 ))]
-mod auth_token {
+pub use self::host_common::*;
+
+/// What every host adapter (tokio, blocking, WASI) shares: the auth token,
+/// the connect options and their defaults.
+#[cfg(any(
+    feature = "std",
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
+mod host_common {
     use std::string::String;
 
     /// A shared authentication token that never shows in `Debug` output or
@@ -55,66 +63,40 @@ mod auth_token {
             Self(s)
         }
     }
-}
 
-#[cfg(any(
-    feature = "std",
-    all(feature = "wasi", target_os = "wasi", target_env = "p2")
-))]
-pub use auth_token::AuthToken;
+    /// How every host adapter (tokio, blocking, WASI) connects, and how long a
+    /// request may take.
+    #[derive(Debug, Clone)]
+    pub struct ConnectOptions {
+        /// Gives up connecting (name resolution included, where the runtime
+        /// resolves names) after this long. Default 10 s.
+        pub connect_timeout: core::time::Duration,
+        /// How long a request may take beyond the time the server may block
+        /// on purpose (an acquire's or wait's timeout). Default 10 s. The
+        /// blocking connection gives each request this deadline; the tokio and
+        /// WASI connections leave request bounds to their `timeout` helper and
+        /// the high-level APIs to their own `io_timeout` option.
+        pub io_timeout: core::time::Duration,
+        /// Sent with `auth` as the first request when set. Never logged.
+        pub auth_token: Option<AuthToken>,
+    }
 
-/// How every host adapter (tokio, blocking, WASI) connects, and how long a
-/// request may take.
-#[cfg(any(
-    feature = "std",
-    all(feature = "wasi", target_os = "wasi", target_env = "p2")
-))]
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    /// Gives up connecting (name resolution included, where the runtime
-    /// resolves names) after this long. Default 10 s.
-    pub connect_timeout: core::time::Duration,
-    /// How long a request may take beyond the time the server may block
-    /// on purpose (an acquire's or wait's timeout). Default 10 s. The
-    /// blocking connection gives each request this deadline; the tokio and
-    /// WASI connections leave request bounds to their `timeout` helper and
-    /// the high-level APIs to their own `io_timeout` option.
-    pub io_timeout: core::time::Duration,
-    /// Sent with `auth` as the first request when set. Never logged.
-    pub auth_token: Option<AuthToken>,
-}
-
-#[cfg(any(
-    feature = "std",
-    all(feature = "wasi", target_os = "wasi", target_env = "p2")
-))]
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        Self {
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            io_timeout: DEFAULT_IO_TIMEOUT,
-            auth_token: None,
+    impl Default for ConnectOptions {
+        fn default() -> Self {
+            Self {
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                io_timeout: DEFAULT_IO_TIMEOUT,
+                auth_token: None,
+            }
         }
     }
+
+    /// Default connect timeout of every host adapter: 10 s, as the other clients.
+    pub const DEFAULT_CONNECT_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(10);
+
+    /// Default line buffer of host connections, in bytes.
+    pub const DEFAULT_LINE_BUF: usize = 1024;
+
+    /// Default client-side request timeout of every host adapter: 10 s.
+    pub const DEFAULT_IO_TIMEOUT: core::time::Duration = crate::lock::DEFAULT_IO_TIMEOUT;
 }
-
-#[cfg(any(
-    feature = "std",
-    all(feature = "wasi", target_os = "wasi", target_env = "p2")
-))]
-/// Default connect timeout of every host adapter: 10 s, as the other clients.
-pub const DEFAULT_CONNECT_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(10);
-
-#[cfg(any(
-    feature = "std",
-    all(feature = "wasi", target_os = "wasi", target_env = "p2")
-))]
-/// Default line buffer of host connections, in bytes.
-pub const DEFAULT_LINE_BUF: usize = 1024;
-
-#[cfg(any(
-    feature = "std",
-    all(feature = "wasi", target_os = "wasi", target_env = "p2")
-))]
-/// Default client-side request timeout of every host adapter: 10 s.
-pub const DEFAULT_IO_TIMEOUT: core::time::Duration = crate::lock::DEFAULT_IO_TIMEOUT;

@@ -30,11 +30,11 @@ pub use crate::runtime::host::shared::*;
 
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::runtime::host::HostTls;
-use crate::runtime::host::sock::{Bounded, POLLIN, is_timeout, poll_until};
+use crate::runtime::host::sock::{Bounded, is_timeout, poll_until};
+use crate::runtime::host::stream::on_arm;
+use crate::runtime::host::{HostTls, timer_instant};
 use crate::time::{Instant, Timer};
 use crate::{Connection, Error, Grant, Kind, Token};
 
@@ -164,7 +164,7 @@ impl BlockingTransport for StdStream {
 
     fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
         // Consumes nothing: a timeout here loses nothing.
-        poll_until(&self.0, POLLIN, Some(std::time::Instant::now() + timeout))
+        poll_until(&self.0, false, Some(std::time::Instant::now() + timeout))
     }
 }
 
@@ -203,40 +203,46 @@ pub type Result<T> = core::result::Result<T, Error<io::Error>>;
 /// `TCP_NODELAY` and the write timeout set.
 fn connect_tcp(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<TcpStream> {
     let mut last = None;
-    let mut stream = None;
     for a in addr.to_socket_addrs().map_err(Error::Io)? {
         match TcpStream::connect_timeout(&a, opts.connect_timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
+            Ok(tcp) => {
+                tcp.set_nodelay(true).map_err(Error::Io)?;
+                tcp.set_write_timeout(Some(opts.io_timeout))
+                    .map_err(Error::Io)?;
+                return Ok(tcp);
             }
             Err(e) => last = Some(e),
         }
     }
-    let stream = match (stream, last) {
-        (Some(s), _) => s,
-        (None, Some(e)) => return Err(timeout_kind(Error::Io(e))),
-        (None, None) => {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::NotFound,
-                "address resolved to nothing",
-            )));
-        }
-    };
-    stream.set_nodelay(true).map_err(Error::Io)?;
-    stream
-        .set_write_timeout(Some(opts.io_timeout))
-        .map_err(Error::Io)?;
-    Ok(stream)
+    Err(match last {
+        Some(e) => timeout_kind(Error::Io(e)),
+        None => Error::Io(io::Error::new(
+            io::ErrorKind::NotFound,
+            "address resolved to nothing",
+        )),
+    })
 }
 
-/// On Unix, puts a connected socket in non-blocking mode (once per
+/// Plain TCP to `addr`, on Unix in non-blocking mode (once per
 /// connection): reads wait with `poll(2)` for the request's deadline, and a
 /// write that would block waits the same way instead of outliving it.
-fn nonblocking(tcp: TcpStream) -> Result<TcpStream> {
+fn open_plain(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<StdStream> {
+    let tcp = connect_tcp(addr, opts)?;
     #[cfg(unix)]
     tcp.set_nonblocking(true).map_err(Error::Io)?;
-    Ok(tcp)
+    Ok(StdStream::new(tcp))
+}
+
+/// TCP to `addr`, then the TLS handshake verified by `tls` within the
+/// connect timeout.
+#[cfg(feature = "rustls")]
+fn open_tls(
+    addr: impl ToSocketAddrs,
+    opts: &ConnectOptions,
+    tls: &crate::runtime::host::rustls::RustlsConnector,
+) -> Result<StdTlsStream> {
+    StdTlsStream::handshake(connect_tcp(addr, opts)?, tls, opts.connect_timeout)
+        .map_err(|e| timeout_kind(Error::Io(e)))
 }
 
 impl<const N: usize, const P: usize> BlockingConnection<N, P> {
@@ -244,12 +250,7 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P> {
     /// tried in turn), sets `TCP_NODELAY` and authenticates when a token is
     /// given.
     pub fn connect(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<Self> {
-        let stream = nonblocking(connect_tcp(addr, opts)?)?;
-        let mut conn = Self::from_transport(StdStream::new(stream), opts.io_timeout);
-        if let Some(token) = &opts.auth_token {
-            conn.run(0, |c| c.auth(token.expose()))?;
-        }
-        Ok(conn)
+        Self::open(open_plain(addr, opts)?, opts)
     }
 
     /// Wraps an already connected stream. Reads are bounded by each
@@ -260,6 +261,18 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P> {
     }
 }
 
+/// The request methods of [`BlockingConnection`]: each the [`Connection`]
+/// method of the same name, given one deadline (the reply timeout plus the
+/// seconds, `held`, the server may block on purpose) and run to completion.
+macro_rules! requests {
+    ($($name:ident $(<$lt:lifetime>)? ($($arg:ident: $ty:ty),*) -> $out:ty $(, held $held:ident)?;)*) => {$(
+        #[doc = concat!("See [`Connection::", stringify!($name), "`].")]
+        pub fn $name $(<$lt>)? (&mut self, $($arg: $ty),*) -> Result<$out> {
+            self.run(0 $(+ $held)?, |c| c.$name($($arg),*))
+        }
+    )*};
+}
+
 impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N, P, T> {
     /// Wraps an already connected (and, for TLS, handshaken) transport.
     pub fn from_transport(transport: T, io_timeout: Duration) -> Self {
@@ -267,6 +280,16 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
             inner: Connection::new(transport),
             io_timeout,
         }
+    }
+
+    /// A connection over a freshly opened `transport`: the reply timeout
+    /// of `opts`, and `auth` sent when it has a token.
+    fn open(transport: T, opts: &ConnectOptions) -> Result<Self> {
+        let mut conn = Self::from_transport(transport, opts.io_timeout);
+        if let Some(token) = &opts.auth_token {
+            conn.auth(token.expose())?;
+        }
+        Ok(conn)
     }
 
     /// The async connection inside, for anything not wrapped here.
@@ -305,67 +328,20 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
         self.inner.is_usable()
     }
 
-    /// See [`Connection::auth`].
-    pub fn auth(&mut self, token: &str) -> Result<()> {
-        self.run(0, |c| c.auth(token))
+    requests! {
+        auth(token: &str) -> ();
+        acquire(kind: Kind, key: &str, timeout: u64, lease: Option<u64>) -> Option<Grant>, held timeout;
+        release(kind: Kind, key: &str, token: &Token) -> ();
+        renew(kind: Kind, key: &str, token: &Token, lease: Option<u64>) -> u64;
+        enqueue(kind: Kind, key: &str, lease: Option<u64>) -> crate::Enqueued;
+        wait(kind: Kind, key: &str, timeout: u64) -> Option<Grant>, held timeout;
+        ping() -> ();
+        stats<'b>(out: &'b mut [u8]) -> &'b str;
+        listen(pattern: &str, group: Option<&str>) -> ();
+        unlisten(pattern: &str, group: Option<&str>) -> ();
+        emit(channel: &str, payload: &str) -> u64;
     }
-    /// See [`Connection::acquire`].
-    pub fn acquire(
-        &mut self,
-        kind: Kind,
-        key: &str,
-        timeout: u64,
-        lease: Option<u64>,
-    ) -> Result<Option<Grant>> {
-        self.run(timeout, |c| c.acquire(kind, key, timeout, lease))
-    }
-    /// See [`Connection::release`].
-    pub fn release(&mut self, kind: Kind, key: &str, token: &Token) -> Result<()> {
-        self.run(0, |c| c.release(kind, key, token))
-    }
-    /// See [`Connection::renew`].
-    pub fn renew(
-        &mut self,
-        kind: Kind,
-        key: &str,
-        token: &Token,
-        lease: Option<u64>,
-    ) -> Result<u64> {
-        self.run(0, |c| c.renew(kind, key, token, lease))
-    }
-    /// See [`Connection::enqueue`].
-    pub fn enqueue(
-        &mut self,
-        kind: Kind,
-        key: &str,
-        lease: Option<u64>,
-    ) -> Result<crate::Enqueued> {
-        self.run(0, |c| c.enqueue(kind, key, lease))
-    }
-    /// See [`Connection::wait`].
-    pub fn wait(&mut self, kind: Kind, key: &str, timeout: u64) -> Result<Option<Grant>> {
-        self.run(timeout, |c| c.wait(kind, key, timeout))
-    }
-    /// See [`Connection::ping`].
-    pub fn ping(&mut self) -> Result<()> {
-        self.run(0, |c| c.ping())
-    }
-    /// See [`Connection::stats`].
-    pub fn stats<'b>(&mut self, out: &'b mut [u8]) -> Result<&'b str> {
-        self.run(0, |c| c.stats(out))
-    }
-    /// See [`Connection::listen`].
-    pub fn listen(&mut self, pattern: &str, group: Option<&str>) -> Result<()> {
-        self.run(0, |c| c.listen(pattern, group))
-    }
-    /// See [`Connection::unlisten`].
-    pub fn unlisten(&mut self, pattern: &str, group: Option<&str>) -> Result<()> {
-        self.run(0, |c| c.unlisten(pattern, group))
-    }
-    /// See [`Connection::emit`].
-    pub fn emit(&mut self, channel: &str, payload: &str) -> Result<u64> {
-        self.run(0, |c| c.emit(channel, payload))
-    }
+
     /// Waits up to `timeout` for the next signal; `Ok(None)` when none came.
     pub fn next_signal(&mut self, timeout: Duration) -> Result<Option<crate::Signal<'_>>> {
         if self.inner.queued_signals() == 0
@@ -382,6 +358,7 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
             .map(Some)
             .map_err(timeout_kind)
     }
+
     /// Signals dropped so far (see [`Connection::dropped_signals`]).
     pub fn dropped_signals(&self) -> u64 {
         self.inner.dropped_signals()
@@ -400,28 +377,8 @@ impl BlockingTransport for StdTlsStream {
     }
 
     fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let state = self
-                .0
-                .conn
-                .process_new_packets()
-                .map_err(crate::runtime::host::rustls::tls_io_error)?;
-            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
-                return Ok(true);
-            }
-            // Buffered inside rustls: nothing is lost on a timeout.
-            match self
-                .0
-                .conn
-                .read_tls(&mut Bounded(&self.0.sock, Some(deadline)))
-            {
-                Ok(0) => return Ok(true),
-                Ok(_) => {}
-                Err(e) if is_timeout(&e) => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
+        // Buffered inside rustls: nothing is lost on a timeout.
+        self.fill(true, Some(std::time::Instant::now() + timeout))
     }
 }
 
@@ -448,21 +405,13 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P, StdTlsStream> {
         opts: &ConnectOptions,
         tls: &crate::runtime::host::rustls::RustlsConnector,
     ) -> Result<Self> {
-        let tcp = connect_tcp(addr, opts)?;
-        let stream = StdTlsStream::handshake(tcp, tls, opts.connect_timeout)
-            .map_err(|e| timeout_kind(Error::Io(e)))?;
-        let mut conn = Self::from_transport(stream, opts.io_timeout);
-        if let Some(token) = &opts.auth_token {
-            conn.run(0, |c| c.auth(token.expose()))?;
-        }
-        Ok(conn)
+        Self::open(open_tls(addr, opts, tls)?, opts)
     }
 }
 #[cfg(feature = "rustls")]
 pub use crate::runtime::host::rustls::StdTlsStream;
 
 crate::runtime::host::stream::host_stream! {
-
     /// The transport of the high-level blocking APIs
     /// ([`DistributedLock`](crate::blocking::DistributedLock),
     /// [`SignalConn`](crate::blocking::SignalConn)): plain TCP or, with
@@ -519,27 +468,15 @@ impl HostStream {
 
 impl BlockingTransport for HostStream {
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        match self {
-            Self::Plain(s) => s.set_read_timeout(timeout),
-            #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.set_read_timeout(timeout),
-        }
+        on_arm!(self, s => s.set_read_timeout(timeout))
     }
 
     fn set_deadline(&mut self, deadline: Option<std::time::Instant>) -> io::Result<()> {
-        match self {
-            Self::Plain(s) => s.set_deadline(deadline),
-            #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.set_deadline(deadline),
-        }
+        on_arm!(self, s => s.set_deadline(deadline))
     }
 
     fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
-        match self {
-            Self::Plain(s) => s.wait_readable(timeout),
-            #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.wait_readable(timeout),
-        }
+        on_arm!(self, s => s.wait_readable(timeout))
     }
 }
 
@@ -555,13 +492,10 @@ pub(crate) fn open_host(
     opts: &ConnectOptions,
     tls: Option<&HostTls>,
 ) -> Result<HostStream> {
-    let tcp = connect_tcp(addr, opts)?;
     match tls {
-        None => Ok(HostStream::Plain(StdStream::new(nonblocking(tcp)?))),
+        None => open_plain(addr, opts).map(HostStream::from),
         #[cfg(feature = "rustls")]
-        Some(tls) => StdTlsStream::handshake(tcp, tls, opts.connect_timeout)
-            .map(|s| HostStream::Tls(std::boxed::Box::new(s)))
-            .map_err(|e| timeout_kind(Error::Io(e))),
+        Some(tls) => open_tls(addr, opts, tls).map(HostStream::from),
         #[cfg(not(feature = "rustls"))]
         Some(never) => match *never {},
     }
@@ -576,31 +510,11 @@ impl<const N: usize, const P: usize> BlockingConnection<N, P, HostStream> {
         opts: &ConnectOptions,
         tls: Option<&HostTls>,
     ) -> Result<Self> {
-        let stream = open_host(addr, opts, tls)?;
-        Self::from_transport(stream, opts.io_timeout).authenticate(opts)
+        Self::open(open_host(addr, opts, tls)?, opts)
     }
 }
 
-impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N, P, T> {
-    /// Sends `auth` when `opts` has a token.
-    fn authenticate(mut self, opts: &ConnectOptions) -> Result<Self> {
-        if let Some(token) = &opts.auth_token {
-            self.run(0, |c| c.auth(token.expose()))?;
-        }
-        Ok(self)
-    }
-}
-
-fn epoch() -> std::time::Instant {
-    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
-    *EPOCH.get_or_init(std::time::Instant::now)
-}
-
-/// The `std::time::Instant` of a [`StdTimer`] instant (which counts
-/// milliseconds, rounded down, from a process-wide epoch).
-pub(crate) fn std_instant(t: Instant) -> std::time::Instant {
-    epoch() + Duration::from_millis(t.as_millis())
-}
+pub(crate) use crate::runtime::host::std_instant;
 
 /// [`Timer`] over `std::time::Instant`; `sleep_until` blocks the thread.
 #[derive(Debug, Clone, Copy, Default)]
@@ -608,8 +522,7 @@ pub struct StdTimer;
 
 impl Timer for StdTimer {
     fn now(&self) -> Instant {
-        let ms = epoch().elapsed().as_millis();
-        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        timer_instant(std::time::Instant::now())
     }
 
     async fn sleep_until(&self, deadline: Instant) {

@@ -25,13 +25,8 @@ type Result<T> = core::result::Result<T, Error<io::Error>>;
 /// Where a lock connects: the server that owns the key, the connect
 /// options and the TLS connector for it.
 pub(crate) fn dial(s: &Settings) -> Result<(&str, ConnectOptions, Option<HostTls>)> {
-    let opts = ConnectOptions {
-        connect_timeout: s.connect_timeout,
-        io_timeout: s.options.io_timeout,
-        auth_token: s.auth_token.clone(),
-    };
     let addr = s.server()?;
-    Ok((addr, opts, s.tls_for(addr)?))
+    Ok((addr, s.connect_options(), s.tls_for(addr)?))
 }
 
 /// Where a lease stands, by its renewal side's word.

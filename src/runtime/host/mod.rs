@@ -34,6 +34,29 @@ pub mod shared {
 }
 
 use std::net::TcpStream;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::time::Instant;
+
+/// The process-wide epoch of the host timers (the blocking `StdTimer` and
+/// the tokio `TokioTimer`): their instants count milliseconds from it.
+fn epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+/// The host timers' instant of `t`: milliseconds since the epoch, rounded
+/// down (zero before it).
+pub(crate) fn timer_instant(t: std::time::Instant) -> Instant {
+    let ms = t.saturating_duration_since(epoch()).as_millis();
+    Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// The `std::time::Instant` of a host timer's instant.
+pub(crate) fn std_instant(t: Instant) -> std::time::Instant {
+    epoch() + Duration::from_millis(t.as_millis())
+}
 
 /// The TLS choice of the high-level host APIs: a rustls connector with the
 /// `rustls` feature, an uninhabited type without it (so `None` is the only

@@ -35,7 +35,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::sock::{Bounded, is_timeout};
+use super::sock::{Bounded, deadline_passed, is_timeout};
 
 use crate::ConfigError;
 
@@ -208,34 +208,49 @@ impl StdTlsStream {
     }
 }
 
-impl StdTlsStream {
-    /// `HostStream::peer_closed` on a socket already set non-blocking:
-    /// reads whatever records have arrived into rustls (nothing is lost),
-    /// and reports data, a `close_notify`, end of stream or an error.
-    pub(crate) fn peer_closed(&mut self) -> bool {
-        loop {
-            match self.0.conn.process_new_packets() {
-                Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => {
-                    return true;
-                }
-                Ok(_) => {}
-                Err(_) => return true,
-            }
-            match self.0.conn.read_tls(&mut self.0.sock) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return !is_timeout(&e),
-            }
-        }
-    }
-}
-
 impl embedded_io_async::ErrorType for StdTlsStream {
     type Error = io::Error;
 }
 
 impl StdTlsStream {
+    /// Reads TLS records into rustls until it has plaintext or the peer's
+    /// `close_notify` (`Ok(true)`; end of stream too), or a read gives up
+    /// with a timeout (`Ok(false)`; nothing is lost, it stays in rustls):
+    /// waiting up to `deadline` when `wait`, else taking only what has
+    /// arrived (the socket is non-blocking). The one record loop of [`read`](embedded_io_async::Read::read),
+    /// `wait_readable` and [`peer_closed`](Self::peer_closed).
+    pub(crate) fn fill(
+        &mut self,
+        wait: bool,
+        deadline: Option<std::time::Instant>,
+    ) -> io::Result<bool> {
+        loop {
+            let state = self.0.conn.process_new_packets().map_err(tls_io_error)?;
+            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+                return Ok(true);
+            }
+            let read = if wait {
+                self.0.conn.read_tls(&mut Bounded(&self.0.sock, deadline))
+            } else {
+                self.0.conn.read_tls(&mut self.0.sock)
+            };
+            match read {
+                Ok(0) => return Ok(true),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `HostStream::peer_closed` on a socket already set non-blocking:
+    /// reads whatever records have arrived into rustls (nothing is lost),
+    /// and reports data, a `close_notify`, end of stream or an error.
+    pub(crate) fn peer_closed(&mut self) -> bool {
+        !matches!(self.fill(false, None), Ok(false))
+    }
+
     /// Sends every TLS record rustls has queued, within the deadline.
     fn push(&mut self) -> io::Result<()> {
         while self.0.conn.wants_write() {
@@ -253,12 +268,11 @@ impl embedded_io_async::Read for StdTlsStream {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 r => return r,
             }
-            // Nothing decrypted yet: one more read from the socket, within
-            // the request's deadline.
-            if self.0.conn.read_tls(&mut Bounded(&self.0.sock, self.1))? == 0 {
-                return Ok(0);
+            // Nothing decrypted yet: more from the socket, within the
+            // request's deadline.
+            if !self.fill(true, self.1)? {
+                return Err(deadline_passed());
             }
-            self.0.conn.process_new_packets().map_err(tls_io_error)?;
         }
     }
 }

@@ -119,23 +119,16 @@ impl ClientConfig {
         let list: Vec<&str> = self.servers.iter().map(String::as_str).collect();
         route(&*self.strategy, key, &list).map_err(route_error)
     }
-
-    /// `options` with the client-wide timeouts (`io_timeout`,
-    /// `read_timeout`) in place of its own.
-    pub(crate) fn lock_options(&self, mut options: LockOptions) -> LockOptions {
-        options.io_timeout = self.io_timeout;
-        options.read_timeout = self.read_timeout;
-        options
-    }
 }
 
 /// Everything a host lock needs; shared by its guards. `options` carries
 /// the client's `io_timeout` and `read_timeout`.
+#[derive(Debug)]
 pub struct Settings {
-    pub(crate) config: Arc<ClientConfig>,
     pub(crate) key: String,
     pub(crate) kind: Kind,
     pub(crate) options: LockOptions,
+    pub(crate) config: Arc<ClientConfig>,
 }
 
 /// TLS of a host lock: the connector, and where the server name comes from.
@@ -184,17 +177,6 @@ fn host_of(addr: &str) -> &str {
     }
 }
 
-impl core::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Settings")
-            .field("key", &self.key)
-            .field("kind", &self.kind)
-            .field("options", &self.options)
-            .field("config", &self.config)
-            .finish()
-    }
-}
-
 impl Settings {
     /// A lock's settings under `config`, whose timeouts replace those of
     /// `options`.
@@ -202,14 +184,15 @@ impl Settings {
         config: Arc<ClientConfig>,
         key: String,
         kind: Kind,
-        options: LockOptions,
+        mut options: LockOptions,
     ) -> Self {
-        let options = config.lock_options(options);
+        options.io_timeout = config.io_timeout;
+        options.read_timeout = config.read_timeout;
         Self {
-            config,
             key,
             kind,
             options,
+            config,
         }
     }
 

@@ -9,16 +9,17 @@ pub(crate) fn deadline_passed() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "request deadline passed")
 }
 
-/// Waits until `sock` is ready for `events` (`POLLIN`/`POLLOUT`) or
+/// Waits until `sock` is ready for writing (`write`) or reading, or
 /// `deadline` passed (`Ok(false)`). Error and hang-up count as ready: the
 /// following read or write reports them.
 #[cfg(unix)]
 pub(crate) fn poll_until(
     sock: &TcpStream,
-    events: libc::c_short,
+    write: bool,
     deadline: Option<std::time::Instant>,
 ) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
+    let events = if write { libc::POLLOUT } else { libc::POLLIN };
     loop {
         let timeout_ms: libc::c_int = match deadline {
             None => -1,
@@ -59,7 +60,7 @@ pub(crate) fn poll_until(
 #[cfg(not(unix))]
 pub(crate) fn poll_until(
     sock: &TcpStream,
-    _events: i16,
+    _write: bool,
     deadline: Option<std::time::Instant>,
 ) -> io::Result<bool> {
     if let Some(d) = deadline {
@@ -72,15 +73,6 @@ pub(crate) fn poll_until(
     Ok(true)
 }
 
-#[cfg(unix)]
-pub(crate) const POLLIN: i16 = libc::POLLIN;
-#[cfg(unix)]
-pub(crate) const POLLOUT: i16 = libc::POLLOUT;
-#[cfg(not(unix))]
-pub(crate) const POLLIN: i16 = 1;
-#[cfg(not(unix))]
-pub(crate) const POLLOUT: i16 = 4;
-
 /// `io::Read`/`io::Write` over a socket, bounded by a deadline.
 pub(crate) struct Bounded<'a>(
     pub(crate) &'a TcpStream,
@@ -90,7 +82,7 @@ pub(crate) struct Bounded<'a>(
 impl io::Read for Bounded<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            if !poll_until(self.0, POLLIN, self.1)? {
+            if !poll_until(self.0, false, self.1)? {
                 return Err(deadline_passed());
             }
             match io::Read::read(&mut &*self.0, buf) {
@@ -109,7 +101,7 @@ impl io::Write for Bounded<'_> {
             match io::Write::write(&mut &*self.0, buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !poll_until(self.0, POLLOUT, self.1)? {
+                    if !poll_until(self.0, true, self.1)? {
                         return Err(deadline_passed());
                     }
                 }

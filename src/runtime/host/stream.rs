@@ -7,6 +7,21 @@
 /// delegates to the arm it holds; `is_tls` and the `From` conversions.
 /// Without the `rustls` feature there is only the plain arm, so the enum is
 /// exactly the plain stream (no tag, no branch).
+/// `$body` with `$s` bound to the stream in whichever arm `$stream` (a
+/// `HostStream`, inside its own `impl`) holds: one match for every method
+/// that both arms have.
+macro_rules! on_arm {
+    ($stream:expr, $s:ident => $body:expr) => {
+        match $stream {
+            Self::Plain($s) => $body,
+            #[cfg(feature = "rustls")]
+            Self::Tls($s) => $body,
+        }
+    };
+}
+
+pub(crate) use on_arm;
+
 macro_rules! host_stream {
     ($(#[$meta:meta])* plain: $plain:ty, tls: $tls:ty $(,)?) => {
         $(#[$meta])*
@@ -50,31 +65,19 @@ macro_rules! host_stream {
         impl embedded_io_async::Read for HostStream {
             /// Cancel-safe as the arm it delegates to.
             async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                match self {
-                    Self::Plain(s) => s.read(buf).await,
-                    #[cfg(feature = "rustls")]
-                    Self::Tls(s) => s.read(buf).await,
-                }
+                $crate::runtime::host::stream::on_arm!(self, s => s.read(buf).await)
             }
         }
 
         impl embedded_io_async::Write for HostStream {
             /// Delegates to the arm it holds.
             async fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                match self {
-                    Self::Plain(s) => s.write(buf).await,
-                    #[cfg(feature = "rustls")]
-                    Self::Tls(s) => s.write(buf).await,
-                }
+                $crate::runtime::host::stream::on_arm!(self, s => s.write(buf).await)
             }
 
             /// Delegates to the arm it holds.
             async fn flush(&mut self) -> std::io::Result<()> {
-                match self {
-                    Self::Plain(s) => s.flush().await,
-                    #[cfg(feature = "rustls")]
-                    Self::Tls(s) => s.flush().await,
-                }
+                $crate::runtime::host::stream::on_arm!(self, s => s.flush().await)
             }
         }
     };

@@ -28,7 +28,6 @@ pub use self::signal::{Item, SignalConn, SignalHandle, emit};
 pub use crate::runtime::host::shared::*;
 
 use std::io;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use embedded_io_adapters::tokio_1::FromTokio;
@@ -36,6 +35,7 @@ use tokio::net::TcpStream;
 
 #[cfg(feature = "rustls")]
 use crate::runtime::host::rustls::tokio_handshake;
+use crate::runtime::host::{std_instant, timer_instant};
 use crate::time::{Instant, Timer};
 use crate::{Connection, Error};
 
@@ -67,32 +67,29 @@ pub async fn connect<const N: usize, const P: usize>(
     addr: &str,
     opts: &ConnectOptions,
 ) -> Result<TokioConnection<N, P>> {
-    let stream = tcp(addr, opts).await?;
-    authenticate(Connection::new(FromTokio::new(stream)), opts).await
+    authenticate(FromTokio::new(tcp(addr, opts).await?), opts).await
 }
 
 /// TCP to `addr` within the connect timeout, with `TCP_NODELAY`.
 async fn tcp(addr: &str, opts: &ConnectOptions) -> Result<TcpStream> {
-    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| Error::Timeout)?
-        .map_err(Error::Io)?;
+    let connect = async { TcpStream::connect(addr).await.map_err(Error::Io) };
+    let stream = timeout(opts.connect_timeout, connect).await?;
     stream.set_nodelay(true).map_err(Error::Io)?;
     Ok(stream)
 }
 
-/// Sends `auth` within the connect timeout when a token is given.
+/// A connection over a freshly opened `transport`, `auth` sent within the
+/// connect timeout when a token is given.
 async fn authenticate<T, const N: usize, const P: usize>(
-    mut conn: Connection<T, N, P>,
+    transport: T,
     opts: &ConnectOptions,
 ) -> Result<Connection<T, N, P>>
 where
     T: embedded_io_async::Read<Error = io::Error> + embedded_io_async::Write<Error = io::Error>,
 {
+    let mut conn = Connection::new(transport);
     if let Some(token) = &opts.auth_token {
-        tokio::time::timeout(opts.connect_timeout, conn.auth(token.expose()))
-            .await
-            .map_err(|_| Error::Timeout)??;
+        timeout(opts.connect_timeout, conn.auth(token.expose())).await?;
     }
     Ok(conn)
 }
@@ -111,14 +108,9 @@ where
         .map_err(|_| Error::Timeout)?
 }
 
-fn epoch() -> tokio::time::Instant {
-    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
-    tokio::time::Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now))
-}
-
 /// The tokio instant of a [`TokioTimer`] instant.
 pub(crate) fn tokio_instant(t: Instant) -> tokio::time::Instant {
-    epoch() + Duration::from_millis(t.as_millis())
+    tokio::time::Instant::from_std(std_instant(t))
 }
 
 /// [`Timer`] over tokio's clock (honours tokio's paused test time).
@@ -127,14 +119,11 @@ pub struct TokioTimer;
 
 impl Timer for TokioTimer {
     fn now(&self) -> Instant {
-        let ms = tokio::time::Instant::now()
-            .saturating_duration_since(epoch())
-            .as_millis();
-        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        timer_instant(tokio::time::Instant::now().into_std())
     }
 
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
-        tokio::time::sleep_until(epoch() + Duration::from_millis(deadline.as_millis()))
+        tokio::time::sleep_until(tokio_instant(deadline))
     }
 }
 
@@ -170,7 +159,7 @@ pub async fn connect_tls<const N: usize, const P: usize>(
     tls: &crate::runtime::host::rustls::RustlsConnector,
 ) -> Result<TokioTlsConnection<N, P>> {
     let stream = tokio_handshake(tcp(addr, opts).await?, opts.connect_timeout, tls).await?;
-    authenticate(Connection::new(stream), opts).await
+    authenticate(stream, opts).await
 }
 
 crate::runtime::host::stream::host_stream! {
@@ -219,11 +208,11 @@ pub(crate) async fn open_host(
 ) -> Result<HostStream> {
     let stream = tcp(addr, opts).await?;
     match tls {
-        None => Ok(HostStream::Plain(FromTokio::new(stream))),
+        None => Ok(FromTokio::new(stream).into()),
         #[cfg(feature = "rustls")]
-        Some(tls) => Ok(HostStream::Tls(std::boxed::Box::new(
-            tokio_handshake(stream, opts.connect_timeout, tls).await?,
-        ))),
+        Some(tls) => Ok(tokio_handshake(stream, opts.connect_timeout, tls)
+            .await?
+            .into()),
         #[cfg(not(feature = "rustls"))]
         Some(never) => match *never {},
     }
@@ -236,6 +225,5 @@ pub(crate) async fn connect_host<const N: usize, const P: usize>(
     opts: &ConnectOptions,
     tls: Option<&crate::runtime::host::HostTls>,
 ) -> Result<HostConnection<N, P>> {
-    let stream = open_host(addr, opts, tls).await?;
-    authenticate(Connection::new(stream), opts).await
+    authenticate(open_host(addr, opts, tls).await?, opts).await
 }
