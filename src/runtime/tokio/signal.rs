@@ -28,9 +28,8 @@ use std::string::String;
 use std::sync::Arc;
 
 use ::tokio::sync::{mpsc, oneshot};
-use ::tokio::time::timeout;
 
-use super::{ConnectOptions, HostStream, TokioTimer, connect_host, open_host};
+use super::{ConnectOptions, HostStream, TokioTimer, connect_host, open_host, timeout};
 use crate::Connection;
 use crate::Error;
 use crate::protocol::Request;
@@ -135,9 +134,7 @@ async fn emit_over(
 ) -> Result<u64> {
     Request::Signal { channel, payload }.validate()?;
     let mut conn = connect_host::<128, 0>(addr, opts, tls).await?;
-    timeout(opts.connect_timeout, conn.emit(channel, payload))
-        .await
-        .map_err(|_| Error::Timeout)?
+    timeout(opts.connect_timeout, conn.emit(channel, payload)).await
 }
 
 /// Waits for a signal on `conn`, or forever without one.
@@ -170,9 +167,7 @@ impl Port for Task {
         let stream = open_host(&self.addr, &self.connect, self.tls.as_ref()).await?;
         let mut conn = boxed(stream);
         if let Some(token) = &self.connect.auth_token {
-            timeout(self.connect.connect_timeout, conn.auth(token.expose()))
-                .await
-                .map_err(|_| Error::Timeout)??;
+            timeout(self.connect.connect_timeout, conn.auth(token.expose())).await?;
         }
         Ok(conn)
     }
@@ -182,9 +177,7 @@ impl Port for Task {
         conn: &mut Connection<HostStream, N, P>,
         req: Request<'_>,
     ) -> Result<u64> {
-        timeout(self.io_timeout, send(conn, req))
-            .await
-            .map_err(|_| Error::Timeout)?
+        timeout(self.io_timeout, send(conn, req)).await
     }
 
     async fn wait<const N: usize, const P: usize>(
