@@ -176,11 +176,8 @@ impl Port for Worker {
     async fn open<const N: usize, const P: usize>(
         &mut self,
     ) -> Result<Box<Connection<HostStream, N, P>>> {
-        let mut stream = open_host(&self.addr[..], &self.connect, self.tls.as_ref())?;
-        stream
-            .set_deadline(std::time::Instant::now().checked_add(self.connect.io_timeout))
-            .map_err(Error::Io)?;
-        let mut conn = boxed(stream);
+        let mut conn = boxed(open_host(&self.addr[..], &self.connect, self.tls.as_ref())?);
+        arm(&mut conn, self.connect.io_timeout)?;
         if let Some(token) = &self.connect.auth_token {
             conn.auth(token.expose()).await.map_err(timeout_kind)?;
         }
