@@ -205,8 +205,9 @@ impl Port for Worker {
             Err(TryRecvError::Disconnected) => return Wake::Closed,
             Err(TryRecvError::Empty) => {}
         }
-        let left = until.map(|t| t.saturating_duration_since(StdTimer.now()));
-        if left == Some(Duration::ZERO) {
+        // Without a deadline, one slice.
+        let left = until.map_or(TICK, |t| t.saturating_duration_since(StdTimer.now()));
+        if left.is_zero() {
             return Wake::Progress;
         }
         // Hand over what was received; wait a slice for room if need be.
@@ -216,15 +217,15 @@ impl Port for Worker {
                 Ok(()) | Err(TrySendError::Disconnected(_)) => Wake::Progress,
                 Err(TrySendError::Full(back)) => {
                     *held = Some(back);
-                    self.command_within(left.unwrap_or(TICK).min(TICK))
+                    self.command_within(left.min(TICK))
                 }
             };
         }
         let Some(conn) = conn else {
-            return self.command_within(left.unwrap_or(TICK));
+            return self.command_within(left);
         };
         // Wait a slice for the socket.
-        let slice = left.unwrap_or(TICK).clamp(Duration::from_millis(1), TICK);
+        let slice = left.clamp(Duration::from_millis(1), TICK);
         if let Err(e) = arm(conn, slice) {
             return Wake::Lost(e);
         }
