@@ -485,14 +485,24 @@ impl TestServer {
         }
     }
 
-    /// Number of open client connections (for a real server: from `stats`,
-    /// not counting the connection that asked).
+    /// Number of open client connections.
+    ///
+    /// For a real server it is the larger of the server's own count (from
+    /// `stats`, not counting the connection that asked) and the relay's
+    /// count of connections whose server-side close has not yet reached the
+    /// client: so 0 means the server has closed every connection *and* each
+    /// client has been told, as with the in-process server.
     pub fn connection_count(&self) -> usize {
         match &self.backend {
             Backend::InProcess { shared, .. } => {
                 shared.connections.load(std::sync::atomic::Ordering::SeqCst)
             }
-            Backend::Real(_) => usize::try_from(self.stats().connections).unwrap_or(usize::MAX),
+            Backend::Real(p) => {
+                let relayed = p.lock().unwrap_or_else(|e| e.into_inner()).relay.live();
+                usize::try_from(self.stats().connections)
+                    .unwrap_or(usize::MAX)
+                    .max(relayed)
+            }
         }
     }
 

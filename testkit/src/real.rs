@@ -12,7 +12,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -242,9 +242,16 @@ fn flags(cfg: &Config, port: u16) -> Vec<String> {
 }
 
 /// A free loopback port: bound, read and released. Another process may take
-/// it in between; [`spawn`] retries when the server cannot bind it.
+/// it in between; [`spawn`] waits for the server's own `listening` line and
+/// retries with another port when the server cannot bind it.
 fn free_port(host: &str) -> io::Result<u16> {
     Ok(TcpListener::bind((host, 0))?.local_addr()?.port())
+}
+
+/// Whether the server's log says its listener is bound (`msg=listening`,
+/// written by every generation right after its `net.Listen` succeeded).
+fn has_listened(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|s| s.contains("msg=listening"))
 }
 
 fn log_tail(path: &Path) -> String {
@@ -299,7 +306,13 @@ pub(crate) fn spawn(binary: &Path, cfg: &Config) -> io::Result<(SocketAddr, Real
                 )));
                 break;
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            // The port was free when picked, but another test may bind it
+            // before the server does: then the server exits and a bare
+            // connect would reach that other test's listener. The server
+            // logs `listening` only once its own bind succeeded.
+            if has_listened(&proc.log)
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
                 return Ok((proc.relay.addr, proc));
             }
             if start.elapsed() > START_TIMEOUT {
@@ -439,6 +452,10 @@ pub(crate) struct Relay {
 struct RelayState {
     stopped: AtomicBool,
     open: Mutex<Vec<TcpStream>>,
+    /// Relayed connections whose server side the client has not yet been
+    /// told is closed: counted from the upstream connect until the
+    /// server-to-client pump has shut the client's socket.
+    live: AtomicUsize,
 }
 
 impl RelayState {
@@ -480,11 +497,18 @@ impl Relay {
                             open.push(b);
                         }
                     }
-                    pump(client, s2);
-                    pump(server, c2);
+                    st.live.fetch_add(1, Ordering::SeqCst);
+                    pump(client, s2, None);
+                    pump(server, c2, Some(st.clone()));
                 }
             })?;
         Ok(Relay { addr, state })
+    }
+
+    /// How many relayed connections are open as their client sees them
+    /// (a server-side close the relay has not passed on yet still counts).
+    pub(crate) fn live(&self) -> usize {
+        self.state.live.load(Ordering::SeqCst)
     }
 
     /// Closes every relayed connection; new ones are still accepted.
@@ -503,15 +527,24 @@ impl Relay {
 }
 
 /// Copies `from` to `to` on a thread until either side closes, then closes
-/// both directions of both sockets.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    let _ = std::thread::Builder::new()
+/// both directions of both sockets and, for the server-to-client direction,
+/// takes the pair out of the relay's `live` count.
+fn pump(mut from: TcpStream, mut to: TcpStream, count: Option<Arc<RelayState>>) {
+    let counted = count.clone();
+    let spawned = std::thread::Builder::new()
         .name("dflockd-testkit-relay-io".to_owned())
         .spawn(move || {
             let _ = io::copy(&mut from, &mut to);
             let _ = from.shutdown(Shutdown::Both);
             let _ = to.shutdown(Shutdown::Both);
+            if let Some(st) = count {
+                st.live.fetch_sub(1, Ordering::SeqCst);
+            }
         });
+    // Without a thread the sockets were dropped (closed) with the closure.
+    if let (Err(_), Some(st)) = (spawned, counted) {
+        st.live.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]
