@@ -455,10 +455,6 @@ impl ThreadIo {
 impl RenewIo for ThreadIo {
     type Wake = Condvar;
 
-    fn now(&self) -> Instant {
-        StdTimer.now()
-    }
-
     async fn wait(&mut self, until: Instant, shared: &Shared<Condvar>) -> bool {
         if !shared.lock().release {
             // Suspends the loop once: its thread sleeps without holding it
