@@ -63,8 +63,6 @@ const CLOSED_POLL: Duration = Duration::from_millis(50);
 lock_api! {
     async: [],
     await: [],
-    clock: StdTimer,
-    to_std: std_instant,
     cancel: "Blocks the calling thread, bounded by the timeouts.",
     run: {
         /// Runs `f` while holding: acquires (`Ok(None)` when the acquire
@@ -456,10 +454,6 @@ impl ThreadIo {
 
 impl RenewIo for ThreadIo {
     type Wake = Condvar;
-
-    fn now(&self) -> Instant {
-        StdTimer.now()
-    }
 
     async fn wait(&mut self, until: Instant, shared: &Shared<Condvar>) -> bool {
         if !shared.lock().release {

@@ -83,7 +83,8 @@ impl<C: Send + 'static> ClientCore<C> {
         let addr = c.servers.first().map_or(DEFAULT_SERVER, String::as_str);
         opts.read_timeout = c.read_timeout;
         opts.io_timeout = c.io_timeout;
-        Ok((addr, c.connect_options(), c.tls_for(addr)?, opts))
+        let (addr, connect, tls) = c.dial(addr)?;
+        Ok((addr, connect, tls, opts))
     }
 
     /// [`SignalOptions::default`], with a heartbeat below the client's
