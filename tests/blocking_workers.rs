@@ -1,5 +1,6 @@
 //! The blocking `Client` keeps a lease's renewal thread with its pooled
-//! connection: sequential cycles reuse one thread, and the thread of a
+//! connection: sequential cycles (and a queued two-phase acquire) reuse
+//! one thread, and the thread of a
 //! pooled connection that is closed or expires ends. Threads are seen by
 //! name (`dflockd-lease`) in `/proc/self/task`, so this file holds one
 //! test: no other test's threads run in its process. A new thread bears
@@ -13,8 +14,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use dflockd_client::Error;
-use dflockd_client::blocking::Client;
+use dflockd_client::blocking::{BlockingConnection, Client, ConnectOptions};
+use dflockd_client::{Error, Kind};
 use dflockd_testkit::{FaultProxy, TestServer};
 
 const BOUND: Duration = Duration::from_secs(20);
@@ -76,6 +77,25 @@ fn renewal_threads_are_pooled_with_their_connections_and_end_with_them() {
     });
     let guard = lock.acquire().unwrap().expect("granted");
     until("the same thread", || lease_threads() == first);
+    guard.release().unwrap();
+    assert_eq!(proxy.accepted(), 1);
+
+    // A two-phase acquire that is queued keeps the pooled connection's
+    // thread for its grant (the key is held first on a raw connection,
+    // which has no renewal thread).
+    let mut holder =
+        BlockingConnection::<256, 0>::connect(server.addr(), &ConnectOptions::default()).unwrap();
+    let held = holder
+        .acquire(Kind::Lock, "worker-reuse", 0, None)
+        .unwrap()
+        .expect("free");
+    let queued = lock.enqueue().unwrap();
+    assert!(!queued.is_acquired());
+    holder
+        .release(Kind::Lock, "worker-reuse", &held.token)
+        .unwrap();
+    let guard = queued.wait().unwrap().expect("granted");
+    until("the pooled thread", || lease_threads() == first);
     guard.release().unwrap();
     assert_eq!(proxy.accepted(), 1);
 

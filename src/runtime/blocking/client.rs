@@ -2,7 +2,7 @@
 //! connection.
 
 /// What the locks pool: a connection with its parked renewal thread.
-type Conn = super::lock::Parked;
+type Conn = super::lock::Conn;
 use super::{DistributedLock, DistributedSemaphore, Result, SignalConn, SignalOptions};
 
 crate::runtime::host::client::client_types!(

@@ -8,13 +8,13 @@
 //! driving the core [`LeaseDriver`], until the guard is released or
 //! dropped. No async runtime is involved.
 //!
-//! With a [`Client`](super::Client) the renewal thread stays with its
-//! connection: after a clean release both go back into the pool (the
-//! thread parked on its channel), and the next acquire on that server
-//! hands its lease to the same thread instead of spawning one. A pooled
-//! connection that is closed, expires or is evicted is dropped with its
-//! channel, which ends the parked thread. Connections are plain TCP, or TLS
-//! with the builder's [`tls`](LockBuilder::tls) (feature `rustls`).
+//! The renewal thread stays with its connection: after a clean release
+//! both go back into the pool (the thread asleep), and the next acquire on
+//! that server hands its lease to the same thread instead of spawning one,
+//! most often without even waking it. A release runs on the caller's
+//! thread. A pooled connection that is closed, expires or is evicted ends
+//! its thread. Connections are plain TCP, or TLS with the builder's
+//! [`tls`](LockBuilder::tls) (feature `rustls`).
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), dflockd_client::Error<std::io::Error>> {
@@ -31,16 +31,21 @@
 //! # Ok(()) }
 //! ```
 
+use core::mem::take;
 use core::ops::ControlFlow;
 use std::boxed::Box;
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Condvar};
+use std::future::{Future, poll_fn};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use super::{BlockingTransport, HostConnection, StdTimer, block_on, std_instant, timeout_kind};
 use crate::lock::{LeaseDriver, wire_secs};
 use crate::runtime::host::lock::{
-    Guard, Look, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, Wake, dial, drive, lock_api,
+    Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, dial, drive, lock_api,
 };
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
@@ -50,8 +55,6 @@ use crate::{Enqueued as CoreEnqueued, Error};
 
 use super::Result;
 
-type Conn = HostConnection<LINE, 0>;
-
 /// While waiting for the next renew, the renewal thread checks this often
 /// whether the connection was closed, so a cut connection is reported long
 /// before the lease deadline.
@@ -60,8 +63,6 @@ const CLOSED_POLL: Duration = Duration::from_millis(50);
 lock_api! {
     async: [],
     await: [],
-    clock: StdTimer,
-    to_std: std_instant,
     cancel: "Blocks the calling thread, bounded by the timeouts.",
     run: {
         /// Runs `f` while holding: acquires (`Ok(None)` when the acquire
@@ -88,51 +89,62 @@ lock_api! {
     }
 }
 
-/// An idle connection in a client's pool together with its renewal
-/// thread, parked on the other end of `worker`. Dropping it (expired,
-/// evicted, closed by the server, pool dropped, or checked out and not
-/// granted) closes the connection and ends the thread.
-pub(crate) struct Parked {
-    conn: Conn,
-    worker: Sender<Job>,
+/// A connection and the renewal thread parked on it (none for one just
+/// opened): what a client's pool keeps, an acquire takes and a queued
+/// enqueue holds until its wait. Dropping it (expired, evicted, closed by
+/// the server, pool dropped, or checked out and not granted) closes the
+/// connection and ends the thread.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    wire: HostConnection<LINE, 0>,
+    worker: Option<Arc<Worker>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(w) = &self.worker {
+            w.ring(|s| {
+                s.closed = true;
+                true
+            });
+        }
+    }
 }
 
 /// Opens the connection of one acquire or enqueue: the one place a lock
 /// connects, taking an idle one (with its parked renewal thread) from the
 /// pool when it can.
-fn connect(s: &Settings) -> Result<(Conn, Option<Sender<Job>>)> {
+fn connect(s: &Settings) -> Result<Conn> {
     let usable =
-        |p: &mut Parked| p.conn.is_usable() && !p.conn.get_mut().transport_mut().peer_closed();
-    if let Some(p) = checkout(s, usable)? {
-        return Ok((p.conn, Some(p.worker)));
+        |c: &mut Conn| c.wire.is_usable() && !c.wire.get_mut().transport_mut().peer_closed();
+    if let Some(conn) = checkout(s, usable)? {
+        return Ok(conn);
     }
     let (addr, opts, tls) = dial(s)?;
-    Ok((Conn::connect_host(addr, &opts, tls.as_ref())?, None))
+    let wire = HostConnection::connect_host(addr, &opts, tls.as_ref())?;
+    Ok(Conn { wire, worker: None })
 }
 
 fn acquire_within(s: &Arc<Settings>, timeout: Duration) -> Result<Option<LeaseGuard>> {
-    let (mut conn, worker) = connect(s)?;
+    let mut conn = connect(s)?;
     let spec = s.spec();
-    let lease = conn.run(wire_secs(timeout), |c| {
+    let lease = conn.wire.run(wire_secs(timeout), |c| {
         spec.acquire_within(c, &StdTimer, timeout)
     })?;
     lease
-        .map(|l| LeaseGuard::spawn(conn, worker, s.clone(), l.into_driver()))
+        .map(|l| LeaseGuard::spawn(conn, s.clone(), l.into_driver()))
         .transpose()
 }
 
 fn enqueue(s: &Arc<Settings>) -> Result<Enqueued> {
-    // A queued connection waits without its pooled thread (which ends).
-    let (mut conn, worker) = connect(s)?;
+    // A queued connection keeps its parked thread for the grant.
+    let mut conn = connect(s)?;
     let spec = s.spec();
     Ok(Enqueued(
-        match conn.run(0, |c| spec.enqueue(c, &StdTimer))? {
-            CoreEnqueued::Acquired(l) => EnqueuedState::Acquired(LeaseGuard::spawn(
-                conn,
-                worker,
-                s.clone(),
-                l.into_driver(),
-            )?),
+        match conn.wire.run(0, |c| spec.enqueue(c, &StdTimer))? {
+            CoreEnqueued::Acquired(l) => {
+                EnqueuedState::Acquired(LeaseGuard::spawn(conn, s.clone(), l.into_driver())?)
+            }
             CoreEnqueued::Queued => EnqueuedState::Queued {
                 conn: Box::new(conn),
                 settings: s.clone(),
@@ -147,12 +159,11 @@ fn wait_within(
     timeout: Duration,
 ) -> Result<Option<LeaseGuard>> {
     let spec = s.spec();
-    let lease = conn.run(wire_secs(timeout), |c| {
+    let lease = conn.wire.run(wire_secs(timeout), |c| {
         spec.wait_within(c, &StdTimer, timeout)
     })?;
-    let driver = lease.map(|l| l.into_driver());
-    driver
-        .map(|d| LeaseGuard::spawn(*conn, None, s.clone(), d))
+    lease
+        .map(|l| LeaseGuard::spawn(*conn, s.clone(), l.into_driver()))
         .transpose()
 }
 
@@ -200,75 +211,187 @@ impl Wake for Condvar {
 /// whatever the renewal thread is doing (a renew stuck on a dead network
 /// cannot keep it "held").
 #[derive(Debug)]
-pub struct LeaseGuard(Guard<Condvar>);
+pub struct LeaseGuard(Guard<Condvar>, Arc<Worker>);
 
-/// One lease for a renewal thread.
-struct Job {
-    io: ThreadIo,
-    driver: LeaseDriver,
-    renewer: Renewer<Condvar>,
+/// A connection's renewal thread, and what it shares with the leases on
+/// that connection.
+///
+/// `run` is the current lease's renewal loop ([`drive`] over the
+/// connection) as a future; `None` between leases. Its IO blocks whichever
+/// thread polls it; only the wait for the next renew suspends it
+/// ([`ThreadIo::wait`]). The thread polls it when a renew is due;
+/// [`LeaseGuard::release`] polls it on the caller's thread, so a release
+/// needs no hand-off to the thread and back. Whoever polls holds the
+/// mutex: a release never races a renew on the connection, it waits for
+/// the one in flight. While a guard lives its connection carries no other
+/// lease (it is pooled only once released), so `run` is its loop or
+/// `None`.
+///
+/// The thread sleeps on `bell` until its loop's next renew is due (at most
+/// [`CLOSED_POLL`], then the loop looks at the connection), or forever
+/// without a lease. It is rung only when it must look sooner: a new lease
+/// due before it wakes anyway (so a lease taken soon after the last one
+/// costs the thread no extra wake-up), a dropped guard, or the connection's
+/// end, which ends it.
+#[derive(Default)]
+struct Worker {
+    run: Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
+    /// When the loop's wait for the next renew ends (timer milliseconds).
+    wake_at: AtomicU64,
+    sched: Mutex<Sched>,
+    bell: Condvar,
 }
 
-impl Job {
-    fn run(self) {
-        let settings = self.io.settings.clone();
-        block_on(drive(self.io, &settings.key, self.driver, self.renewer));
+#[derive(Default)]
+struct Sched {
+    /// When the thread wakes by itself; `None`: only when rung.
+    wakes: Option<std::time::Instant>,
+    /// A new lease (polled once by `spawn`): the thread only needs to
+    /// sleep until it is due.
+    lease: bool,
+    /// A dropped guard asked for the release: the thread polls at once.
+    poke: bool,
+    /// The connection is gone: the thread ends.
+    closed: bool,
+}
+
+impl core::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Worker")
     }
 }
 
-/// A renewal thread: renews `first`, then every lease sent on `jobs`
-/// while its connection is pooled between them; ends when the sender is
-/// dropped (the connection closed instead of pooled).
-fn work(first: Job, jobs: Receiver<Job>) {
-    first.run();
-    while let Ok(job) = jobs.recv() {
-        job.run();
+impl Worker {
+    fn sched(&self) -> MutexGuard<'_, Sched> {
+        self.sched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the thread what changed (`f`); wakes it when `f` says so.
+    fn ring(&self, f: impl FnOnce(&mut Sched) -> bool) {
+        if f(&mut self.sched()) {
+            self.bell.notify_one();
+        }
+    }
+
+    /// Polls the loop once; whether it still runs. A loop that ends or
+    /// panics is dropped (before the panic goes on, so its renewer reports
+    /// the lease lost at once).
+    fn poll(&self) -> bool {
+        let mut slot = self.run.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(run) = slot.as_mut() else {
+            return false;
+        };
+        let cx = &mut Context::from_waker(Waker::noop());
+        let polled = catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)));
+        if !matches!(polled, Ok(Poll::Pending)) {
+            *slot = None;
+        }
+        drop(slot);
+        polled
+            .unwrap_or_else(|panic| resume_unwind(panic))
+            .is_pending()
+    }
+
+    /// When the thread wakes next for a running loop: when the loop's wait
+    /// ends, at most [`CLOSED_POLL`] from now (the loop then looks at the
+    /// connection).
+    fn next_wake(&self) -> std::time::Instant {
+        let due = Instant::from_millis(self.wake_at.load(Ordering::Relaxed));
+        std_instant(due).min(std::time::Instant::now() + CLOSED_POLL)
+    }
+}
+
+/// A connection's renewal thread (see [`Worker`]); ends with the
+/// connection. It polls the loop when poked or when its wait is over, and
+/// only sets its next wake for a new lease, so the caller's release that
+/// usually follows at once does not find the loop taken.
+fn work(w: &Worker) {
+    let mut sched = w.sched();
+    while !sched.closed {
+        if take(&mut sched.poke) || sched.wakes.is_some_and(|t| t <= std::time::Instant::now()) {
+            drop(sched);
+            let running = w.poll();
+            sched = w.sched();
+            sched.wakes = running.then(|| w.next_wake());
+        }
+        if take(&mut sched.lease) {
+            sched.wakes = Some(w.next_wake());
+        }
+        if sched.poke || sched.closed {
+            continue;
+        }
+        sched = match sched.wakes {
+            Some(t) => {
+                let left = t.saturating_duration_since(std::time::Instant::now());
+                let woken = w.bell.wait_timeout(sched, left);
+                woken.unwrap_or_else(|e| e.into_inner()).0
+            }
+            None => w.bell.wait(sched).unwrap_or_else(|e| e.into_inner()),
+        };
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        // Dropped without `release`, its loop running (or being polled):
+        // the renewal thread releases, asked before it looks (again by the
+        // inner guard's own drop, which is harmless).
+        if self.1.run.try_lock().map_or(true, |run| run.is_some()) {
+            self.0.ask_release();
+            self.1.ring(|s| {
+                s.poke = true;
+                true
+            });
+        }
     }
 }
 
 impl LeaseGuard {
-    /// Starts renewing the lease of `driver` on `conn`: on `worker`, the
-    /// thread parked with the pooled connection, or on a new thread.
-    fn spawn(
-        mut conn: Conn,
-        worker: Option<Sender<Job>>,
-        settings: Arc<Settings>,
-        driver: LeaseDriver,
-    ) -> Result<Self> {
+    /// Starts renewing the lease of `driver` on `conn`: on the thread
+    /// parked with the pooled connection, or on a new thread.
+    fn spawn(mut conn: Conn, settings: Arc<Settings>, driver: LeaseDriver) -> Result<Self> {
         #[cfg(unix)]
         let hangup = {
             use std::os::fd::AsFd;
-            HangUp::new(conn.get_mut().transport_mut().tcp().as_fd())
+            HangUp::new(conn.wire.get_mut().transport_mut().tcp().as_fd())
         };
         #[cfg(not(unix))]
         let hangup = HangUp::none();
+        let worker = match conn.worker.clone() {
+            Some(worker) => worker,
+            None => {
+                // A new connection's thread, started before the lease is
+                // handed over: if it cannot start, the connection closes.
+                let worker = Arc::<Worker>::default();
+                let w = worker.clone();
+                std::thread::Builder::new()
+                    .name("dflockd-lease".into())
+                    .spawn(move || work(&w))
+                    .map_err(Error::Io)?;
+                conn.worker.insert(worker).clone()
+            }
+        };
         let (guard, renewer) =
             Guard::new(settings.clone(), &driver, hangup.clone(), Condvar::new());
-        let mut job = Job {
-            io: ThreadIo {
-                conn,
-                closer: HangUpCloser(hangup),
-                settings,
-                worker: None,
-            },
-            driver,
-            renewer,
+        let io = ThreadIo {
+            conn,
+            closer: HangUpCloser(hangup),
+            settings,
         };
-        if let Some(worker) = worker {
-            job.io.worker = Some(worker.clone());
-            match worker.send(job) {
-                Ok(()) => return Ok(LeaseGuard(guard)),
-                // The parked thread is gone (it panicked): a new one.
-                Err(back) => job = back.0,
-            }
-        }
-        let (worker, jobs) = channel();
-        job.io.worker = Some(worker);
-        std::thread::Builder::new()
-            .name("dflockd-lease".into())
-            .spawn(move || work(job, jobs))
-            .map_err(Error::Io)?;
-        Ok(LeaseGuard(guard))
+        let run = async move {
+            let settings = io.settings.clone();
+            drive(io, &settings.key, driver, renewer).await;
+        };
+        *worker.run.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(run));
+        // Polled once here, so the thread needs no wake-up unless this
+        // lease is due before the thread wakes anyway.
+        worker.poll();
+        let due = worker.next_wake();
+        worker.ring(|s| {
+            s.lease = true;
+            s.wakes.is_none_or(|t| t > due)
+        });
+        Ok(LeaseGuard(guard, worker))
     }
 
     /// Blocks until the lease is lost (at the [`deadline`](Self::deadline)
@@ -287,37 +410,42 @@ impl LeaseGuard {
         block_on(self.0.lost_by(until))
     }
 
-    /// Releases the lease and closes its connection; blocks until the
-    /// server answered: at most the reply timeout or the time left on the
-    /// lease, whichever is shorter (after the deadline there is nothing to
-    /// release), plus a renew that may be in flight (bounded the same way).
+    /// Releases the lease, on the calling thread (no hand-off to the
+    /// renewal thread); blocks until the server answered: at most the reply
+    /// timeout or the time left on the lease, whichever is shorter (after
+    /// the deadline there is nothing to release), plus a renew that may be
+    /// in flight (bounded the same way). The connection then goes back to
+    /// the pool.
     ///
     /// [`Error::LeaseLost`] when it was lost before; other errors as the
-    /// release request reports them (the connection closes anyway, which
+    /// release request reports them (the connection closes then, which
     /// frees the lease on the server).
     pub fn release(self) -> Result<()> {
-        block_on(self.0.release())
+        // Asked without waking the renewal thread: the loop runs here.
+        self.0.shared.lock().release = true;
+        while self.1.poll() {}
+        let out = self.0.shared.lock().outcome();
+        out.unwrap_or(Err(Error::LeaseLost))
     }
 }
 
-/// The renewal thread's IO: the connection, and the closer that shuts the
-/// socket down when the lease ends, whatever the guard's duplicate
-/// descriptor does. Its futures block the thread (run by `block_on`).
+/// The renewal loop's IO: the connection (with its renewal thread: pooled
+/// with it after a clean release, ended with it otherwise), and the closer
+/// that shuts the socket down when the lease ends, whatever the guard's
+/// duplicate descriptor does. Its futures block the thread that polls
+/// them.
 struct ThreadIo {
     conn: Conn,
     closer: HangUpCloser,
     /// Where the connection goes back after a clean release.
     settings: Arc<Settings>,
-    /// The renewal thread's channel: pooled with the connection after a
-    /// clean release, dropped (ending the thread) otherwise.
-    worker: Option<Sender<Job>>,
 }
 
 impl ThreadIo {
     /// Gives the driver's next request its reply limit as the transport's
     /// deadline.
     fn arm(&mut self, limit: Instant) -> Result<()> {
-        let transport = self.conn.get_mut().transport_mut();
+        let transport = self.conn.wire.get_mut().transport_mut();
         transport
             .set_deadline(Some(std_instant(limit)))
             .map_err(Error::Io)
@@ -327,20 +455,24 @@ impl ThreadIo {
 impl RenewIo for ThreadIo {
     type Wake = Condvar;
 
-    fn now(&self) -> Instant {
-        StdTimer.now()
-    }
-
     async fn wait(&mut self, until: Instant, shared: &Shared<Condvar>) -> bool {
-        let status = shared.lock();
-        if !status.release {
-            // Wakes this often to look at the connection.
-            let left = until.saturating_duration_since(StdTimer.now());
-            drop(shared.wake.wait_timeout(status, left.min(CLOSED_POLL)));
+        if !shared.lock().release {
+            // Suspends the loop once: its thread sleeps without holding it
+            // (see `work`), so a release can take it meanwhile.
+            if let Some(w) = &self.conn.worker {
+                w.wake_at.store(until.as_millis(), Ordering::Relaxed);
+            }
+            let mut first = true;
+            poll_fn(|_| match take(&mut first) {
+                true => Poll::Pending,
+                false => Poll::Ready(()),
+            })
+            .await;
         }
         // A non-blocking peek: the server closed the connection, or sent
         // something nobody asked for (its idle-timeout `error`).
-        self.conn.is_usable() && !self.conn.get_mut().transport_mut().peer_closed()
+        let wire = &mut self.conn.wire;
+        wire.is_usable() && !wire.get_mut().transport_mut().peer_closed()
     }
 
     async fn renew(&mut self, d: &mut LeaseDriver, key: &str, limit: Instant) -> RenewReply {
@@ -350,6 +482,7 @@ impl RenewIo for ThreadIo {
         }
         let renew = self
             .conn
+            .wire
             .get_mut()
             .renew(d.kind(), key, &token, d.request_secs());
         Ok(renew.await.map_err(timeout_kind))
@@ -360,25 +493,18 @@ impl RenewIo for ThreadIo {
         if let Err(e) = self.arm(limit) {
             return Ok(Err(e));
         }
-        let release = self.conn.get_mut().release(d.kind(), key, &token);
+        let release = self.conn.wire.get_mut().release(d.kind(), key, &token);
         Ok(release.await.map_err(timeout_kind))
     }
 
     fn finish(self, released: bool) {
-        // Released cleanly: the connection goes back to the pool with
-        // this thread's channel, the closer leaves it open. Otherwise
-        // dropped here: the connection closes (and the server frees
-        // whatever it still holds for it), and the thread ends.
-        if released
-            && self.conn.is_usable()
-            && let Some(worker) = self.worker
-        {
+        // Released cleanly: the connection goes back to the pool with its
+        // thread, the closer leaves it open. Otherwise dropped
+        // here: the connection closes (and the server frees whatever it
+        // still holds for it), and its thread ends.
+        if released && self.conn.wire.is_usable() {
             self.closer.0.keep_open();
-            let parked = Parked {
-                conn: self.conn,
-                worker,
-            };
-            checkin(&self.settings, parked);
+            checkin(&self.settings, self.conn);
         }
     }
 }

@@ -26,11 +26,12 @@
 //! so a command from a handle starts within about 20 ms.
 
 use std::boxed::Box;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::string::String;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
 use std::time::Duration;
+use std::vec::Vec;
 
 use super::{
     BlockingTransport, ConnectOptions, HostConnection, HostStream, StdTimer, block_on, open_host,
@@ -39,8 +40,8 @@ use super::{
 use crate::protocol::Request;
 use crate::runtime::host::HostTls;
 use crate::runtime::host::signal::{
-    Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, SignalOptions,
-    Wake, boxed, run, send, signal_api,
+    Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Link, Port,
+    SignalOptions, Wake, boxed, run, send, signal_api,
 };
 use crate::runtime::host::sock::is_timeout;
 use crate::time::{Instant, Timer};
@@ -68,21 +69,7 @@ signal_api! {
     conn: "A blocking signal connection: an [`Iterator`] of [`Item`]s \
            (`Result<SignalEvent, Error>`).",
     try_recv: [],
-    recv: {
-        /// Waits at most `timeout` for the next item.
-        /// [`RecvTimeoutError::Disconnected`] once the iterator has ended.
-        pub fn recv_timeout(
-            &self,
-            timeout: Duration,
-        ) -> core::result::Result<Item, RecvTimeoutError> {
-            self.rx.recv_timeout(timeout)
-        }
-    },
-    notes: {
-        connect: "",
-        request: "Blocks for one round trip, at most the request timeout.",
-        emit: "",
-    },
+    notes: { request: "Blocks for one round trip, at most the request timeout." },
 }
 
 impl SignalHandle {
@@ -96,6 +83,12 @@ impl SignalHandle {
 }
 
 impl<const N: usize, const P: usize> SignalConn<N, P> {
+    /// Waits at most `timeout` for the next item.
+    /// [`RecvTimeoutError::Disconnected`] once the iterator has ended.
+    pub fn recv_timeout(&self, timeout: Duration) -> core::result::Result<Item, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+
     /// [`connect`](Self::connect) or [`connect_tls`](Self::connect_tls)
     /// by the TLS choice: the constructor for callers that hold their
     /// servers, auth, TLS and timeouts once (the `Client`).
@@ -106,11 +99,11 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         opts: SignalOptions,
     ) -> Result<Self> {
         let heartbeat = opts.check::<N, P>()?;
-        let addrs: std::vec::Vec<_> = addr.to_socket_addrs().map_err(Error::Io)?.collect();
+        let addr: Vec<_> = addr.to_socket_addrs().map_err(Error::Io)?.collect();
         let (tx, cmd_rx) = mpsc::channel();
         let (out, rx) = mpsc::sync_channel(opts.queue);
         let mut worker = Worker {
-            addrs,
+            addr,
             connect: connect_opts.clone(),
             tls,
             io_timeout: opts.io_timeout,
@@ -162,15 +155,7 @@ fn arm<const N: usize, const P: usize>(
 
 /// The connection's thread: the blocking side of the shared signal loop.
 /// Its futures block; `block_on` drives them.
-struct Worker {
-    addrs: std::vec::Vec<std::net::SocketAddr>,
-    connect: ConnectOptions,
-    /// Verifies every (re)connection when set.
-    tls: Option<HostTls>,
-    io_timeout: Duration,
-    cmd_rx: mpsc::Receiver<Command<Reply>>,
-    out: mpsc::SyncSender<Item>,
-}
+type Worker = Link<Vec<SocketAddr>, mpsc::Receiver<Command<Reply>>, mpsc::SyncSender<Item>>;
 
 impl Worker {
     /// A command if one comes within `dur`.
@@ -191,11 +176,8 @@ impl Port for Worker {
     async fn open<const N: usize, const P: usize>(
         &mut self,
     ) -> Result<Box<Connection<HostStream, N, P>>> {
-        let mut stream = open_host(&self.addrs[..], &self.connect, self.tls.as_ref())?;
-        stream
-            .set_deadline(std::time::Instant::now().checked_add(self.connect.io_timeout))
-            .map_err(Error::Io)?;
-        let mut conn = boxed(stream);
+        let mut conn = boxed(open_host(&self.addr[..], &self.connect, self.tls.as_ref())?);
+        arm(&mut conn, self.connect.io_timeout)?;
         if let Some(token) = &self.connect.auth_token {
             conn.auth(token.expose()).await.map_err(timeout_kind)?;
         }
@@ -223,8 +205,9 @@ impl Port for Worker {
             Err(TryRecvError::Disconnected) => return Wake::Closed,
             Err(TryRecvError::Empty) => {}
         }
-        let left = until.map(|t| t.saturating_duration_since(StdTimer.now()));
-        if left == Some(Duration::ZERO) {
+        // Without a deadline, one slice.
+        let left = until.map_or(TICK, |t| t.saturating_duration_since(StdTimer.now()));
+        if left.is_zero() {
             return Wake::Progress;
         }
         // Hand over what was received; wait a slice for room if need be.
@@ -234,15 +217,15 @@ impl Port for Worker {
                 Ok(()) | Err(TrySendError::Disconnected(_)) => Wake::Progress,
                 Err(TrySendError::Full(back)) => {
                     *held = Some(back);
-                    self.command_within(left.unwrap_or(TICK).min(TICK))
+                    self.command_within(left.min(TICK))
                 }
             };
         }
         let Some(conn) = conn else {
-            return self.command_within(left.unwrap_or(TICK));
+            return self.command_within(left);
         };
         // Wait a slice for the socket.
-        let slice = left.unwrap_or(TICK).clamp(Duration::from_millis(1), TICK);
+        let slice = left.clamp(Duration::from_millis(1), TICK);
         if let Err(e) = arm(conn, slice) {
             return Wake::Lost(e);
         }

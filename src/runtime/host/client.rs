@@ -83,7 +83,8 @@ impl<C: Send + 'static> ClientCore<C> {
         let addr = c.servers.first().map_or(DEFAULT_SERVER, String::as_str);
         opts.read_timeout = c.read_timeout;
         opts.io_timeout = c.io_timeout;
-        Ok((addr, c.connect_options(), c.tls_for(addr)?, opts))
+        let (addr, connect, tls) = c.dial(addr)?;
+        Ok((addr, connect, tls, opts))
     }
 
     /// [`SignalOptions::default`], with a heartbeat below the client's
@@ -100,10 +101,13 @@ impl<C: Send + 'static> ClientCore<C> {
 
 /// Defines a runtime's `Client` and `ClientBuilder`: `$lock` and `$sem`
 /// are its lock types, `$conn` the connection they pool, `$rt` its name
-/// in the docs. The runtime adds the signal connection.
+/// in the docs. The `Client` docs are the shared `client.md` and the
+/// runtime's own example, `client-$rt.md`. The runtime adds the signal
+/// connection.
 macro_rules! client_types {
     ($lock:ty, $sem:ty, $conn:ty, $rt:literal) => {
         #[doc = include_str!("../host/client.md")]
+        #[doc = include_str!(concat!("../host/client-", $rt, ".md"))]
         #[derive(Debug, Clone)]
         pub struct Client(crate::runtime::host::client::ClientCore<$conn>);
 
@@ -134,7 +138,7 @@ macro_rules! client_types {
             /// server setting, one reply bound for every lock).
             ///
             /// ```no_run
-            /// # fn demo(client: &dflockd_client::blocking::Client) {
+            #[doc = concat!(" # fn demo(client: &dflockd_client::", $rt, "::Client) {")]
             /// use std::time::Duration;
             /// use dflockd_client::lock::LockOptions;
             ///

@@ -20,9 +20,8 @@ use std::time::Duration;
 
 use embedded_io_async::ErrorType;
 
-use super::lock::{
-    Guard, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, State, Status, Wake, drive,
-};
+use super::lock::{Guard, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, State, Wake, drive};
+use super::settings::setters;
 use super::{HangUp, HostTls};
 use crate::cluster::{
     ClusterConn, Connector, Members, RedirectPolicy, StableRef, validate_members,
@@ -134,47 +133,31 @@ impl<R: ClusterRuntime> ClusterBuilder<ClusterClient<R>> {
         }
     }
 
-    /// Sends `auth` with this token on every new connection. Never logged.
-    pub fn auth_token(mut self, token: impl Into<AuthToken>) -> Self {
-        self.settings.auth_token = Some(token.into());
-        self
-    }
+    setters! {
+        /// Sends `auth` with this token on every new connection. Never logged.
+        auth_token(token: impl Into<AuthToken>) => settings.auth_token = Some(token.into());
 
-    /// The client's stable ref (1 to 64 bytes of printable ASCII; checked
-    /// by [`build`](Self::build)). Default: a random ref, kept for the
-    /// client's lifetime. Set it to get locks back across a process
-    /// restart (with `--orphan-ttl`); never share one between clients.
-    pub fn stable_ref(mut self, reference: impl Into<String>) -> Self {
-        self.stable_ref = Some(reference.into());
-        self
-    }
+        /// The client's stable ref (1 to 64 bytes of printable ASCII; checked
+        /// by [`build`](Self::build)). Default: a random ref, kept for the
+        /// client's lifetime. Set it to get locks back across a process
+        /// restart (with `--orphan-ttl`); never share one between clients.
+        stable_ref(reference: impl Into<String>) => stable_ref = Some(reference.into());
 
-    /// The redirect budget and backoff (default [`RedirectPolicy::DEFAULT`]).
-    pub fn redirect_policy(mut self, policy: RedirectPolicy) -> Self {
-        self.settings.policy = policy;
-        self
-    }
+        /// The redirect budget and backoff (default [`RedirectPolicy::DEFAULT`]).
+        redirect_policy(policy: RedirectPolicy) => settings.policy = policy;
 
-    /// Gives up dialling a member after this long (default 10 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.connect_timeout = timeout;
-        self
-    }
+        /// Gives up dialling a member after this long (default 10 s).
+        connect_timeout(timeout: Duration) => settings.connect_timeout = timeout;
 
-    /// Reply timeout beyond any server-side blocking, also for the
-    /// `auth` / `stable-ref` handshake, `barrier`, `ping`, `stats`
-    /// (default 10 s).
-    pub fn io_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.io_timeout = timeout;
-        self
-    }
+        /// Reply timeout beyond any server-side blocking, also for the
+        /// `auth` / `stable-ref` handshake, `barrier`, `ping`, `stats`
+        /// (default 10 s).
+        io_timeout(timeout: Duration) => settings.io_timeout = timeout;
 
-    /// TLS to every member (feature `rustls`), each checked against the
-    /// connector's server name.
-    #[cfg(feature = "rustls")]
-    pub fn tls(mut self, connector: super::rustls::RustlsConnector) -> Self {
-        self.settings.tls = Some(connector);
-        self
+        /// TLS to every member (feature `rustls`), each checked against the
+        /// connector's server name.
+        #[cfg(feature = "rustls")]
+        tls(connector: super::rustls::RustlsConnector) => settings.tls = Some(connector);
     }
 
     /// Builds the client. Connects lazily.
@@ -433,31 +416,14 @@ macro_rules! cluster_api {
                 $($block)*(self.acquire_guard(timeout))$($await)*
             }
 
-            /// How long the server may block an acquire (default 10 s). The
-            /// budget covers failovers: an acquire re-sent to a new leader
-            /// gets what is left of it.
-            pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
-                self.options.acquire_timeout = timeout;
-                self
-            }
-
-            /// The lease TTL (default: the server's, 33 s). A lease survives
-            /// a failover when the election is shorter than the lease.
-            pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-                self.options.lease_ttl = Some(ttl);
-                self
-            }
-
-            /// Renew at this fraction of the lease (default 0.5).
-            pub fn renew_ratio(mut self, ratio: $crate::lock::RenewRatio) -> Self {
-                self.options.renew_ratio = ratio;
-                self
-            }
-
-            /// Early renew jitter (default 10 %).
-            pub fn early_jitter(mut self, jitter: $crate::lock::Jitter) -> Self {
-                self.options.early_jitter = jitter;
-                self
+            $crate::runtime::host::settings::lease_setters! {
+                /// How long the server may block an acquire (default 10 s). The
+                /// budget covers failovers: an acquire re-sent to a new leader
+                /// gets what is left of it.
+                acquire_timeout,
+                /// The lease TTL (default: the server's, 33 s). A lease survives
+                /// a failover when the election is shorter than the lease.
+                lease_ttl
             }
 
             /// All lease options at once.
@@ -473,43 +439,21 @@ macro_rules! cluster_api {
         }
 
         impl ClusterGuard {
-            /// The key.
-            pub fn key(&self) -> &str {
-                &self.guard.settings.key
-            }
-
-            /// Lock or semaphore.
-            pub fn kind(&self) -> $crate::Kind {
-                self.guard.settings.kind
+            $crate::runtime::host::lock::lock_api! {
+                @guard guard,
+                /// The fence (see [`Fence`](crate::Fence): on a v2 cluster a
+                /// replicated counter that only grows, across failovers), or
+                /// `None` once the lease is lost.
+                fence,
+                /// Whether the lease is known to be lost (never blocks): the
+                /// renewal task said so or is gone, or the conservative deadline
+                /// has passed by the clock.
+                is_lost
             }
 
             /// The member that granted the lease.
             pub fn granted_by(&self) -> &str {
                 &self.member
-            }
-
-            /// The lease TTL granted.
-            pub fn ttl(&self) -> Duration {
-                self.guard.ttl
-            }
-
-            /// The token, or `None` once the lease is lost.
-            pub fn token(&self) -> Option<$crate::Token> {
-                (!self.is_lost()).then_some(self.guard.token)
-            }
-
-            /// The fence (see [`Fence`](crate::Fence): on a v2 cluster a
-            /// replicated counter that only grows, across failovers), or
-            /// `None` once the lease is lost.
-            pub fn fence(&self) -> Option<$crate::Fence> {
-                self.token().map(|t| t.fence())
-            }
-
-            /// Whether the lease is known to be lost (never blocks): the
-            /// renewal task said so or is gone, or the conservative deadline
-            /// has passed by the clock.
-            pub fn is_lost(&self) -> bool {
-                self.lost_now()
             }
 
             /// The latest successful renew, if any.
@@ -624,14 +568,10 @@ struct RenewOn<R: ClusterRuntime>(Arc<ClusterLock<R>>, String);
 impl<R: ClusterRuntime> RenewIo for RenewOn<R> {
     type Wake = R::Wake;
 
-    fn now(&self) -> Instant {
-        R::Wake::now()
-    }
-
     async fn wait(&mut self, until: Instant, shared: &Shared<R::Wake>) -> bool {
         // No connection of its own to watch (a lane reconnects).
-        let due = |s: &mut Status| (s.release || R::Wake::now() >= until).then_some(true);
-        R::Wake::until(shared, &mut |s| due(s).map_or(Continue(Some(until)), Break)).await
+        shared.release_or(until).await;
+        true
     }
 
     async fn renew(&mut self, driver: &mut LeaseDriver, key: &str, _: Instant) -> RenewReply {
@@ -674,12 +614,6 @@ pub struct ClusterGuard<R: ClusterRuntime> {
 }
 
 impl<R: ClusterRuntime> ClusterGuard<R> {
-    /// Whether the lease is known to be lost: the renewal side said so or
-    /// is gone, or the deadline passed by the clock.
-    pub(crate) fn lost_now(&self) -> bool {
-        self.guard.is_lost(R::Wake::now())
-    }
-
     /// Waits for the next renewal this guard has not seen: `None` once the
     /// lease ended.
     pub(crate) async fn next(&mut self) -> Option<Renewal> {

@@ -12,11 +12,10 @@ use std::string::String;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::HangUp;
 use super::cluster::Renewal;
-use super::settings::Settings;
-use super::{HangUp, HostTls};
+use super::settings::{Dial, Settings};
 use crate::lock::{Action, LeaseDriver, Reply};
-use crate::runtime::ConnectOptions;
 use crate::time::{Instant, Timer};
 use crate::{Error, Token};
 
@@ -24,9 +23,8 @@ type Result<T> = core::result::Result<T, Error<io::Error>>;
 
 /// Where a lock connects: the server that owns the key, the connect
 /// options and the TLS connector for it.
-pub(crate) fn dial(s: &Settings) -> Result<(&str, ConnectOptions, Option<HostTls>)> {
-    let addr = s.server()?;
-    Ok((addr, s.connect_options(), s.tls_for(addr)?))
+pub(crate) fn dial(s: &Settings) -> Result<Dial<'_>> {
+    s.config.dial(s.server()?)
 }
 
 /// Where a lease stands, by its renewal side's word.
@@ -108,6 +106,16 @@ impl<W: Wake> Shared<W> {
         f(&mut self.lock());
         self.wake.wake();
     }
+
+    /// Waits until a release is asked for or the clock reaches `until`:
+    /// the renewal side's wait, apart from watching a connection.
+    pub(crate) async fn release_or(&self, until: Instant) {
+        W::until(self, &mut |s| match s.release || W::now() >= until {
+            true => Break(()),
+            false => Continue(Some(until)),
+        })
+        .await
+    }
 }
 
 /// The renewal side's handle on the status. A renewal side that vanishes
@@ -175,9 +183,15 @@ impl<W: Wake, S> Guard<W, S> {
         self.shared.lock().is_lost(now) || self.hangup.seen()
     }
 
-    /// The lease's conservative deadline (adapter timer time).
-    pub(crate) fn deadline(&self) -> Instant {
-        self.shared.lock().deadline
+    /// [`is_lost`](Self::is_lost) now, by the adapter's timer.
+    pub(crate) fn lost_now(&self) -> bool {
+        self.is_lost(W::now())
+    }
+
+    /// The lease's conservative deadline (both host timers count from one
+    /// epoch, so one conversion serves both).
+    pub(crate) fn deadline(&self) -> std::time::Instant {
+        super::std_instant(self.shared.lock().deadline)
     }
 
     /// Asks the renewal side for the release (see [`Status::outcome`]).
@@ -233,7 +247,9 @@ pub(crate) trait RenewIo {
     type Wake: Wake;
 
     /// The adapter timer's time.
-    fn now(&self) -> Instant;
+    fn now(&self) -> Instant {
+        Self::Wake::now()
+    }
 
     /// Waits until `until`, a change of `shared` (a release asked for) or
     /// the connection's close (`false`). May return early.
@@ -322,16 +338,12 @@ pub(crate) async fn drive<I: RenewIo>(
 /// The expanding module provides `Conn` (its connection type),
 /// `LeaseGuard(Guard<..>)`, `Result`, and the functions
 /// `acquire_within(&Arc<Settings>, Duration)`, `enqueue(&Arc<Settings>)`
-/// and `wait_within(Box<Conn>, Arc<Settings>, Duration)`. `clock` gives
-/// the adapter timer's time, `to_std` turns it into a `std` instant,
-/// `cancel` is a sentence on cancel safety for each request, and `run`
+/// and `wait_within(Box<Conn>, Arc<Settings>, Duration)`. `cancel` is a sentence on cancel safety for each request, and `run`
 /// the adapter's own `run` method for both lock types.
 macro_rules! lock_api {
     (
         async: [$($async:tt)?],
         await: [$($await:tt)*],
-        clock: $clock:expr,
-        to_std: $to_std:expr,
         cancel: $cancel:literal,
         run: { $($run:tt)* }
     ) => {
@@ -454,40 +466,18 @@ macro_rules! lock_api {
         }
 
         impl LeaseGuard {
-            /// The key.
-            pub fn key(&self) -> &str {
-                &self.0.settings.key
-            }
-
-            /// Lock or semaphore.
-            pub fn kind(&self) -> $crate::Kind {
-                self.0.settings.kind
-            }
-
-            /// The lease token, or `None` once the lease is lost.
-            pub fn token(&self) -> Option<$crate::Token> {
-                (!self.is_lost()).then_some(self.0.token)
-            }
-
-            /// The fencing value of the token (see
-            /// [`Token::fence`](crate::Token::fence)), or `None` once the
-            /// lease is lost.
-            pub fn fence(&self) -> Option<$crate::Fence> {
-                self.token().map(|t| t.fence())
-            }
-
-            /// The lease TTL granted by the server.
-            pub fn ttl(&self) -> Duration {
-                self.0.ttl
-            }
-
-            /// Whether the lease is known to be lost: the renewal side gave
-            /// up or is gone, the clock passed the
-            /// [`deadline`](Self::deadline), or (Linux) the connection is
-            /// closed — with the server's auto-release on disconnect the
-            /// lease may be someone else's already. Never blocks.
-            pub fn is_lost(&self) -> bool {
-                self.0.is_lost($crate::time::Timer::now(&$clock))
+            $crate::runtime::host::lock::lock_api! {
+                @guard 0,
+                /// The fencing value of the token (see
+                /// [`Token::fence`](crate::Token::fence)), or `None` once the
+                /// lease is lost.
+                fence,
+                /// Whether the lease is known to be lost: the renewal side gave
+                /// up or is gone, the clock passed the
+                /// [`deadline`](Self::deadline), or (Linux) the connection is
+                /// closed — with the server's auto-release on disconnect the
+                /// lease may be someone else's already. Never blocks.
+                is_lost
             }
 
             /// The lease's conservative deadline: when the acquire or the
@@ -495,8 +485,42 @@ macro_rules! lock_api {
             /// cannot have expired the lease before it; from it on the guard
             /// reports the lease lost unless a renew moved it.
             pub fn deadline(&self) -> std::time::Instant {
-                $to_std(self.0.deadline())
+                self.0.deadline()
             }
+        }
+    };
+    // The accessors of a lease guard (plain or cluster) on its `Guard`,
+    // the field `$g`; the docs of `fence` and `is_lost` say what they mean
+    // there.
+    (@guard $g:tt, $(#[$fence:meta])* fence, $(#[$lost:meta])* is_lost) => {
+        /// The key.
+        pub fn key(&self) -> &str {
+            &self.$g.settings.key
+        }
+
+        /// Lock or semaphore.
+        pub fn kind(&self) -> $crate::Kind {
+            self.$g.settings.kind
+        }
+
+        /// The lease token, or `None` once the lease is lost.
+        pub fn token(&self) -> Option<$crate::Token> {
+            (!self.is_lost()).then_some(self.$g.token)
+        }
+
+        $(#[$fence])*
+        pub fn fence(&self) -> Option<$crate::Fence> {
+            self.token().map(|t| t.fence())
+        }
+
+        /// The lease TTL granted by the server.
+        pub fn ttl(&self) -> Duration {
+            self.$g.ttl
+        }
+
+        $(#[$lost])*
+        pub fn is_lost(&self) -> bool {
+            self.$g.lost_now()
         }
     };
     (@requests [$($async:tt)?] [$($await:tt)*] $cancel:literal) => {

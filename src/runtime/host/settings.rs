@@ -14,7 +14,7 @@ use std::vec::Vec;
 
 use super::HostTls;
 use super::pool::{DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE, Pool, max_age};
-use crate::lock::{Jitter, LockOptions, LockSpec, RenewRatio};
+use crate::lock::{LockOptions, LockSpec};
 use crate::routing::{Crc32Mod, RouteError, Strategy, route};
 use crate::runtime::{AuthToken, ConnectOptions, DEFAULT_CONNECT_TIMEOUT};
 use crate::{ConfigError, Error, Kind};
@@ -100,18 +100,16 @@ impl ClientConfig {
         pool.clone().downcast().ok()
     }
 
-    /// How to connect to any server.
-    pub(crate) fn connect_options(&self) -> ConnectOptions {
-        ConnectOptions {
+    /// How to connect to the server at `addr`: the address, the connect
+    /// options and the TLS connector for it, if TLS is on.
+    pub(crate) fn dial<'a>(&self, addr: &'a str) -> Result<Dial<'a>, Error<io::Error>> {
+        let tls = self.tls.as_ref().map(|t| t.for_addr(addr)).transpose()?;
+        let opts = ConnectOptions {
             connect_timeout: self.connect_timeout,
             io_timeout: self.io_timeout,
             auth_token: self.auth_token.clone(),
-        }
-    }
-
-    /// The TLS connector for the server at `addr`, if TLS is on.
-    pub(crate) fn tls_for(&self, addr: &str) -> Result<Option<HostTls>, Error<io::Error>> {
-        self.tls.as_ref().map(|t| t.for_addr(addr)).transpose()
+        };
+        Ok((addr, opts, tls))
     }
 
     /// The index of the server that owns `key`.
@@ -120,6 +118,9 @@ impl ClientConfig {
         route(&*self.strategy, key, &list).map_err(route_error)
     }
 }
+
+/// Where and how to connect: see [`ClientConfig::dial`].
+pub(crate) type Dial<'a> = (&'a str, ConnectOptions, Option<HostTls>);
 
 /// Everything a host lock needs; shared by its guards. `options` carries
 /// the client's `io_timeout` and `read_timeout`.
@@ -212,7 +213,7 @@ impl Settings {
 }
 
 /// A lock's settings read as the client-wide ones too
-/// (`settings.connect_timeout`, `settings.tls_for(addr)`).
+/// (`settings.connect_timeout`, `settings.dial(addr)`).
 impl core::ops::Deref for Settings {
     type Target = ClientConfig;
 
@@ -230,6 +231,43 @@ fn route_error(e: RouteError) -> Error<io::Error> {
         ),
     })
 }
+
+/// Builder setters that store their argument, one line each:
+/// `docs name(arg: Type) => field.path = value;` expands to
+/// `pub fn name(mut self, arg: Type) -> Self` doing `self.field.path =
+/// value`. The one way every host builder's setter is written.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident($arg:ident: $ty:ty) => $($field:ident).+ = $value:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $arg: $ty) -> Self {
+                self.$($field).+ = $value;
+                self
+            }
+        )*
+    };
+}
+pub(crate) use setters;
+
+/// The lease setters of [`LockBuilder`] and the cluster locks (both keep
+/// `options: LockOptions`); each says what the acquire timeout and the
+/// lease TTL mean for it, and writes its own `options`.
+macro_rules! lease_setters {
+    ($(#[$acquire:meta])* acquire_timeout, $(#[$ttl:meta])* lease_ttl) => {
+        $crate::runtime::host::settings::setters! {
+            $(#[$acquire])*
+            acquire_timeout(timeout: core::time::Duration) => options.acquire_timeout = timeout;
+            $(#[$ttl])*
+            lease_ttl(ttl: core::time::Duration) => options.lease_ttl = Some(ttl);
+            /// When to renew, as a fraction of the lease (default 0.5).
+            renew_ratio(ratio: $crate::lock::RenewRatio) => options.renew_ratio = ratio;
+            /// Random early renew, as a fraction of the renew interval
+            /// (default 10 %).
+            early_jitter(jitter: $crate::lock::Jitter) => options.early_jitter = jitter;
+        }
+    };
+}
+pub(crate) use lease_setters;
 
 /// The client-wide setters, shared by [`LockBuilder`] and
 /// [`ClientBuilder`](super::client::ClientBuilder) (both keep a
@@ -253,81 +291,60 @@ macro_rules! config_setters {
             self
         }
 
-        /// Sets the routing strategy (default [`Crc32Mod`](crate::routing::Crc32Mod), as the other
-        /// clients). A closure `Fn(&str, &[&str]) -> usize` works; an index out
-        /// of range makes acquires fail with [`Error::Config`](crate::Error::Config).
-        pub fn strategy(
-            mut self,
-            strategy: impl $crate::routing::Strategy + Send + Sync + 'static,
-        ) -> Self {
-            self.config.strategy = std::sync::Arc::new(strategy);
-            self
-        }
+        $crate::runtime::host::settings::setters! {
+            /// Sets the routing strategy (default [`Crc32Mod`](crate::routing::Crc32Mod), as the other
+            /// clients). A closure `Fn(&str, &[&str]) -> usize` works; an index out
+            /// of range makes acquires fail with [`Error::Config`](crate::Error::Config).
+            strategy(strategy: impl $crate::routing::Strategy + Send + Sync + 'static)
+                => config.strategy = std::sync::Arc::new(strategy);
 
-        /// Authenticates every connection with this token. Never logged.
-        pub fn auth_token(mut self, token: impl Into<$crate::runtime::AuthToken>) -> Self {
-            self.config.auth_token = Some(token.into());
-            self
-        }
+            /// Authenticates every connection with this token. Never logged.
+            auth_token(token: impl Into<$crate::runtime::AuthToken>)
+                => config.auth_token = Some(token.into());
 
-        /// Connects over TLS (feature `rustls`), verified by `connector`:
-        /// chain, validity period and server name, with the name taken from the
-        /// connector. With several servers, every one of them must present a
-        /// certificate valid for that name (one name in the subjectAltName of
-        /// all, or a wildcard); when each server has a certificate of its own,
-        /// use [`tls_per_server`](Self::tls_per_server).
-        ///
-        /// The TCP connect, the handshake and the `auth` each get the
-        /// [`connect_timeout`](Self::connect_timeout). A certificate that fails
-        /// verification makes every acquire fail with [`Error::Io`](crate::Error::Io); see
-        /// [`rustls_error`](crate::tls_rustls::rustls_error) for the reason.
-        /// Without this option the connections are plain TCP.
-        #[cfg(feature = "rustls")]
-        pub fn tls(mut self, connector: $crate::runtime::host::rustls::RustlsConnector) -> Self {
-            self.config.tls = Some($crate::runtime::host::settings::TlsSetting {
-                connector,
-                name_per_server: false,
-            });
-            self
-        }
+            /// Connects over TLS (feature `rustls`), verified by `connector`:
+            /// chain, validity period and server name, with the name taken from the
+            /// connector. With several servers, every one of them must present a
+            /// certificate valid for that name (one name in the subjectAltName of
+            /// all, or a wildcard); when each server has a certificate of its own,
+            /// use [`tls_per_server`](Self::tls_per_server).
+            ///
+            /// The TCP connect, the handshake and the `auth` each get the
+            /// [`connect_timeout`](Self::connect_timeout). A certificate that fails
+            /// verification makes every acquire fail with [`Error::Io`](crate::Error::Io); see
+            /// [`rustls_error`](crate::tls_rustls::rustls_error) for the reason.
+            /// Without this option the connections are plain TCP.
+            #[cfg(feature = "rustls")]
+            tls(connector: $crate::runtime::host::rustls::RustlsConnector)
+                => config.tls = Some($crate::runtime::host::settings::TlsSetting {
+                    connector,
+                    name_per_server: false,
+                });
 
-        /// [`tls`](Self::tls), but each server's certificate is checked against
-        /// the host part of its own address (`locks-2.example.com` for
-        /// `locks-2.example.com:6388`, `10.0.0.2` for `10.0.0.2:6388`, which
-        /// then needs an IP address subjectAltName). The connector's own name
-        /// is not used; its roots and configuration are.
-        #[cfg(feature = "rustls")]
-        pub fn tls_per_server(
-            mut self,
-            connector: $crate::runtime::host::rustls::RustlsConnector,
-        ) -> Self {
-            self.config.tls = Some($crate::runtime::host::settings::TlsSetting {
-                connector,
-                name_per_server: true,
-            });
-            self
-        }
+            /// [`tls`](Self::tls), but each server's certificate is checked against
+            /// the host part of its own address (`locks-2.example.com` for
+            /// `locks-2.example.com:6388`, `10.0.0.2` for `10.0.0.2:6388`, which
+            /// then needs an IP address subjectAltName). The connector's own name
+            /// is not used; its roots and configuration are.
+            #[cfg(feature = "rustls")]
+            tls_per_server(connector: $crate::runtime::host::rustls::RustlsConnector)
+                => config.tls = Some($crate::runtime::host::settings::TlsSetting {
+                    connector,
+                    name_per_server: true,
+                });
 
-        /// Gives up connecting after this long (default 10 s).
-        pub fn connect_timeout(mut self, timeout: core::time::Duration) -> Self {
-            self.config.connect_timeout = timeout;
-            self
-        }
+            /// Gives up connecting after this long (default 10 s).
+            connect_timeout(timeout: core::time::Duration) => config.connect_timeout = timeout;
 
-        /// The server's idle read timeout (`--read-timeout`, default 23 s):
-        /// renews are sent often enough that a held connection is never
-        /// silent that long, and an idle pooled connection is closed after two
-        /// thirds of it at the latest. Zero: no bound.
-        pub fn read_timeout(mut self, timeout: core::time::Duration) -> Self {
-            self.config.read_timeout = timeout;
-            self
-        }
+            /// The server's idle read timeout (`--read-timeout`, default 23 s):
+            /// renews are sent often enough that a held connection is never
+            /// silent that long, and an idle pooled connection is closed after two
+            /// thirds of it at the latest. Zero: no bound.
+            read_timeout(timeout: core::time::Duration) => config.read_timeout = timeout;
 
-        /// Client-side reply timeout beyond server-side blocking (default
-        /// 10 s): a dead server gives [`Error::Timeout`](crate::Error::Timeout).
-        pub fn io_timeout(mut self, timeout: core::time::Duration) -> Self {
-            self.config.io_timeout = timeout;
-            self
+            /// Client-side reply timeout beyond server-side blocking (default
+            /// 10 s): a dead server gives [`Error::Timeout`](crate::Error::Timeout).
+            io_timeout(timeout: core::time::Duration) => config.io_timeout = timeout;
         }
     };
 }
@@ -396,30 +413,12 @@ impl<L: sealed::FromSettings> LockBuilder<L> {
 
     config_setters!();
 
-    /// How long the server may block an acquire or wait (default 10 s).
-    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
-        self.options.acquire_timeout = timeout;
-        self
-    }
-
-    /// The lease TTL (default: the server's). Sent in whole seconds,
-    /// rounded up.
-    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.options.lease_ttl = Some(ttl);
-        self
-    }
-
-    /// When to renew, as a fraction of the lease (default 0.5).
-    pub fn renew_ratio(mut self, ratio: RenewRatio) -> Self {
-        self.options.renew_ratio = ratio;
-        self
-    }
-
-    /// Random early renew, as a fraction of the renew interval
-    /// (default 10 %).
-    pub fn early_jitter(mut self, jitter: Jitter) -> Self {
-        self.options.early_jitter = jitter;
-        self
+    lease_setters! {
+        /// How long the server may block an acquire or wait (default 10 s).
+        acquire_timeout,
+        /// The lease TTL (default: the server's). Sent in whole seconds,
+        /// rounded up.
+        lease_ttl
     }
 
     /// Replaces all lease options at once (its `read_timeout` and

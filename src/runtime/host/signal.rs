@@ -180,12 +180,12 @@ impl SignalOptions {
 /// `Receiver`), `Reply`, `Result`, `ConnectOptions`, the private
 /// `SignalHandle::call` (one command's round trip),
 /// `SignalConn::connect_with` and `emit_over` (one signal on a fresh
-/// connection, checked first). `addr` is the address type, `who` where
-/// handles are used from, `links` the adapter's `connect` and
-/// `connect_tls` (doc links), `conn` the first paragraph of
-/// `SignalConn`'s doc, `recv` the adapter's own way to wait for an item,
-/// and the notes say what the adapter's connect,
-/// requests and one-shot emit do on cancellation or how long they block.
+/// connection, checked first), and its own way to wait for an item.
+/// `addr` is the address type, `who` where handles are used from, `links`
+/// the adapter's `connect` and `connect_tls` (doc links), `conn` the first
+/// paragraph of `SignalConn`'s doc, and the notes say what the adapter's
+/// connect, requests and one-shot emit do on cancellation or how long
+/// they block (the connect and emit notes are optional).
 macro_rules! signal_api {
     (
         async: [$($async:tt)?],
@@ -197,11 +197,10 @@ macro_rules! signal_api {
         links: [$connect:literal, $connect_tls:literal $(,)?],
         conn: $conn:literal,
         try_recv: [$($mut:tt)?],
-        recv: { $($recv:tt)* },
         notes: {
-            connect: $connect_note:literal,
-            request: $request:literal,
-            emit: $emit:literal $(,)?
+            $(connect: $connect_note:literal,)?
+            request: $request:literal
+            $(, emit: $emit:literal)? $(,)?
         } $(,)?
     ) => {
         pub use $crate::runtime::host::signal::Item;
@@ -299,7 +298,7 @@ macro_rules! signal_api {
             /// a heartbeat not below the server read timeout), and everything
             #[doc = concat!($connect, " returns.")]
             ///
-            #[doc = $connect_note]
+            $(#[doc = $connect_note])?
             pub $($async)? fn connect(
                 addr: $addr,
                 connect_opts: &ConnectOptions,
@@ -320,7 +319,7 @@ macro_rules! signal_api {
             /// that does not speak TLS gives [`Error::Timeout`](crate::Error::Timeout)
             /// or [`Error::Io`](crate::Error::Io).
             ///
-            #[doc = $connect_note]
+            $(#[doc = $connect_note])?
             #[cfg(feature = "rustls")]
             pub $($async)? fn connect_tls(
                 addr: $addr,
@@ -335,8 +334,6 @@ macro_rules! signal_api {
             pub fn handle(&self) -> SignalHandle {
                 self.handle.clone()
             }
-
-            $($recv)*
 
             /// The next item if one is ready, without waiting.
             pub fn try_recv(&$($mut)? self) -> Option<Item> {
@@ -374,7 +371,7 @@ macro_rules! signal_api {
         /// publishers that do not listen. Returns the number of deliveries.
         ///
         /// The channel and payload are checked before connecting.
-        #[doc = $emit]
+        $(#[doc = $emit])?
         pub $($async)? fn emit(
             addr: $addr,
             channel: &str,
@@ -388,7 +385,7 @@ macro_rules! signal_api {
             "[`emit`] over TLS (feature `rustls`), verified by `tls` as ", $connect_tls, " does.",
         )]
         ///
-        #[doc = $emit]
+        $(#[doc = $emit])?
         #[cfg(feature = "rustls")]
         pub $($async)? fn emit_tls(
             addr: $addr,
@@ -482,6 +479,19 @@ pub(crate) struct Command<R>(pub(crate) Cmd, pub(crate) R);
 
 /// The answer to a [`Command`].
 pub(crate) type CommandResult = Result<u64>;
+
+/// What each runtime's [`Port`] holds: where and how to (re)connect, the
+/// request timeout, the handles' commands (`C`) and the consumer's queue
+/// (`O`).
+pub(crate) struct Link<A, C, O> {
+    pub(crate) addr: A,
+    pub(crate) connect: crate::runtime::ConnectOptions,
+    /// Verifies every (re)connection when set.
+    pub(crate) tls: Option<super::HostTls>,
+    pub(crate) io_timeout: Duration,
+    pub(crate) cmd_rx: C,
+    pub(crate) out: O,
+}
 
 /// What a [`Port::wait`] ended with.
 pub(crate) enum Wake<R> {
@@ -589,9 +599,7 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
         dropped.store(driver.dropped(conn.dropped_signals()), Ordering::Relaxed);
         match driver.poll(port.now()) {
             Action::Serve { heartbeat_at } => {
-                if held.is_none() {
-                    held = conn.try_next_signal().map(signal_item);
-                }
+                held = held.or_else(|| conn.try_next_signal().map(signal_item));
                 match port
                     .wait(Some(&mut conn), &mut held, Some(heartbeat_at))
                     .await
@@ -618,13 +626,11 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
                 }
             }
             Action::Drain => {
-                if held.is_none() {
-                    held = conn.try_next_signal().map(signal_item);
-                }
+                held = held.or_else(|| conn.try_next_signal().map(signal_item));
                 if held.is_none() {
                     warn!("signal connection lost");
                     driver.drained();
-                } else if !hand_over(port, &mut driver, &mut conn, &mut held).await {
+                } else if !idle(port, &mut driver, &mut conn, &mut held, None).await {
                     return;
                 }
             }
@@ -632,7 +638,7 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
             // says `End`.
             Action::ReportLost | Action::GiveUp => {
                 held = Some(Err(core::mem::replace(&mut error, Error::Disconnected)));
-                if !hand_over(port, &mut driver, &mut conn, &mut held).await {
+                if !idle(port, &mut driver, &mut conn, &mut held, None).await {
                     return;
                 }
                 driver.reported(port.now());
@@ -672,25 +678,9 @@ pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
     }
 }
 
-/// Hands `held` to the consumer while disconnected, answering commands
-/// meanwhile. `false` when every handle is gone.
-async fn hand_over<R: Port, const N: usize, const P: usize>(
-    port: &mut R,
-    driver: &mut SignalDriver<Subscriptions>,
-    conn: &mut Connection<R::Stream, N, P>,
-    held: &mut Option<Item>,
-) -> bool {
-    while held.is_some() {
-        if !idle(port, driver, conn, held, None).await {
-            return false;
-        }
-    }
-    true
-}
-
-/// One wait while disconnected (for `held` to be taken, or until `until`),
-/// answering a command that comes: the driver refuses it, or forgets an
-/// unlisten at once. `false` when every handle is gone.
+/// Waits while disconnected until `held` is taken (when set; else one wait,
+/// until `until`), answering the commands that come: the driver refuses
+/// them, or forgets an unlisten at once. `false` when every handle is gone.
 async fn idle<R: Port, const N: usize, const P: usize>(
     port: &mut R,
     driver: &mut SignalDriver<Subscriptions>,
@@ -698,13 +688,15 @@ async fn idle<R: Port, const N: usize, const P: usize>(
     held: &mut Option<Item>,
     until: Option<Instant>,
 ) -> bool {
-    match port.wait::<N, P>(None, held, until).await {
-        Wake::Command(cmd) => {
-            execute(port, driver, conn, cmd).await;
-            true
+    loop {
+        match port.wait::<N, P>(None, held, until).await {
+            Wake::Command(cmd) => drop(execute(port, driver, conn, cmd).await),
+            Wake::Closed => return false,
+            Wake::Progress | Wake::Lost(_) => {}
         }
-        Wake::Closed => false,
-        Wake::Progress | Wake::Lost(_) => true,
+        if held.is_none() {
+            return true;
+        }
     }
 }
 

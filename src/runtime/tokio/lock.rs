@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{HostConnection, TokioTimer, connect_host, tokio_instant};
+use super::{HostConnection, TokioTimer, connect_host};
 use crate::lock::LeaseDriver;
 #[cfg(unix)]
 use crate::runtime::host::hung_up;
@@ -60,8 +60,6 @@ type Conn = HostConnection<LINE, 0>;
 lock_api! {
     async: [async],
     await: [.await],
-    clock: TokioTimer,
-    to_std: |t| tokio_instant(t).into_std(),
     cancel: "Cancel-safe in effect: a dropped future closes its own connection, \
              so the server cancels the wait (or leaves the queue) or releases a \
              grant it may already have made.",
@@ -100,15 +98,23 @@ fn reusable(conn: &mut Conn) -> bool {
     }
     #[cfg(unix)]
     {
-        use std::os::fd::AsFd;
-        match conn.transport_mut() {
-            super::HostStream::Plain(s) => !hung_up(s.inner().as_fd(), true),
-            #[cfg(feature = "rustls")]
-            super::HostStream::Tls(s) => !hung_up(s.inner().get_ref().0.as_fd(), false),
-        }
+        // Any byte counts on plain TCP; TLS may send records of its own.
+        let plain = !conn.transport_mut().is_tls();
+        !hung_up(socket(conn), plain)
     }
     #[cfg(not(unix))]
     true
+}
+
+/// The connection's TCP socket, watched for the peer's hang-up.
+#[cfg(unix)]
+fn socket(conn: &mut Conn) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    match conn.transport_mut() {
+        super::HostStream::Plain(s) => s.inner().as_fd(),
+        #[cfg(feature = "rustls")]
+        super::HostStream::Tls(s) => s.inner().get_ref().0.as_fd(),
+    }
 }
 
 /// Opens the connection of one acquire or enqueue: the one place a lock
@@ -203,14 +209,7 @@ pub struct LeaseGuard(Guard<Notify>);
 impl LeaseGuard {
     fn spawn(mut conn: Conn, settings: Arc<Settings>, driver: LeaseDriver) -> Self {
         #[cfg(unix)]
-        let hangup = {
-            use std::os::fd::AsFd;
-            match conn.transport_mut() {
-                super::HostStream::Plain(s) => HangUp::new(s.inner().as_fd()),
-                #[cfg(feature = "rustls")]
-                super::HostStream::Tls(s) => HangUp::new(s.inner().get_ref().0.as_fd()),
-            }
-        };
+        let hangup = HangUp::new(socket(&mut conn));
         #[cfg(not(unix))]
         let hangup = HangUp::none();
         let (guard, renewer) = Guard::new(settings.clone(), &driver, hangup.clone(), Notify::new());
@@ -259,21 +258,11 @@ struct TaskIo {
 impl RenewIo for TaskIo {
     type Wake = Notify;
 
-    fn now(&self) -> Instant {
-        TokioTimer.now()
-    }
-
     async fn wait(&mut self, until: Instant, shared: &Shared<Notify>) -> bool {
-        let mut changed = std::pin::pin!(shared.wake.notified());
-        changed.as_mut().enable();
-        if shared.lock().release {
-            return true;
-        }
         let conn = &mut self.conn;
         tokio::select! {
             biased;
-            () = changed => true,
-            () = TokioTimer.sleep_until(until) => true,
+            () = shared.release_or(until) => true,
             // The connection keeps no pushes, so every push is dropped and
             // only an error ends the loop: end of stream, a transport
             // error, or an unsolicited line such as the server's

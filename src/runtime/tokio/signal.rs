@@ -28,16 +28,15 @@ use std::string::String;
 use std::sync::Arc;
 
 use ::tokio::sync::{mpsc, oneshot};
-use ::tokio::time::timeout;
 
-use super::{ConnectOptions, HostStream, TokioTimer, connect_host, open_host};
+use super::{ConnectOptions, HostStream, TokioTimer, connect_host, open_host, timeout};
 use crate::Connection;
 use crate::Error;
 use crate::protocol::Request;
 use crate::runtime::host::HostTls;
 use crate::runtime::host::signal::{
-    Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Port, SignalOptions,
-    Wake, boxed, run, send, signal_api,
+    Cmd, Command, CommandResult, DEFAULT_PUSH_QUEUE, DEFAULT_SIGNAL_LINE_BUF, Link, Port,
+    SignalOptions, Wake, boxed, run, send, signal_api,
 };
 use crate::time::{Instant, Timer};
 
@@ -56,15 +55,6 @@ signal_api! {
     conn: "A signal connection on tokio: a [`Stream`](futures_core::Stream) of \
            [`Item`]s (`Result<SignalEvent, Error>`), also readable with [`recv`](Self::recv).",
     try_recv: [mut],
-    recv: {
-        /// Waits for the next item: a signal, a reconnect event, or the error
-        /// that lost the connection. `None` once the stream has ended.
-        ///
-        /// Cancel-safe: no item is lost when the future is dropped.
-        pub async fn recv(&mut self) -> Option<Item> {
-            self.rx.recv().await
-        }
-    },
     notes: {
         connect: "Cancel-safe: dropping the future closes the half-open connection.",
         request: "Cancel-safe: if the future is dropped, the request may still be made \
@@ -87,6 +77,14 @@ impl SignalHandle {
 }
 
 impl<const N: usize, const P: usize> SignalConn<N, P> {
+    /// Waits for the next item: a signal, a reconnect event, or the error
+    /// that lost the connection. `None` once the stream has ended.
+    ///
+    /// Cancel-safe: no item is lost when the future is dropped.
+    pub async fn recv(&mut self) -> Option<Item> {
+        self.rx.recv().await
+    }
+
     /// [`connect`](Self::connect) or [`connect_tls`](Self::connect_tls)
     /// by the TLS choice: the constructor for callers that hold their
     /// servers, auth, TLS and timeouts once (the `Client`).
@@ -109,13 +107,8 @@ impl<const N: usize, const P: usize> SignalConn<N, P> {
         };
         let conn = task.open::<N, P>().await?;
         let dropped = Arc::default();
-        ::tokio::spawn(run(
-            task,
-            conn,
-            heartbeat,
-            opts.reconnect,
-            Arc::clone(&dropped),
-        ));
+        let shared = Arc::clone(&dropped);
+        ::tokio::spawn(run(task, conn, heartbeat, opts.reconnect, shared));
         let handle = SignalHandle { tx, dropped };
         Ok(Self { rx, handle })
     }
@@ -141,17 +134,7 @@ async fn emit_over(
 ) -> Result<u64> {
     Request::Signal { channel, payload }.validate()?;
     let mut conn = connect_host::<128, 0>(addr, opts, tls).await?;
-    timeout(opts.connect_timeout, conn.emit(channel, payload))
-        .await
-        .map_err(|_| Error::Timeout)?
-}
-
-/// Completes at `until`, or never.
-async fn sleep_until(until: Option<Instant>) {
-    match until {
-        Some(t) => TokioTimer.sleep_until(t).await,
-        None => core::future::pending().await,
-    }
+    timeout(opts.connect_timeout, conn.emit(channel, payload)).await
 }
 
 /// Waits for a signal on `conn`, or forever without one.
@@ -165,15 +148,7 @@ async fn readable<const N: usize, const P: usize>(
 }
 
 /// The connection's task: the tokio side of the shared signal loop.
-struct Task {
-    addr: String,
-    connect: ConnectOptions,
-    /// Verifies every (re)connection when set.
-    tls: Option<HostTls>,
-    io_timeout: core::time::Duration,
-    cmd_rx: mpsc::Receiver<Command<Reply>>,
-    out: mpsc::Sender<Item>,
-}
+type Task = Link<String, mpsc::Receiver<Command<Reply>>, mpsc::Sender<Item>>;
 
 impl Port for Task {
     type Stream = HostStream;
@@ -192,9 +167,7 @@ impl Port for Task {
         let stream = open_host(&self.addr, &self.connect, self.tls.as_ref()).await?;
         let mut conn = boxed(stream);
         if let Some(token) = &self.connect.auth_token {
-            timeout(self.connect.connect_timeout, conn.auth(token.expose()))
-                .await
-                .map_err(|_| Error::Timeout)??;
+            timeout(self.connect.connect_timeout, conn.auth(token.expose())).await?;
         }
         Ok(conn)
     }
@@ -204,9 +177,7 @@ impl Port for Task {
         conn: &mut Connection<HostStream, N, P>,
         req: Request<'_>,
     ) -> Result<u64> {
-        timeout(self.io_timeout, send(conn, req))
-            .await
-            .map_err(|_| Error::Timeout)?
+        timeout(self.io_timeout, send(conn, req)).await
     }
 
     async fn wait<const N: usize, const P: usize>(
@@ -233,7 +204,9 @@ impl Port for Task {
                 Ok(()) => Wake::Progress,
                 Err(e) => Wake::Lost(e),
             },
-            () = sleep_until(until) => Wake::Progress,
+            () = TokioTimer.sleep_until(until.unwrap_or_default()), if until.is_some() => {
+                Wake::Progress
+            }
         }
     }
 }
