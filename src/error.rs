@@ -526,6 +526,11 @@ mod tests {
     }
 
     #[test]
+    fn an_elapsed_deadline_is_a_timeout() {
+        assert!(matches!(Error::<()>::from(Elapsed), Error::Timeout));
+    }
+
+    #[test]
     fn display() {
         let e: Error<ScriptError> = Error::Server(ServerError::NotLeader(Some(leader_addr("h:1"))));
         assert_eq!(
