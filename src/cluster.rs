@@ -672,9 +672,7 @@ where
         let token = self.connector.auth_token();
         let reference = self.stable_ref.as_str();
         let hello = async {
-            if let Some(token) = token {
-                conn.auth(token).await?;
-            }
+            conn.authenticate(token).await?;
             match conn
                 .request(&Request::StableRef { reference }, Expect::Ok)
                 .await?
@@ -691,7 +689,7 @@ where
                 Ok(())
             }
             Ok(Err(e)) => Err(classify(e, hint_of(&conn, &self.members))),
-            Err(_) => Err(classify(Error::Timeout, None)),
+            Err(elapsed) => Err(classify(elapsed.into(), None)),
         }
     }
 
@@ -974,25 +972,18 @@ impl<'k> Op<'_, 'k> {
                         _ => Err(unexpected()),
                     }
                 };
-                with_deadline(timer, limit, req)
-                    .await
-                    .unwrap_or(Err(Error::Timeout))
+                with_deadline(timer, limit, req).await?
             }
             Op::Ping => {
                 let limit = add(timer.now(), io);
-                match with_deadline(timer, limit, conn.ping()).await {
-                    Ok(r) => r.map(|()| Out::Done),
-                    Err(_) => Err(Error::Timeout),
-                }
+                with_deadline(timer, limit, conn.ping()).await??;
+                Ok(Out::Done)
             }
             Op::Stats(out) => {
                 let limit = add(timer.now(), io);
                 let base = out.as_ptr() as usize;
-                match with_deadline(timer, limit, conn.stats(out)).await {
-                    Ok(Ok(s)) => Ok(Out::Stats(s.as_ptr() as usize - base, s.len())),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(Error::Timeout),
-                }
+                let s = with_deadline(timer, limit, conn.stats(out)).await??;
+                Ok(Out::Stats(s.as_ptr() as usize - base, s.len()))
             }
         }
     }

@@ -691,6 +691,16 @@ impl<T: Read + Write, const N: usize, const P: usize> Connection<T, N, P> {
         )
     }
 
+    /// [`auth`](Self::auth) when a token is set, nothing otherwise: the
+    /// step every adapter takes right after connecting (each bounds it with
+    /// its own timeout). Not cancel-safe.
+    pub(crate) async fn authenticate(&mut self, token: Option<&str>) -> Result<(), T::Error> {
+        match token {
+            Some(token) => self.auth(token).await,
+            None => Ok(()),
+        }
+    }
+
     /// `l` / `sl`: acquires, letting the server block up to `timeout`
     /// seconds (0 = try once). `lease` is the TTL in seconds (`None` = the
     /// server's default).

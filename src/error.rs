@@ -3,6 +3,7 @@
 use core::fmt;
 
 use crate::protocol::{InvalidArgument, ProtocolError, Status};
+use crate::time::Elapsed;
 
 /// Longest status text kept by [`ServerError::Unknown`]; longer text is cut
 /// at a character boundary.
@@ -414,6 +415,15 @@ impl<E> From<ServerError> for Error<E> {
     }
 }
 
+/// A client-side deadline passed ([`with_deadline`](crate::time::with_deadline)
+/// gave [`Elapsed`]): [`Error::Timeout`]. The one place that decision is
+/// made, so `with_deadline(..).await??` bounds a request in every adapter.
+impl<E> From<Elapsed> for Error<E> {
+    fn from(_: Elapsed) -> Self {
+        Error::Timeout
+    }
+}
+
 /// Shows the transport error by its own `Display` (e.g. `transport error:
 /// Connection refused (os error 111)`), so `E` must implement `Display`:
 /// every transport of this crate does (`std::io::Error`, embassy-net's and
@@ -513,6 +523,11 @@ mod tests {
         assert!(!E::LineTooLong.is_recoverable());
         assert!(!E::Auth.is_recoverable());
         assert!(!E::Io(()).is_recoverable());
+    }
+
+    #[test]
+    fn an_elapsed_deadline_is_a_timeout() {
+        assert!(matches!(Error::<()>::from(Elapsed), Error::Timeout));
     }
 
     #[test]

@@ -451,15 +451,13 @@ impl<'k> LockSpec<'k> {
             key: self.key,
             lease: self.options.lease_secs(),
         };
-        match timed(conn, timer, limit, req, Expect::Enqueue).await {
-            Err(_) => Err(Error::Timeout),
-            Ok(reply) => Ok(match Enqueued::pick(reply)? {
-                Enqueued::Acquired(g) => {
-                    Enqueued::Acquired(Lease::from_grant(self, g, sent, timer.now()))
-                }
-                Enqueued::Queued => Enqueued::Queued,
-            }),
-        }
+        let reply = timed(conn, timer, limit, req, Expect::Enqueue).await?;
+        Ok(match Enqueued::pick(reply)? {
+            Enqueued::Acquired(g) => {
+                Enqueued::Acquired(Lease::from_grant(self, g, sent, timer.now()))
+            }
+            Enqueued::Queued => Enqueued::Queued,
+        })
     }
 
     /// Two-phase, second half: waits up to the acquire timeout for the
@@ -504,11 +502,7 @@ impl<'k> LockSpec<'k> {
         sent: Instant,
         timer: &C,
     ) -> Result<Option<Lease<'k>>, E> {
-        match reply {
-            Err(_) => Err(Error::Timeout),
-            Ok(reply) => Ok(<Option<Grant>>::pick(reply)?
-                .map(|g| Lease::from_grant(self, g, sent, timer.now()))),
-        }
+        Ok(<Option<Grant>>::pick(reply?)?.map(|g| Lease::from_grant(self, g, sent, timer.now())))
     }
 }
 

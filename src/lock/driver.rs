@@ -426,7 +426,7 @@ impl LeaseDriver {
                 Err(Error::LeaseLost)
             }
             Ok(Err(e)) => Err(e),
-            Err(Elapsed) => Err(Error::Timeout),
+            Err(elapsed) => Err(elapsed.into()),
         }
     }
 }

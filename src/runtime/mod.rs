@@ -91,6 +91,13 @@ mod host_common {
         }
     }
 
+    impl ConnectOptions {
+        /// The token to send with `auth` after connecting, if any.
+        pub(crate) fn token(&self) -> Option<&str> {
+            self.auth_token.as_ref().map(AuthToken::expose)
+        }
+    }
+
     /// Default connect timeout of every host adapter: 10 s, as the other clients.
     pub const DEFAULT_CONNECT_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(10);
 

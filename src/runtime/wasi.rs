@@ -455,8 +455,7 @@ async fn until<T>(
     step: impl Future<Output = io::Result<T>>,
 ) -> Result<T, Error<io::Error>> {
     with_deadline(&WasiTimer, deadline, step)
-        .await
-        .map_err(|_| Error::Timeout)?
+        .await?
         .map_err(Error::Io)
 }
 
@@ -476,9 +475,7 @@ pub async fn connect<const N: usize, const P: usize>(
     opts: &ConnectOptions,
 ) -> Result<WasiConnection<N, P>, Error<io::Error>> {
     let mut conn = Connection::new(connect_stream(addr, opts.connect_timeout).await?);
-    if let Some(token) = &opts.auth_token {
-        timeout(opts.connect_timeout, conn.auth(token.expose())).await?;
-    }
+    timeout(opts.connect_timeout, conn.authenticate(opts.token())).await?;
     Ok(conn)
 }
 
@@ -493,9 +490,7 @@ pub async fn timeout<T, E, F>(dur: Duration, fut: F) -> Result<T, Error<E>>
 where
     F: Future<Output = Result<T, Error<E>>>,
 {
-    with_deadline(&WasiTimer, WasiTimer.now() + dur, fut)
-        .await
-        .map_err(|_| Error::Timeout)?
+    with_deadline(&WasiTimer, WasiTimer.now() + dur, fut).await?
 }
 
 // ---- time ---------------------------------------------------------------------

@@ -286,9 +286,7 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
     /// of `opts`, and `auth` sent when it has a token.
     fn open(transport: T, opts: &ConnectOptions) -> Result<Self> {
         let mut conn = Self::from_transport(transport, opts.io_timeout);
-        if let Some(token) = &opts.auth_token {
-            conn.auth(token.expose())?;
-        }
+        conn.run(0, |c| c.authenticate(opts.token()))?;
         Ok(conn)
     }
 

@@ -298,21 +298,16 @@ pub type TokioTlsStream = embedded_io_adapters::tokio_1::FromTokio<
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
 >;
 
-/// The TLS handshake over a tokio stream, verified by `tls`, within
-/// `timeout`.
+/// The TLS handshake over a tokio stream, verified by `tls` (the caller
+/// bounds it with the connect timeout).
 #[cfg(feature = "tokio")]
 pub(crate) async fn tokio_handshake(
     stream: tokio::net::TcpStream,
-    timeout: Duration,
     tls: &RustlsConnector,
 ) -> Result<TokioTlsStream, crate::Error<io::Error>> {
     let connector = tokio_rustls::TlsConnector::from(tls.config().clone());
-    let stream = tokio::time::timeout(
-        timeout,
-        connector.connect(tls.server_name().clone(), stream),
-    )
-    .await
-    .map_err(|_| crate::Error::Timeout)?
-    .map_err(crate::Error::Io)?;
-    Ok(embedded_io_adapters::tokio_1::FromTokio::new(stream))
+    let stream = connector.connect(tls.server_name().clone(), stream).await;
+    Ok(embedded_io_adapters::tokio_1::FromTokio::new(
+        stream.map_err(crate::Error::Io)?,
+    ))
 }

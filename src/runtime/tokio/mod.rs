@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 #[cfg(feature = "rustls")]
 use crate::runtime::host::rustls::tokio_handshake;
 use crate::runtime::host::{std_instant, timer_instant};
-use crate::time::{Instant, Timer};
+use crate::time::{Instant, Timer, with_deadline};
 use crate::{Connection, Error};
 
 /// The transport: a tokio `TcpStream` seen through `embedded_io_async`.
@@ -88,9 +88,7 @@ where
     T: embedded_io_async::Read<Error = io::Error> + embedded_io_async::Write<Error = io::Error>,
 {
     let mut conn = Connection::new(transport);
-    if let Some(token) = &opts.auth_token {
-        timeout(opts.connect_timeout, conn.auth(token.expose())).await?;
-    }
+    timeout(opts.connect_timeout, conn.authenticate(opts.token())).await?;
     Ok(conn)
 }
 
@@ -103,9 +101,7 @@ pub async fn timeout<T, F>(dur: Duration, fut: F) -> Result<T>
 where
     F: Future<Output = Result<T>>,
 {
-    tokio::time::timeout(dur, fut)
-        .await
-        .map_err(|_| Error::Timeout)?
+    with_deadline(&TokioTimer, TokioTimer.now() + dur, fut).await?
 }
 
 /// The tokio instant of a [`TokioTimer`] instant.
@@ -158,7 +154,8 @@ pub async fn connect_tls<const N: usize, const P: usize>(
     opts: &ConnectOptions,
     tls: &crate::runtime::host::rustls::RustlsConnector,
 ) -> Result<TokioTlsConnection<N, P>> {
-    let stream = tokio_handshake(tcp(addr, opts).await?, opts.connect_timeout, tls).await?;
+    let handshake = tokio_handshake(tcp(addr, opts).await?, tls);
+    let stream = timeout(opts.connect_timeout, handshake).await?;
     authenticate(stream, opts).await
 }
 
@@ -210,7 +207,7 @@ pub(crate) async fn open_host(
     match tls {
         None => Ok(FromTokio::new(stream).into()),
         #[cfg(feature = "rustls")]
-        Some(tls) => Ok(tokio_handshake(stream, opts.connect_timeout, tls)
+        Some(tls) => Ok(timeout(opts.connect_timeout, tokio_handshake(stream, tls))
             .await?
             .into()),
         #[cfg(not(feature = "rustls"))]
