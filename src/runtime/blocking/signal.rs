@@ -178,9 +178,9 @@ impl Port for Worker {
     ) -> Result<Box<Connection<HostStream, N, P>>> {
         let mut conn = boxed(open_host(&self.addr[..], &self.connect, self.tls.as_ref())?);
         arm(&mut conn, self.connect.io_timeout)?;
-        if let Some(token) = &self.connect.auth_token {
-            conn.auth(token.expose()).await.map_err(timeout_kind)?;
-        }
+        conn.authenticate(self.connect.token())
+            .await
+            .map_err(timeout_kind)?;
         Ok(conn)
     }
 

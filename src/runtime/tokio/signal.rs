@@ -166,9 +166,8 @@ impl Port for Task {
         // value; this one boxes it at once.
         let stream = open_host(&self.addr, &self.connect, self.tls.as_ref()).await?;
         let mut conn = boxed(stream);
-        if let Some(token) = &self.connect.auth_token {
-            timeout(self.connect.connect_timeout, conn.auth(token.expose())).await?;
-        }
+        let auth = conn.authenticate(self.connect.token());
+        timeout(self.connect.connect_timeout, auth).await?;
         Ok(conn)
     }
 
