@@ -379,12 +379,9 @@ impl LeaseGuard {
         let io = ThreadIo {
             conn,
             closer: HangUpCloser(hangup),
-            settings,
+            settings: settings.clone(),
         };
-        let run = async move {
-            let settings = io.settings.clone();
-            drive(io, &settings.key, driver, renewer).await;
-        };
+        let run = async move { drive(io, &settings.key, driver, renewer).await };
         *worker.run.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(run));
         // Polled once here, so the thread needs no wake-up unless this
         // lease is due before the thread wakes anyway.
@@ -403,17 +400,13 @@ impl LeaseGuard {
     /// Blocks until the lease is lost (at the [`deadline`](Self::deadline)
     /// at the latest, unless renewed). Never returns while it is held.
     pub fn wait_lost(&self) {
-        self.wait_lost_until(None);
+        block_on(self.0.lost_by(None));
     }
 
     /// Blocks until the lease is lost or `timeout` passed; whether it is
     /// lost.
     pub fn wait_lost_timeout(&self, timeout: Duration) -> bool {
-        self.wait_lost_until(Some(StdTimer.now() + timeout))
-    }
-
-    fn wait_lost_until(&self, until: Option<Instant>) -> bool {
-        block_on(self.0.lost_by(until))
+        block_on(self.0.lost_by(Some(StdTimer.now() + timeout)))
     }
 
     /// Releases the lease, on the calling thread (no hand-off to the

@@ -297,14 +297,11 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
 
     /// Gives a request the server may hold for `server_secs` one deadline
     /// (the reply timeout beyond that), then runs it.
-    fn run<'c, R, F>(
+    fn run<'c, R, F: Future<Output = Result<R>>>(
         &'c mut self,
         server_secs: u64,
         f: impl FnOnce(&'c mut Connection<T, N, P>) -> F,
-    ) -> Result<R>
-    where
-        F: Future<Output = Result<R>>,
-    {
+    ) -> Result<R> {
         let wait = self
             .io_timeout
             .saturating_add(Duration::from_secs(server_secs));
@@ -313,14 +310,11 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
 
     /// Runs the request `f` with one `deadline` (`None`: no bound) given to
     /// the transport first; its future blocks whichever thread polls it.
-    async fn request<'c, R, F>(
+    async fn request<'c, R, F: Future<Output = Result<R>>>(
         &'c mut self,
         deadline: Option<std::time::Instant>,
         f: impl FnOnce(&'c mut Connection<T, N, P>) -> F,
-    ) -> Result<R>
-    where
-        F: Future<Output = Result<R>>,
-    {
+    ) -> Result<R> {
         let transport = self.inner.transport_mut();
         transport.set_deadline(deadline).map_err(Error::Io)?;
         f(&mut self.inner).await.map_err(timeout_kind)
