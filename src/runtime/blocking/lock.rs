@@ -288,18 +288,15 @@ impl Worker {
     /// the lease lost at once).
     fn poll(&self) -> bool {
         let mut slot = self.run.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(run) = slot.as_mut() else {
-            return false;
-        };
         let cx = &mut Context::from_waker(Waker::noop());
-        let polled = catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)));
-        if !matches!(polled, Ok(Poll::Pending)) {
+        let poll = AssertUnwindSafe(|| slot.as_mut().map(|run| run.as_mut().poll(cx)));
+        let polled = catch_unwind(poll);
+        if !matches!(polled, Ok(Some(Poll::Pending))) {
             *slot = None;
         }
         drop(slot);
-        polled
-            .unwrap_or_else(|panic| resume_unwind(panic))
-            .is_pending()
+        let polled = polled.unwrap_or_else(|panic| resume_unwind(panic));
+        polled.is_some_and(|p| p.is_pending())
     }
 
     /// When the thread wakes next for a running loop: when the loop's wait
