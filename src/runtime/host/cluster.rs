@@ -38,7 +38,7 @@ type Result<T> = core::result::Result<T, Error<io::Error>>;
 pub(crate) const CLUSTER_LINE: usize = 512;
 
 /// Largest `stats` reply the cluster clients read.
-const STATS_BUF: usize = 256 * 1024;
+pub(crate) const STATS_BUF: usize = 256 * 1024;
 
 /// One successful renew of a cluster lease, as reported by the guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,18 +116,17 @@ impl<R: ClusterRuntime> ClusterBuilder<ClusterClient<R>> {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let settings = ClusterSettings {
-            members: members.into_iter().map(Into::into).collect(),
-            auth_token: None,
-            stable_ref: StableRef::random(&mut OsHashRng::default()),
-            policy: RedirectPolicy::DEFAULT,
-            connect_timeout: crate::runtime::DEFAULT_CONNECT_TIMEOUT,
-            io_timeout: DEFAULT_IO_TIMEOUT,
-            tls: None,
-            dials: AtomicU32::new(0),
-        };
         Self {
-            settings,
+            settings: ClusterSettings {
+                members: members.into_iter().map(Into::into).collect(),
+                auth_token: None,
+                stable_ref: StableRef::random(&mut OsHashRng::default()),
+                policy: RedirectPolicy::DEFAULT,
+                connect_timeout: crate::runtime::DEFAULT_CONNECT_TIMEOUT,
+                io_timeout: DEFAULT_IO_TIMEOUT,
+                tls: None,
+                dials: AtomicU32::new(0),
+            },
             stable_ref: None,
             _target: PhantomData,
         }
@@ -218,19 +217,17 @@ pub(crate) struct Inner<R: ClusterRuntime> {
 impl<R: ClusterRuntime> Inner<R> {
     fn new(settings: ClusterSettings) -> Result<Self> {
         let settings = Arc::new(settings);
-        let lane = || -> Result<R::Cell> {
+        let lane = || {
             let (s, timer) = (&settings, R::Timer::default());
-            let (members, stable_ref) = (s.members.clone(), s.stable_ref.clone());
-            let conn = R::new(s.clone());
-            let lane = ClusterConn::new(conn, members, timer, stable_ref, s.policy, s.io_timeout)?;
-            Ok(R::Cell::from(lane))
+            let (conn, members, stable) =
+                (R::new(s.clone()), s.members.clone(), s.stable_ref.clone());
+            ClusterConn::new(conn, members, timer, stable, s.policy, s.io_timeout).map(From::from)
         };
-        let (acquire, control) = (lane()?, lane()?);
         Ok(Self {
-            settings,
-            acquire,
-            control,
+            acquire: lane()?,
+            control: lane()?,
             leader: AtomicUsize::new(0),
+            settings,
         })
     }
 
@@ -253,9 +250,9 @@ impl<R: ClusterRuntime> Inner<R> {
         self.on(&self.control, op).await
     }
 
-    pub(crate) async fn stats(&self) -> Result<String> {
-        let mut buf = std::vec![0u8; STATS_BUF];
-        self.control(async |lane| lane.stats(&mut buf).await.map(String::from))
+    /// Releases a lease on the control lane.
+    async fn release(&self, key: &str, driver: LeaseDriver) -> Result<()> {
+        self.control(async |lane| lane.release(Lease::from_driver(key, driver)).await)
             .await
     }
 
@@ -325,7 +322,9 @@ macro_rules! cluster_api {
             ///
             #[doc = $cancel]
             pub $($async)? fn stats(&self) -> Result<std::string::String> {
-                $($block)*(self.0.stats())$($await)*
+                let mut buf = std::vec![0u8; $crate::runtime::host::cluster::STATS_BUF];
+                let stats = self.0.control(async |lane| lane.stats(&mut buf).await.map(String::from));
+                $($block)*(stats)$($await)*
             }
 
             /// `ping` on a member.
@@ -457,7 +456,7 @@ macro_rules! cluster_api {
             }
 
             /// The latest successful renew, if any.
-            pub fn last_renewal(&self) -> Option<Renewal> {
+            pub fn last_renewal(&self) -> Option<$crate::runtime::host::cluster::Renewal> {
                 self.guard.shared.lock().renewal.clone()
             }
 
@@ -465,7 +464,7 @@ macro_rules! cluster_api {
             /// is lost or released.
             ///
             #[doc = $cancel_guard]
-            pub $($async)? fn next_renewal(&mut self) -> Option<Renewal> {
+            pub $($async)? fn next_renewal(&mut self) -> Option<$crate::runtime::host::cluster::Renewal> {
                 $($block)*(self.next())$($await)*
             }
 
@@ -521,8 +520,7 @@ impl<R: ClusterRuntime> ClusterLock<R> {
         let (guard, renewer) = Guard::new(lock.clone(), &driver, hangup, R::Wake::default());
         if let Err(e) = R::spawn(Renewing(lock, driver, renewer)) {
             // Nothing would renew it (no thread to be had): give it back.
-            let lease = Lease::from_driver(&self.key, driver);
-            let _ = inner.control(async |lane| lane.release(lease).await).await;
+            let _ = inner.release(&self.key, driver).await;
             return Err(e);
         }
         Ok(Some(ClusterGuard {
@@ -577,15 +575,13 @@ impl<R: ClusterRuntime> RenewIo for RenewOn<R> {
     async fn renew(&mut self, driver: &mut LeaseDriver, key: &str, _: Instant) -> RenewReply {
         // Each attempt (re-sent after a failover) takes its reply limit
         // from the driver: the reply timeout, never past the deadline.
-        let inner = &self.0.client.0;
-        let (out, member) = inner
-            .control(async |lane| {
-                let out = lane.renew_reply(key, driver).await;
-                (out, String::from(lane.connected_addr().unwrap_or_default()))
-            })
-            .await;
-        self.1 = member;
-        Ok(out)
+        let (inner, member) = (&self.0.client.0, &mut self.1);
+        let out = inner.control(async |lane| {
+            let out = lane.renew_reply(key, driver).await;
+            *member = String::from(lane.connected_addr().unwrap_or_default());
+            out
+        });
+        Ok(out.await)
     }
 
     fn served_by(&mut self) -> Option<String> {
@@ -593,8 +589,7 @@ impl<R: ClusterRuntime> RenewIo for RenewOn<R> {
     }
 
     async fn release(&mut self, driver: &LeaseDriver, key: &str, _: Instant) -> ReleaseReply {
-        let (inner, lease) = (&self.0.client.0, Lease::from_driver(key, *driver));
-        Ok(inner.control(async |lane| lane.release(lease).await).await)
+        Ok(self.0.client.0.release(key, *driver).await)
     }
 
     fn finish(self, _: bool) {}
