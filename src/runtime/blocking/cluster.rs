@@ -40,7 +40,7 @@ impl Connector for StdConnector {
     }
 
     fn auth_token(&self) -> Option<&str> {
-        self.0.auth_token.as_ref().map(|t| t.expose())
+        self.0.connect.token()
     }
 
     fn prepare(&self, io: &mut HostStream, max_wait: Duration) {

@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use embedded_io_async::ErrorType;
 
+use super::HostTls;
 use super::lock::{Guard, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, State, Wake, drive};
 use super::settings::setters;
-use super::{HangUp, HostTls};
 use crate::cluster::{
     ClusterConn, Connector, Members, RedirectPolicy, StableRef, validate_members,
 };
-use crate::lock::{DEFAULT_IO_TIMEOUT, Lease, LeaseDriver, LockOptions, LockSpec, Rng};
+use crate::lock::{Lease, LeaseDriver, LockOptions, LockSpec, Rng};
 use crate::runtime::{AuthToken, ConnectOptions};
 use crate::time::{Instant, Timer};
 use crate::{Error, Fence, Kind};
@@ -57,11 +57,10 @@ pub struct Renewal {
 #[derive(Debug)]
 pub struct ClusterSettings {
     pub(crate) members: Arc<[String]>,
-    pub(crate) auth_token: Option<AuthToken>,
+    /// The timeouts and the `auth` token.
+    pub(crate) connect: ConnectOptions,
     pub(crate) stable_ref: StableRef,
     pub(crate) policy: RedirectPolicy,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) io_timeout: Duration,
     pub(crate) tls: Option<HostTls>,
     /// Members dialled so far, by both lanes.
     pub(crate) dials: AtomicU32,
@@ -71,11 +70,9 @@ impl ClusterSettings {
     /// Counts a dial; the options to dial with (`auth` is the lane's).
     pub(crate) fn dial(&self) -> ConnectOptions {
         self.dials.fetch_add(1, Ordering::Relaxed);
-        ConnectOptions {
-            connect_timeout: self.connect_timeout,
-            io_timeout: self.io_timeout,
-            auth_token: None,
-        }
+        let mut options = self.connect.clone();
+        options.auth_token = None;
+        options
     }
 }
 
@@ -103,7 +100,7 @@ impl<C> core::fmt::Debug for ClusterBuilder<C> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ClusterBuilder")
             .field("members", &self.settings.members)
-            .field("auth_token", &self.settings.auth_token)
+            .field("auth_token", &self.settings.connect.auth_token)
             .field("stable_ref", &self.stable_ref)
             .field("policy", &self.settings.policy)
             .finish_non_exhaustive()
@@ -119,11 +116,9 @@ impl<R: ClusterRuntime> ClusterBuilder<ClusterClient<R>> {
         Self {
             settings: ClusterSettings {
                 members: members.into_iter().map(Into::into).collect(),
-                auth_token: None,
+                connect: ConnectOptions::default(),
                 stable_ref: StableRef::random(&mut OsHashRng::default()),
                 policy: RedirectPolicy::DEFAULT,
-                connect_timeout: crate::runtime::DEFAULT_CONNECT_TIMEOUT,
-                io_timeout: DEFAULT_IO_TIMEOUT,
                 tls: None,
                 dials: AtomicU32::new(0),
             },
@@ -134,7 +129,7 @@ impl<R: ClusterRuntime> ClusterBuilder<ClusterClient<R>> {
 
     setters! {
         /// Sends `auth` with this token on every new connection. Never logged.
-        auth_token(token: impl Into<AuthToken>) => settings.auth_token = Some(token.into());
+        auth_token(token: impl Into<AuthToken>) => settings.connect.auth_token = Some(token.into());
 
         /// The client's stable ref (1 to 64 bytes of printable ASCII; checked
         /// by [`build`](Self::build)). Default: a random ref, kept for the
@@ -146,12 +141,12 @@ impl<R: ClusterRuntime> ClusterBuilder<ClusterClient<R>> {
         redirect_policy(policy: RedirectPolicy) => settings.policy = policy;
 
         /// Gives up dialling a member after this long (default 10 s).
-        connect_timeout(timeout: Duration) => settings.connect_timeout = timeout;
+        connect_timeout(timeout: Duration) => settings.connect.connect_timeout = timeout;
 
         /// Reply timeout beyond any server-side blocking, also for the
         /// `auth` / `stable-ref` handshake, `barrier`, `ping`, `stats`
         /// (default 10 s).
-        io_timeout(timeout: Duration) => settings.io_timeout = timeout;
+        io_timeout(timeout: Duration) => settings.connect.io_timeout = timeout;
 
         /// TLS to every member (feature `rustls`), each checked against the
         /// connector's server name.
@@ -221,7 +216,8 @@ impl<R: ClusterRuntime> Inner<R> {
             let (s, timer) = (&settings, R::Timer::default());
             let (conn, members, stable) =
                 (R::new(s.clone()), s.members.clone(), s.stable_ref.clone());
-            ClusterConn::new(conn, members, timer, stable, s.policy, s.io_timeout).map(From::from)
+            ClusterConn::new(conn, members, timer, stable, s.policy, s.connect.io_timeout)
+                .map(From::from)
         };
         Ok(Self {
             acquire: lane()?,
@@ -516,8 +512,8 @@ impl<R: ClusterRuntime> ClusterLock<R> {
             return Ok(None);
         };
         let lock = Arc::new(self.clone());
-        let hangup = Arc::new(HangUp(None, false.into()));
-        let (guard, renewer) = Guard::new(lock.clone(), &driver, hangup, R::Wake::default());
+        let (guard, renewer) =
+            Guard::new(lock.clone(), &driver, Arc::default(), R::Wake::default());
         if let Err(e) = R::spawn(Renewing(lock, driver, renewer)) {
             // Nothing would renew it (no thread to be had): give it back.
             let _ = inner.release(&self.key, driver).await;

@@ -44,7 +44,7 @@ impl Connector for TokioConnector {
     }
 
     fn auth_token(&self) -> Option<&str> {
-        self.0.auth_token.as_ref().map(|t| t.expose())
+        self.0.connect.token()
     }
 }
 
