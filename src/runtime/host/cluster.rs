@@ -11,7 +11,7 @@ use core::future::Future;
 use core::marker::PhantomData;
 use core::ops::ControlFlow::{Break, Continue};
 use core::ops::DerefMut;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::io;
 use std::string::String;
 use std::sync::Arc;
@@ -633,10 +633,7 @@ impl Rng for OsHashRng {
         self.n += 1;
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(self.n);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        h.write_u128(nanos);
+        std::time::SystemTime::now().hash(&mut h);
         h.write_u32(std::process::id());
         (h.finish() >> 16) as u32
     }
