@@ -24,9 +24,7 @@ use std::time::Duration;
 use super::{BlockingTransport, HostStream, Result, StdTimer, block_on, open_host};
 use crate::Error;
 use crate::cluster::Connector;
-use crate::runtime::host::cluster::{
-    self as host, ClusterRuntime, ClusterSettings, Lane, Renewal, Renewing,
-};
+use crate::runtime::host::cluster::{self as host, ClusterRuntime, ClusterSettings};
 use crate::time::Timer;
 
 /// Dials members over std TCP (or TLS), counting every dial; sets each
@@ -42,7 +40,7 @@ impl Connector for StdConnector {
     }
 
     fn auth_token(&self) -> Option<&str> {
-        self.0.auth_token.as_ref().map(|t| t.expose())
+        self.0.connect.token()
     }
 
     fn prepare(&self, io: &mut HostStream, max_wait: Duration) {
@@ -54,20 +52,20 @@ impl Connector for StdConnector {
 
 impl ClusterRuntime for StdConnector {
     type Timer = StdTimer;
-    type Cell = Mutex<Lane<Self>>;
+    type Cell = Mutex<host::Lane<Self>>;
     type Wake = Condvar;
 
     fn new(settings: Arc<ClusterSettings>) -> Self {
         Self(settings)
     }
 
-    async fn lock(cell: &Self::Cell) -> impl DerefMut<Target = Lane<Self>> {
+    async fn lock(cell: &Self::Cell) -> impl DerefMut<Target = host::Lane<Self>> {
         // A lane whose user panicked is still consistent enough: its
         // connection is at worst unusable, which the next call handles.
         cell.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn spawn(renewing: Renewing<Self>) -> Result<()> {
+    fn spawn(renewing: host::Renewing<Self>) -> Result<()> {
         let thread = std::thread::Builder::new().name("dflockd-cluster-lease".into());
         let spawned = thread.spawn(move || block_on(renewing.run()));
         spawned.map(drop).map_err(Error::Io)

@@ -11,7 +11,7 @@ use core::future::Future;
 use core::marker::PhantomData;
 use core::ops::ControlFlow::{Break, Continue};
 use core::ops::DerefMut;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::io;
 use std::string::String;
 use std::sync::Arc;
@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use embedded_io_async::ErrorType;
 
+use super::HostTls;
 use super::lock::{Guard, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, State, Wake, drive};
 use super::settings::setters;
-use super::{HangUp, HostTls};
 use crate::cluster::{
     ClusterConn, Connector, Members, RedirectPolicy, StableRef, validate_members,
 };
-use crate::lock::{DEFAULT_IO_TIMEOUT, Lease, LeaseDriver, LockOptions, LockSpec, Rng};
+use crate::lock::{Lease, LeaseDriver, LockOptions, LockSpec, Rng};
 use crate::runtime::{AuthToken, ConnectOptions};
 use crate::time::{Instant, Timer};
 use crate::{Error, Fence, Kind};
@@ -38,7 +38,7 @@ type Result<T> = core::result::Result<T, Error<io::Error>>;
 pub(crate) const CLUSTER_LINE: usize = 512;
 
 /// Largest `stats` reply the cluster clients read.
-const STATS_BUF: usize = 256 * 1024;
+pub(crate) const STATS_BUF: usize = 256 * 1024;
 
 /// One successful renew of a cluster lease, as reported by the guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,11 +57,10 @@ pub struct Renewal {
 #[derive(Debug)]
 pub struct ClusterSettings {
     pub(crate) members: Arc<[String]>,
-    pub(crate) auth_token: Option<AuthToken>,
+    /// The timeouts and the `auth` token.
+    pub(crate) connect: ConnectOptions,
     pub(crate) stable_ref: StableRef,
     pub(crate) policy: RedirectPolicy,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) io_timeout: Duration,
     pub(crate) tls: Option<HostTls>,
     /// Members dialled so far, by both lanes.
     pub(crate) dials: AtomicU32,
@@ -71,11 +70,9 @@ impl ClusterSettings {
     /// Counts a dial; the options to dial with (`auth` is the lane's).
     pub(crate) fn dial(&self) -> ConnectOptions {
         self.dials.fetch_add(1, Ordering::Relaxed);
-        ConnectOptions {
-            connect_timeout: self.connect_timeout,
-            io_timeout: self.io_timeout,
-            auth_token: None,
-        }
+        let mut options = self.connect.clone();
+        options.auth_token = None;
+        options
     }
 }
 
@@ -103,7 +100,7 @@ impl<C> core::fmt::Debug for ClusterBuilder<C> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ClusterBuilder")
             .field("members", &self.settings.members)
-            .field("auth_token", &self.settings.auth_token)
+            .field("auth_token", &self.settings.connect.auth_token)
             .field("stable_ref", &self.stable_ref)
             .field("policy", &self.settings.policy)
             .finish_non_exhaustive()
@@ -116,18 +113,15 @@ impl<R: ClusterRuntime> ClusterBuilder<ClusterClient<R>> {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let settings = ClusterSettings {
-            members: members.into_iter().map(Into::into).collect(),
-            auth_token: None,
-            stable_ref: StableRef::random(&mut OsHashRng::default()),
-            policy: RedirectPolicy::DEFAULT,
-            connect_timeout: crate::runtime::DEFAULT_CONNECT_TIMEOUT,
-            io_timeout: DEFAULT_IO_TIMEOUT,
-            tls: None,
-            dials: AtomicU32::new(0),
-        };
         Self {
-            settings,
+            settings: ClusterSettings {
+                members: members.into_iter().map(Into::into).collect(),
+                connect: ConnectOptions::default(),
+                stable_ref: StableRef::random(&mut OsHashRng::default()),
+                policy: RedirectPolicy::DEFAULT,
+                tls: None,
+                dials: AtomicU32::new(0),
+            },
             stable_ref: None,
             _target: PhantomData,
         }
@@ -135,7 +129,7 @@ impl<R: ClusterRuntime> ClusterBuilder<ClusterClient<R>> {
 
     setters! {
         /// Sends `auth` with this token on every new connection. Never logged.
-        auth_token(token: impl Into<AuthToken>) => settings.auth_token = Some(token.into());
+        auth_token(token: impl Into<AuthToken>) => settings.connect.auth_token = Some(token.into());
 
         /// The client's stable ref (1 to 64 bytes of printable ASCII; checked
         /// by [`build`](Self::build)). Default: a random ref, kept for the
@@ -147,12 +141,12 @@ impl<R: ClusterRuntime> ClusterBuilder<ClusterClient<R>> {
         redirect_policy(policy: RedirectPolicy) => settings.policy = policy;
 
         /// Gives up dialling a member after this long (default 10 s).
-        connect_timeout(timeout: Duration) => settings.connect_timeout = timeout;
+        connect_timeout(timeout: Duration) => settings.connect.connect_timeout = timeout;
 
         /// Reply timeout beyond any server-side blocking, also for the
         /// `auth` / `stable-ref` handshake, `barrier`, `ping`, `stats`
         /// (default 10 s).
-        io_timeout(timeout: Duration) => settings.io_timeout = timeout;
+        io_timeout(timeout: Duration) => settings.connect.io_timeout = timeout;
 
         /// TLS to every member (feature `rustls`), each checked against the
         /// connector's server name.
@@ -218,19 +212,18 @@ pub(crate) struct Inner<R: ClusterRuntime> {
 impl<R: ClusterRuntime> Inner<R> {
     fn new(settings: ClusterSettings) -> Result<Self> {
         let settings = Arc::new(settings);
-        let lane = || -> Result<R::Cell> {
+        let lane = || {
             let (s, timer) = (&settings, R::Timer::default());
-            let (members, stable_ref) = (s.members.clone(), s.stable_ref.clone());
-            let conn = R::new(s.clone());
-            let lane = ClusterConn::new(conn, members, timer, stable_ref, s.policy, s.io_timeout)?;
-            Ok(R::Cell::from(lane))
+            let (conn, members, stable) =
+                (R::new(s.clone()), s.members.clone(), s.stable_ref.clone());
+            ClusterConn::new(conn, members, timer, stable, s.policy, s.connect.io_timeout)
+                .map(From::from)
         };
-        let (acquire, control) = (lane()?, lane()?);
         Ok(Self {
-            settings,
-            acquire,
-            control,
+            acquire: lane()?,
+            control: lane()?,
             leader: AtomicUsize::new(0),
+            settings,
         })
     }
 
@@ -253,9 +246,9 @@ impl<R: ClusterRuntime> Inner<R> {
         self.on(&self.control, op).await
     }
 
-    pub(crate) async fn stats(&self) -> Result<String> {
-        let mut buf = std::vec![0u8; STATS_BUF];
-        self.control(async |lane| lane.stats(&mut buf).await.map(String::from))
+    /// Releases a lease on the control lane.
+    async fn release(&self, key: &str, driver: LeaseDriver) -> Result<()> {
+        self.control(async |lane| lane.release(Lease::from_driver(key, driver)).await)
             .await
     }
 
@@ -325,7 +318,9 @@ macro_rules! cluster_api {
             ///
             #[doc = $cancel]
             pub $($async)? fn stats(&self) -> Result<std::string::String> {
-                $($block)*(self.0.stats())$($await)*
+                let mut buf = std::vec![0u8; $crate::runtime::host::cluster::STATS_BUF];
+                let stats = self.0.control(async |lane| lane.stats(&mut buf).await.map(String::from));
+                $($block)*(stats)$($await)*
             }
 
             /// `ping` on a member.
@@ -457,7 +452,7 @@ macro_rules! cluster_api {
             }
 
             /// The latest successful renew, if any.
-            pub fn last_renewal(&self) -> Option<Renewal> {
+            pub fn last_renewal(&self) -> Option<$crate::runtime::host::cluster::Renewal> {
                 self.guard.shared.lock().renewal.clone()
             }
 
@@ -465,7 +460,7 @@ macro_rules! cluster_api {
             /// is lost or released.
             ///
             #[doc = $cancel_guard]
-            pub $($async)? fn next_renewal(&mut self) -> Option<Renewal> {
+            pub $($async)? fn next_renewal(&mut self) -> Option<$crate::runtime::host::cluster::Renewal> {
                 $($block)*(self.next())$($await)*
             }
 
@@ -517,12 +512,11 @@ impl<R: ClusterRuntime> ClusterLock<R> {
             return Ok(None);
         };
         let lock = Arc::new(self.clone());
-        let hangup = Arc::new(HangUp(None, false.into()));
-        let (guard, renewer) = Guard::new(lock.clone(), &driver, hangup, R::Wake::default());
+        let (guard, renewer) =
+            Guard::new(lock.clone(), &driver, Arc::default(), R::Wake::default());
         if let Err(e) = R::spawn(Renewing(lock, driver, renewer)) {
             // Nothing would renew it (no thread to be had): give it back.
-            let lease = Lease::from_driver(&self.key, driver);
-            let _ = inner.control(async |lane| lane.release(lease).await).await;
+            let _ = inner.release(&self.key, driver).await;
             return Err(e);
         }
         Ok(Some(ClusterGuard {
@@ -577,15 +571,13 @@ impl<R: ClusterRuntime> RenewIo for RenewOn<R> {
     async fn renew(&mut self, driver: &mut LeaseDriver, key: &str, _: Instant) -> RenewReply {
         // Each attempt (re-sent after a failover) takes its reply limit
         // from the driver: the reply timeout, never past the deadline.
-        let inner = &self.0.client.0;
-        let (out, member) = inner
-            .control(async |lane| {
-                let out = lane.renew_reply(key, driver).await;
-                (out, String::from(lane.connected_addr().unwrap_or_default()))
-            })
-            .await;
-        self.1 = member;
-        Ok(out)
+        let (inner, member) = (&self.0.client.0, &mut self.1);
+        let out = inner.control(async |lane| {
+            let out = lane.renew_reply(key, driver).await;
+            *member = String::from(lane.connected_addr().unwrap_or_default());
+            out
+        });
+        Ok(out.await)
     }
 
     fn served_by(&mut self) -> Option<String> {
@@ -593,8 +585,7 @@ impl<R: ClusterRuntime> RenewIo for RenewOn<R> {
     }
 
     async fn release(&mut self, driver: &LeaseDriver, key: &str, _: Instant) -> ReleaseReply {
-        let (inner, lease) = (&self.0.client.0, Lease::from_driver(key, *driver));
-        Ok(inner.control(async |lane| lane.release(lease).await).await)
+        Ok(self.0.client.0.release(key, *driver).await)
     }
 
     fn finish(self, _: bool) {}
@@ -642,10 +633,7 @@ impl Rng for OsHashRng {
         self.n += 1;
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(self.n);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        h.write_u128(nanos);
+        std::time::SystemTime::now().hash(&mut h);
         h.write_u32(std::process::id());
         (h.finish() >> 16) as u32
     }

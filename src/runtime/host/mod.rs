@@ -81,7 +81,7 @@ pub(crate) type HostTls = core::convert::Infallible;
 ///
 /// A connection put back into a client's pool after a clean release must
 /// stay open: [`keep_open`](Self::keep_open) disarms the closer.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct HangUp(Option<TcpStream>, std::sync::atomic::AtomicBool);
 
 impl HangUp {

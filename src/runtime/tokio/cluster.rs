@@ -30,9 +30,7 @@ use std::time::Duration;
 
 use super::{HostStream, Result, TokioTimer, open_host};
 use crate::cluster::Connector;
-use crate::runtime::host::cluster::{
-    self as host, ClusterRuntime, ClusterSettings, Lane, Renewal, Renewing,
-};
+use crate::runtime::host::cluster::{self as host, ClusterRuntime, ClusterSettings};
 
 /// Dials members over tokio TCP (or TLS), counting every dial.
 #[derive(Debug, Clone)]
@@ -46,24 +44,24 @@ impl Connector for TokioConnector {
     }
 
     fn auth_token(&self) -> Option<&str> {
-        self.0.auth_token.as_ref().map(|t| t.expose())
+        self.0.connect.token()
     }
 }
 
 impl ClusterRuntime for TokioConnector {
     type Timer = TokioTimer;
-    type Cell = tokio::sync::Mutex<Lane<Self>>;
+    type Cell = tokio::sync::Mutex<host::Lane<Self>>;
     type Wake = tokio::sync::Notify;
 
     fn new(settings: Arc<ClusterSettings>) -> Self {
         Self(settings)
     }
 
-    async fn lock(cell: &Self::Cell) -> impl DerefMut<Target = Lane<Self>> {
+    async fn lock(cell: &Self::Cell) -> impl DerefMut<Target = host::Lane<Self>> {
         cell.lock().await
     }
 
-    fn spawn(renewing: Renewing<Self>) -> Result<()> {
+    fn spawn(renewing: host::Renewing<Self>) -> Result<()> {
         tokio::spawn(renewing.run());
         Ok(())
     }
