@@ -42,7 +42,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use super::{BlockingTransport, HostConnection, StdTimer, block_on, std_instant, timeout_kind};
+use super::{HostConnection, StdTimer, block_on, std_instant};
 use crate::lock::{LeaseDriver, wire_secs};
 use crate::runtime::host::lock::{
     Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, dial, drive, lock_api,
@@ -100,13 +100,19 @@ pub(crate) struct Conn {
     worker: Option<Arc<Worker>>,
 }
 
+impl Conn {
+    /// A non-blocking peek: whether the connection can carry requests (the
+    /// server did not close it, nor send something nobody asked for, such
+    /// as its idle-timeout `error`).
+    fn usable(&mut self) -> bool {
+        self.wire.is_usable() && !self.wire.get_mut().transport_mut().peer_closed()
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         if let Some(w) = &self.worker {
-            w.ring(|s| {
-                s.closed = true;
-                true
-            });
+            w.ring(|s| s.closed = true);
         }
     }
 }
@@ -115,9 +121,7 @@ impl Drop for Conn {
 /// connects, taking an idle one (with its parked renewal thread) from the
 /// pool when it can.
 fn connect(s: &Settings) -> Result<Conn> {
-    let usable =
-        |c: &mut Conn| c.wire.is_usable() && !c.wire.get_mut().transport_mut().peer_closed();
-    if let Some(conn) = checkout(s, usable)? {
+    if let Some(conn) = checkout(s, Conn::usable)? {
         return Ok(conn);
     }
     let (addr, opts, tls) = dial(s)?;
@@ -167,6 +171,17 @@ fn wait_within(
         .transpose()
 }
 
+/// Sleeps on `bell` until rung, or `left` passed when given.
+fn sleep<'a, T>(
+    bell: &Condvar,
+    held: MutexGuard<'a, T>,
+    left: Option<Duration>,
+) -> MutexGuard<'a, T> {
+    // Past the clock's range, std waits without a bound.
+    let woken = bell.wait_timeout(held, left.unwrap_or(Duration::MAX));
+    woken.unwrap_or_else(|e| e.into_inner()).0
+}
+
 // ---- the guard ----------------------------------------------------------------
 
 impl Wake for Condvar {
@@ -182,13 +197,9 @@ impl Wake for Condvar {
         loop {
             status = match f(&mut status) {
                 ControlFlow::Break(out) => return out,
-                ControlFlow::Continue(None) => {
-                    shared.wake.wait(status).unwrap_or_else(|e| e.into_inner())
-                }
-                ControlFlow::Continue(Some(at)) => {
-                    let left = at.saturating_duration_since(StdTimer.now());
-                    let woken = shared.wake.wait_timeout(status, left);
-                    woken.unwrap_or_else(|e| e.into_inner()).0
+                ControlFlow::Continue(at) => {
+                    let left = at.map(|at| at.saturating_duration_since(StdTimer.now()));
+                    sleep(&shared.wake, status, left)
                 }
             };
         }
@@ -266,11 +277,10 @@ impl Worker {
         self.sched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Tells the thread what changed (`f`); wakes it when `f` says so.
-    fn ring(&self, f: impl FnOnce(&mut Sched) -> bool) {
-        if f(&mut self.sched()) {
-            self.bell.notify_one();
-        }
+    /// Tells the thread what changed (`f`) and wakes it.
+    fn ring(&self, f: impl FnOnce(&mut Sched)) {
+        f(&mut self.sched());
+        self.bell.notify_one();
     }
 
     /// Polls the loop once; whether it still runs. A loop that ends or
@@ -278,18 +288,15 @@ impl Worker {
     /// the lease lost at once).
     fn poll(&self) -> bool {
         let mut slot = self.run.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(run) = slot.as_mut() else {
-            return false;
-        };
         let cx = &mut Context::from_waker(Waker::noop());
-        let polled = catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)));
-        if !matches!(polled, Ok(Poll::Pending)) {
+        let poll = AssertUnwindSafe(|| slot.as_mut().map(|run| run.as_mut().poll(cx)));
+        let polled = catch_unwind(poll);
+        if !matches!(polled, Ok(Some(Poll::Pending))) {
             *slot = None;
         }
         drop(slot);
-        polled
-            .unwrap_or_else(|panic| resume_unwind(panic))
-            .is_pending()
+        let polled = polled.unwrap_or_else(|panic| resume_unwind(panic));
+        polled.is_some_and(|p| p.is_pending())
     }
 
     /// When the thread wakes next for a running loop: when the loop's wait
@@ -320,14 +327,10 @@ fn work(w: &Worker) {
         if sched.poke || sched.closed {
             continue;
         }
-        sched = match sched.wakes {
-            Some(t) => {
-                let left = t.saturating_duration_since(std::time::Instant::now());
-                let woken = w.bell.wait_timeout(sched, left);
-                woken.unwrap_or_else(|e| e.into_inner()).0
-            }
-            None => w.bell.wait(sched).unwrap_or_else(|e| e.into_inner()),
-        };
+        let left = sched
+            .wakes
+            .map(|t| t.saturating_duration_since(std::time::Instant::now()));
+        sched = sleep(&w.bell, sched, left);
     }
 }
 
@@ -338,10 +341,7 @@ impl Drop for LeaseGuard {
         // inner guard's own drop, which is harmless).
         if self.1.run.try_lock().map_or(true, |run| run.is_some()) {
             self.0.ask_release();
-            self.1.ring(|s| {
-                s.poke = true;
-                true
-            });
+            self.1.ring(|s| s.poke = true);
         }
     }
 }
@@ -376,38 +376,34 @@ impl LeaseGuard {
         let io = ThreadIo {
             conn,
             closer: HangUpCloser(hangup),
-            settings,
+            settings: settings.clone(),
         };
-        let run = async move {
-            let settings = io.settings.clone();
-            drive(io, &settings.key, driver, renewer).await;
-        };
+        let run = async move { drive(io, &settings.key, driver, renewer).await };
         *worker.run.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(run));
         // Polled once here, so the thread needs no wake-up unless this
         // lease is due before the thread wakes anyway.
         worker.poll();
         let due = worker.next_wake();
-        worker.ring(|s| {
-            s.lease = true;
-            s.wakes.is_none_or(|t| t > due)
-        });
+        let mut sched = worker.sched();
+        sched.lease = true;
+        let ring = sched.wakes.is_none_or(|t| t > due);
+        drop(sched);
+        if ring {
+            worker.bell.notify_one();
+        }
         Ok(LeaseGuard(guard, worker))
     }
 
     /// Blocks until the lease is lost (at the [`deadline`](Self::deadline)
     /// at the latest, unless renewed). Never returns while it is held.
     pub fn wait_lost(&self) {
-        self.wait_lost_until(None);
+        block_on(self.0.lost_by(None));
     }
 
     /// Blocks until the lease is lost or `timeout` passed; whether it is
     /// lost.
     pub fn wait_lost_timeout(&self, timeout: Duration) -> bool {
-        self.wait_lost_until(Some(StdTimer.now() + timeout))
-    }
-
-    fn wait_lost_until(&self, until: Option<Instant>) -> bool {
-        block_on(self.0.lost_by(until))
+        block_on(self.0.lost_by(Some(StdTimer.now() + timeout)))
     }
 
     /// Releases the lease, on the calling thread (no hand-off to the
@@ -441,17 +437,6 @@ struct ThreadIo {
     settings: Arc<Settings>,
 }
 
-impl ThreadIo {
-    /// Gives the driver's next request its reply limit as the transport's
-    /// deadline.
-    fn arm(&mut self, limit: Instant) -> Result<()> {
-        let transport = self.conn.wire.get_mut().transport_mut();
-        transport
-            .set_deadline(Some(std_instant(limit)))
-            .map_err(Error::Io)
-    }
-}
-
 impl RenewIo for ThreadIo {
     type Wake = Condvar;
 
@@ -469,32 +454,23 @@ impl RenewIo for ThreadIo {
             })
             .await;
         }
-        // A non-blocking peek: the server closed the connection, or sent
-        // something nobody asked for (its idle-timeout `error`).
-        let wire = &mut self.conn.wire;
-        wire.is_usable() && !wire.get_mut().transport_mut().peer_closed()
+        self.conn.usable()
     }
 
+    // The driver's reply limit is the request's deadline.
     async fn renew(&mut self, d: &mut LeaseDriver, key: &str, limit: Instant) -> RenewReply {
-        let token = *d.token();
-        if let Err(e) = self.arm(limit) {
-            return Ok(Err(e));
-        }
-        let renew = self
-            .conn
-            .wire
-            .get_mut()
-            .renew(d.kind(), key, &token, d.request_secs());
-        Ok(renew.await.map_err(timeout_kind))
+        let (kind, token, secs) = (d.kind(), d.token(), d.request_secs());
+        let renew = self.conn.wire.request(Some(std_instant(limit)), |c| {
+            c.renew(kind, key, token, secs)
+        });
+        Ok(renew.await)
     }
 
     async fn release(&mut self, d: &LeaseDriver, key: &str, limit: Instant) -> ReleaseReply {
-        let token = *d.token();
-        if let Err(e) = self.arm(limit) {
-            return Ok(Err(e));
-        }
-        let release = self.conn.wire.get_mut().release(d.kind(), key, &token);
-        Ok(release.await.map_err(timeout_kind))
+        let release = self.conn.wire.request(Some(std_instant(limit)), |c| {
+            c.release(d.kind(), key, d.token())
+        });
+        Ok(release.await)
     }
 
     fn finish(self, released: bool) {

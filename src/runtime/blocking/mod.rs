@@ -295,30 +295,29 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
         &mut self.inner
     }
 
-    /// Gives the next request one deadline, `wait` from now.
-    fn arm(&mut self, wait: Duration) -> Result<()> {
-        let deadline = std::time::Instant::now().checked_add(wait);
-        self.inner
-            .transport_mut()
-            .set_deadline(deadline)
-            .map_err(Error::Io)
-    }
-
     /// Gives a request the server may hold for `server_secs` one deadline
     /// (the reply timeout beyond that), then runs it.
-    fn run<'c, R, F>(
+    fn run<'c, R, F: Future<Output = Result<R>>>(
         &'c mut self,
         server_secs: u64,
         f: impl FnOnce(&'c mut Connection<T, N, P>) -> F,
-    ) -> Result<R>
-    where
-        F: Future<Output = Result<R>>,
-    {
+    ) -> Result<R> {
         let wait = self
             .io_timeout
             .saturating_add(Duration::from_secs(server_secs));
-        self.arm(wait)?;
-        block_on(f(&mut self.inner)).map_err(timeout_kind)
+        block_on(self.request(std::time::Instant::now().checked_add(wait), f))
+    }
+
+    /// Runs the request `f` with one `deadline` (`None`: no bound) given to
+    /// the transport first; its future blocks whichever thread polls it.
+    async fn request<'c, R, F: Future<Output = Result<R>>>(
+        &'c mut self,
+        deadline: Option<std::time::Instant>,
+        f: impl FnOnce(&'c mut Connection<T, N, P>) -> F,
+    ) -> Result<R> {
+        let transport = self.inner.transport_mut();
+        transport.set_deadline(deadline).map_err(Error::Io)?;
+        f(&mut self.inner).await.map_err(timeout_kind)
     }
 
     /// Whether the connection can still carry requests.
@@ -351,10 +350,7 @@ impl<const N: usize, const P: usize, T: BlockingTransport> BlockingConnection<N,
         {
             return Ok(None);
         }
-        self.arm(self.io_timeout)?;
-        block_on(self.inner.next_signal())
-            .map(Some)
-            .map_err(timeout_kind)
+        self.run(0, |c| c.next_signal()).map(Some)
     }
 
     /// Signals dropped so far (see [`Connection::dropped_signals`]).
