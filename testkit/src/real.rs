@@ -274,8 +274,15 @@ pub(crate) fn spawn(binary: &Path, cfg: &Config) -> io::Result<(SocketAddr, Real
         } else {
             cfg.port
         };
-        let log =
-            std::env::temp_dir().join(format!("dflockd-real-{}-{port}.log", generation.name()));
+        // One file per start: a finished server on the same port removes its
+        // own log when dropped, which must not be this one.
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let log = std::env::temp_dir().join(format!(
+            "dflockd-real-{}-{port}-{}-{}.log",
+            generation.name(),
+            std::process::id(),
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
         let child = Command::new(binary)
             .args(flags(cfg, port))
             .env_clear_dflockd()
