@@ -10,7 +10,7 @@
 //! | [`pass`](FaultProxy::pass) | clear every fault: forward as is |
 //! | [`latency`](FaultProxy::latency) | delay each chunk by a fixed time plus a random jitter, per direction (order kept) |
 //! | [`blackhole`](FaultProxy::blackhole) | stop forwarding and discard what arrives, sockets kept open (a dead network) |
-//! | [`cut`](FaultProxy::cut) | close both sides of every open connection now (new ones are accepted) |
+//! | [`cut`](FaultProxy::cut) | close both sides of every open connection now, the client's side first (new ones are accepted) |
 //! | [`trickle`](FaultProxy::trickle) | forward at most N bytes every T, per direction (a slow or malicious peer) |
 //! | [`pause`](FaultProxy::pause) / [`resume`](FaultProxy::resume) | hold everything in both directions, delivered on resume (a stopped server process) |
 //! | [`drop_after`](FaultProxy::drop_after) | close a connection once it forwarded K more bytes (both directions counted) |
@@ -368,8 +368,9 @@ impl FaultProxy {
         self.modify(|f| f.paused = false);
     }
 
-    /// Closes both sides of every connection open now. New connections
-    /// are accepted as usual.
+    /// Closes both sides of every connection open now, the client's side
+    /// first (so a client can see the close before the server acts on it).
+    /// New connections are accepted as usual.
     pub fn cut(&self) {
         self.modify(|f| f.cut_epoch += 1);
     }
@@ -549,34 +550,35 @@ async fn proxy_connection(client: TcpStream, shared: &Arc<Shared>) {
         (f.cut_epoch, f.drop_epoch)
     };
     let _ = client.set_nodelay(true);
-    let work = async {
-        let Ok(server) = TcpStream::connect(shared.upstream).await else {
-            return;
-        };
-        let _ = server.set_nodelay(true);
-        let (cr, cw) = client.into_split();
-        let (sr, sw) = server.into_split();
-        let counter = DropCounter {
-            epoch: AtomicU64::new(drop_epoch),
-            bytes: AtomicU64::new(0),
-        };
-        // Either direction ending (EOF, error, drop-after) closes both.
-        tokio::select! {
-            () = pump(cr, sw, Dir::ToServer, shared, &counter) => {}
-            () = pump(sr, cw, Dir::ToClient, shared, &counter) => {}
-        }
+    let Ok(server) = TcpStream::connect(shared.upstream).await else {
+        return;
     };
+    let _ = server.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let counter = DropCounter {
+        epoch: AtomicU64::new(drop_epoch),
+        bytes: AtomicU64::new(0),
+    };
+    // Either direction ending (EOF, error, drop-after) or a cut closes
+    // both.
     tokio::select! {
-        () = work => {}
+        () = pump(&mut cr, &mut sw, Dir::ToServer, shared, &counter) => {}
+        () = pump(&mut sr, &mut cw, Dir::ToClient, shared, &counter) => {}
         _ = faults.wait_for(|f| f.cut_epoch != cut_epoch) => {}
     }
+    // The client's side first: a client under test must be able to see
+    // the close before the server does (and, auto-releasing, grants the
+    // lock to someone else), however the proxy's thread is scheduled.
+    drop((cw, cr));
+    drop((sw, sr));
 }
 
 /// One direction: a reader stamps each chunk with its delivery time, a
 /// writer delivers it then, under the faults in force at that moment.
 async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
     dir: Dir,
     shared: &Arc<Shared>,
     counter: &DropCounter,
