@@ -142,7 +142,7 @@ impl Default for SignalOptions {
             heartbeat: DEFAULT_HEARTBEAT,
             read_timeout: DEFAULT_READ_TIMEOUT,
             queue: 64,
-            io_timeout: Duration::from_secs(10),
+            io_timeout: crate::lock::DEFAULT_IO_TIMEOUT,
             reconnect: None,
         }
     }
