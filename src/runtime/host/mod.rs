@@ -115,6 +115,14 @@ impl HangUp {
     pub(crate) fn keep_open(&self) {
         self.1.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Shuts the socket down for every holder of a descriptor of it: the
+    /// connection's owner is done with it.
+    pub(crate) fn close(&self) {
+        if let Some(sock) = &self.0 {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// Whether the peer of socket `fd` closed or reset the connection
@@ -150,10 +158,8 @@ pub(crate) struct HangUpCloser(pub(crate) std::sync::Arc<HangUp>);
 
 impl Drop for HangUpCloser {
     fn drop(&mut self) {
-        if let Some(sock) = &self.0.0
-            && !self.0.1.load(std::sync::atomic::Ordering::SeqCst)
-        {
-            let _ = sock.shutdown(std::net::Shutdown::Both);
+        if !self.0.1.load(std::sync::atomic::Ordering::SeqCst) {
+            self.0.close();
         }
     }
 }

@@ -1,8 +1,7 @@
 //! [`Client`] on tokio: the shared client types, and the signal
 //! connection.
 
-/// The connection the locks pool (as `lock.rs` opens them).
-type Conn = super::HostConnection<{ crate::runtime::host::settings::LINE }, 0>;
+use super::lock::Conn;
 use super::{DistributedLock, DistributedSemaphore, Result, SignalConn, SignalOptions};
 
 crate::runtime::host::client::client_types!(DistributedLock, DistributedSemaphore, Conn, "tokio");
