@@ -363,6 +363,36 @@ async fn signals_through_the_client() {
 
 // ---- blocking ------------------------------------------------------------------
 
+/// A pooled connection belongs to the runtime that opened it (its socket
+/// and its request timer are driven there): another runtime opens its own,
+/// and one pooled by a runtime that has ended never fails an acquire.
+#[test]
+fn a_pooled_connection_is_reused_only_on_the_runtime_that_opened_it() {
+    let server = TestServer::builder()
+        .start_blocking()
+        .expect("start testkit");
+    let proxy = FaultProxy::builder(server.addr())
+        .start_blocking()
+        .expect("start proxy");
+    let client = Client::new(proxy.addr().to_string());
+    let lock = client.lock("runtimes");
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    runtime().block_on(cycle(&lock)); // that runtime ends here
+    assert_eq!(client.idle_connections(), 1);
+    runtime().block_on(async {
+        cycle(&lock).await;
+        cycle(&lock).await;
+    });
+    assert_eq!(proxy.accepted(), 2, "one connection per runtime");
+    assert_eq!(client.idle_connections(), 1);
+}
+
 #[test]
 fn blocking_client_reuses_connections_and_closes_after_errors() {
     use dflockd_client::blocking::Client;

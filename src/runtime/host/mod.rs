@@ -76,10 +76,11 @@ pub(crate) type HostTls = core::convert::Infallible;
 /// still notices the close).
 ///
 /// Because the duplicate would keep the connection open, whoever owns the
-/// connection holds a [`HangUpCloser`]: dropping it shuts the socket down
-/// for both sides, so the server sees the close as before.
-///
-/// A connection put back into a client's pool after a clean release must
+/// connection shuts the socket down ([`close`](Self::close)) when it is
+/// done with it, so the server sees the close as before: tokio's pooled
+/// connection when dropped (it keeps its watch for every lease it
+/// carries), the blocking renewal side through a [`HangUpCloser`]. A
+/// connection put back into a client's pool after a clean release must
 /// stay open: [`keep_open`](Self::keep_open) disarms the closer.
 #[derive(Debug, Default)]
 pub(crate) struct HangUp(Option<TcpStream>, std::sync::atomic::AtomicBool);

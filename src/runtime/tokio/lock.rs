@@ -45,6 +45,7 @@ use tokio::time::Sleep;
 
 use super::{HostConnection, TokioTimer, connect_host, tokio_instant};
 use crate::lock::LeaseDriver;
+use crate::runtime::host::HangUp;
 #[cfg(unix)]
 use crate::runtime::host::hung_up;
 use crate::runtime::host::lock::{
@@ -52,7 +53,6 @@ use crate::runtime::host::lock::{
 };
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
-use crate::runtime::host::HangUp;
 use crate::time::{Elapsed, Instant, Timer};
 use crate::{Enqueued as CoreEnqueued, Error};
 
@@ -264,7 +264,8 @@ pub struct LeaseGuard(Guard<Notify>);
 
 impl LeaseGuard {
     fn spawn(conn: Conn, settings: Arc<Settings>, driver: LeaseDriver) -> Self {
-        let (guard, renewer) = Guard::new(settings.clone(), &driver, conn.watch.clone(), Notify::new());
+        let (guard, renewer) =
+            Guard::new(settings.clone(), &driver, conn.watch.clone(), Notify::new());
         let io = TaskIo {
             conn,
             settings: settings.clone(),
@@ -323,7 +324,12 @@ impl RenewIo for TaskIo {
     async fn renew(&mut self, d: &mut LeaseDriver, key: &str, limit: Instant) -> RenewReply {
         let token = *d.token();
         let Conn { wire, deadline, .. } = &mut self.conn;
-        bounded(deadline, limit, wire.renew(d.kind(), key, &token, d.request_secs())).await
+        bounded(
+            deadline,
+            limit,
+            wire.renew(d.kind(), key, &token, d.request_secs()),
+        )
+        .await
     }
 
     async fn release(&mut self, d: &LeaseDriver, key: &str, limit: Instant) -> ReleaseReply {
