@@ -1,7 +1,8 @@
 //! [`Client`] on tokio: the shared client types, and the signal
 //! connection.
 
-use super::lock::Conn;
+/// The connection the locks pool (as `lock.rs` opens them).
+type Conn = std::boxed::Box<super::lock::Conn>;
 use super::{DistributedLock, DistributedSemaphore, Result, SignalConn, SignalOptions};
 
 crate::runtime::host::client::client_types!(DistributedLock, DistributedSemaphore, Conn, "tokio");

@@ -174,13 +174,15 @@ fn socket(conn: &mut HostConnection<LINE, 0>) -> std::os::fd::BorrowedFd<'_> {
 }
 
 /// Opens the connection of one acquire or enqueue: the one place a lock
-/// connects, taking an idle one from the pool when it can.
-async fn connect(s: &Settings) -> Result<Conn> {
-    if let Some(conn) = checkout(s, Conn::reusable)? {
+/// connects, taking an idle one from the pool when it can. Boxed: moved
+/// through the pool, the requests and the renewal task as a pointer.
+async fn connect(s: &Settings) -> Result<Box<Conn>> {
+    if let Some(conn) = checkout(s, |c: &mut Box<Conn>| c.reusable())? {
         return Ok(conn);
     }
     let (addr, opts, tls) = dial(s)?;
-    Ok(Conn::new(connect_host(addr, &opts, tls.as_ref()).await?))
+    let wire = connect_host(addr, &opts, tls.as_ref()).await?;
+    Ok(Box::new(Conn::new(wire)))
 }
 
 async fn acquire_within(s: &Arc<Settings>, timeout: Duration) -> Result<Option<LeaseGuard>> {
@@ -200,7 +202,7 @@ async fn enqueue(s: &Arc<Settings>) -> Result<Enqueued> {
                 EnqueuedState::Acquired(LeaseGuard::spawn(conn, s.clone(), l.into_driver()))
             }
             CoreEnqueued::Queued => EnqueuedState::Queued {
-                conn: Box::new(conn),
+                conn,
                 settings: s.clone(),
             },
         },
@@ -216,7 +218,7 @@ async fn wait_within(
         .spec()
         .wait_within(&mut conn.wire, &TokioTimer, timeout)
         .await?;
-    Ok(lease.map(|l| LeaseGuard::spawn(*conn, s.clone(), l.into_driver())))
+    Ok(lease.map(|l| LeaseGuard::spawn(conn, s.clone(), l.into_driver())))
 }
 
 // ---- the guard ----------------------------------------------------------------
@@ -263,7 +265,7 @@ impl Wake for Notify {
 pub struct LeaseGuard(Guard<Notify>);
 
 impl LeaseGuard {
-    fn spawn(conn: Conn, settings: Arc<Settings>, driver: LeaseDriver) -> Self {
+    fn spawn(conn: Box<Conn>, settings: Arc<Settings>, driver: LeaseDriver) -> Self {
         let (guard, renewer) =
             Guard::new(settings.clone(), &driver, conn.watch.clone(), Notify::new());
         let io = TaskIo {
@@ -300,7 +302,7 @@ impl LeaseGuard {
 /// The renewal task's IO: the connection (closed when the task ends or
 /// is dropped, unless it went back to the pool).
 struct TaskIo {
-    conn: Conn,
+    conn: Box<Conn>,
     /// Where the connection goes back after a clean release.
     settings: Arc<Settings>,
 }
@@ -323,7 +325,7 @@ impl RenewIo for TaskIo {
 
     async fn renew(&mut self, d: &mut LeaseDriver, key: &str, limit: Instant) -> RenewReply {
         let token = *d.token();
-        let Conn { wire, deadline, .. } = &mut self.conn;
+        let Conn { wire, deadline, .. } = &mut *self.conn;
         bounded(
             deadline,
             limit,
@@ -334,7 +336,7 @@ impl RenewIo for TaskIo {
 
     async fn release(&mut self, d: &LeaseDriver, key: &str, limit: Instant) -> ReleaseReply {
         let token = *d.token();
-        let Conn { wire, deadline, .. } = &mut self.conn;
+        let Conn { wire, deadline, .. } = &mut *self.conn;
         bounded(deadline, limit, wire.release(d.kind(), key, &token)).await
     }
 
