@@ -38,6 +38,18 @@ async fn setup() -> (TestServer, FaultProxy, Client) {
     (server, proxy, client)
 }
 
+/// [`setup`]'s server and proxy on their own threads, for the tests that
+/// run their own runtimes or none.
+fn setup_threads() -> (TestServer, FaultProxy) {
+    let server = TestServer::builder()
+        .start_blocking()
+        .expect("start testkit");
+    let proxy = FaultProxy::builder(server.addr())
+        .start_blocking()
+        .expect("start proxy");
+    (server, proxy)
+}
+
 /// One acquire + release through `lock`.
 async fn cycle(lock: &dflockd_client::tokio::DistributedLock) {
     let guard = lock.acquire().await.unwrap().expect("granted");
@@ -368,12 +380,7 @@ async fn signals_through_the_client() {
 /// and one pooled by a runtime that has ended never fails an acquire.
 #[test]
 fn a_pooled_connection_is_reused_only_on_the_runtime_that_opened_it() {
-    let server = TestServer::builder()
-        .start_blocking()
-        .expect("start testkit");
-    let proxy = FaultProxy::builder(server.addr())
-        .start_blocking()
-        .expect("start proxy");
+    let (_server, proxy) = setup_threads();
     let client = Client::new(proxy.addr().to_string());
     let lock = client.lock("runtimes");
     let runtime = || {
@@ -396,12 +403,7 @@ fn a_pooled_connection_is_reused_only_on_the_runtime_that_opened_it() {
 #[test]
 fn blocking_client_reuses_connections_and_closes_after_errors() {
     use dflockd_client::blocking::Client;
-    let server = TestServer::builder()
-        .start_blocking()
-        .expect("start testkit");
-    let proxy = FaultProxy::builder(server.addr())
-        .start_blocking()
-        .expect("start proxy");
+    let (_server, proxy) = setup_threads();
     let client = Client::new(proxy.addr().to_string());
     let lock = client.lock("blocking-reuse");
     for _ in 0..5 {
