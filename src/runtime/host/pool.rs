@@ -11,8 +11,8 @@
 //!   oldest idle connection is closed to make room.
 //! * A connection idle for [`max_age`](Pool::max_age) is closed by a reaper
 //!   thread (started when the first connection is put back, gone once the
-//!   pool has stayed empty for a max age, or is dropped), so no pooled connection sits silent until
-//!   the server's read timeout closes it. Closing, not pinging: a ping
+//!   pool has stayed empty for a max age, or is dropped), so no pooled
+//!   connection sits silent until the server's read timeout closes it. Closing, not pinging: a ping
 //!   would keep connections nobody uses, and a connect costs one round trip
 //!   (plus a handshake with TLS) only after a quiet spell.
 //! * Checkout takes the most recently used connection, skips expired ones
@@ -380,6 +380,18 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(10), "never reaped");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn the_reaper_outlives_an_empty_pool_by_a_max_age() {
+        // A single worker's pool is empty while its connection is out:
+        // the reaper must not end (and be started again) on every lock.
+        let (p, _) = pool(4, Duration::from_millis(100));
+        p.shared.lock().reaper = true;
+        let start = Instant::now();
+        reap(&p.shared);
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        assert!(!p.shared.lock().reaper);
     }
 
     #[test]
