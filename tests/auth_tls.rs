@@ -138,7 +138,7 @@ fn blocking_auth_over_rustls() {
     };
     let mut conn =
         BlockingConnection::<256, 0, _>::connect_tls(server.addr(), &opts, &tls).unwrap();
-    conn.ping().unwrap();
+    tls_support::assert_pong(&server, conn.ping());
     let bad = blocking::ConnectOptions {
         auth_token: Some(WRONG.into()),
         ..Default::default()
