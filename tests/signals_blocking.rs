@@ -6,16 +6,19 @@
 //! the client gets there instead: the server's `error` on a connection that
 //! stays up.
 
-use std::fmt::Debug;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
+use dflockd_client::Error;
 use dflockd_client::blocking::{BlockingConnection, ConnectOptions};
-use dflockd_client::blocking::{MAX_SIGNAL_LINE, Reconnect, Signal, SignalEvent, SignalOptions};
+use dflockd_client::blocking::{MAX_SIGNAL_LINE, Signal, SignalEvent, SignalOptions};
 use dflockd_client::blocking::{SignalConn, emit};
 use dflockd_client::protocol::{Arg, InvalidArgument, Rule};
-use dflockd_client::{Error, ServerError};
 use dflockd_testkit::TestServer;
+use generation::answered;
+
+#[path = "support/generation.rs"]
+mod generation;
 
 /// Generous bound on anything that should happen promptly.
 const PROMPT: Duration = Duration::from_secs(15);
@@ -26,39 +29,11 @@ fn server() -> TestServer {
         .expect("start testkit")
 }
 
-/// The running test's name (libtest names the thread after it).
-fn test_name() -> String {
-    std::thread::current().name().unwrap_or("?").to_owned()
-}
-
 /// A server for a test that needs signals; `None`, with the reason printed,
 /// on one without them (see `without_signals_each_command_is_a_server_error`).
 fn signal_server() -> Option<TestServer> {
     let server = server();
-    let generation = server.generation();
-    if generation.has_signals() {
-        return Some(server);
-    }
-    println!(
-        "skipped {} against {}: no signals in this protocol generation",
-        test_name(),
-        generation.name()
-    );
-    None
-}
-
-/// What a signal command got: its result (`Some`) where the server has
-/// signals; where it has none, the server's `error` reply as
-/// `Error::Server(ServerError::Error)` (`None`). A reply, not a timeout: the
-/// request came back before its deadline.
-fn answered<T: Debug>(server: &TestServer, r: Result<T, Error<std::io::Error>>) -> Option<T> {
-    if server.generation().has_signals() {
-        return Some(r.expect("signal command"));
-    }
-    match r {
-        Err(Error::Server(ServerError::Error)) => None,
-        other => panic!("expected the server's `error`, got {other:?}"),
-    }
+    generation::has_signals(&server).then_some(server)
 }
 
 fn listener<const N: usize, const P: usize>(
@@ -322,14 +297,7 @@ fn reconnect_restores_subscriptions_and_reports_the_gap() {
     let Some(server) = signal_server() else {
         return;
     };
-    let opts = SignalOptions {
-        reconnect: Some(Reconnect {
-            initial_backoff: Duration::from_millis(20),
-            ..Reconnect::default()
-        }),
-        ..SignalOptions::default()
-    };
-    let sub: SignalConn = listener(&server, opts);
+    let sub: SignalConn = listener(&server, generation::reconnecting());
     sub.listen("r.*", None).unwrap();
     sub.listen("q", Some("g")).unwrap();
     server.disconnect_all_clients();
@@ -375,22 +343,10 @@ fn disconnect_without_reconnect_ends_the_iterator_after_the_error() {
 #[test]
 fn without_signals_each_command_is_a_server_error() {
     let server = server();
-    if server.generation().has_signals() {
-        println!(
-            "skipped {} against {}: it has signals",
-            test_name(),
-            server.generation().name()
-        );
+    if !generation::lacks_signals(&server) {
         return;
     }
-    let opts = SignalOptions {
-        reconnect: Some(Reconnect {
-            initial_backoff: Duration::from_millis(20),
-            ..Reconnect::default()
-        }),
-        ..SignalOptions::default()
-    };
-    let sub: SignalConn = listener(&server, opts);
+    let sub: SignalConn = listener(&server, generation::reconnecting());
     for round in 0..2 {
         answered(&server, sub.listen("a.*", None));
         answered(&server, sub.listen("jobs", Some("g")));

@@ -8,13 +8,16 @@
 use std::fmt::Debug;
 use std::time::Duration;
 
+use dflockd_client::Error;
 use dflockd_client::protocol::{Arg, InvalidArgument, Rule};
 use dflockd_client::tokio::{ConnectOptions, TokioConnection, connect};
 use dflockd_client::tokio::{MAX_SIGNAL_LINE, Reconnect, Signal, SignalEvent, SignalOptions};
 use dflockd_client::tokio::{SignalConn, emit};
-use dflockd_client::{Error, ServerError};
 use dflockd_testkit::TestServer;
 use tokio::time::timeout;
+
+#[path = "support/generation.rs"]
+mod generation;
 
 /// Generous bound on anything that should happen promptly.
 const PROMPT: Duration = Duration::from_secs(15);
@@ -23,42 +26,20 @@ async fn server() -> TestServer {
     TestServer::builder().start().await.expect("start testkit")
 }
 
-/// The running test's name (libtest names the thread after it).
-fn test_name() -> String {
-    std::thread::current().name().unwrap_or("?").to_owned()
-}
-
 /// A server for a test that needs signals; `None`, with the reason printed,
 /// on one without them (see `without_signals_each_command_is_a_server_error`).
 async fn signal_server() -> Option<TestServer> {
     let server = server().await;
-    let generation = server.generation();
-    if generation.has_signals() {
-        return Some(server);
-    }
-    println!(
-        "skipped {} against {}: no signals in this protocol generation",
-        test_name(),
-        generation.name()
-    );
-    None
+    generation::has_signals(&server).then_some(server)
 }
 
-/// What a signal command gets, within [`PROMPT`]: its result (`Some`) where
-/// the server has signals; where it has none, the server's `error` reply as
-/// `Error::Server(ServerError::Error)` (`None`).
+/// [`generation::answered`] for a request that must come back within
+/// [`PROMPT`].
 async fn answered<T: Debug>(
     server: &TestServer,
     request: impl Future<Output = Result<T, Error<std::io::Error>>>,
 ) -> Option<T> {
-    let r = timeout(PROMPT, request).await.expect("answered in time");
-    if server.generation().has_signals() {
-        return Some(r.expect("signal command"));
-    }
-    match r {
-        Err(Error::Server(ServerError::Error)) => None,
-        other => panic!("expected the server's `error`, got {other:?}"),
-    }
+    generation::answered(server, timeout(PROMPT, request).await.expect("in time"))
 }
 
 async fn listener<const N: usize, const P: usize>(
@@ -495,14 +476,7 @@ async fn reconnect_restores_every_subscription_and_reports_the_gap() {
         return;
     };
     let addr = server.addr().to_string();
-    let opts = SignalOptions {
-        reconnect: Some(Reconnect {
-            initial_backoff: Duration::from_millis(20),
-            ..Reconnect::default()
-        }),
-        ..SignalOptions::default()
-    };
-    let mut sub: SignalConn = listener(&server, opts).await;
+    let mut sub: SignalConn = listener(&server, generation::reconnecting()).await;
     sub.listen("r.>", None).await.unwrap();
     sub.listen("jobs", Some("g")).await.unwrap();
     sub.listen("gone", None).await.unwrap();
@@ -631,23 +605,11 @@ async fn handles_work_from_other_tasks_and_close_with_the_last_one() {
 #[tokio::test]
 async fn without_signals_each_command_is_a_server_error() {
     let server = server().await;
-    if server.generation().has_signals() {
-        println!(
-            "skipped {} against {}: it has signals",
-            test_name(),
-            server.generation().name()
-        );
+    if !generation::lacks_signals(&server) {
         return;
     }
     let addr = server.addr().to_string();
-    let opts = SignalOptions {
-        reconnect: Some(Reconnect {
-            initial_backoff: Duration::from_millis(20),
-            ..Reconnect::default()
-        }),
-        ..SignalOptions::default()
-    };
-    let mut sub: SignalConn = listener(&server, opts).await;
+    let mut sub: SignalConn = listener(&server, generation::reconnecting()).await;
     for round in 0..2 {
         answered(&server, sub.listen("a.*", None)).await;
         answered(&server, sub.listen("jobs", Some("g"))).await;

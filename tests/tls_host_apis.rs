@@ -8,6 +8,8 @@
 //! stats) with a generous upper bound.
 #![cfg(all(feature = "rustls", feature = "tokio"))]
 
+#[path = "support/generation.rs"]
+mod generation;
 mod tls_support;
 
 use std::io;
@@ -349,7 +351,7 @@ async fn expect_signal(sub: &mut sig_tokio::SignalConn, channel: &str, payload: 
 async fn tokio_signals_over_tls() {
     let p = pki();
     let server = tls_server(&p).await;
-    if !tls_support::has_signals(&server) {
+    if !generation::has_signals(&server) {
         return;
     }
     let addr = server.addr().to_string();
@@ -385,7 +387,7 @@ async fn tokio_signals_over_tls() {
 async fn tokio_signals_reconnect_over_tls() {
     let p = pki();
     let server = tls_server(&p).await;
-    if !tls_support::has_signals(&server) {
+    if !generation::has_signals(&server) {
         return;
     }
     let addr = server.addr().to_string();
@@ -448,7 +450,7 @@ async fn tokio_signals_with_wrong_ca_are_refused() {
 fn blocking_signals_over_tls() {
     let p = pki();
     let server = blocking_tls_server(&p);
-    if !tls_support::has_signals(&server) {
+    if !generation::has_signals(&server) {
         return;
     }
     let tls = connector(&p);

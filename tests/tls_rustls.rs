@@ -3,6 +3,8 @@
 //! generated certificates.
 #![cfg(all(feature = "rustls", feature = "tokio"))]
 
+#[path = "support/generation.rs"]
+mod generation;
 mod tls_support;
 
 use std::io;
@@ -91,7 +93,7 @@ fn blocking_lock_over_tls() {
     assert_eq!(server.stats().semaphores.len(), 1);
     conn.renew(sem, "tls-sem", &grant.token, Some(20)).unwrap();
     conn.release(sem, "tls-sem", &grant.token).unwrap();
-    tls_support::assert_pong(&server, conn.ping());
+    generation::assert_pong(&server, conn.ping());
 }
 
 #[test]
@@ -101,7 +103,7 @@ fn blocking_signals_over_tls() {
         .tls(&p.cert, &p.key)
         .start_blocking()
         .unwrap();
-    if !tls_support::has_signals(&server) {
+    if !generation::has_signals(&server) {
         return;
     }
     let tls = RustlsConnector::from_ca_der(&p.ca_der, SERVER_NAME).unwrap();

@@ -12,34 +12,6 @@ use rcgen::{
     date_time_ymd,
 };
 
-/// False, with the reason printed, when the test's server has no signals
-/// (v1.10.0, v2): the test needing them skips there.
-pub fn has_signals(server: &dflockd_testkit::TestServer) -> bool {
-    let generation = server.generation();
-    if !generation.has_signals() {
-        println!(
-            "skipped {} against {}: no signals in this protocol generation",
-            std::thread::current().name().unwrap_or("?"),
-            generation.name()
-        );
-    }
-    generation.has_signals()
-}
-
-/// A `ping`'s answer: `ok`, or `error` from a server without `ping`
-/// (v1.10.0); either way the connection answered.
-pub fn assert_pong<E: std::fmt::Debug>(
-    server: &dflockd_testkit::TestServer,
-    pong: Result<(), dflockd_client::Error<E>>,
-) {
-    match pong {
-        Ok(()) => {}
-        Err(dflockd_client::Error::Server(dflockd_client::ServerError::Error))
-            if !server.generation().has_ping() => {}
-        other => panic!("ping: {other:?}"),
-    }
-}
-
 /// Generous bound for anything that must not hang.
 pub const T: Duration = Duration::from_secs(30);
 
