@@ -178,7 +178,8 @@ impl SignalOptions {
 ///
 /// The expanding module provides `mpsc` (its channel module: `Sender`,
 /// `Receiver`), `Reply`, `Result`, `ConnectOptions`, the private
-/// `SignalHandle::call` (one command's round trip),
+/// `SignalHandle::call` (one command's round trip, the command checked
+/// first with `Cmd::checked`),
 /// `SignalConn::connect_with` and `emit_over` (one signal on a fresh
 /// connection, checked first), and its own way to wait for an item.
 /// `addr` is the address type, `who` where handles are used from, `links`
@@ -232,7 +233,8 @@ macro_rules! signal_api {
             ///
             #[doc = $request]
             pub $($async)? fn listen(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-                self.call(Cmd::listen(pattern, group))$($await)*.map(drop)
+                let cmd = Cmd::Listen(pattern.into(), group.map(Into::into));
+                self.call(cmd)$($await)*.map(drop)
             }
 
             /// Drops the subscription made with the same pattern and group (`Ok`
@@ -241,7 +243,8 @@ macro_rules! signal_api {
             ///
             #[doc = $request]
             pub $($async)? fn unlisten(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-                self.call(Cmd::unlisten(pattern, group))$($await)*.map(drop)
+                let cmd = Cmd::Unlisten(pattern.into(), group.map(Into::into));
+                self.call(cmd)$($await)*.map(drop)
             }
 
             /// Publishes `payload` on the literal `channel`; returns the number of
@@ -253,7 +256,7 @@ macro_rules! signal_api {
             ///
             #[doc = $request]
             pub $($async)? fn emit(&self, channel: &str, payload: &str) -> Result<u64> {
-                self.call(Cmd::emit(channel, payload))$($await)*
+                self.call(Cmd::Emit(channel.into(), payload.into()))$($await)*
             }
 
             /// Signals dropped so far, over every connection: the connection's
@@ -443,19 +446,11 @@ pub(crate) enum Cmd {
 }
 
 impl Cmd {
-    pub(crate) fn listen(pattern: &str, group: Option<&str>) -> Result<Self> {
-        Request::Listen { pattern, group }.validate()?;
-        Ok(Cmd::Listen(pattern.into(), group.map(Into::into)))
-    }
-
-    pub(crate) fn unlisten(pattern: &str, group: Option<&str>) -> Result<Self> {
-        Request::Unlisten { pattern, group }.validate()?;
-        Ok(Cmd::Unlisten(pattern.into(), group.map(Into::into)))
-    }
-
-    pub(crate) fn emit(channel: &str, payload: &str) -> Result<Self> {
-        Request::Signal { channel, payload }.validate()?;
-        Ok(Cmd::Emit(channel.into(), payload.into()))
+    /// The command, checked ([`Error::InvalidArgument`]) before it is
+    /// queued: the one check of every handle's request.
+    pub(crate) fn checked(self) -> Result<Self> {
+        self.request().validate()?;
+        Ok(self)
     }
 
     fn request(&self) -> Request<'_> {

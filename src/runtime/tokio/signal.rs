@@ -66,10 +66,10 @@ signal_api! {
 }
 
 impl SignalHandle {
-    async fn call(&self, cmd: Result<Cmd>) -> CommandResult {
+    async fn call(&self, cmd: Cmd) -> CommandResult {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command(cmd?, reply))
+            .send(Command(cmd.checked()?, reply))
             .await
             .map_err(|_| Error::Disconnected)?;
         rx.await.map_err(|_| Error::Disconnected)?
