@@ -373,7 +373,9 @@ macro_rules! signal_api {
         /// Publishes one signal on a fresh connection and closes it: for
         /// publishers that do not listen. Returns the number of deliveries.
         ///
-        /// The channel and payload are checked before connecting.
+        /// The channel and payload are checked before connecting; the
+        /// connect is bounded by `opts.connect_timeout`, the reply by
+        /// `opts.io_timeout`.
         $(#[doc = $emit])?
         pub $($async)? fn emit(
             addr: $addr,

@@ -134,7 +134,7 @@ async fn emit_over(
 ) -> Result<u64> {
     Request::Signal { channel, payload }.validate()?;
     let mut conn = connect_host::<128, 0>(addr, opts, tls).await?;
-    timeout(opts.connect_timeout, conn.emit(channel, payload)).await
+    timeout(opts.io_timeout, conn.emit(channel, payload)).await
 }
 
 /// Waits for a signal on `conn`, or forever without one.
