@@ -535,8 +535,8 @@ pub(crate) trait Port {
     ) -> Result<u64>;
 
     /// Waits for the first of: a command; the consumer taking `held` (when
-    /// set); a signal on `conn` (when given and nothing is held); `until`.
-    /// May also return [`Wake::Progress`] early.
+    /// set); a signal on `conn` (when given: never while an item is held);
+    /// `until`. May also return [`Wake::Progress`] early.
     async fn wait<const N: usize, const P: usize>(
         &mut self,
         conn: Option<&mut Connection<Self::Stream, N, P>>,
@@ -684,11 +684,13 @@ impl<R: Port, const N: usize, const P: usize> Loop<R, N, P> {
     }
 
     /// Waits once, until `until` at the latest, watching the socket only
-    /// while connected, and takes in what came: a command (the driver runs
-    /// or refuses it), the lost connection, the held item handed over.
-    /// `None` when every handle is gone.
+    /// while connected and nothing is held (a full queue stops reading),
+    /// and takes in what came: a command (the driver runs or refuses it),
+    /// the lost connection, the held item handed over. `None` when every
+    /// handle is gone.
     async fn step(&mut self, until: Option<Instant>) -> Option<()> {
-        let conn = self.driver.is_connected().then_some(&mut *self.conn);
+        let watch = self.driver.is_connected() && self.held.is_none();
+        let conn = watch.then_some(&mut *self.conn);
         match self.port.wait(conn, &mut self.held, until).await {
             Wake::Command(cmd) => self.execute(cmd).await,
             Wake::Progress => {}

@@ -186,7 +186,6 @@ impl Port for Task {
         until: Option<Instant>,
     ) -> Wake<Reply> {
         let holding = held.is_some();
-        let conn = if holding { None } else { conn };
         ::tokio::select! {
             cmd = self.cmd_rx.recv() => match cmd {
                 Some(cmd) => Wake::Command(cmd),
