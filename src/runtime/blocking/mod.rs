@@ -123,7 +123,8 @@ impl embedded_io_async::Write for StdStream {
 /// A blocking transport that [`BlockingConnection`] can drive: the
 /// `embedded_io_async` traits over a socket whose reads can be bounded in
 /// time. Implemented by [`StdStream`] and, with the `rustls` feature, by
-/// [`StdTlsStream`].
+#[cfg_attr(feature = "rustls", doc = "[`StdTlsStream`].")]
+#[cfg_attr(not(feature = "rustls"), doc = "`StdTlsStream`.")]
 pub trait BlockingTransport:
     embedded_io_async::Read<Error = io::Error> + embedded_io_async::Write<Error = io::Error>
 {
@@ -184,8 +185,12 @@ fn timeout_kind(e: Error<io::Error>) -> Error<io::Error> {
 /// instead of a hang. No socket option is changed per request.
 ///
 /// `T` is the transport: [`StdStream`] (plain TCP, the default) or, with
-/// the `rustls` feature, [`StdTlsStream`] (see
-/// [`connect_tls`](BlockingConnection::connect_tls)).
+/// the `rustls` feature,
+#[cfg_attr(
+    feature = "rustls",
+    doc = "[`StdTlsStream`] (see [`connect_tls`](BlockingConnection::connect_tls))."
+)]
+#[cfg_attr(not(feature = "rustls"), doc = "`StdTlsStream` (see `connect_tls`).")]
 #[derive(Debug)]
 pub struct BlockingConnection<
     const N: usize = { crate::runtime::DEFAULT_LINE_BUF },

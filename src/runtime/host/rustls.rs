@@ -1,11 +1,18 @@
 //! Host TLS with [rustls] (feature `rustls`): full X.509 validation of the
 //! server's chain, validity period and name against a root store, for the
-//! tokio ([`connect_tls`](crate::tokio::connect_tls)) and blocking
+//! blocking adapter
 //! ([`BlockingConnection::connect_tls`](crate::blocking::BlockingConnection::connect_tls))
-//! adapters, and for the high-level host APIs: the lock builder's
-//! [`tls`](crate::tokio::LockBuilder::tls) and the signal connections'
-//! `connect_tls` ([tokio](crate::tokio::SignalConn::connect_tls),
-//! [blocking](crate::blocking::SignalConn::connect_tls)).
+//! and its high-level APIs (the lock builder's
+//! [`tls`](crate::blocking::LockBuilder::tls) and
+//! [`SignalConn::connect_tls`](crate::blocking::SignalConn::connect_tls)),
+#![cfg_attr(
+    feature = "tokio",
+    doc = "and for the tokio one ([`connect_tls`](crate::tokio::connect_tls), the lock builder's [`tls`](crate::tokio::LockBuilder::tls) and [`SignalConn::connect_tls`](crate::tokio::SignalConn::connect_tls))."
+)]
+#![cfg_attr(
+    not(feature = "tokio"),
+    doc = "and for the tokio one (the same names under `tokio`, feature `tokio`)."
+)]
 //!
 //! ```no_run
 //! # #[cfg(feature = "tokio")]

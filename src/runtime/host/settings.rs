@@ -359,8 +359,9 @@ pub(crate) mod sealed {
 
 /// Builds a host `DistributedLock` or `DistributedSemaphore` (tokio or
 /// blocking): servers and routing, authentication, TLS (feature `rustls`,
-/// see [`tls`](Self::tls)), timeouts and the lease options of
-/// [`LockOptions`].
+#[cfg_attr(feature = "rustls", doc = "see [`tls`](Self::tls)),")]
+#[cfg_attr(not(feature = "rustls"), doc = "see `tls`),")]
+/// timeouts and the lease options of [`LockOptions`].
 ///
 /// ```no_run
 /// # fn demo() {
