@@ -125,7 +125,7 @@ fn connect(s: &Settings) -> Result<Conn> {
         return Ok(conn);
     }
     let (addr, opts, tls) = dial(s)?;
-    let wire = HostConnection::connect_host(addr, &opts, tls.as_ref())?;
+    let wire = HostConnection::connect_host(addr, opts, tls.as_ref())?;
     Ok(Conn { wire, worker: None })
 }
 

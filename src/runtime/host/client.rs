@@ -78,11 +78,11 @@ impl<C: Send + 'static> ClientCore<C> {
     pub(crate) fn signal_setup(
         &self,
         mut opts: SignalOptions,
-    ) -> Result<(&str, ConnectOptions, Option<HostTls>, SignalOptions), Error<io::Error>> {
+    ) -> Result<(&str, &ConnectOptions, Option<HostTls>, SignalOptions), Error<io::Error>> {
         let c = &self.config;
         let addr = c.servers.first().map_or(DEFAULT_SERVER, String::as_str);
         opts.read_timeout = c.read_timeout;
-        opts.io_timeout = c.io_timeout;
+        opts.io_timeout = c.connect.io_timeout;
         let (addr, connect, tls) = c.dial(addr)?;
         Ok((addr, connect, tls, opts))
     }

@@ -124,7 +124,7 @@ async fn connect(s: &Settings) -> Result<Conn> {
         return Ok(conn);
     }
     let (addr, opts, tls) = dial(s)?;
-    connect_host::<LINE, 0>(addr, &opts, tls.as_ref()).await
+    connect_host::<LINE, 0>(addr, opts, tls.as_ref()).await
 }
 
 async fn acquire_within(s: &Arc<Settings>, timeout: Duration) -> Result<Option<LeaseGuard>> {
