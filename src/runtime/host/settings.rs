@@ -72,12 +72,22 @@ impl Default for ClientConfig {
 }
 
 impl ClientConfig {
-    /// The list, [`DEFAULT_SERVER`] when empty.
-    pub(crate) fn finish(mut self) -> Self {
+    /// The config to share: the server list [`DEFAULT_SERVER`] when empty.
+    pub(crate) fn finish(mut self) -> Arc<Self> {
         if self.servers.is_empty() {
             self.servers.push(DEFAULT_SERVER.into());
         }
-        self
+        Arc::new(self)
+    }
+
+    /// A lock or semaphore under this config, sharing it and so the pool.
+    pub(crate) fn make<L: sealed::FromSettings>(
+        self: &Arc<Self>,
+        key: String,
+        kind: Kind,
+        options: LockOptions,
+    ) -> L {
+        L::from_settings(Settings::new(self.clone(), key, kind, options))
     }
 
     /// The pool of idle `C` connections to these servers, made on first
@@ -422,8 +432,7 @@ impl<L: sealed::FromSettings> LockBuilder<L> {
 
     /// Builds the lock. Nothing is connected until it is acquired.
     pub fn build(self) -> L {
-        let config = Arc::new(self.config.finish());
-        L::from_settings(Settings::new(config, self.key, self.kind, self.options))
+        self.config.finish().make(self.key, self.kind, self.options)
     }
 }
 
