@@ -178,25 +178,21 @@ macro_rules! client_types {
         impl ClientBuilder {
             crate::runtime::host::settings::config_setters!();
 
-            /// Idle connections kept per server for reuse (default
-            /// [`DEFAULT_POOL_MAX_IDLE`](crate::blocking::DEFAULT_POOL_MAX_IDLE),
-            /// 8). Zero turns the pool off: every acquire opens its own
-            /// connection and every release closes it. This bounds idle
-            /// connections only; locks held at once each have their own.
-            pub fn pool_max_idle(mut self, max: usize) -> Self {
-                self.config.pool_max_idle = max;
-                self
-            }
+            crate::runtime::host::settings::setters! {
+                /// Idle connections kept per server for reuse (default
+                /// [`DEFAULT_POOL_MAX_IDLE`](crate::blocking::DEFAULT_POOL_MAX_IDLE),
+                /// 8). Zero turns the pool off: every acquire opens its own
+                /// connection and every release closes it. This bounds idle
+                /// connections only; locks held at once each have their own.
+                pool_max_idle(max: usize) => config.pool_max_idle = max;
 
-            /// How long a connection may wait in the pool before it is closed
-            /// (default
-            /// [`DEFAULT_POOL_IDLE_TIMEOUT`](crate::blocking::DEFAULT_POOL_IDLE_TIMEOUT),
-            /// 15 s). Capped at two thirds of the
-            /// [`read_timeout`](Self::read_timeout), so the server never times
-            /// a pooled connection out. Zero turns the pool off.
-            pub fn pool_idle_timeout(mut self, timeout: core::time::Duration) -> Self {
-                self.config.pool_idle_timeout = timeout;
-                self
+                /// How long a connection may wait in the pool before it is closed
+                /// (default
+                /// [`DEFAULT_POOL_IDLE_TIMEOUT`](crate::blocking::DEFAULT_POOL_IDLE_TIMEOUT),
+                /// 15 s). Capped at two thirds of the
+                /// [`read_timeout`](Self::read_timeout), so the server never times
+                /// a pooled connection out. Zero turns the pool off.
+                pool_idle_timeout(timeout: core::time::Duration) => config.pool_idle_timeout = timeout;
             }
 
             /// Builds the client. Nothing is connected until a lock is acquired.
