@@ -168,32 +168,25 @@ pub(crate) fn tls_io_error(e: rustls::Error) -> io::Error {
 
 impl StdTlsStream {
     /// Runs the TLS handshake over a connected socket, verified by `tls`,
-    /// giving up after `timeout` (an [`io::ErrorKind::WouldBlock`] or
-    /// [`io::ErrorKind::TimedOut`] error). Verification failures are
+    /// giving up after `timeout` (an [`io::ErrorKind::TimedOut`] error).
+    /// On Unix the socket is left non-blocking. Verification failures are
     /// [`io::ErrorKind::InvalidData`] errors carrying the `rustls::Error`
     /// (see [`rustls_error`](rustls_error)).
     pub fn handshake(
-        mut tcp: TcpStream,
+        tcp: TcpStream,
         tls: &crate::runtime::host::rustls::RustlsConnector,
         timeout: Duration,
     ) -> io::Result<Self> {
         let mut conn =
             rustls::ClientConnection::new(tls.config().clone(), tls.server_name().clone())
                 .map_err(tls_io_error)?;
-        let deadline = std::time::Instant::now() + timeout;
-        while conn.is_handshaking() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "TLS handshake timed out",
-                ));
-            }
-            tcp.set_read_timeout(Some(left))?;
-            conn.complete_io(&mut tcp)?;
-        }
         #[cfg(unix)]
         tcp.set_nonblocking(true)?;
+        // Bounded as a request is: one deadline for the whole handshake.
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        while conn.is_handshaking() {
+            conn.complete_io(&mut Bounded(&tcp, deadline))?;
+        }
         Ok(Self(rustls::StreamOwned::new(conn, tcp), None))
     }
 
