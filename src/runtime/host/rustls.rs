@@ -60,11 +60,6 @@ impl core::fmt::Debug for RustlsConnector {
     }
 }
 
-fn server_name(name: &str) -> Result<ServerName<'static>, ConfigError> {
-    ServerName::try_from(name.to_owned())
-        .map_err(|_| ConfigError::new("server_name", "must be a DNS name or an IP address"))
-}
-
 impl RustlsConnector {
     /// Verifies against `roots` (a caller-supplied store: your CA, the
     /// system's, or webpki-roots), with the ring provider and rustls' safe
@@ -106,9 +101,11 @@ impl RustlsConnector {
     /// Uses a complete rustls client configuration as given (client
     /// certificates, custom verifiers, other providers).
     pub fn with_config(config: Arc<ClientConfig>, server_name: &str) -> Result<Self, ConfigError> {
+        let server_name = ServerName::try_from(server_name.to_owned())
+            .map_err(|_| ConfigError::new("server_name", "must be a DNS name or an IP address"))?;
         Ok(Self {
             config,
-            server_name: self::server_name(server_name)?,
+            server_name,
         })
     }
 
