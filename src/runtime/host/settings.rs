@@ -212,16 +212,6 @@ impl Settings {
     }
 }
 
-/// A lock's settings read as the client-wide ones too
-/// (`settings.connect_timeout`, `settings.dial(addr)`).
-impl core::ops::Deref for Settings {
-    type Target = ClientConfig;
-
-    fn deref(&self) -> &ClientConfig {
-        &self.config
-    }
-}
-
 fn route_error(e: RouteError) -> Error<io::Error> {
     Error::Config(match e {
         RouteError::NoServers => ConfigError::new("servers", "must not be empty"),
