@@ -201,9 +201,10 @@ impl Settings {
         LockSpec::new(&self.key, self.kind).with_options(self.options)
     }
 
-    /// The address of the server that owns the key.
-    pub(crate) fn server(&self) -> Result<&str, Error<io::Error>> {
-        Ok(&self.config.servers[self.server_index()?])
+    /// Where and how to connect: the server that owns the key, the
+    /// connect options and the TLS connector for it.
+    pub(crate) fn dial(&self) -> Result<Dial<'_>, Error<io::Error>> {
+        self.config.dial(&self.config.servers[self.server_index()?])
     }
 
     /// The index of the server that owns the key.
