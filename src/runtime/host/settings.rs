@@ -111,12 +111,6 @@ impl ClientConfig {
         let tls = self.tls.as_ref().map(|t| t.for_addr(addr)).transpose()?;
         Ok((addr, &self.connect, tls))
     }
-
-    /// The index of the server that owns `key`.
-    pub(crate) fn route(&self, key: &str) -> Result<usize, Error<io::Error>> {
-        let list: Vec<&str> = self.servers.iter().map(String::as_str).collect();
-        route(&*self.strategy, key, &list).map_err(route_error)
-    }
 }
 
 /// Where and how to connect: see [`ClientConfig::dial`].
@@ -209,7 +203,8 @@ impl Settings {
 
     /// The index of the server that owns the key.
     pub(crate) fn server_index(&self) -> Result<usize, Error<io::Error>> {
-        self.config.route(&self.key)
+        let list: Vec<&str> = self.config.servers.iter().map(String::as_str).collect();
+        route(&*self.config.strategy, &self.key, &list).map_err(route_error)
     }
 }
 
