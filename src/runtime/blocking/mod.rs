@@ -200,8 +200,11 @@ pub struct BlockingConnection<
 pub type Result<T> = core::result::Result<T, Error<io::Error>>;
 
 /// Opens TCP to the first address of `addr` that answers, with
-/// `TCP_NODELAY` and the write timeout set.
-fn connect_tcp(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<TcpStream> {
+/// `TCP_NODELAY`, the write timeout set and, on Unix, in non-blocking mode
+/// (once per connection): reads wait with `poll(2)` for the request's
+/// deadline, and a write that would block waits the same way instead of
+/// outliving it.
+fn open_plain(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<StdStream> {
     let mut last = None;
     for a in addr.to_socket_addrs().map_err(Error::Io)? {
         match TcpStream::connect_timeout(&a, opts.connect_timeout) {
@@ -209,7 +212,9 @@ fn connect_tcp(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<TcpStr
                 tcp.set_nodelay(true).map_err(Error::Io)?;
                 tcp.set_write_timeout(Some(opts.io_timeout))
                     .map_err(Error::Io)?;
-                return Ok(tcp);
+                #[cfg(unix)]
+                tcp.set_nonblocking(true).map_err(Error::Io)?;
+                return Ok(StdStream::new(tcp));
             }
             Err(e) => last = Some(e),
         }
@@ -223,16 +228,6 @@ fn connect_tcp(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<TcpStr
     })
 }
 
-/// Plain TCP to `addr`, on Unix in non-blocking mode (once per
-/// connection): reads wait with `poll(2)` for the request's deadline, and a
-/// write that would block waits the same way instead of outliving it.
-fn open_plain(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<StdStream> {
-    let tcp = connect_tcp(addr, opts)?;
-    #[cfg(unix)]
-    tcp.set_nonblocking(true).map_err(Error::Io)?;
-    Ok(StdStream::new(tcp))
-}
-
 /// TCP to `addr`, then the TLS handshake verified by `tls` within the
 /// connect timeout.
 #[cfg(feature = "rustls")]
@@ -241,7 +236,7 @@ fn open_tls(
     opts: &ConnectOptions,
     tls: &crate::runtime::host::rustls::RustlsConnector,
 ) -> Result<StdTlsStream> {
-    StdTlsStream::handshake(connect_tcp(addr, opts)?, tls, opts.connect_timeout)
+    StdTlsStream::handshake(open_plain(addr, opts)?.0, tls, opts.connect_timeout)
         .map_err(|e| timeout_kind(Error::Io(e)))
 }
 
