@@ -515,7 +515,6 @@ impl Timer for StdTimer {
     }
 
     async fn sleep_until(&self, deadline: Instant) {
-        let now = self.now();
-        std::thread::sleep(deadline.saturating_duration_since(now));
+        std::thread::sleep(deadline.saturating_duration_since(self.now()));
     }
 }
