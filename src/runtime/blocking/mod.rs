@@ -444,8 +444,10 @@ impl HostStream {
                     Err(e) => !is_timeout(&e) && e.kind() != io::ErrorKind::Interrupted,
                 }
             }
+            // What has arrived goes into rustls (nothing is lost); data, a
+            // `close_notify`, end of stream or an error count.
             #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.peer_closed(),
+            Self::Tls(s) => !matches!(s.fill(false, None), Ok(false)),
         };
         #[cfg(not(unix))]
         if self.tcp().set_nonblocking(false).is_err() {

@@ -208,7 +208,7 @@ impl StdTlsStream {
     /// with a timeout (`Ok(false)`; nothing is lost, it stays in rustls):
     /// waiting up to `deadline` when `wait`, else taking only what has
     /// arrived (the socket is non-blocking). The one record loop of [`read`](embedded_io_async::Read::read),
-    /// `wait_readable` and [`peer_closed`](Self::peer_closed).
+    /// `wait_readable` and `HostStream::peer_closed`.
     pub(crate) fn fill(
         &mut self,
         wait: bool,
@@ -232,13 +232,6 @@ impl StdTlsStream {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// `HostStream::peer_closed` on a socket already set non-blocking:
-    /// reads whatever records have arrived into rustls (nothing is lost),
-    /// and reports data, a `close_notify`, end of stream or an error.
-    pub(crate) fn peer_closed(&mut self) -> bool {
-        !matches!(self.fill(false, None), Ok(false))
     }
 
     /// Sends every TLS record rustls has queued, within the deadline.
