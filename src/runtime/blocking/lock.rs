@@ -44,7 +44,7 @@ use std::time::Duration;
 use super::{HostConnection, StdTimer, block_on, std_instant};
 use crate::lock::{LeaseDriver, wire_secs};
 use crate::runtime::host::lock::{
-    Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, dial, drive, lock_api,
+    Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, drive, lock_api,
 };
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
@@ -123,8 +123,8 @@ fn connect(s: &Settings) -> Result<Conn> {
     if let Some(conn) = checkout(s, Conn::usable)? {
         return Ok(conn);
     }
-    let (addr, opts, tls) = dial(s)?;
-    let wire = HostConnection::connect_host(addr, &opts, tls.as_ref())?;
+    let (addr, opts, tls) = s.dial()?;
+    let wire = HostConnection::connect_host(addr, opts, tls.as_ref())?;
     Ok(Conn { wire, worker: None })
 }
 
