@@ -240,7 +240,15 @@ where
 
 /// [`handshake`] that also checks every certificate's validity period
 /// against `C::now()` (seconds since the Unix epoch; `None` skips the
-/// check). On hosts, [`SystemClock`] reads the system time.
+/// check).
+#[cfg_attr(
+    feature = "std",
+    doc = "On hosts, [`SystemClock`] reads the system time."
+)]
+#[cfg_attr(
+    not(feature = "std"),
+    doc = "On hosts, `SystemClock` (feature `std`) reads the system time."
+)]
 ///
 /// # Cancel safety
 ///

@@ -8,6 +8,8 @@
     feature = "log"
 ))]
 
+#[path = "support/generation.rs"]
+mod generation;
 mod tls_support;
 
 use std::sync::{Mutex, OnceLock};
@@ -138,7 +140,7 @@ fn blocking_auth_over_rustls() {
     };
     let mut conn =
         BlockingConnection::<256, 0, _>::connect_tls(server.addr(), &opts, &tls).unwrap();
-    conn.ping().unwrap();
+    generation::assert_pong(&server, conn.ping());
     let bad = blocking::ConnectOptions {
         auth_token: Some(WRONG.into()),
         ..Default::default()

@@ -1,16 +1,24 @@
 //! Signals on the blocking host (threads, no async runtime) against the
-//! testkit: the iterator, handles on other threads, matching, groups,
-//! heartbeat, slow consumers, large payloads, reconnect, one-shot emit.
+//! testkit or a real server (`DFLOCKD_REAL_SERVER`): the iterator, handles
+//! on other threads, matching, groups, heartbeat, slow consumers, large
+//! payloads, reconnect, one-shot emit. On a server without signals (v1.10.0,
+//! v2) the tests that need them print why they skip; the others assert what
+//! the client gets there instead: the server's `error` on a connection that
+//! stays up.
 
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use dflockd_client::Error;
 use dflockd_client::blocking::{BlockingConnection, ConnectOptions};
-use dflockd_client::blocking::{MAX_SIGNAL_LINE, Reconnect, Signal, SignalEvent, SignalOptions};
+use dflockd_client::blocking::{MAX_SIGNAL_LINE, Signal, SignalEvent, SignalOptions};
 use dflockd_client::blocking::{SignalConn, emit};
 use dflockd_client::protocol::{Arg, InvalidArgument, Rule};
 use dflockd_testkit::TestServer;
+use generation::answered;
+
+#[path = "support/generation.rs"]
+mod generation;
 
 /// Generous bound on anything that should happen promptly.
 const PROMPT: Duration = Duration::from_secs(15);
@@ -19,6 +27,13 @@ fn server() -> TestServer {
     TestServer::builder()
         .start_blocking()
         .expect("start testkit")
+}
+
+/// A server for a test that needs signals; `None`, with the reason printed,
+/// on one without them (see `without_signals_each_command_is_a_server_error`).
+fn signal_server() -> Option<TestServer> {
+    let server = server();
+    generation::has_signals(&server).then_some(server)
 }
 
 fn listener<const N: usize, const P: usize>(
@@ -50,7 +65,9 @@ fn expect_signal<const N: usize, const P: usize>(
 
 #[test]
 fn iterator_with_listen_and_emit_from_other_threads() {
-    let server = server();
+    let Some(server) = signal_server() else {
+        return;
+    };
     let sub = plain(&server);
     let handle = sub.handle();
     std::thread::spawn(move || handle.listen("orders.>", None))
@@ -76,7 +93,9 @@ fn iterator_with_listen_and_emit_from_other_threads() {
 
 #[test]
 fn matching_overlap_counts_and_unlisten() {
-    let server = server();
+    let Some(server) = signal_server() else {
+        return;
+    };
     let sub = plain(&server);
     let publisher = plain(&server);
     sub.listen("a.b", None).unwrap();
@@ -105,7 +124,9 @@ fn matching_overlap_counts_and_unlisten() {
 
 #[test]
 fn queue_group_round_robin_across_three_members() {
-    let server = server();
+    let Some(server) = signal_server() else {
+        return;
+    };
     let members: Vec<SignalConn> = (0..3).map(|_| plain(&server)).collect();
     for m in &members {
         m.listen("jobs", Some("workers")).unwrap();
@@ -147,7 +168,7 @@ fn heartbeat_keeps_an_idle_listener_alive() {
     // Control: a silent connection is closed by the server.
     let mut idle = BlockingConnection::<256, 256>::connect(server.addr(), &Default::default())
         .expect("connect");
-    idle.listen("hb", None).unwrap();
+    answered(&server, idle.listen("hb", None));
     assert!(idle.next_signal(PROMPT).is_err(), "idle connection closed");
 
     let opts = SignalOptions {
@@ -156,20 +177,32 @@ fn heartbeat_keeps_an_idle_listener_alive() {
         ..SignalOptions::default()
     };
     let sub: SignalConn = listener(&server, opts);
-    sub.listen("hb", None).unwrap();
+    answered(&server, sub.listen("hb", None));
     // Idle well past the read timeout: the sleep is the point of the test.
     std::thread::sleep(Duration::from_secs(3));
     assert!(sub.try_recv().is_none(), "no error: still connected");
-    assert_eq!(
-        emit(server.addr(), "hb", "alive", &Default::default()).unwrap(),
-        1
-    );
-    expect_signal(&sub, "hb", "alive");
+    // v1.10.0 answers each `ping` with `error`, which resets its idle timer
+    // all the same: there the connection still answers afterwards.
+    match answered(
+        &server,
+        emit(server.addr(), "hb", "alive", &Default::default()),
+    ) {
+        Some(n) => {
+            assert_eq!(n, 1);
+            expect_signal(&sub, "hb", "alive");
+        }
+        None => {
+            answered(&server, sub.listen("hb", None));
+            assert!(sub.try_recv().is_none(), "no error: still connected");
+        }
+    }
 }
 
 #[test]
 fn a_consumer_that_never_reads_is_dropped_and_told() {
-    let server = server();
+    let Some(server) = signal_server() else {
+        return;
+    };
     let opts = SignalOptions {
         queue: 2,
         ..SignalOptions::default()
@@ -220,13 +253,16 @@ fn invalid_arguments_are_rejected_before_sending() {
         Rule::Wildcard,
     );
     assert!(server.stats().signal_channels.is_empty());
-    sub.listen("a.*.c", None).unwrap();
-    assert_eq!(server.stats().signal_channels.len(), 1);
+    if answered(&server, sub.listen("a.*.c", None)).is_some() {
+        assert_eq!(server.stats().signal_channels.len(), 1);
+    }
 }
 
 #[test]
 fn payloads_round_trip_and_large_ones_need_a_large_buffer() {
-    let server = server();
+    let Some(server) = signal_server() else {
+        return;
+    };
     let big: SignalConn<MAX_SIGNAL_LINE, { 2 * MAX_SIGNAL_LINE }> =
         listener(&server, SignalOptions::default());
     let small: SignalConn<512, 2048> = listener(&server, SignalOptions::default());
@@ -258,15 +294,10 @@ fn payloads_round_trip_and_large_ones_need_a_large_buffer() {
 
 #[test]
 fn reconnect_restores_subscriptions_and_reports_the_gap() {
-    let server = server();
-    let opts = SignalOptions {
-        reconnect: Some(Reconnect {
-            initial_backoff: Duration::from_millis(20),
-            ..Reconnect::default()
-        }),
-        ..SignalOptions::default()
+    let Some(server) = signal_server() else {
+        return;
     };
-    let sub: SignalConn = listener(&server, opts);
+    let sub: SignalConn = listener(&server, generation::reconnecting());
     sub.listen("r.*", None).unwrap();
     sub.listen("q", Some("g")).unwrap();
     server.disconnect_all_clients();
@@ -294,7 +325,7 @@ fn reconnect_restores_subscriptions_and_reports_the_gap() {
 fn disconnect_without_reconnect_ends_the_iterator_after_the_error() {
     let server = server();
     let mut sub = plain(&server);
-    sub.listen("x", None).unwrap();
+    answered(&server, sub.listen("x", None));
     server.disconnect_all_clients();
     match sub.recv_timeout(PROMPT) {
         Ok(Err(e)) => assert!(!e.is_recoverable(), "{e:?}"),
@@ -302,4 +333,46 @@ fn disconnect_without_reconnect_ends_the_iterator_after_the_error() {
     }
     assert!(sub.next().is_none());
     assert!(matches!(sub.emit("x", "y"), Err(Error::Disconnected)));
+}
+
+/// A server without signals (v1.10.0, v2) answers `listen`, `unlisten` and
+/// `signal` with `error` and keeps the connection: each of them gets
+/// `Error::Server(ServerError::Error)`, from the connection, a handle on
+/// another thread and the one-shot `emit`; nothing is delivered, nothing is
+/// resubscribed after a reconnect, and the same holds on the new connection.
+#[test]
+fn without_signals_each_command_is_a_server_error() {
+    let server = server();
+    if !generation::lacks_signals(&server) {
+        return;
+    }
+    let sub: SignalConn = listener(&server, generation::reconnecting());
+    for round in 0..2 {
+        answered(&server, sub.listen("a.*", None));
+        answered(&server, sub.listen("jobs", Some("g")));
+        answered(&server, sub.unlisten("a.*", None));
+        answered(&server, sub.emit("a.b", "x"));
+        let handle = sub.handle();
+        let r = std::thread::spawn(move || handle.emit("a.b", "from a thread")).join();
+        answered(&server, r.unwrap());
+        answered(
+            &server,
+            emit(server.addr(), "a.b", "x", &Default::default()),
+        );
+        assert!(
+            sub.try_recv().is_none(),
+            "round {round}: connected, nothing delivered"
+        );
+        if round == 0 {
+            server.disconnect_all_clients();
+            match sub.recv_timeout(PROMPT) {
+                Ok(Err(e)) => assert!(!e.is_recoverable(), "{e:?}"),
+                other => panic!("expected the disconnect, got {other:?}"),
+            }
+            match sub.recv_timeout(PROMPT) {
+                Ok(Ok(SignalEvent::Reconnected { attempts, .. })) => assert!(attempts >= 1),
+                other => panic!("expected Reconnected, got {other:?}"),
+            }
+        }
+    }
 }

@@ -1,6 +1,11 @@
-//! Signals on tokio against the in-process testkit: matching, groups,
-//! delivery counts, heartbeat, slow consumers, payloads, reconnect.
+//! Signals on tokio against the in-process testkit or a real server
+//! (`DFLOCKD_REAL_SERVER`): matching, groups, delivery counts, heartbeat,
+//! slow consumers, payloads, reconnect. On a server without signals
+//! (v1.10.0, v2) the tests that need them print why they skip; the others
+//! assert what the client gets there instead: the server's `error`, at once,
+//! on a connection that stays up.
 
+use std::fmt::Debug;
 use std::time::Duration;
 
 use dflockd_client::Error;
@@ -11,11 +16,30 @@ use dflockd_client::tokio::{SignalConn, emit};
 use dflockd_testkit::TestServer;
 use tokio::time::timeout;
 
+#[path = "support/generation.rs"]
+mod generation;
+
 /// Generous bound on anything that should happen promptly.
 const PROMPT: Duration = Duration::from_secs(15);
 
 async fn server() -> TestServer {
     TestServer::builder().start().await.expect("start testkit")
+}
+
+/// A server for a test that needs signals; `None`, with the reason printed,
+/// on one without them (see `without_signals_each_command_is_a_server_error`).
+async fn signal_server() -> Option<TestServer> {
+    let server = server().await;
+    generation::has_signals(&server).then_some(server)
+}
+
+/// [`generation::answered`] for a request that must come back within
+/// [`PROMPT`].
+async fn answered<T: Debug>(
+    server: &TestServer,
+    request: impl Future<Output = Result<T, Error<std::io::Error>>>,
+) -> Option<T> {
+    generation::answered(server, timeout(PROMPT, request).await.expect("in time"))
 }
 
 async fn listener<const N: usize, const P: usize>(
@@ -59,7 +83,9 @@ fn assert_invalid<T: std::fmt::Debug>(r: Result<T, Error<std::io::Error>>, arg: 
 
 #[tokio::test]
 async fn exact_star_and_gt_matching() {
-    let server = server().await;
+    let Some(server) = signal_server().await else {
+        return;
+    };
     let mut sub = plain(&server).await;
     let publisher = plain(&server).await;
     sub.listen("orders.eu", None).await.unwrap();
@@ -94,7 +120,9 @@ async fn exact_star_and_gt_matching() {
 
 #[tokio::test]
 async fn overlapping_patterns_deliver_once_per_connection() {
-    let server = server().await;
+    let Some(server) = signal_server().await else {
+        return;
+    };
     let mut sub = plain(&server).await;
     for p in ["a.b", "a.*", "a.>", ">", "*.b"] {
         sub.listen(p, None).await.unwrap();
@@ -110,7 +138,9 @@ async fn overlapping_patterns_deliver_once_per_connection() {
 
 #[tokio::test]
 async fn queue_group_round_robin_across_three_members() {
-    let server = server().await;
+    let Some(server) = signal_server().await else {
+        return;
+    };
     let mut members = Vec::new();
     for _ in 0..3 {
         let m = plain(&server).await;
@@ -152,7 +182,9 @@ async fn queue_group_round_robin_across_three_members() {
 
 #[tokio::test]
 async fn delivery_counts_and_unlisten() {
-    let server = server().await;
+    let Some(server) = signal_server().await else {
+        return;
+    };
     let a = plain(&server).await;
     let b = plain(&server).await;
     let g1 = plain(&server).await;
@@ -180,7 +212,9 @@ async fn delivery_counts_and_unlisten() {
 
 #[tokio::test]
 async fn own_pushes_interleave_with_emit_replies() {
-    let server = server().await;
+    let Some(server) = signal_server().await else {
+        return;
+    };
     let mut sub = plain(&server).await;
     sub.listen("self.>", None).await.unwrap();
     let handle = sub.handle();
@@ -204,7 +238,9 @@ async fn usable_as_a_stream() {
 
     use futures_core::Stream;
 
-    let server = server().await;
+    let Some(server) = signal_server().await else {
+        return;
+    };
     let mut sub = plain(&server).await;
     sub.listen("s", None).await.unwrap();
     sub.emit("s", "via stream").await.unwrap();
@@ -229,7 +265,7 @@ async fn heartbeat_keeps_an_idle_listener_alive() {
     // Without a heartbeat the server closes an idle connection.
     let mut idle: TokioConnection<256, 1024> =
         connect(&addr, &ConnectOptions::default()).await.unwrap();
-    idle.listen("hb", None).await.unwrap();
+    answered(&server, idle.listen("hb", None)).await;
     let r = timeout(PROMPT, idle.next_signal()).await.unwrap();
     assert!(r.is_err(), "idle connection should be closed: {r:?}");
 
@@ -239,16 +275,24 @@ async fn heartbeat_keeps_an_idle_listener_alive() {
         ..SignalOptions::default()
     };
     let mut sub: SignalConn = listener(&server, opts).await;
-    sub.listen("hb", None).await.unwrap();
+    answered(&server, sub.listen("hb", None)).await;
     // Stay idle well past the read timeout (this sleep is the point of the
     // test, not a wait for an event).
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(sub.try_recv().is_none(), "no error: still connected");
-    let n = emit(&addr, "hb", "still here", &ConnectOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
-    expect_signal(&mut sub, "hb", "still here").await;
+    // v1.10.0 answers each `ping` with `error`, which resets its idle timer
+    // all the same: there the connection still answers afterwards.
+    let o = ConnectOptions::default();
+    match answered(&server, emit(&addr, "hb", "still here", &o)).await {
+        Some(n) => {
+            assert_eq!(n, 1);
+            expect_signal(&mut sub, "hb", "still here").await;
+        }
+        None => {
+            answered(&server, sub.listen("hb", None)).await;
+            assert!(sub.try_recv().is_none(), "no error: still connected");
+        }
+    }
 }
 
 #[tokio::test]
@@ -268,7 +312,9 @@ async fn heartbeat_must_be_below_the_server_read_timeout() {
 
 #[tokio::test]
 async fn a_consumer_that_never_reads_is_dropped_and_told() {
-    let server = server().await;
+    let Some(server) = signal_server().await else {
+        return;
+    };
     let opts = SignalOptions {
         queue: 2,
         ..SignalOptions::default()
@@ -350,13 +396,16 @@ async fn invalid_patterns_and_wildcard_emits_are_rejected_before_sending() {
     );
     // Nothing reached the server, and the connection is still usable.
     assert!(server.stats().signal_channels.is_empty());
-    sub.listen("a.*", None).await.unwrap();
-    assert_eq!(server.stats().signal_channels.len(), 1);
+    if answered(&server, sub.listen("a.*", None)).await.is_some() {
+        assert_eq!(server.stats().signal_channels.len(), 1);
+    }
 }
 
 #[tokio::test]
 async fn payloads_round_trip_byte_for_byte() {
-    let server = server().await;
+    let Some(server) = signal_server().await else {
+        return;
+    };
     let mut sub = plain(&server).await;
     sub.listen("p", None).await.unwrap();
     let payloads = [
@@ -377,7 +426,9 @@ async fn payloads_round_trip_byte_for_byte() {
 
 #[tokio::test]
 async fn large_payload_fits_a_large_buffer_and_is_counted_dropped_in_a_small_one() {
-    let server = server().await;
+    let Some(server) = signal_server().await else {
+        return;
+    };
     let addr = server.addr().to_string();
     let opts = ConnectOptions::default();
     let payload: String = "0123456789abcdé {}\""
@@ -410,7 +461,7 @@ async fn large_payload_fits_a_large_buffer_and_is_counted_dropped_in_a_small_one
 async fn disconnect_without_reconnect_is_reported_then_the_stream_ends() {
     let server = server().await;
     let mut sub = plain(&server).await;
-    sub.listen("x", None).await.unwrap();
+    answered(&server, sub.listen("x", None)).await;
     server.disconnect_all_clients();
     match timeout(PROMPT, sub.recv()).await.unwrap() {
         Some(Err(e)) => assert!(!e.is_recoverable(), "{e:?}"),
@@ -421,16 +472,11 @@ async fn disconnect_without_reconnect_is_reported_then_the_stream_ends() {
 
 #[tokio::test]
 async fn reconnect_restores_every_subscription_and_reports_the_gap() {
-    let server = server().await;
-    let addr = server.addr().to_string();
-    let opts = SignalOptions {
-        reconnect: Some(Reconnect {
-            initial_backoff: Duration::from_millis(20),
-            ..Reconnect::default()
-        }),
-        ..SignalOptions::default()
+    let Some(server) = signal_server().await else {
+        return;
     };
-    let mut sub: SignalConn = listener(&server, opts).await;
+    let addr = server.addr().to_string();
+    let mut sub: SignalConn = listener(&server, generation::reconnecting()).await;
     sub.listen("r.>", None).await.unwrap();
     sub.listen("jobs", Some("g")).await.unwrap();
     sub.listen("gone", None).await.unwrap();
@@ -491,7 +537,7 @@ async fn reconnect_gives_up_after_max_attempts() {
         ..SignalOptions::default()
     };
     let mut sub: SignalConn = listener(&server, opts).await;
-    sub.listen("x", None).await.unwrap();
+    answered(&server, sub.listen("x", None)).await;
     server.stop().await;
     let mut errors = 0;
     timeout(PROMPT, async {
@@ -508,7 +554,9 @@ async fn reconnect_gives_up_after_max_attempts() {
 
 #[tokio::test]
 async fn one_shot_emit() {
-    let server = server().await;
+    let Some(server) = signal_server().await else {
+        return;
+    };
     let mut sub = plain(&server).await;
     sub.listen("news.*", None).await.unwrap();
     let addr = server.addr().to_string();
@@ -531,18 +579,13 @@ async fn handles_work_from_other_tasks_and_close_with_the_last_one() {
     let mut sub = plain(&server).await;
     let h = sub.handle();
     let listener_task = tokio::spawn(async move { h.listen("t.*", None).await });
-    timeout(PROMPT, listener_task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    answered(&server, async { listener_task.await.unwrap() }).await;
     let h2 = sub.handle();
-    let n = tokio::spawn(async move { h2.emit("t.1", "from a task").await })
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(n, 1);
-    expect_signal(&mut sub, "t.1", "from a task").await;
+    let emitter = tokio::spawn(async move { h2.emit("t.1", "from a task").await });
+    if let Some(n) = answered(&server, async { emitter.await.unwrap() }).await {
+        assert_eq!(n, 1);
+        expect_signal(&mut sub, "t.1", "from a task").await;
+    }
     assert_eq!(server.connection_count(), 1);
     drop(sub);
     timeout(PROMPT, async {
@@ -552,4 +595,44 @@ async fn handles_work_from_other_tasks_and_close_with_the_last_one() {
     })
     .await
     .expect("connection closed once every handle is gone");
+}
+
+/// A server without signals (v1.10.0, v2) answers `listen`, `unlisten` and
+/// `signal` with `error` and keeps the connection: each of them gets
+/// `Error::Server(ServerError::Error)` promptly, from the connection, its
+/// handles and the one-shot `emit`; nothing is delivered, nothing is
+/// resubscribed after a reconnect, and the same holds on the new connection.
+#[tokio::test]
+async fn without_signals_each_command_is_a_server_error() {
+    let server = server().await;
+    if !generation::lacks_signals(&server) {
+        return;
+    }
+    let addr = server.addr().to_string();
+    let mut sub: SignalConn = listener(&server, generation::reconnecting()).await;
+    for round in 0..2 {
+        answered(&server, sub.listen("a.*", None)).await;
+        answered(&server, sub.listen("jobs", Some("g"))).await;
+        answered(&server, sub.unlisten("a.*", None)).await;
+        answered(&server, sub.emit("a.b", "x")).await;
+        let handle = sub.handle();
+        let task = tokio::spawn(async move { handle.emit("a.b", "from a task").await });
+        answered(&server, async { task.await.unwrap() }).await;
+        answered(&server, emit(&addr, "a.b", "x", &ConnectOptions::default())).await;
+        assert!(
+            sub.try_recv().is_none(),
+            "round {round}: connected, nothing delivered"
+        );
+        if round == 0 {
+            server.disconnect_all_clients();
+            match timeout(PROMPT, sub.recv()).await.unwrap() {
+                Some(Err(e)) => assert!(!e.is_recoverable(), "{e:?}"),
+                other => panic!("expected the disconnect, got {other:?}"),
+            }
+            match timeout(PROMPT, sub.recv()).await.unwrap() {
+                Some(Ok(SignalEvent::Reconnected { attempts, .. })) => assert!(attempts >= 1),
+                other => panic!("expected Reconnected, got {other:?}"),
+            }
+        }
+    }
 }

@@ -36,7 +36,7 @@ impl Connector for StdConnector {
     type Io = HostStream;
 
     async fn connect(&self, addr: &str) -> Result<HostStream> {
-        open_host(addr, &self.0.dial(), self.0.tls.as_ref())
+        open_host(addr, self.0.dial(), self.0.tls.as_ref())
     }
 
     fn auth_token(&self) -> Option<&str> {

@@ -73,10 +73,10 @@ signal_api! {
 }
 
 impl SignalHandle {
-    fn call(&self, cmd: Result<Cmd>) -> CommandResult {
+    fn call(&self, cmd: Cmd) -> CommandResult {
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx
-            .send(Command(cmd?, reply))
+            .send(Command(cmd.checked()?, reply))
             .map_err(|_| Error::Disconnected)?;
         rx.recv().map_err(|_| Error::Disconnected)?
     }

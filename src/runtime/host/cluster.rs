@@ -23,9 +23,7 @@ use embedded_io_async::ErrorType;
 use super::HostTls;
 use super::lock::{Guard, ReleaseReply, RenewIo, RenewReply, Renewer, Shared, State, Wake, drive};
 use super::settings::setters;
-use crate::cluster::{
-    ClusterConn, Connector, Members, RedirectPolicy, StableRef, validate_members,
-};
+use crate::cluster::{ClusterConn, Connector, Members, RedirectPolicy, StableRef};
 use crate::lock::{Lease, LeaseDriver, LockOptions, LockSpec, Rng};
 use crate::runtime::{AuthToken, ConnectOptions};
 use crate::time::{Instant, Timer};
@@ -67,12 +65,11 @@ pub struct ClusterSettings {
 }
 
 impl ClusterSettings {
-    /// Counts a dial; the options to dial with (`auth` is the lane's).
-    pub(crate) fn dial(&self) -> ConnectOptions {
+    /// Counts a dial; the options to dial with (the runtimes' `open_host`
+    /// sends no `auth`: the lane does).
+    pub(crate) fn dial(&self) -> &ConnectOptions {
         self.dials.fetch_add(1, Ordering::Relaxed);
-        let mut options = self.connect.clone();
-        options.auth_token = None;
-        options
+        &self.connect
     }
 }
 
@@ -160,7 +157,7 @@ impl<R: ClusterRuntime> ClusterBuilder<ClusterClient<R>> {
     /// (at most [`MAX_MEMBERS`](crate::cluster::MAX_MEMBERS)) or an invalid
     /// stable ref.
     pub fn build(mut self) -> Result<ClusterClient<R>> {
-        validate_members(&self.settings.members)?;
+        // The members are checked by each lane's `ClusterConn::new`.
         if let Some(r) = &self.stable_ref {
             self.settings.stable_ref = StableRef::new(r)?;
         }

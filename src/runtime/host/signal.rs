@@ -178,7 +178,8 @@ impl SignalOptions {
 ///
 /// The expanding module provides `mpsc` (its channel module: `Sender`,
 /// `Receiver`), `Reply`, `Result`, `ConnectOptions`, the private
-/// `SignalHandle::call` (one command's round trip),
+/// `SignalHandle::call` (one command's round trip, the command checked
+/// first with `Cmd::checked`),
 /// `SignalConn::connect_with` and `emit_over` (one signal on a fresh
 /// connection, checked first), and its own way to wait for an item.
 /// `addr` is the address type, `who` where handles are used from, `links`
@@ -232,7 +233,8 @@ macro_rules! signal_api {
             ///
             #[doc = $request]
             pub $($async)? fn listen(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-                self.call(Cmd::listen(pattern, group))$($await)*.map(drop)
+                let cmd = Cmd::Listen(pattern.into(), group.map(Into::into));
+                self.call(cmd)$($await)*.map(drop)
             }
 
             /// Drops the subscription made with the same pattern and group (`Ok`
@@ -241,7 +243,8 @@ macro_rules! signal_api {
             ///
             #[doc = $request]
             pub $($async)? fn unlisten(&self, pattern: &str, group: Option<&str>) -> Result<()> {
-                self.call(Cmd::unlisten(pattern, group))$($await)*.map(drop)
+                let cmd = Cmd::Unlisten(pattern.into(), group.map(Into::into));
+                self.call(cmd)$($await)*.map(drop)
             }
 
             /// Publishes `payload` on the literal `channel`; returns the number of
@@ -253,7 +256,7 @@ macro_rules! signal_api {
             ///
             #[doc = $request]
             pub $($async)? fn emit(&self, channel: &str, payload: &str) -> Result<u64> {
-                self.call(Cmd::emit(channel, payload))$($await)*
+                self.call(Cmd::Emit(channel.into(), payload.into()))$($await)*
             }
 
             /// Signals dropped so far, over every connection: the connection's
@@ -370,7 +373,9 @@ macro_rules! signal_api {
         /// Publishes one signal on a fresh connection and closes it: for
         /// publishers that do not listen. Returns the number of deliveries.
         ///
-        /// The channel and payload are checked before connecting.
+        /// The channel and payload are checked before connecting; the
+        /// connect is bounded by `opts.connect_timeout`, the reply by
+        /// `opts.io_timeout`.
         $(#[doc = $emit])?
         pub $($async)? fn emit(
             addr: $addr,
@@ -443,19 +448,11 @@ pub(crate) enum Cmd {
 }
 
 impl Cmd {
-    pub(crate) fn listen(pattern: &str, group: Option<&str>) -> Result<Self> {
-        Request::Listen { pattern, group }.validate()?;
-        Ok(Cmd::Listen(pattern.into(), group.map(Into::into)))
-    }
-
-    pub(crate) fn unlisten(pattern: &str, group: Option<&str>) -> Result<Self> {
-        Request::Unlisten { pattern, group }.validate()?;
-        Ok(Cmd::Unlisten(pattern.into(), group.map(Into::into)))
-    }
-
-    pub(crate) fn emit(channel: &str, payload: &str) -> Result<Self> {
-        Request::Signal { channel, payload }.validate()?;
-        Ok(Cmd::Emit(channel.into(), payload.into()))
+    /// The command, checked ([`Error::InvalidArgument`]) before it is
+    /// queued: the one check of every handle's request.
+    pub(crate) fn checked(self) -> Result<Self> {
+        self.request().validate()?;
+        Ok(self)
     }
 
     fn request(&self) -> Request<'_> {
@@ -538,8 +535,8 @@ pub(crate) trait Port {
     ) -> Result<u64>;
 
     /// Waits for the first of: a command; the consumer taking `held` (when
-    /// set); a signal on `conn` (when given and nothing is held); `until`.
-    /// May also return [`Wake::Progress`] early.
+    /// set); a signal on `conn` (when given: never while an item is held);
+    /// `until`. May also return [`Wake::Progress`] early.
     async fn wait<const N: usize, const P: usize>(
         &mut self,
         conn: Option<&mut Connection<Self::Stream, N, P>>,
@@ -573,152 +570,158 @@ pub(crate) fn boxed<T: Read + Write, const N: usize, const P: usize>(
     Box::new(Connection::new(stream))
 }
 
-fn signal_item(s: crate::Signal<'_>) -> Item {
-    Ok(SignalEvent::Signal(s.into()))
-}
-
 /// The connection's task or thread: carries out what the core
 /// [`SignalDriver`] decides, on `conn` (already open) and its successors,
 /// until the stream ends or every handle is gone; keeps the count of
 /// dropped signals in `dropped` for the handles.
 pub(crate) async fn run<R: Port, const N: usize, const P: usize>(
-    mut port: R,
-    mut conn: Box<Connection<R::Stream, N, P>>,
+    port: R,
+    conn: Box<Connection<R::Stream, N, P>>,
     heartbeat: Heartbeat,
     reconnect: Option<Reconnect>,
     dropped: Arc<AtomicU64>,
 ) {
-    let port = &mut port;
-    let mut driver = SignalDriver::new(heartbeat, reconnect, Subscriptions::default(), port.now());
-    // An item waiting for room in the consumer's queue.
-    let mut held: Option<Item> = None;
-    // The error to report: the one that lost the connection, or the last
-    // failed reconnect attempt's.
-    let mut error = Error::Disconnected;
-    loop {
-        dropped.store(driver.dropped(conn.dropped_signals()), Ordering::Relaxed);
-        match driver.poll(port.now()) {
-            Action::Serve { heartbeat_at } => {
-                held = held.or_else(|| conn.try_next_signal().map(signal_item));
-                match port
-                    .wait(Some(&mut conn), &mut held, Some(heartbeat_at))
-                    .await
-                {
-                    Wake::Command(cmd) => {
-                        if let Some(e) = execute(port, &mut driver, &mut conn, cmd).await {
-                            error = e;
-                        }
-                    }
-                    Wake::Progress => {}
-                    Wake::Closed => return,
-                    Wake::Lost(e) => {
-                        driver.lost(port.now(), conn.dropped_signals());
-                        error = e;
-                    }
-                }
-            }
-            Action::Ping => {
-                let r = port.request(&mut conn, Request::Ping).await;
-                let outcome = Outcome::of(&r, conn.is_usable());
-                driver.completed(port.now(), Request::Ping, outcome, conn.dropped_signals());
-                if let Err(e) = r {
-                    error = e;
-                }
-            }
-            Action::Drain => {
-                held = held.or_else(|| conn.try_next_signal().map(signal_item));
-                if held.is_none() {
-                    warn!("signal connection lost");
-                    driver.drained();
-                } else if !idle(port, &mut driver, &mut conn, &mut held, None).await {
-                    return;
-                }
-            }
-            // After giving up, `reported` changes nothing and the driver
-            // says `End`.
-            Action::ReportLost | Action::GiveUp => {
-                held = Some(Err(core::mem::replace(&mut error, Error::Disconnected)));
-                if !idle(port, &mut driver, &mut conn, &mut held, None).await {
-                    return;
-                }
-                driver.reported(port.now());
-            }
-            Action::BackOff { until } => {
-                if !idle(port, &mut driver, &mut conn, &mut None, Some(until)).await {
-                    return;
-                }
-            }
-            Action::Connect { attempt } => match port.open::<N, P>().await {
-                Ok(new) => {
-                    conn = new;
-                    driver.connected(port.now());
-                }
-                Err(e) => {
-                    debug!("reconnect attempt {} failed", attempt);
-                    error = e;
-                    driver.connect_failed(port.now());
-                }
-            },
-            Action::Resubscribe { pattern, group } => {
-                let r = port
-                    .request(&mut conn, Request::Listen { pattern, group })
-                    .await;
-                let outcome = Outcome::of(&r, conn.is_usable());
-                if let Err(e) = r {
-                    error = e;
-                }
-                driver.resubscribed(port.now(), outcome);
-            }
-            Action::Reconnected { gap, attempts } => {
-                debug!("signal connection back after {} attempts", attempts);
-                held = Some(Ok(SignalEvent::Reconnected { gap, attempts }));
-            }
-            Action::End => return,
-        }
-    }
-}
-
-/// Waits while disconnected until `held` is taken (when set; else one wait,
-/// until `until`), answering the commands that come: the driver refuses
-/// them, or forgets an unlisten at once. `false` when every handle is gone.
-async fn idle<R: Port, const N: usize, const P: usize>(
-    port: &mut R,
-    driver: &mut SignalDriver<Subscriptions>,
-    conn: &mut Connection<R::Stream, N, P>,
-    held: &mut Option<Item>,
-    until: Option<Instant>,
-) -> bool {
-    loop {
-        match port.wait::<N, P>(None, held, until).await {
-            Wake::Command(cmd) => drop(execute(port, driver, conn, cmd).await),
-            Wake::Closed => return false,
-            Wake::Progress | Wake::Lost(_) => {}
-        }
-        if held.is_none() {
-            return true;
-        }
-    }
-}
-
-/// Runs (or refuses) a command; the error that lost the connection, if it
-/// did (its caller gets the error too).
-async fn execute<R: Port, const N: usize, const P: usize>(
-    port: &mut R,
-    driver: &mut SignalDriver<Subscriptions>,
-    conn: &mut Connection<R::Stream, N, P>,
-    Command(cmd, reply): Command<R::Reply>,
-) -> Option<Error<io::Error>> {
-    let req = cmd.request();
-    let result = match driver.admit(port.now(), req) {
-        Admit::Send => port.request(conn, req).await,
-        Admit::Done => Ok(0),
-        Admit::Refuse => Err(Error::Disconnected),
+    let mut state = Loop {
+        driver: SignalDriver::new(heartbeat, reconnect, Subscriptions::default(), port.now()),
+        port,
+        conn,
+        held: None,
+        error: Error::Disconnected,
     };
-    let outcome = Outcome::of(&result, conn.is_usable());
-    let lost = driver.completed(port.now(), req, outcome, conn.dropped_signals());
-    let lost = result.as_ref().err().filter(|_| lost).map(dup_error);
-    R::answer(reply, result);
-    lost
+    state.drive(&dropped).await;
+}
+
+/// What the signal loop ([`run`]) works with.
+struct Loop<R: Port, const N: usize, const P: usize> {
+    port: R,
+    driver: SignalDriver<Subscriptions>,
+    /// The connection; after a loss the lost one, until a new one is open.
+    conn: Box<Connection<R::Stream, N, P>>,
+    /// An item waiting for room in the consumer's queue.
+    held: Option<Item>,
+    /// The error to report: the one that lost the connection, or the last
+    /// failed reconnect attempt's.
+    error: Error<io::Error>,
+}
+
+impl<R: Port, const N: usize, const P: usize> Loop<R, N, P> {
+    /// Carries out the driver's actions until it says `End` (`Some`) or
+    /// every handle is gone (`None`).
+    async fn drive(&mut self, dropped: &AtomicU64) -> Option<()> {
+        loop {
+            let all = self.driver.dropped(self.conn.dropped_signals());
+            dropped.store(all, Ordering::Relaxed);
+            match self.driver.poll(self.port.now()) {
+                Action::Serve { heartbeat_at } => {
+                    self.take_signal();
+                    self.step(Some(heartbeat_at)).await?;
+                }
+                Action::Ping => {
+                    let r = self.port.request(&mut self.conn, Request::Ping).await;
+                    let outcome = Outcome::of(&r, self.conn.is_usable());
+                    let (now, current) = (self.port.now(), self.conn.dropped_signals());
+                    self.driver.completed(now, Request::Ping, outcome, current);
+                    if let Err(e) = r {
+                        self.error = e;
+                    }
+                }
+                Action::Drain => {
+                    self.take_signal();
+                    if self.held.is_some() {
+                        self.step(None).await?;
+                    } else {
+                        warn!("signal connection lost");
+                        self.driver.drained();
+                    }
+                }
+                // After giving up, `reported` changes nothing and the driver
+                // says `End`.
+                Action::ReportLost | Action::GiveUp => {
+                    let error = core::mem::replace(&mut self.error, Error::Disconnected);
+                    self.held = Some(Err(error));
+                    while self.held.is_some() {
+                        self.step(None).await?;
+                    }
+                    self.driver.reported(self.port.now());
+                }
+                Action::BackOff { until } => self.step(Some(until)).await?,
+                Action::Connect { attempt } => match self.port.open::<N, P>().await {
+                    Ok(new) => {
+                        self.conn = new;
+                        self.driver.connected(self.port.now());
+                    }
+                    Err(e) => {
+                        debug!("reconnect attempt {} failed", attempt);
+                        self.error = e;
+                        self.driver.connect_failed(self.port.now());
+                    }
+                },
+                Action::Resubscribe { pattern, group } => {
+                    let req = Request::Listen { pattern, group };
+                    let r = self.port.request(&mut self.conn, req).await;
+                    let outcome = Outcome::of(&r, self.conn.is_usable());
+                    if let Err(e) = r {
+                        self.error = e;
+                    }
+                    self.driver.resubscribed(self.port.now(), outcome);
+                }
+                Action::Reconnected { gap, attempts } => {
+                    debug!("signal connection back after {} attempts", attempts);
+                    self.held = Some(Ok(SignalEvent::Reconnected { gap, attempts }));
+                }
+                Action::End => return Some(()),
+            }
+        }
+    }
+
+    /// Takes the next signal the connection received, unless an item is
+    /// held already.
+    fn take_signal(&mut self) {
+        if self.held.is_none() {
+            let next = self.conn.try_next_signal();
+            self.held = next.map(|s| Ok(SignalEvent::Signal(s.into())));
+        }
+    }
+
+    /// Waits once, until `until` at the latest, watching the socket only
+    /// while connected and nothing is held (a full queue stops reading),
+    /// and takes in what came: a command (the driver runs or refuses it),
+    /// the lost connection, the held item handed over. `None` when every
+    /// handle is gone.
+    async fn step(&mut self, until: Option<Instant>) -> Option<()> {
+        let watch = self.driver.is_connected() && self.held.is_none();
+        let conn = watch.then_some(&mut *self.conn);
+        match self.port.wait(conn, &mut self.held, until).await {
+            Wake::Command(cmd) => self.execute(cmd).await,
+            Wake::Progress => {}
+            Wake::Closed => return None,
+            Wake::Lost(e) => {
+                self.driver
+                    .lost(self.port.now(), self.conn.dropped_signals());
+                self.error = e;
+            }
+        }
+        Some(())
+    }
+
+    /// Runs (or refuses) a command and answers it; when it lost the
+    /// connection, a copy of its error is the one to report.
+    async fn execute(&mut self, Command(cmd, reply): Command<R::Reply>) {
+        let req = cmd.request();
+        let result = match self.driver.admit(self.port.now(), req) {
+            Admit::Send => self.port.request(&mut self.conn, req).await,
+            Admit::Done => Ok(0),
+            Admit::Refuse => Err(Error::Disconnected),
+        };
+        let outcome = Outcome::of(&result, self.conn.is_usable());
+        let (now, current) = (self.port.now(), self.conn.dropped_signals());
+        if self.driver.completed(now, req, outcome, current)
+            && let Err(e) = &result
+        {
+            self.error = dup_error(e);
+        }
+        R::answer(reply, result);
+    }
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ impl Connector for TokioConnector {
     type Io = HostStream;
 
     async fn connect(&self, addr: &str) -> Result<HostStream> {
-        open_host(addr, &self.0.dial(), self.0.tls.as_ref()).await
+        open_host(addr, self.0.dial(), self.0.tls.as_ref()).await
     }
 
     fn auth_token(&self) -> Option<&str> {

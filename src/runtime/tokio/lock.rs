@@ -49,7 +49,7 @@ use crate::runtime::host::HangUp;
 #[cfg(unix)]
 use crate::runtime::host::hung_up;
 use crate::runtime::host::lock::{
-    Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, dial, drive, lock_api,
+    Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, drive, lock_api,
 };
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
@@ -180,8 +180,8 @@ async fn connect(s: &Settings) -> Result<Box<Conn>> {
     if let Some(conn) = checkout(s, |c: &mut Box<Conn>| c.reusable())? {
         return Ok(conn);
     }
-    let (addr, opts, tls) = dial(s)?;
-    let wire = connect_host(addr, &opts, tls.as_ref()).await?;
+    let (addr, opts, tls) = s.dial()?;
+    let wire = connect_host(addr, opts, tls.as_ref()).await?;
     Ok(Box::new(Conn::new(wire)))
 }
 

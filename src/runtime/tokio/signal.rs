@@ -66,10 +66,10 @@ signal_api! {
 }
 
 impl SignalHandle {
-    async fn call(&self, cmd: Result<Cmd>) -> CommandResult {
+    async fn call(&self, cmd: Cmd) -> CommandResult {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command(cmd?, reply))
+            .send(Command(cmd.checked()?, reply))
             .await
             .map_err(|_| Error::Disconnected)?;
         rx.await.map_err(|_| Error::Disconnected)?
@@ -134,7 +134,7 @@ async fn emit_over(
 ) -> Result<u64> {
     Request::Signal { channel, payload }.validate()?;
     let mut conn = connect_host::<128, 0>(addr, opts, tls).await?;
-    timeout(opts.connect_timeout, conn.emit(channel, payload)).await
+    timeout(opts.io_timeout, conn.emit(channel, payload)).await
 }
 
 /// Waits for a signal on `conn`, or forever without one.
@@ -186,7 +186,6 @@ impl Port for Task {
         until: Option<Instant>,
     ) -> Wake<Reply> {
         let holding = held.is_some();
-        let conn = if holding { None } else { conn };
         ::tokio::select! {
             cmd = self.cmd_rx.recv() => match cmd {
                 Some(cmd) => Wake::Command(cmd),
