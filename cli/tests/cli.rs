@@ -236,20 +236,14 @@ fn a_semaphore_admits_limit_holders() {
 fn listen_count_2_receives_two_emits() {
     let server = Server::start();
     let addr = server.addr();
+    let listen = ["listen", "jobs.>", "--count", "2", "--timeout", "20"];
     if !server.has_signals() {
-        assert_no_signals(&output(dflock(&addr).args([
-            "listen",
-            "jobs.>",
-            "--count",
-            "2",
-            "--timeout",
-            "20",
-        ])));
+        assert_no_signals(&output(dflock(&addr).args(listen)));
         assert_no_signals(&output(dflock(&addr).args(["emit", "jobs.a", "one"])));
         return;
     }
     let listener = dflock(&addr)
-        .args(["listen", "jobs.>", "--count", "2", "--timeout", "20"])
+        .args(listen)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -294,13 +288,8 @@ fn listen_json_and_timeout() {
     let addr = server.addr();
     if !server.has_signals() {
         // The refusal, not the timeout's 122.
-        assert_no_signals(&output(dflock(&addr).args([
-            "listen",
-            "x.*",
-            "--json",
-            "--timeout",
-            "0.3",
-        ])));
+        let listen = ["listen", "x.*", "--json", "--timeout", "0.3"];
+        assert_no_signals(&output(dflock(&addr).args(listen)));
         return;
     }
     let listener = dflock(&addr)
