@@ -116,9 +116,14 @@ async fn a_dropped_guard_is_released_and_its_connection_reused() {
 async fn no_reuse_after_a_lost_lease() {
     let (server, proxy, client) = setup().await;
     let lock = client.lock("lost");
+    // The lease is taken on a reused connection, with the hang-up watch
+    // its first lease made.
+    cycle(&lock).await;
     let guard = lock.acquire().await.unwrap().expect("granted");
+    assert!(!guard.is_lost());
     proxy.cut();
     timeout(BOUND, guard.lost()).await.expect("loss noticed");
+    assert!(guard.is_lost());
     assert!(matches!(guard.release().await, Err(Error::LeaseLost)));
     assert_eq!(client.idle_connections(), 0);
     until("the server to free the lock", || {
