@@ -380,6 +380,7 @@ impl LeaseGuard {
     /// Starts renewing the lease of `driver` on `conn`: on the thread
     /// parked with the pooled connection, or on a new thread.
     fn spawn(mut conn: Conn, settings: Arc<Settings>, driver: LeaseDriver) -> Result<Self> {
+        let hangup = conn.watch.clone();
         let worker = match conn.worker.clone() {
             Some(worker) => worker,
             None => {
@@ -394,12 +395,7 @@ impl LeaseGuard {
                 conn.worker.insert(worker).clone()
             }
         };
-        let (guard, renewer) = Guard::new(
-            settings.clone(),
-            &driver,
-            conn.watch.clone(),
-            Condvar::new(),
-        );
+        let (guard, renewer) = Guard::new(settings.clone(), &driver, hangup, Condvar::new());
         let io = ThreadIo {
             conn,
             settings: settings.clone(),
