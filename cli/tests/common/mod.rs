@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 // Every library path the tests use, in one place.
 pub use dflockd_client::blocking::{DistributedLock, DistributedSemaphore, LeaseGuard};
 pub use dflockd_client::routing::crc32;
+pub use dflockd_testkit::Generation;
 use dflockd_testkit::TestServer;
 
 /// Generous bound for anything that should happen "at once".
@@ -25,6 +26,7 @@ pub const SOON: Duration = Duration::from_secs(10);
 pub struct Server {
     kit: Option<TestServer>,
     addr: SocketAddr,
+    generation: Generation,
 }
 
 /// Options of a test server.
@@ -62,6 +64,7 @@ impl Server {
             ([127, 0, 0, 1], opts.port).into()
         };
         Self {
+            generation: kit.generation(),
             kit: Some(kit),
             addr,
         }
@@ -74,6 +77,29 @@ impl Server {
     /// Whether this is the real server.
     pub fn is_real(&self) -> bool {
         self.kit().is_real()
+    }
+
+    /// What the server speaks (known after a kill too).
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// True when the server has signals. Else prints why the running test
+    /// does not check delivery (`skipped <test> against <server>: ...`, a
+    /// line scripts/real-dflockd collects); such a test asserts instead,
+    /// with [`assert_no_signals`], what dflock does there.
+    pub fn has_signals(&self) -> bool {
+        let has = self.generation.has_signals();
+        if !has {
+            println!(
+                "skipped {} against {}: no signals in this protocol generation \
+                 (asserted dflock's error instead)",
+                // libtest names the thread after the test.
+                std::thread::current().name().unwrap_or("?"),
+                self.generation.name()
+            );
+        }
+        has
     }
 
     /// `127.0.0.1:PORT`.
@@ -205,6 +231,20 @@ pub fn wait_output(mut child: Child, limit: Duration) -> Output {
             panic!("dflock (pid {pid}) did not exit within {limit:?}");
         }
     }
+}
+
+/// Asserts how a signal command (`listen`, `emit`) ends on a server without
+/// signals (v1.10.0, v2 answer `error`): exit 125 at once, no retry, one
+/// line that names the server's reply and the servers that have signals.
+pub fn assert_no_signals(out: &Output) {
+    let err = stderr(out);
+    assert_eq!(code(out), 125, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("server replied `error`") && err.contains("signals need a v1.11-v1.16 server"),
+        "{err}"
+    );
+    assert!(stdout(out).is_empty(), "{}", stdout(out));
 }
 
 /// The exit code.

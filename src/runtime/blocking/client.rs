@@ -27,6 +27,6 @@ impl Client {
     /// `read_timeout` and `io_timeout` are replaced by the client's.
     pub fn signals_with(&self, opts: SignalOptions) -> Result<SignalConn> {
         let (addr, connect, tls, opts) = self.0.signal_setup(opts)?;
-        SignalConn::connect_with(addr, &connect, tls, opts)
+        SignalConn::connect_with(addr, connect, tls, opts)
     }
 }

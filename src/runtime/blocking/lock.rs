@@ -37,7 +37,6 @@ use std::boxed::Box;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -45,7 +44,7 @@ use std::time::Duration;
 use super::{HostConnection, StdTimer, block_on, std_instant};
 use crate::lock::{LeaseDriver, wire_secs};
 use crate::runtime::host::lock::{
-    Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, dial, drive, lock_api,
+    Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, drive, lock_api,
 };
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
@@ -112,7 +111,7 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         if let Some(w) = &self.worker {
-            w.ring(|s| s.closed = true);
+            w.close();
         }
     }
 }
@@ -124,8 +123,8 @@ fn connect(s: &Settings) -> Result<Conn> {
     if let Some(conn) = checkout(s, Conn::usable)? {
         return Ok(conn);
     }
-    let (addr, opts, tls) = dial(s)?;
-    let wire = HostConnection::connect_host(addr, &opts, tls.as_ref())?;
+    let (addr, opts, tls) = s.dial()?;
+    let wire = HostConnection::connect_host(addr, opts, tls.as_ref())?;
     Ok(Conn { wire, worker: None })
 }
 
@@ -238,30 +237,31 @@ pub struct LeaseGuard(Guard<Condvar>, Arc<Worker>);
 /// lease (it is pooled only once released), so `run` is its loop or
 /// `None`.
 ///
-/// The thread sleeps on `bell` until its loop's next renew is due (at most
-/// [`CLOSED_POLL`], then the loop looks at the connection), or forever
-/// without a lease. It is rung only when it must look sooner: a new lease
-/// due before it wakes anyway (so a lease taken soon after the last one
-/// costs the thread no extra wake-up), a dropped guard, or the connection's
-/// end, which ends it.
+/// When the thread polls next is [`Sched::wakes`], and only the loop sets
+/// it, when it suspends: for its next renew, at most [`CLOSED_POLL`] ahead
+/// (the loop then looks at the connection). The thread clears it as it
+/// polls, so a loop that ends (or is absent) leaves the thread asleep until
+/// rung. A release on the caller's thread leaves it as it was: the thread
+/// wakes once more and finds nothing to poll, or the next lease's loop.
+/// Setting it rings the thread only when it would wake too late: so a new
+/// lease, whose loop `spawn` polls once itself, costs the thread no extra
+/// wake-up unless it was idle with no lease. A dropped guard sets it to now
+/// (the thread releases), the connection's end sets `closed` (the thread
+/// ends).
 #[derive(Default)]
 struct Worker {
-    run: Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
-    /// When the loop's wait for the next renew ends (timer milliseconds).
-    wake_at: AtomicU64,
+    run: Mutex<Option<Loop>>,
     sched: Mutex<Sched>,
     bell: Condvar,
 }
 
+/// A lease's renewal loop, as the renewal thread and a release poll it.
+type Loop = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 #[derive(Default)]
 struct Sched {
-    /// When the thread wakes by itself; `None`: only when rung.
+    /// When the thread polls the loop; `None`: only when rung.
     wakes: Option<std::time::Instant>,
-    /// A new lease (polled once by `spawn`): the thread only needs to
-    /// sleep until it is due.
-    lease: bool,
-    /// A dropped guard asked for the release: the thread polls at once.
-    poke: bool,
     /// The connection is gone: the thread ends.
     closed: bool,
 }
@@ -277,10 +277,29 @@ impl Worker {
         self.sched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Tells the thread what changed (`f`) and wakes it.
-    fn ring(&self, f: impl FnOnce(&mut Sched)) {
-        f(&mut self.sched());
+    /// Has the thread poll the loop at `at`, ringing it if it would wake
+    /// later.
+    fn wake_at(&self, at: std::time::Instant) {
+        let mut sched = self.sched();
+        let sooner = sched.wakes.is_none_or(|t| at < t);
+        sched.wakes = Some(at);
+        drop(sched);
+        if sooner {
+            self.bell.notify_one();
+        }
+    }
+
+    /// Ends the thread (the connection is gone).
+    fn close(&self) {
+        self.sched().closed = true;
         self.bell.notify_one();
+    }
+
+    /// Hands a new lease's loop to the thread: polled once here, which
+    /// schedules the thread for it.
+    fn start(&self, run: Loop) {
+        *self.run.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
+        self.poll();
     }
 
     /// Polls the loop once; whether it still runs. A loop that ends or
@@ -298,39 +317,36 @@ impl Worker {
         let polled = polled.unwrap_or_else(|panic| resume_unwind(panic));
         polled.is_some_and(|p| p.is_pending())
     }
+}
 
-    /// When the thread wakes next for a running loop: when the loop's wait
-    /// ends, at most [`CLOSED_POLL`] from now (the loop then looks at the
-    /// connection).
-    fn next_wake(&self) -> std::time::Instant {
-        let due = Instant::from_millis(self.wake_at.load(Ordering::Relaxed));
-        std_instant(due).min(std::time::Instant::now() + CLOSED_POLL)
-    }
+/// Suspends a renewal loop once: whoever polls it next resumes it.
+async fn suspend() {
+    let mut first = true;
+    poll_fn(|_| match take(&mut first) {
+        true => Poll::Pending,
+        false => Poll::Ready(()),
+    })
+    .await
 }
 
 /// A connection's renewal thread (see [`Worker`]); ends with the
-/// connection. It polls the loop when poked or when its wait is over, and
-/// only sets its next wake for a new lease, so the caller's release that
-/// usually follows at once does not find the loop taken.
+/// connection. It polls the loop when its schedule says, and otherwise
+/// sleeps: a thread rung for a new lease only learns when to wake, so the
+/// caller's release that usually follows at once does not find the loop
+/// taken.
 fn work(w: &Worker) {
     let mut sched = w.sched();
     while !sched.closed {
-        if take(&mut sched.poke) || sched.wakes.is_some_and(|t| t <= std::time::Instant::now()) {
-            drop(sched);
-            let running = w.poll();
-            sched = w.sched();
-            sched.wakes = running.then(|| w.next_wake());
+        let now = std::time::Instant::now();
+        match sched.wakes {
+            Some(t) if t <= now => {
+                sched.wakes = None;
+                drop(sched);
+                w.poll();
+                sched = w.sched();
+            }
+            wakes => sched = sleep(&w.bell, sched, wakes.map(|t| t - now)),
         }
-        if take(&mut sched.lease) {
-            sched.wakes = Some(w.next_wake());
-        }
-        if sched.poke || sched.closed {
-            continue;
-        }
-        let left = sched
-            .wakes
-            .map(|t| t.saturating_duration_since(std::time::Instant::now()));
-        sched = sleep(&w.bell, sched, left);
     }
 }
 
@@ -341,7 +357,7 @@ impl Drop for LeaseGuard {
         // inner guard's own drop, which is harmless).
         if self.1.run.try_lock().map_or(true, |run| run.is_some()) {
             self.0.ask_release();
-            self.1.ring(|s| s.poke = true);
+            self.1.wake_at(std::time::Instant::now());
         }
     }
 }
@@ -379,18 +395,7 @@ impl LeaseGuard {
             settings: settings.clone(),
         };
         let run = async move { drive(io, &settings.key, driver, renewer).await };
-        *worker.run.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(run));
-        // Polled once here, so the thread needs no wake-up unless this
-        // lease is due before the thread wakes anyway.
-        worker.poll();
-        let due = worker.next_wake();
-        let mut sched = worker.sched();
-        sched.lease = true;
-        let ring = sched.wakes.is_none_or(|t| t > due);
-        drop(sched);
-        if ring {
-            worker.bell.notify_one();
-        }
+        worker.start(Box::pin(run));
         Ok(LeaseGuard(guard, worker))
     }
 
@@ -441,18 +446,15 @@ impl RenewIo for ThreadIo {
     type Wake = Condvar;
 
     async fn wait(&mut self, until: Instant, shared: &Shared<Condvar>) -> bool {
+        // Scheduled before looking for a release asked: a dropped guard's
+        // wake-up (set after its ask) is overwritten only when this sees it.
+        if let Some(w) = &self.conn.worker {
+            w.wake_at(std_instant(until).min(std::time::Instant::now() + CLOSED_POLL));
+        }
         if !shared.lock().release {
-            // Suspends the loop once: its thread sleeps without holding it
-            // (see `work`), so a release can take it meanwhile.
-            if let Some(w) = &self.conn.worker {
-                w.wake_at.store(until.as_millis(), Ordering::Relaxed);
-            }
-            let mut first = true;
-            poll_fn(|_| match take(&mut first) {
-                true => Poll::Pending,
-                false => Poll::Ready(()),
-            })
-            .await;
+            // The thread sleeps without holding the loop (see `work`), so a
+            // release can take it meanwhile.
+            suspend().await;
         }
         self.conn.usable()
     }
@@ -484,3 +486,6 @@ impl RenewIo for ThreadIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -205,8 +205,11 @@ pub struct BlockingConnection<
 pub type Result<T> = core::result::Result<T, Error<io::Error>>;
 
 /// Opens TCP to the first address of `addr` that answers, with
-/// `TCP_NODELAY` and the write timeout set.
-fn connect_tcp(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<TcpStream> {
+/// `TCP_NODELAY`, the write timeout set and, on Unix, in non-blocking mode
+/// (once per connection): reads wait with `poll(2)` for the request's
+/// deadline, and a write that would block waits the same way instead of
+/// outliving it.
+fn open_plain(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<StdStream> {
     let mut last = None;
     for a in addr.to_socket_addrs().map_err(Error::Io)? {
         match TcpStream::connect_timeout(&a, opts.connect_timeout) {
@@ -214,7 +217,9 @@ fn connect_tcp(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<TcpStr
                 tcp.set_nodelay(true).map_err(Error::Io)?;
                 tcp.set_write_timeout(Some(opts.io_timeout))
                     .map_err(Error::Io)?;
-                return Ok(tcp);
+                #[cfg(unix)]
+                tcp.set_nonblocking(true).map_err(Error::Io)?;
+                return Ok(StdStream::new(tcp));
             }
             Err(e) => last = Some(e),
         }
@@ -228,16 +233,6 @@ fn connect_tcp(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<TcpStr
     })
 }
 
-/// Plain TCP to `addr`, on Unix in non-blocking mode (once per
-/// connection): reads wait with `poll(2)` for the request's deadline, and a
-/// write that would block waits the same way instead of outliving it.
-fn open_plain(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<StdStream> {
-    let tcp = connect_tcp(addr, opts)?;
-    #[cfg(unix)]
-    tcp.set_nonblocking(true).map_err(Error::Io)?;
-    Ok(StdStream::new(tcp))
-}
-
 /// TCP to `addr`, then the TLS handshake verified by `tls` within the
 /// connect timeout.
 #[cfg(feature = "rustls")]
@@ -246,7 +241,7 @@ fn open_tls(
     opts: &ConnectOptions,
     tls: &crate::runtime::host::rustls::RustlsConnector,
 ) -> Result<StdTlsStream> {
-    StdTlsStream::handshake(connect_tcp(addr, opts)?, tls, opts.connect_timeout)
+    StdTlsStream::handshake(open_plain(addr, opts)?.0, tls, opts.connect_timeout)
         .map_err(|e| timeout_kind(Error::Io(e)))
 }
 
@@ -454,8 +449,10 @@ impl HostStream {
                     Err(e) => !is_timeout(&e) && e.kind() != io::ErrorKind::Interrupted,
                 }
             }
+            // What has arrived goes into rustls (nothing is lost); data, a
+            // `close_notify`, end of stream or an error count.
             #[cfg(feature = "rustls")]
-            Self::Tls(s) => s.peer_closed(),
+            Self::Tls(s) => !matches!(s.fill(false, None), Ok(false)),
         };
         #[cfg(not(unix))]
         if self.tcp().set_nonblocking(false).is_err() {
@@ -525,7 +522,6 @@ impl Timer for StdTimer {
     }
 
     async fn sleep_until(&self, deadline: Instant) {
-        let now = self.now();
-        std::thread::sleep(deadline.saturating_duration_since(now));
+        std::thread::sleep(deadline.saturating_duration_since(self.now()));
     }
 }

@@ -2,72 +2,28 @@
 //! timeouts and a pool of idle connections, set once and shared by every
 //! lock made from it, like `redis::Client` or `etcd_client::Client`.
 //!
-//! Everything but the runtime lives here: [`ClientCore`] (the shared
-//! config and the pool) and the `client_types!` macro that gives `dflockd_client::tokio::Client` and
+//! Everything but the runtime lives here: a `Client` is its shared
+//! [`ClientConfig`] (which holds the pool), and the `client_types!` macro
+//! gives `dflockd_client::tokio::Client` and
 //! `dflockd_client::blocking::Client` the same methods, written once.
 //! The adapters add the signal connection (async or not).
 
 use core::time::Duration;
 use std::io;
 use std::string::String;
-use std::sync::Arc;
 
 use super::HostTls;
-use super::pool::Pool;
-use super::settings::{ClientConfig, DEFAULT_SERVER, Settings, sealed::FromSettings};
+use super::settings::{ClientConfig, DEFAULT_SERVER};
 use super::signal::SignalOptions;
-use crate::lock::LockOptions;
+use crate::Error;
 use crate::runtime::ConnectOptions;
-use crate::{Error, Kind};
 
-/// What a client shares with every lock made from it: the client-wide
-/// settings and the pool of idle connections `C`.
-pub(crate) struct ClientCore<C> {
-    config: Arc<ClientConfig>,
-    pool: Option<Arc<Pool<C>>>,
-}
-
-impl<C> Clone for ClientCore<C> {
-    fn clone(&self) -> Self {
-        Self {
-            config: self.config.clone(),
-            pool: self.pool.clone(),
-        }
-    }
-}
-
-impl<C> core::fmt::Debug for ClientCore<C> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Client")
-            .field("config", &self.config)
-            .field("pool", &self.pool)
-            .finish()
-    }
-}
-
-impl<C: Send + 'static> ClientCore<C> {
-    /// The client of `config` (the server list filled in), with an empty
-    /// pool.
-    pub(crate) fn new(config: ClientConfig) -> Self {
-        let config = Arc::new(config.finish());
-        Self {
-            pool: config.pool(),
-            config,
-        }
-    }
-
-    /// A lock or semaphore sharing the config and so the pool.
-    pub(crate) fn make<L: FromSettings>(&self, key: String, kind: Kind, options: LockOptions) -> L {
-        L::from_settings(Settings::new(self.config.clone(), key, kind, options))
-    }
-
-    pub(crate) fn servers(&self) -> &[String] {
-        &self.config.servers
-    }
-
+/// What a client knows beyond its config: the pool of its connections
+/// `C`, the signal connection's setup.
+impl ClientConfig {
     /// Idle connections now; their max per server; their max age.
-    pub(crate) fn pool_figures(&self) -> (usize, usize, Duration) {
-        self.pool.as_ref().map_or((0, 0, Duration::ZERO), |p| {
+    pub(crate) fn pool_figures<C: Send + 'static>(&self) -> (usize, usize, Duration) {
+        self.pool::<C>().map_or((0, 0, Duration::ZERO), |p| {
             (p.idle(), p.max_idle(), p.max_age())
         })
     }
@@ -78,12 +34,11 @@ impl<C: Send + 'static> ClientCore<C> {
     pub(crate) fn signal_setup(
         &self,
         mut opts: SignalOptions,
-    ) -> Result<(&str, ConnectOptions, Option<HostTls>, SignalOptions), Error<io::Error>> {
-        let c = &self.config;
-        let addr = c.servers.first().map_or(DEFAULT_SERVER, String::as_str);
-        opts.read_timeout = c.read_timeout;
-        opts.io_timeout = c.io_timeout;
-        let (addr, connect, tls) = c.dial(addr)?;
+    ) -> Result<(&str, &ConnectOptions, Option<HostTls>, SignalOptions), Error<io::Error>> {
+        let addr = self.servers.first().map_or(DEFAULT_SERVER, String::as_str);
+        opts.read_timeout = self.read_timeout;
+        opts.io_timeout = self.connect.io_timeout;
+        let (addr, connect, tls) = self.dial(addr)?;
         Ok((addr, connect, tls, opts))
     }
 
@@ -91,7 +46,7 @@ impl<C: Send + 'static> ClientCore<C> {
     /// read timeout.
     pub(crate) fn default_signal_options(&self) -> SignalOptions {
         let mut opts = SignalOptions::default();
-        let read = self.config.read_timeout;
+        let read = self.read_timeout;
         if !read.is_zero() && opts.heartbeat >= read {
             opts.heartbeat = read * 2 / 3;
         }
@@ -108,8 +63,17 @@ macro_rules! client_types {
     ($lock:ty, $sem:ty, $conn:ty, $rt:literal) => {
         #[doc = include_str!("../host/client.md")]
         #[doc = include_str!(concat!("../host/client-", $rt, ".md"))]
-        #[derive(Debug, Clone)]
-        pub struct Client(crate::runtime::host::client::ClientCore<$conn>);
+        #[derive(Clone)]
+        pub struct Client(std::sync::Arc<crate::runtime::host::settings::ClientConfig>);
+
+        impl core::fmt::Debug for Client {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.debug_struct("Client")
+                    .field("config", &self.0)
+                    .field("idle_connections", &self.idle_connections())
+                    .finish()
+            }
+        }
 
         impl Client {
             /// A client of the one server at `addr` (`host:port`) with the
@@ -177,25 +141,25 @@ macro_rules! client_types {
 
             /// The servers, in routing order.
             pub fn servers(&self) -> &[std::string::String] {
-                self.0.servers()
+                &self.0.servers
             }
 
             /// Idle connections in the pool now, over all servers.
             pub fn idle_connections(&self) -> usize {
-                self.0.pool_figures().0
+                self.0.pool_figures::<$conn>().0
             }
 
             /// Idle connections kept per server at most
             /// ([`ClientBuilder::pool_max_idle`]).
             pub fn pool_max_idle(&self) -> usize {
-                self.0.pool_figures().1
+                self.0.pool_figures::<$conn>().1
             }
 
             /// How long a pooled connection may sit idle: the
             /// [`pool_idle_timeout`](ClientBuilder::pool_idle_timeout), at most
             /// two thirds of the [`read_timeout`](ClientBuilder::read_timeout).
             pub fn pool_idle_lifetime(&self) -> core::time::Duration {
-                self.0.pool_figures().2
+                self.0.pool_figures::<$conn>().2
             }
         }
 
@@ -214,30 +178,26 @@ macro_rules! client_types {
         impl ClientBuilder {
             crate::runtime::host::settings::config_setters!();
 
-            /// Idle connections kept per server for reuse (default
-            /// [`DEFAULT_POOL_MAX_IDLE`](crate::blocking::DEFAULT_POOL_MAX_IDLE),
-            /// 8). Zero turns the pool off: every acquire opens its own
-            /// connection and every release closes it. This bounds idle
-            /// connections only; locks held at once each have their own.
-            pub fn pool_max_idle(mut self, max: usize) -> Self {
-                self.config.pool_max_idle = max;
-                self
-            }
+            crate::runtime::host::settings::setters! {
+                /// Idle connections kept per server for reuse (default
+                /// [`DEFAULT_POOL_MAX_IDLE`](crate::blocking::DEFAULT_POOL_MAX_IDLE),
+                /// 8). Zero turns the pool off: every acquire opens its own
+                /// connection and every release closes it. This bounds idle
+                /// connections only; locks held at once each have their own.
+                pool_max_idle(max: usize) => config.pool_max_idle = max;
 
-            /// How long a connection may wait in the pool before it is closed
-            /// (default
-            /// [`DEFAULT_POOL_IDLE_TIMEOUT`](crate::blocking::DEFAULT_POOL_IDLE_TIMEOUT),
-            /// 15 s). Capped at two thirds of the
-            /// [`read_timeout`](Self::read_timeout), so the server never times
-            /// a pooled connection out. Zero turns the pool off.
-            pub fn pool_idle_timeout(mut self, timeout: core::time::Duration) -> Self {
-                self.config.pool_idle_timeout = timeout;
-                self
+                /// How long a connection may wait in the pool before it is closed
+                /// (default
+                /// [`DEFAULT_POOL_IDLE_TIMEOUT`](crate::blocking::DEFAULT_POOL_IDLE_TIMEOUT),
+                /// 15 s). Capped at two thirds of the
+                /// [`read_timeout`](Self::read_timeout), so the server never times
+                /// a pooled connection out. Zero turns the pool off.
+                pool_idle_timeout(timeout: core::time::Duration) => config.pool_idle_timeout = timeout;
             }
 
             /// Builds the client. Nothing is connected until a lock is acquired.
             pub fn build(self) -> Client {
-                Client(crate::runtime::host::client::ClientCore::new(self.config))
+                Client(self.config.finish())
             }
         }
     };
@@ -256,21 +216,21 @@ mod tests {
 
     #[test]
     fn default_signal_heartbeat_stays_below_the_read_timeout() {
-        let core = ClientCore::<()>::new(ClientConfig::default());
+        let config = ClientConfig::default().finish();
         assert_eq!(
-            core.default_signal_options().heartbeat,
+            config.default_signal_options().heartbeat,
             Duration::from_secs(15)
         );
         let short = ClientConfig {
             read_timeout: Duration::from_secs(9),
             ..ClientConfig::default()
         };
-        let core = ClientCore::<()>::new(short);
+        let config = short.finish();
         assert_eq!(
-            core.default_signal_options().heartbeat,
+            config.default_signal_options().heartbeat,
             Duration::from_secs(6)
         );
-        let (addr, _, tls, opts) = core.signal_setup(SignalOptions::default()).unwrap();
+        let (addr, _, tls, opts) = config.signal_setup(SignalOptions::default()).unwrap();
         assert_eq!(addr, DEFAULT_SERVER);
         assert!(tls.is_none());
         assert_eq!(opts.read_timeout, Duration::from_secs(9));

@@ -14,18 +14,12 @@ use std::time::Duration;
 
 use super::HangUp;
 use super::cluster::Renewal;
-use super::settings::{Dial, Settings};
+use super::settings::Settings;
 use crate::lock::{Action, LeaseDriver, Reply};
 use crate::time::{Instant, Timer};
 use crate::{Error, Token};
 
 type Result<T> = core::result::Result<T, Error<io::Error>>;
-
-/// Where a lock connects: the server that owns the key, the connect
-/// options and the TLS connector for it.
-pub(crate) fn dial(s: &Settings) -> Result<Dial<'_>> {
-    s.config.dial(s.server()?)
-}
 
 /// Where a lease stands, by its renewal side's word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -67,11 +67,6 @@ impl core::fmt::Debug for RustlsConnector {
     }
 }
 
-fn server_name(name: &str) -> Result<ServerName<'static>, ConfigError> {
-    ServerName::try_from(name.to_owned())
-        .map_err(|_| ConfigError::new("server_name", "must be a DNS name or an IP address"))
-}
-
 impl RustlsConnector {
     /// Verifies against `roots` (a caller-supplied store: your CA, the
     /// system's, or webpki-roots), with the ring provider and rustls' safe
@@ -113,9 +108,11 @@ impl RustlsConnector {
     /// Uses a complete rustls client configuration as given (client
     /// certificates, custom verifiers, other providers).
     pub fn with_config(config: Arc<ClientConfig>, server_name: &str) -> Result<Self, ConfigError> {
+        let server_name = ServerName::try_from(server_name.to_owned())
+            .map_err(|_| ConfigError::new("server_name", "must be a DNS name or an IP address"))?;
         Ok(Self {
             config,
-            server_name: self::server_name(server_name)?,
+            server_name,
         })
     }
 
@@ -175,32 +172,25 @@ pub(crate) fn tls_io_error(e: rustls::Error) -> io::Error {
 
 impl StdTlsStream {
     /// Runs the TLS handshake over a connected socket, verified by `tls`,
-    /// giving up after `timeout` (an [`io::ErrorKind::WouldBlock`] or
-    /// [`io::ErrorKind::TimedOut`] error). Verification failures are
+    /// giving up after `timeout` (an [`io::ErrorKind::TimedOut`] error).
+    /// On Unix the socket is left non-blocking. Verification failures are
     /// [`io::ErrorKind::InvalidData`] errors carrying the `rustls::Error`
     /// (see [`rustls_error`](rustls_error)).
     pub fn handshake(
-        mut tcp: TcpStream,
+        tcp: TcpStream,
         tls: &crate::runtime::host::rustls::RustlsConnector,
         timeout: Duration,
     ) -> io::Result<Self> {
         let mut conn =
             rustls::ClientConnection::new(tls.config().clone(), tls.server_name().clone())
                 .map_err(tls_io_error)?;
-        let deadline = std::time::Instant::now() + timeout;
-        while conn.is_handshaking() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "TLS handshake timed out",
-                ));
-            }
-            tcp.set_read_timeout(Some(left))?;
-            conn.complete_io(&mut tcp)?;
-        }
         #[cfg(unix)]
         tcp.set_nonblocking(true)?;
+        // Bounded as a request is: one deadline for the whole handshake.
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        while conn.is_handshaking() {
+            conn.complete_io(&mut Bounded(&tcp, deadline))?;
+        }
         Ok(Self(rustls::StreamOwned::new(conn, tcp), None))
     }
 
@@ -225,7 +215,7 @@ impl StdTlsStream {
     /// with a timeout (`Ok(false)`; nothing is lost, it stays in rustls):
     /// waiting up to `deadline` when `wait`, else taking only what has
     /// arrived (the socket is non-blocking). The one record loop of [`read`](embedded_io_async::Read::read),
-    /// `wait_readable` and [`peer_closed`](Self::peer_closed).
+    /// `wait_readable` and `HostStream::peer_closed`.
     pub(crate) fn fill(
         &mut self,
         wait: bool,
@@ -249,13 +239,6 @@ impl StdTlsStream {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// `HostStream::peer_closed` on a socket already set non-blocking:
-    /// reads whatever records have arrived into rustls (nothing is lost),
-    /// and reports data, a `close_notify`, end of stream or an error.
-    pub(crate) fn peer_closed(&mut self) -> bool {
-        !matches!(self.fill(false, None), Ok(false))
     }
 
     /// Sends every TLS record rustls has queued, within the deadline.

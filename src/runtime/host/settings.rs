@@ -16,7 +16,7 @@ use super::HostTls;
 use super::pool::{DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE, Pool, max_age};
 use crate::lock::{LockOptions, LockSpec};
 use crate::routing::{Crc32Mod, RouteError, Strategy, route};
-use crate::runtime::{AuthToken, ConnectOptions, DEFAULT_CONNECT_TIMEOUT};
+use crate::runtime::ConnectOptions;
 use crate::{ConfigError, Error, Kind};
 use core::any::Any;
 use std::sync::OnceLock;
@@ -32,10 +32,9 @@ pub(crate) const LINE: usize = 256;
 pub struct ClientConfig {
     pub(crate) servers: Vec<String>,
     pub(crate) strategy: Arc<dyn Strategy + Send + Sync>,
-    pub(crate) auth_token: Option<AuthToken>,
+    /// The connect timeout, the reply timeout and the `auth` token.
+    pub(crate) connect: ConnectOptions,
     pub(crate) tls: Option<TlsSetting>,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) io_timeout: Duration,
     pub(crate) read_timeout: Duration,
     pub(crate) pool_max_idle: usize,
     pub(crate) pool_idle_timeout: Duration,
@@ -48,10 +47,8 @@ impl core::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ClientConfig")
             .field("servers", &self.servers)
-            .field("auth_token", &self.auth_token)
+            .field("connect", &self.connect)
             .field("tls", &self.tls)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("io_timeout", &self.io_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("pool_max_idle", &self.pool_max_idle)
             .field("pool_idle_timeout", &self.pool_idle_timeout)
@@ -64,10 +61,8 @@ impl Default for ClientConfig {
         Self {
             servers: Vec::new(),
             strategy: Arc::new(Crc32Mod),
-            auth_token: None,
+            connect: ConnectOptions::default(),
             tls: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            io_timeout: LockOptions::DEFAULT.io_timeout,
             read_timeout: LockOptions::DEFAULT.read_timeout,
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
@@ -77,12 +72,22 @@ impl Default for ClientConfig {
 }
 
 impl ClientConfig {
-    /// The list, [`DEFAULT_SERVER`] when empty.
-    pub(crate) fn finish(mut self) -> Self {
+    /// The config to share: the server list [`DEFAULT_SERVER`] when empty.
+    pub(crate) fn finish(mut self) -> Arc<Self> {
         if self.servers.is_empty() {
             self.servers.push(DEFAULT_SERVER.into());
         }
-        self
+        Arc::new(self)
+    }
+
+    /// A lock or semaphore under this config, sharing it and so the pool.
+    pub(crate) fn make<L: sealed::FromSettings>(
+        self: &Arc<Self>,
+        key: String,
+        kind: Kind,
+        options: LockOptions,
+    ) -> L {
+        L::from_settings(Settings::new(self.clone(), key, kind, options))
     }
 
     /// The pool of idle `C` connections to these servers, made on first
@@ -102,25 +107,14 @@ impl ClientConfig {
 
     /// How to connect to the server at `addr`: the address, the connect
     /// options and the TLS connector for it, if TLS is on.
-    pub(crate) fn dial<'a>(&self, addr: &'a str) -> Result<Dial<'a>, Error<io::Error>> {
+    pub(crate) fn dial<'a>(&'a self, addr: &'a str) -> Result<Dial<'a>, Error<io::Error>> {
         let tls = self.tls.as_ref().map(|t| t.for_addr(addr)).transpose()?;
-        let opts = ConnectOptions {
-            connect_timeout: self.connect_timeout,
-            io_timeout: self.io_timeout,
-            auth_token: self.auth_token.clone(),
-        };
-        Ok((addr, opts, tls))
-    }
-
-    /// The index of the server that owns `key`.
-    pub(crate) fn route(&self, key: &str) -> Result<usize, Error<io::Error>> {
-        let list: Vec<&str> = self.servers.iter().map(String::as_str).collect();
-        route(&*self.strategy, key, &list).map_err(route_error)
+        Ok((addr, &self.connect, tls))
     }
 }
 
 /// Where and how to connect: see [`ClientConfig::dial`].
-pub(crate) type Dial<'a> = (&'a str, ConnectOptions, Option<HostTls>);
+pub(crate) type Dial<'a> = (&'a str, &'a ConnectOptions, Option<HostTls>);
 
 /// Everything a host lock needs; shared by its guards. `options` carries
 /// the client's `io_timeout` and `read_timeout`.
@@ -187,7 +181,7 @@ impl Settings {
         kind: Kind,
         mut options: LockOptions,
     ) -> Self {
-        options.io_timeout = config.io_timeout;
+        options.io_timeout = config.connect.io_timeout;
         options.read_timeout = config.read_timeout;
         Self {
             key,
@@ -201,24 +195,16 @@ impl Settings {
         LockSpec::new(&self.key, self.kind).with_options(self.options)
     }
 
-    /// The address of the server that owns the key.
-    pub(crate) fn server(&self) -> Result<&str, Error<io::Error>> {
-        Ok(&self.config.servers[self.server_index()?])
+    /// Where and how to connect: the server that owns the key, the
+    /// connect options and the TLS connector for it.
+    pub(crate) fn dial(&self) -> Result<Dial<'_>, Error<io::Error>> {
+        self.config.dial(&self.config.servers[self.server_index()?])
     }
 
     /// The index of the server that owns the key.
     pub(crate) fn server_index(&self) -> Result<usize, Error<io::Error>> {
-        self.config.route(&self.key)
-    }
-}
-
-/// A lock's settings read as the client-wide ones too
-/// (`settings.connect_timeout`, `settings.dial(addr)`).
-impl core::ops::Deref for Settings {
-    type Target = ClientConfig;
-
-    fn deref(&self) -> &ClientConfig {
-        &self.config
+        let list: Vec<&str> = self.config.servers.iter().map(String::as_str).collect();
+        route(&*self.config.strategy, &self.key, &list).map_err(route_error)
     }
 }
 
@@ -300,7 +286,7 @@ macro_rules! config_setters {
 
             /// Authenticates every connection with this token. Never logged.
             auth_token(token: impl Into<$crate::runtime::AuthToken>)
-                => config.auth_token = Some(token.into());
+                => config.connect.auth_token = Some(token.into());
 
             /// Connects over TLS (feature `rustls`), verified by `connector`:
             /// chain, validity period and server name, with the name taken from the
@@ -334,7 +320,7 @@ macro_rules! config_setters {
                 });
 
             /// Gives up connecting after this long (default 10 s).
-            connect_timeout(timeout: core::time::Duration) => config.connect_timeout = timeout;
+            connect_timeout(timeout: core::time::Duration) => config.connect.connect_timeout = timeout;
 
             /// The server's idle read timeout (`--read-timeout`, default 23 s):
             /// renews are sent often enough that a held connection is never
@@ -344,7 +330,7 @@ macro_rules! config_setters {
 
             /// Client-side reply timeout beyond server-side blocking (default
             /// 10 s): a dead server gives [`Error::Timeout`](crate::Error::Timeout).
-            io_timeout(timeout: core::time::Duration) => config.io_timeout = timeout;
+            io_timeout(timeout: core::time::Duration) => config.connect.io_timeout = timeout;
         }
     };
 }
@@ -427,14 +413,13 @@ impl<L: sealed::FromSettings> LockBuilder<L> {
     pub fn options(mut self, options: LockOptions) -> Self {
         self.options = options;
         self.config.read_timeout = options.read_timeout;
-        self.config.io_timeout = options.io_timeout;
+        self.config.connect.io_timeout = options.io_timeout;
         self
     }
 
     /// Builds the lock. Nothing is connected until it is acquired.
     pub fn build(self) -> L {
-        let config = Arc::new(self.config.finish());
-        L::from_settings(Settings::new(config, self.key, self.kind, self.options))
+        self.config.finish().make(self.key, self.kind, self.options)
     }
 }
 

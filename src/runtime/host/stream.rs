@@ -2,11 +2,6 @@
 //! adapters: plain TCP or, with the `rustls` feature, TLS, chosen when
 //! connecting. Each adapter instantiates it with its own streams.
 
-/// Defines `HostStream`: an enum of a plain and (feature `rustls`) a boxed
-/// TLS stream, both `embedded_io_async` transports with `io::Error`, that
-/// delegates to the arm it holds; `is_tls` and the `From` conversions.
-/// Without the `rustls` feature there is only the plain arm, so the enum is
-/// exactly the plain stream (no tag, no branch).
 /// `$body` with `$s` bound to the stream in whichever arm `$stream` (a
 /// `HostStream`, inside its own `impl`) holds: one match for every method
 /// that both arms have.
@@ -22,6 +17,11 @@ macro_rules! on_arm {
 
 pub(crate) use on_arm;
 
+/// Defines `HostStream`: an enum of a plain and (feature `rustls`) a boxed
+/// TLS stream, both `embedded_io_async` transports with `io::Error`, that
+/// delegates to the arm it holds; `is_tls` and the `From` conversions.
+/// Without the `rustls` feature there is only the plain arm, so the enum is
+/// exactly the plain stream (no tag, no branch).
 macro_rules! host_stream {
     ($(#[$meta:meta])* plain: $plain:ty, tls: $tls:ty $(,)?) => {
         $(#[$meta])*
@@ -37,11 +37,7 @@ macro_rules! host_stream {
         impl HostStream {
             /// Whether this is a TLS stream.
             pub fn is_tls(&self) -> bool {
-                match self {
-                    Self::Plain(_) => false,
-                    #[cfg(feature = "rustls")]
-                    Self::Tls(_) => true,
-                }
+                !matches!(self, Self::Plain(_))
             }
         }
 

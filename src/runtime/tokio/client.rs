@@ -22,6 +22,6 @@ impl Client {
     /// `read_timeout` and `io_timeout` are replaced by the client's.
     pub async fn signals_with(&self, opts: SignalOptions) -> Result<SignalConn> {
         let (addr, connect, tls, opts) = self.0.signal_setup(opts)?;
-        SignalConn::connect_with(addr, &connect, tls, opts).await
+        SignalConn::connect_with(addr, connect, tls, opts).await
     }
 }

@@ -45,7 +45,7 @@ use crate::lock::LeaseDriver;
 #[cfg(unix)]
 use crate::runtime::host::hung_up;
 use crate::runtime::host::lock::{
-    Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, dial, drive, lock_api,
+    Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, drive, lock_api,
 };
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
@@ -123,8 +123,8 @@ async fn connect(s: &Settings) -> Result<Conn> {
     if let Some(conn) = checkout(s, reusable)? {
         return Ok(conn);
     }
-    let (addr, opts, tls) = dial(s)?;
-    connect_host::<LINE, 0>(addr, &opts, tls.as_ref()).await
+    let (addr, opts, tls) = s.dial()?;
+    connect_host::<LINE, 0>(addr, opts, tls.as_ref()).await
 }
 
 async fn acquire_within(s: &Arc<Settings>, timeout: Duration) -> Result<Option<LeaseGuard>> {
