@@ -36,12 +36,25 @@
 //!
 //! What it does **not** check: the validity period unless a clock is given
 //! ([`handshake_with_clock`]; firmware often has no trusted time — the
-//! default [`NoClock`] skips it); basic constraints, key usage, extended key
+//! default [`NoClock`] skips it; hosts and WASI 0.2 guests have a trusted
+//! wall clock and should pass `SystemClock`, see below); basic constraints, key usage, extended key
 //! usage and path length of the chain (any certificate issued by the CA can
 //! act as an issuer); revocation (no CRL or OCSP); IP address names. RSA and
 //! P-384 certificates are not supported (the server certificate, its chain
 //! and the CA must be ECDSA P-256). For full X.509 validation on hosts use
 //! the `rustls` feature instead.
+//!
+//! # The clock: `SystemClock` on hosts and in WASI guests
+//!
+//! [`handshake`] cannot tell an expired (or not yet valid) certificate from a
+//! current one. Where the wall clock can be trusted, use
+//! `handshake_with_clock::<SystemClock, _, _>(..)` instead: `SystemClock`
+//! reads `std::time::SystemTime` and exists with feature `std` (hosts) and
+//! with feature `wasi` on `wasm32-wasip2`, where it is the host's
+//! `wasi:clocks/wall-clock`. A WASI guest should always use it; the
+//! examples-wasi command does, and its CI run checks that an expired server
+//! certificate is refused. Firmware passes its own [`TlsClock`] (an RTC set
+//! from a trusted source) or, without trusted time, uses [`handshake`].
 //!
 //! # RAM
 //!
@@ -207,7 +220,8 @@ impl<R: CryptoRngCore, C: TlsClock> CryptoProvider for Provider<'_, R, C> {
 /// `rng` must be a cryptographically secure generator (on hosts
 /// `rand_core::OsRng` with its `getrandom` feature; on firmware the chip's
 /// TRNG). The certificate's validity period is not checked; use
-/// [`handshake_with_clock`] when a trusted clock exists.
+/// [`handshake_with_clock`] when a trusted clock exists (hosts and WASI 0.2
+/// guests: `SystemClock`).
 ///
 /// Errors: [`TlsError::Io`] from the transport (EOF is
 /// [`TlsError::IoError`]), [`TlsError::InvalidCertificate`] /
@@ -242,12 +256,18 @@ where
 /// against `C::now()` (seconds since the Unix epoch; `None` skips the
 /// check).
 #[cfg_attr(
-    feature = "std",
-    doc = "On hosts, [`SystemClock`] reads the system time."
+    any(
+        feature = "std",
+        all(feature = "wasi", target_os = "wasi", target_env = "p2")
+    ),
+    doc = "On hosts and in WASI 0.2 guests, [`SystemClock`] reads the system wall clock: use it there."
 )]
 #[cfg_attr(
-    not(feature = "std"),
-    doc = "On hosts, `SystemClock` (feature `std`) reads the system time."
+    not(any(
+        feature = "std",
+        all(feature = "wasi", target_os = "wasi", target_env = "p2")
+    )),
+    doc = "On hosts (feature `std`) and in WASI 0.2 guests (feature `wasi` on `wasm32-wasip2`), `SystemClock` reads the system wall clock: use it there."
 )]
 ///
 /// # Cancel safety
@@ -352,12 +372,21 @@ impl<'b, T: Read + Write + 'b> Write for TlsStream<'b, T> {
     }
 }
 
-/// [`TlsClock`] over the system time, for [`handshake_with_clock`] on hosts.
-#[cfg(feature = "std")]
+/// [`TlsClock`] over the system wall clock (`std::time::SystemTime`), for
+/// [`handshake_with_clock`] on hosts (feature `std`) and in WASI 0.2 guests
+/// (feature `wasi` on `wasm32-wasip2`: `wasi:clocks/wall-clock`). A clock set
+/// before 1970 reads as `None` (period not checked).
+#[cfg(any(
+    feature = "std",
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
-#[cfg(feature = "std")]
+#[cfg(any(
+    feature = "std",
+    all(feature = "wasi", target_os = "wasi", target_env = "p2")
+))]
 impl TlsClock for SystemClock {
     fn now() -> Option<u64> {
         std::time::SystemTime::now()

@@ -45,6 +45,13 @@
 //! most [`MAX_ADDRESSES`], in the resolver's order) is tried in turn within
 //! the one connect timeout, each attempt getting an equal share of the
 //! time left, so an unreachable first address does not use it all up.
+//!
+//! # TLS
+//!
+//! With feature `tls`, hand a [`connect_stream`] stream to
+//! `tls::handshake_with_clock::<tls::SystemClock, _, _>` with [`WasiRng`]:
+//! the guest has a trusted wall clock, so the certificates' validity period
+//! is checked too (plain `tls::handshake` skips it, for firmware).
 
 use std::format;
 use std::io;
@@ -407,8 +414,7 @@ async fn connect_addr(addr: SocketAddr) -> Result<WasiStream, io::Error> {
 
 /// Opens a TCP connection to `addr` (see [Addresses](self#addresses))
 /// within `timeout`, without speaking to the server: the building block for
-/// [`connect`] and for TLS (hand the stream to `tls::handshake`, feature
-/// `tls`). A name is resolved first, and its addresses are tried in turn,
+/// [`connect`] and for TLS (see [TLS](self#tls)). A name is resolved first, and its addresses are tried in turn,
 /// all within `timeout`.
 ///
 /// Errors: [`Error::Timeout`] when the timeout passes; [`Error::Config`]

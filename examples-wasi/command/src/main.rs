@@ -24,7 +24,9 @@
 //! (default `wasi-demo`). With the `tls` feature: `DFLOCKD_TLS_CA`, a path to
 //! the CA certificate (PEM or DER, inside a directory given with `--dir`),
 //! switches to TLS 1.3; `DFLOCKD_TLS_NAME` is the name the server certificate
-//! must carry (default `localhost`).
+//! must carry (default `localhost`). The certificate's validity period is
+//! checked against the guest's wall clock (`tls::SystemClock`): an expired
+//! or not yet valid certificate is refused, and the message says so.
 
 use std::fmt::Debug;
 use std::io;
@@ -128,7 +130,7 @@ async fn tls_run(_cfg: &Config, _ca_path: &str) -> Result<(), String> {
 #[cfg(feature = "tls")]
 async fn tls_run(cfg: &Config, ca_path: &str) -> Result<(), String> {
     use dflockd_client::tls::{
-        self, READ_RECORD_BUFFER, TlsStream, TlsVerify, WRITE_RECORD_BUFFER,
+        self, READ_RECORD_BUFFER, SystemClock, TlsError, TlsStream, TlsVerify, WRITE_RECORD_BUFFER,
     };
     use dflockd_client::wasi::{WasiRng, WasiStream};
 
@@ -159,14 +161,21 @@ async fn tls_run(cfg: &Config, ca_path: &str) -> Result<(), String> {
             ca_der: &ca_der,
             server_name: &cfg.tls_name,
         };
+        // The guest has a trusted wall clock (wasi:clocks/wall-clock), so
+        // the certificates' validity period is checked too.
         let stream = wasi::timeout(CONNECT_TIMEOUT, async {
-            tls::handshake(tcp, rb, wb, verify, WasiRng)
+            tls::handshake_with_clock::<SystemClock, _, _>(tcp, rb, wb, verify, WasiRng)
                 .await
                 .map_err(Error::Io)
         })
-        .await
-        .map_err(|e| format!("TLS handshake with {}: {e}", cfg.addr))?;
-        streams.push(stream);
+        .await;
+        match stream {
+            Ok(stream) => streams.push(stream),
+            Err(Error::Io(TlsError::InvalidCertificate)) => {
+                return Err(certificate_refused(cfg, ca_path, &ca_der).await);
+            }
+            Err(e) => return Err(format!("TLS handshake with {}: {e}", cfg.addr)),
+        }
     }
     let mut it = streams.into_iter();
     let mut next = || it.next().ok_or_else(|| "missing TLS stream".to_string());
@@ -175,6 +184,52 @@ async fn tls_run(cfg: &Config, ca_path: &str) -> Result<(), String> {
     let rx = Connection::<_, 512, 2048>::new(next()?);
     let tx = Connection::<_, 512>::new(next()?);
     demo(cfg, &mut lock_conn, &mut sem_conn, rx, tx).await
+}
+
+/// Why the server certificate was refused. embedded-tls reports a bad
+/// chain, a wrong name and a validity period that does not cover the clock
+/// alike (`InvalidCertificate`), so this tells them apart with a second
+/// handshake that skips the period (`tls::handshake`); that stream is dropped
+/// unused.
+#[cfg(feature = "tls")]
+async fn certificate_refused(cfg: &Config, ca_path: &str, ca_der: &[u8]) -> String {
+    use dflockd_client::tls::{
+        self, READ_RECORD_BUFFER, SystemClock, TlsClock, TlsError, TlsVerify, WRITE_RECORD_BUFFER,
+    };
+    use dflockd_client::wasi::WasiRng;
+
+    let (mut rb, mut wb) = (vec![0; READ_RECORD_BUFFER], vec![0; WRITE_RECORD_BUFFER]);
+    let verify = TlsVerify::Ca {
+        ca_der,
+        server_name: &cfg.tls_name,
+    };
+    let without_clock = async {
+        let tcp = wasi::connect_stream(&cfg.addr, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| connect_error(&cfg.addr, &e))?;
+        let handshake = tls::handshake(tcp, &mut rb, &mut wb, verify, WasiRng);
+        let r = wasi::timeout(CONNECT_TIMEOUT, async {
+            handshake.await.map_err(Error::Io)
+        })
+        .await;
+        Ok::<_, String>(r.map(drop))
+    };
+    let why = match without_clock.await {
+        Ok(Ok(())) => format!(
+            "is outside its validity period: expired or not yet valid (the guest's clock reads Unix time {})",
+            SystemClock::now().map_or("unknown".into(), |s| s.to_string())
+        ),
+        Ok(Err(Error::Io(TlsError::InvalidCertificate))) => format!(
+            "is not signed by the CA in {ca_path} or does not name `{}` (DFLOCKD_TLS_NAME)",
+            cfg.tls_name
+        ),
+        Ok(Err(e)) => format!("was refused (a second handshake to tell why failed: {e})"),
+        Err(e) => format!("was refused (reconnecting to tell why failed: {e})"),
+    };
+    format!(
+        "TLS handshake with {}: InvalidCertificate: the server certificate {why}",
+        cfg.addr
+    )
 }
 
 /// The scenario, on any transport.
