@@ -38,6 +38,18 @@ async fn setup() -> (TestServer, FaultProxy, Client) {
     (server, proxy, client)
 }
 
+/// [`setup`]'s server and proxy on their own threads, for the tests that
+/// run their own runtimes or none.
+fn setup_threads() -> (TestServer, FaultProxy) {
+    let server = TestServer::builder()
+        .start_blocking()
+        .expect("start testkit");
+    let proxy = FaultProxy::builder(server.addr())
+        .start_blocking()
+        .expect("start proxy");
+    (server, proxy)
+}
+
 /// One acquire + release through `lock`.
 async fn cycle(lock: &dflockd_client::tokio::DistributedLock) {
     let guard = lock.acquire().await.unwrap().expect("granted");
@@ -104,9 +116,14 @@ async fn a_dropped_guard_is_released_and_its_connection_reused() {
 async fn no_reuse_after_a_lost_lease() {
     let (server, proxy, client) = setup().await;
     let lock = client.lock("lost");
+    // The lease is taken on a reused connection, with the hang-up watch
+    // its first lease made.
+    cycle(&lock).await;
     let guard = lock.acquire().await.unwrap().expect("granted");
+    assert!(!guard.is_lost());
     proxy.cut();
     timeout(BOUND, guard.lost()).await.expect("loss noticed");
+    assert!(guard.is_lost());
     assert!(matches!(guard.release().await, Err(Error::LeaseLost)));
     assert_eq!(client.idle_connections(), 0);
     until("the server to free the lock", || {
@@ -363,15 +380,35 @@ async fn signals_through_the_client() {
 
 // ---- blocking ------------------------------------------------------------------
 
+/// A pooled connection belongs to the runtime that opened it (its socket
+/// and its request timer are driven there): another runtime opens its own,
+/// and one pooled by a runtime that has ended never fails an acquire.
+#[test]
+fn a_pooled_connection_is_reused_only_on_the_runtime_that_opened_it() {
+    let (_server, proxy) = setup_threads();
+    let client = Client::new(proxy.addr().to_string());
+    let lock = client.lock("runtimes");
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    runtime().block_on(cycle(&lock)); // that runtime ends here
+    assert_eq!(client.idle_connections(), 1);
+    runtime().block_on(async {
+        cycle(&lock).await;
+        cycle(&lock).await;
+    });
+    assert_eq!(proxy.accepted(), 2, "one connection per runtime");
+    assert_eq!(client.idle_connections(), 1);
+}
+
 #[test]
 fn blocking_client_reuses_connections_and_closes_after_errors() {
     use dflockd_client::blocking::Client;
-    let server = TestServer::builder()
-        .start_blocking()
-        .expect("start testkit");
-    let proxy = FaultProxy::builder(server.addr())
-        .start_blocking()
-        .expect("start proxy");
+    let (_server, proxy) = setup_threads();
     let client = Client::new(proxy.addr().to_string());
     let lock = client.lock("blocking-reuse");
     for _ in 0..5 {

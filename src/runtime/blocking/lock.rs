@@ -43,12 +43,12 @@ use std::time::Duration;
 
 use super::{HostConnection, StdTimer, block_on, std_instant};
 use crate::lock::{LeaseDriver, wire_secs};
+use crate::runtime::host::HangUp;
 use crate::runtime::host::lock::{
     Guard, Look, ReleaseReply, RenewIo, RenewReply, Shared, Wake, drive, lock_api,
 };
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
-use crate::runtime::host::{HangUp, HangUpCloser};
 use crate::time::{Instant, Timer};
 use crate::{Enqueued as CoreEnqueued, Error};
 
@@ -97,6 +97,8 @@ lock_api! {
 pub(crate) struct Conn {
     wire: HostConnection<LINE, 0>,
     worker: Option<Arc<Worker>>,
+    /// The hang-up watch of its guards, made once (shut down on drop).
+    watch: Arc<HangUp>,
 }
 
 impl Conn {
@@ -110,6 +112,7 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        self.watch.close();
         if let Some(w) = &self.worker {
             w.close();
         }
@@ -124,8 +127,19 @@ fn connect(s: &Settings) -> Result<Conn> {
         return Ok(conn);
     }
     let (addr, opts, tls) = s.dial()?;
-    let wire = HostConnection::connect_host(addr, opts, tls.as_ref())?;
-    Ok(Conn { wire, worker: None })
+    let mut wire = HostConnection::connect_host(addr, opts, tls.as_ref())?;
+    #[cfg(unix)]
+    let watch = {
+        use std::os::fd::AsFd;
+        HangUp::new(wire.get_mut().transport_mut().tcp().as_fd())
+    };
+    #[cfg(not(unix))]
+    let watch = HangUp::none();
+    Ok(Conn {
+        wire,
+        worker: None,
+        watch,
+    })
 }
 
 fn acquire_within(s: &Arc<Settings>, timeout: Duration) -> Result<Option<LeaseGuard>> {
@@ -366,13 +380,7 @@ impl LeaseGuard {
     /// Starts renewing the lease of `driver` on `conn`: on the thread
     /// parked with the pooled connection, or on a new thread.
     fn spawn(mut conn: Conn, settings: Arc<Settings>, driver: LeaseDriver) -> Result<Self> {
-        #[cfg(unix)]
-        let hangup = {
-            use std::os::fd::AsFd;
-            HangUp::new(conn.wire.get_mut().transport_mut().tcp().as_fd())
-        };
-        #[cfg(not(unix))]
-        let hangup = HangUp::none();
+        let hangup = conn.watch.clone();
         let worker = match conn.worker.clone() {
             Some(worker) => worker,
             None => {
@@ -387,11 +395,9 @@ impl LeaseGuard {
                 conn.worker.insert(worker).clone()
             }
         };
-        let (guard, renewer) =
-            Guard::new(settings.clone(), &driver, hangup.clone(), Condvar::new());
+        let (guard, renewer) = Guard::new(settings.clone(), &driver, hangup, Condvar::new());
         let io = ThreadIo {
             conn,
-            closer: HangUpCloser(hangup),
             settings: settings.clone(),
         };
         let run = async move { drive(io, &settings.key, driver, renewer).await };
@@ -431,13 +437,10 @@ impl LeaseGuard {
 }
 
 /// The renewal loop's IO: the connection (with its renewal thread: pooled
-/// with it after a clean release, ended with it otherwise), and the closer
-/// that shuts the socket down when the lease ends, whatever the guard's
-/// duplicate descriptor does. Its futures block the thread that polls
-/// them.
+/// with it after a clean release, closed and ended with it otherwise). Its
+/// futures block the thread that polls them.
 struct ThreadIo {
     conn: Conn,
-    closer: HangUpCloser,
     /// Where the connection goes back after a clean release.
     settings: Arc<Settings>,
 }
@@ -477,11 +480,10 @@ impl RenewIo for ThreadIo {
 
     fn finish(self, released: bool) {
         // Released cleanly: the connection goes back to the pool with its
-        // thread, the closer leaves it open. Otherwise dropped
-        // here: the connection closes (and the server frees whatever it
-        // still holds for it), and its thread ends.
+        // thread. Otherwise dropped here: the connection closes (and the
+        // server frees whatever it still holds for it), and its thread
+        // ends.
         if released && self.conn.wire.is_usable() {
-            self.closer.0.keep_open();
             checkin(&self.settings, self.conn);
         }
     }

@@ -75,29 +75,25 @@ pub(crate) type HostTls = core::convert::Infallible;
 /// thread or task is doing. Elsewhere it sees nothing (the renewal side
 /// still notices the close).
 ///
-/// Because the duplicate would keep the connection open, whoever owns the
-/// connection holds a [`HangUpCloser`]: dropping it shuts the socket down
-/// for both sides, so the server sees the close as before.
-///
-/// A connection put back into a client's pool after a clean release must
-/// stay open: [`keep_open`](Self::keep_open) disarms the closer.
+/// Because the duplicate would keep the connection open, the owner of the
+/// connection shuts the socket down ([`close`](Self::close)) when it drops
+/// it, so the server sees the close as before. Both adapters keep the
+/// watch with the connection (made once, pooled with it) for every lease
+/// it carries.
 #[derive(Debug, Default)]
-pub(crate) struct HangUp(Option<TcpStream>, std::sync::atomic::AtomicBool);
+pub(crate) struct HangUp(Option<TcpStream>);
 
 impl HangUp {
     /// Duplicates the descriptor of `fd` (nothing to watch on failure).
     #[cfg(unix)]
     pub(crate) fn new(fd: std::os::fd::BorrowedFd<'_>) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self(
-            fd.try_clone_to_owned().ok().map(TcpStream::from),
-            false.into(),
-        ))
+        std::sync::Arc::new(Self(fd.try_clone_to_owned().ok().map(TcpStream::from)))
     }
 
     /// Nothing to watch off Unix.
     #[cfg(not(unix))]
     pub(crate) fn none() -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self(None, false.into()))
+        std::sync::Arc::new(Self(None))
     }
 
     /// Whether the peer closed (or reset) the connection. One `poll(2)`.
@@ -110,10 +106,12 @@ impl HangUp {
         false
     }
 
-    /// The connection goes on (back into a pool): the [`HangUpCloser`]
-    /// must not shut it down.
-    pub(crate) fn keep_open(&self) {
-        self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    /// Shuts the socket down for every holder of a descriptor of it: the
+    /// connection's owner is done with it.
+    pub(crate) fn close(&self) {
+        if let Some(sock) = &self.0 {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
@@ -141,19 +139,4 @@ pub(crate) fn hung_up(fd: std::os::fd::BorrowedFd<'_>, data_counts: bool) -> boo
     // descriptor is borrowed for the call.
     let r = unsafe { libc::poll(&mut pfd, 1, 0) };
     r > 0 && pfd.revents & (watch | libc::POLLHUP | libc::POLLERR) != 0
-}
-
-/// Shuts the watched socket down when dropped (see [`HangUp`]), unless
-/// the connection was kept open for reuse.
-#[derive(Debug)]
-pub(crate) struct HangUpCloser(pub(crate) std::sync::Arc<HangUp>);
-
-impl Drop for HangUpCloser {
-    fn drop(&mut self) {
-        if let Some(sock) = &self.0.0
-            && !self.0.1.load(std::sync::atomic::Ordering::SeqCst)
-        {
-            let _ = sock.shutdown(std::net::Shutdown::Both);
-        }
-    }
 }

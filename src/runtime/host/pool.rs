@@ -11,8 +11,8 @@
 //!   oldest idle connection is closed to make room.
 //! * A connection idle for [`max_age`](Pool::max_age) is closed by a reaper
 //!   thread (started when the first connection is put back, gone once the
-//!   pool is empty or dropped), so no pooled connection sits silent until
-//!   the server's read timeout closes it. Closing, not pinging: a ping
+//!   pool has stayed empty for a max age, or is dropped), so no pooled
+//!   connection sits silent until the server's read timeout closes it. Closing, not pinging: a ping
 //!   would keep connections nobody uses, and a connect costs one round trip
 //!   (plus a handshake with TLS) only after a quiet spell.
 //! * Checkout takes the most recently used connection, skips expired ones
@@ -219,9 +219,12 @@ fn drain_expired<C>(list: &mut Vec<Idle<C>>, now: Instant, max_age: Duration) ->
 }
 
 /// The reaper thread: closes connections as they expire; ends when the
-/// pool is empty or dropped.
+/// pool is dropped, or has stayed empty for a whole max age (not at once:
+/// a pool that empties and refills on every lock would start a thread per
+/// lock).
 fn reap<C>(shared: &Shared<C>) {
     let mut inner = shared.lock();
+    let mut was_empty = false;
     loop {
         let now = Instant::now();
         let expired: Vec<_> = inner
@@ -234,13 +237,12 @@ fn reap<C>(shared: &Shared<C>) {
             .iter()
             .filter_map(|l| l.first().map(|i| i.since))
             .min();
-        let Some(oldest) = oldest.filter(|_| !inner.closed) else {
+        if inner.closed || (oldest.is_none() && was_empty) {
             inner.reaper = false;
             drop(inner);
             drop(expired);
             return;
-        };
-        let wait = (oldest + shared.max_age).saturating_duration_since(now);
+        }
         if !expired.is_empty() {
             // Close outside the mutex.
             drop(inner);
@@ -248,6 +250,10 @@ fn reap<C>(shared: &Shared<C>) {
             inner = shared.lock();
             continue;
         }
+        was_empty = oldest.is_none();
+        let wait = oldest.map_or(shared.max_age, |t| {
+            (t + shared.max_age).saturating_duration_since(now)
+        });
         inner = shared
             .changed
             .wait_timeout(inner, wait)
@@ -374,6 +380,18 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(10), "never reaped");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn the_reaper_outlives_an_empty_pool_by_a_max_age() {
+        // A single worker's pool is empty while its connection is out:
+        // the reaper must not end (and be started again) on every lock.
+        let (p, _) = pool(4, Duration::from_millis(100));
+        p.shared.lock().reaper = true;
+        let start = Instant::now();
+        reap(&p.shared);
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        assert!(!p.shared.lock().reaper);
     }
 
     #[test]

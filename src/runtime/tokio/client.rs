@@ -2,7 +2,7 @@
 //! connection.
 
 /// The connection the locks pool (as `lock.rs` opens them).
-type Conn = super::HostConnection<{ crate::runtime::host::settings::LINE }, 0>;
+type Conn = std::boxed::Box<super::lock::Conn>;
 use super::{DistributedLock, DistributedSemaphore, Result, SignalConn, SignalOptions};
 
 crate::runtime::host::client::client_types!(DistributedLock, DistributedSemaphore, Conn, "tokio");

@@ -35,13 +35,17 @@
 use core::ops::ControlFlow;
 use std::boxed::Box;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::runtime;
 use tokio::sync::Notify;
+use tokio::time::Sleep;
 
-use super::{HostConnection, TokioTimer, connect_host};
+use super::{HostConnection, TokioTimer, connect_host, tokio_instant};
 use crate::lock::LeaseDriver;
+use crate::runtime::host::HangUp;
 #[cfg(unix)]
 use crate::runtime::host::hung_up;
 use crate::runtime::host::lock::{
@@ -49,13 +53,10 @@ use crate::runtime::host::lock::{
 };
 use crate::runtime::host::pool::{checkin, checkout};
 use crate::runtime::host::settings::{LINE, LockBuilder, Settings, sealed::FromSettings};
-use crate::runtime::host::{HangUp, HangUpCloser};
-use crate::time::{Instant, Timer, with_deadline};
+use crate::time::{Elapsed, Instant, Timer};
 use crate::{Enqueued as CoreEnqueued, Error};
 
 use super::Result;
-
-type Conn = HostConnection<LINE, 0>;
 
 lock_api! {
     async: [async],
@@ -90,25 +91,80 @@ lock_api! {
     }
 }
 
-/// Whether a pooled connection can carry the next request: not poisoned,
-/// and the server has not closed it (nor, on plain TCP, sent anything).
-fn reusable(conn: &mut Conn) -> bool {
-    if !conn.is_usable() {
-        return false;
+/// A lock connection with what its leases reuse: the hang-up watch of
+/// their guards (a duplicate of its socket, made once) and the timer that
+/// bounds the renewal task's requests. What a client's pool keeps, an
+/// acquire takes and a queued enqueue holds until its wait. Dropping it
+/// shuts the socket down, whoever else holds the watch, so the server sees
+/// the close (and frees whatever it still holds for it).
+#[derive(Debug)]
+pub(super) struct Conn {
+    wire: HostConnection<LINE, 0>,
+    watch: Arc<HangUp>,
+    /// One timer for every renew and release on the connection: moved from
+    /// one deadline to the next rather than registered anew, so a request
+    /// does not wake the timer driver.
+    deadline: Pin<Box<Sleep>>,
+    /// The runtime whose drivers serve the socket and the timer.
+    runtime: runtime::Id,
+}
+
+impl Conn {
+    fn new(mut wire: HostConnection<LINE, 0>) -> Self {
+        #[cfg(unix)]
+        let watch = HangUp::new(socket(&mut wire));
+        #[cfg(not(unix))]
+        let watch = HangUp::none();
+        Self {
+            wire,
+            watch,
+            deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            runtime: runtime::Handle::current().id(),
+        }
     }
-    #[cfg(unix)]
-    {
-        // Any byte counts on plain TCP; TLS may send records of its own.
-        let plain = !conn.transport_mut().is_tls();
-        !hung_up(socket(conn), plain)
+
+    /// Whether a pooled connection can carry the next request: it belongs
+    /// to this runtime, is not poisoned, and the server has not closed it
+    /// (nor, on plain TCP, sent anything).
+    fn reusable(&mut self) -> bool {
+        let here = runtime::Handle::try_current().is_ok_and(|h| h.id() == self.runtime);
+        if !here || !self.wire.is_usable() {
+            return false;
+        }
+        #[cfg(unix)]
+        {
+            // Any byte counts on plain TCP; TLS may send records of its own.
+            let plain = !self.wire.transport_mut().is_tls();
+            !hung_up(socket(&mut self.wire), plain)
+        }
+        #[cfg(not(unix))]
+        true
     }
-    #[cfg(not(unix))]
-    true
+}
+
+/// `request` bounded by `limit` on the connection's `timer`.
+async fn bounded<T>(
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Instant,
+    request: impl Future<Output = T>,
+) -> core::result::Result<T, Elapsed> {
+    timer.as_mut().reset(tokio_instant(limit));
+    tokio::select! {
+        biased;
+        out = request => Ok(out),
+        () = timer.as_mut() => Err(Elapsed),
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.watch.close();
+    }
 }
 
 /// The connection's TCP socket, watched for the peer's hang-up.
 #[cfg(unix)]
-fn socket(conn: &mut Conn) -> std::os::fd::BorrowedFd<'_> {
+fn socket(conn: &mut HostConnection<LINE, 0>) -> std::os::fd::BorrowedFd<'_> {
     use std::os::fd::AsFd;
     match conn.transport_mut() {
         super::HostStream::Plain(s) => s.inner().as_fd(),
@@ -118,20 +174,22 @@ fn socket(conn: &mut Conn) -> std::os::fd::BorrowedFd<'_> {
 }
 
 /// Opens the connection of one acquire or enqueue: the one place a lock
-/// connects, taking an idle one from the pool when it can.
-async fn connect(s: &Settings) -> Result<Conn> {
-    if let Some(conn) = checkout(s, reusable)? {
+/// connects, taking an idle one from the pool when it can. Boxed: moved
+/// through the pool, the requests and the renewal task as a pointer.
+async fn connect(s: &Settings) -> Result<Box<Conn>> {
+    if let Some(conn) = checkout(s, |c: &mut Box<Conn>| c.reusable())? {
         return Ok(conn);
     }
     let (addr, opts, tls) = s.dial()?;
-    connect_host::<LINE, 0>(addr, opts, tls.as_ref()).await
+    let wire = connect_host(addr, opts, tls.as_ref()).await?;
+    Ok(Box::new(Conn::new(wire)))
 }
 
 async fn acquire_within(s: &Arc<Settings>, timeout: Duration) -> Result<Option<LeaseGuard>> {
     let mut conn = connect(s).await?;
     let lease = s
         .spec()
-        .acquire_within(&mut conn, &TokioTimer, timeout)
+        .acquire_within(&mut conn.wire, &TokioTimer, timeout)
         .await?;
     Ok(lease.map(|l| LeaseGuard::spawn(conn, s.clone(), l.into_driver())))
 }
@@ -139,12 +197,12 @@ async fn acquire_within(s: &Arc<Settings>, timeout: Duration) -> Result<Option<L
 async fn enqueue(s: &Arc<Settings>) -> Result<Enqueued> {
     let mut conn = connect(s).await?;
     Ok(Enqueued(
-        match s.spec().enqueue(&mut conn, &TokioTimer).await? {
+        match s.spec().enqueue(&mut conn.wire, &TokioTimer).await? {
             CoreEnqueued::Acquired(l) => {
                 EnqueuedState::Acquired(LeaseGuard::spawn(conn, s.clone(), l.into_driver()))
             }
             CoreEnqueued::Queued => EnqueuedState::Queued {
-                conn: Box::new(conn),
+                conn,
                 settings: s.clone(),
             },
         },
@@ -158,9 +216,9 @@ async fn wait_within(
 ) -> Result<Option<LeaseGuard>> {
     let lease = s
         .spec()
-        .wait_within(&mut conn, &TokioTimer, timeout)
+        .wait_within(&mut conn.wire, &TokioTimer, timeout)
         .await?;
-    Ok(lease.map(|l| LeaseGuard::spawn(*conn, s.clone(), l.into_driver())))
+    Ok(lease.map(|l| LeaseGuard::spawn(conn, s.clone(), l.into_driver())))
 }
 
 // ---- the guard ----------------------------------------------------------------
@@ -207,15 +265,11 @@ impl Wake for Notify {
 pub struct LeaseGuard(Guard<Notify>);
 
 impl LeaseGuard {
-    fn spawn(mut conn: Conn, settings: Arc<Settings>, driver: LeaseDriver) -> Self {
-        #[cfg(unix)]
-        let hangup = HangUp::new(socket(&mut conn));
-        #[cfg(not(unix))]
-        let hangup = HangUp::none();
-        let (guard, renewer) = Guard::new(settings.clone(), &driver, hangup.clone(), Notify::new());
+    fn spawn(conn: Box<Conn>, settings: Arc<Settings>, driver: LeaseDriver) -> Self {
+        let (guard, renewer) =
+            Guard::new(settings.clone(), &driver, conn.watch.clone(), Notify::new());
         let io = TaskIo {
             conn,
-            closer: HangUpCloser(hangup),
             settings: settings.clone(),
         };
         tokio::spawn(async move { drive(io, &settings.key, driver, renewer).await });
@@ -245,12 +299,10 @@ impl LeaseGuard {
     }
 }
 
-/// The renewal task's IO: the connection, and the closer that shuts the
-/// socket down when the task ends or is dropped, whatever the guard's
-/// duplicate descriptor does.
+/// The renewal task's IO: the connection (closed when the task ends or
+/// is dropped, unless it went back to the pool).
 struct TaskIo {
-    conn: Conn,
-    closer: HangUpCloser,
+    conn: Box<Conn>,
     /// Where the connection goes back after a clean release.
     settings: Arc<Settings>,
 }
@@ -259,7 +311,7 @@ impl RenewIo for TaskIo {
     type Wake = Notify;
 
     async fn wait(&mut self, until: Instant, shared: &Shared<Notify>) -> bool {
-        let conn = &mut self.conn;
+        let conn = &mut self.conn.wire;
         tokio::select! {
             biased;
             () = shared.release_or(until) => true,
@@ -273,21 +325,25 @@ impl RenewIo for TaskIo {
 
     async fn renew(&mut self, d: &mut LeaseDriver, key: &str, limit: Instant) -> RenewReply {
         let token = *d.token();
-        let renew = self.conn.renew(d.kind(), key, &token, d.request_secs());
-        with_deadline(&TokioTimer, limit, renew).await
+        let Conn { wire, deadline, .. } = &mut *self.conn;
+        bounded(
+            deadline,
+            limit,
+            wire.renew(d.kind(), key, &token, d.request_secs()),
+        )
+        .await
     }
 
     async fn release(&mut self, d: &LeaseDriver, key: &str, limit: Instant) -> ReleaseReply {
         let token = *d.token();
-        with_deadline(&TokioTimer, limit, self.conn.release(d.kind(), key, &token)).await
+        let Conn { wire, deadline, .. } = &mut *self.conn;
+        bounded(deadline, limit, wire.release(d.kind(), key, &token)).await
     }
 
     fn finish(self, released: bool) {
-        // Released cleanly: the connection goes back to the pool, the
-        // closer leaves it open. Otherwise dropped here: the connection
-        // closes (and the server frees whatever it still holds for it).
-        if released && self.conn.is_usable() {
-            self.closer.0.keep_open();
+        // Released cleanly: the connection goes back to the pool.
+        // Otherwise dropped here: the connection closes.
+        if released && self.conn.wire.is_usable() {
             checkin(&self.settings, self.conn);
         }
     }

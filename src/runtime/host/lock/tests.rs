@@ -32,7 +32,7 @@ fn guard(driver: &LeaseDriver) -> (Guard<Condvar>, Renewer<Condvar>) {
     Guard::new(
         Arc::new(settings),
         driver,
-        Arc::new(HangUp(None, false.into())),
+        Arc::new(HangUp(None)),
         Condvar::new(),
     )
 }
