@@ -25,27 +25,13 @@
 //! | *(none)* | the `no_std` core: protocol, connection, locks, signals, routing, time boundary |
 //! | `std` | blocking transport over `std::net::TcpStream` (`blocking`), blocking locks and signals |
 //! | `tokio` | tokio transport and timer (`tokio`), tokio locks and signals (implies `std`) |
-#![cfg_attr(
-    feature = "tls",
-    doc = "| `tls` | TLS 1.3 over any transport with embedded-tls ([`tls`]; `no_std`, heap-free, verifies against a CA by default) |"
-)]
-#![cfg_attr(
-    not(feature = "tls"),
-    doc = "| `tls` | TLS 1.3 over any transport with embedded-tls (`tls`; `no_std`, heap-free, verifies against a CA by default) |"
-)]
+//! | `tls` | TLS 1.3 over any transport with embedded-tls (`tls`; `no_std`, heap-free, verifies against a CA by default) |
 //! | `rustls` | host TLS with rustls (ring) and full X.509 validation (`tls_rustls`) for tokio and blocking (implies `std`) |
 //! | `webpki-roots` | Mozilla's root certificates for `rustls` (`RustlsConnector::webpki_roots`) |
 //! | `embassy-time` | embassy-time as the core's timer (`embassy::EmbassyTimer`; firmware, or a host with embassy-time's std driver; not wasm) |
 //! | `embassy-net` | an embassy-net TCP connect with a dial timeout (`embassy::connect`; implies `embassy-time`) |
 //! | `wasi` | WASI 0.2 transport, timer, connect and RNG over wstd (`wasi`; wasm32-wasip2 only, rustc 1.91+) |
-#![cfg_attr(
-    feature = "serde",
-    doc = "| `serde` | a typed [`stats::Stats`] struct parsed from the stats JSON (host only) |"
-)]
-#![cfg_attr(
-    not(feature = "serde"),
-    doc = "| `serde` | a typed `stats::Stats` struct parsed from the stats JSON (host only) |"
-)]
+//! | `serde` | a typed `stats::Stats` struct parsed from the stats JSON (host only) |
 //! | `log` | log through the `log` crate |
 //! | `defmt` | log through `defmt` and derive `defmt::Format` (firmware) |
 //! | `testing` | in-memory transports for tests, fuzzing and benchmarks (`testing::Scripted`, `testing::Responder`; implies `std`) |

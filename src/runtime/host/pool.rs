@@ -12,9 +12,10 @@
 //! * A connection idle for [`max_age`](Pool::max_age) is closed by a reaper
 //!   thread (started when the first connection is put back, gone once the
 //!   pool has stayed empty for a max age, or is dropped), so no pooled
-//!   connection sits silent until the server's read timeout closes it. Closing, not pinging: a ping
-//!   would keep connections nobody uses, and a connect costs one round trip
-//!   (plus a handshake with TLS) only after a quiet spell.
+//!   connection sits silent until the server's read timeout closes it.
+//!   Closing, not pinging: a ping would keep connections nobody uses, and
+//!   a connect costs one round trip (plus a handshake with TLS) only after
+//!   a quiet spell.
 //! * Checkout takes the most recently used connection, skips expired ones
 //!   and asks the adapter's cheap probe (one non-blocking syscall) whether
 //!   the server closed it meanwhile; such a connection is dropped and the

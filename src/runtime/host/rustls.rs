@@ -214,8 +214,9 @@ impl StdTlsStream {
     /// `close_notify` (`Ok(true)`; end of stream too), or a read gives up
     /// with a timeout (`Ok(false)`; nothing is lost, it stays in rustls):
     /// waiting up to `deadline` when `wait`, else taking only what has
-    /// arrived (the socket is non-blocking). The one record loop of [`read`](embedded_io_async::Read::read),
-    /// `wait_readable` and `HostStream::peer_closed`.
+    /// arrived (the socket is non-blocking). The one record loop of
+    /// [`read`](embedded_io_async::Read::read), `wait_readable` and
+    /// `HostStream::peer_closed`.
     pub(crate) fn fill(
         &mut self,
         wait: bool,
